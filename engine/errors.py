@@ -1,0 +1,83 @@
+"""Problems found in a graph, reported together and rendered as text or JSON.
+
+A `GraphError` says where (file:line:col), which node and port, what is wrong and, where
+one exists, what to do instead. Validation collects every problem before raising
+`GraphInvalid`, so an author fixes a file in one pass.
+"""
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class GraphError:
+    code: str
+    message: str
+    file: str = "<graph>"
+    line: int | None = None
+    column: int | None = None
+    node: str | None = None
+    port: str | None = None
+    hint: str | None = None
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        label = "" if self.severity == "error" else "warning: "
+        text = f"{where}: {label}{self.message}"
+        if self.hint:
+            text += f" {self.hint}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class GraphInvalid(Exception):
+    """Raised with every error found in a graph (warnings ride along for display)."""
+
+    def __init__(self, problems: Iterable[GraphError]):
+        self.problems = sorted(problems, key=_order)
+        self.errors = [p for p in self.problems if p.severity == "error"]
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [str(p) for p in self.problems]
+        count = len(self.errors)
+        lines.append(f"{count} error{'s' if count != 1 else ''} found.")
+        return "\n".join(lines)
+
+
+def _order(problem: GraphError) -> tuple[str, int, int]:
+    return (problem.file, problem.line or 0, problem.column or 0)
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, allowed_label: str = "Allowed") -> str:
+    """`Did you mean 'x'? Allowed: a, b, c.` with the list cut short past 20 names."""
+    options = sorted(choices)
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    hint = ""
+    if close:
+        hint = "Did you mean " + " or ".join(f"'{c}'" for c in close) + "? "
+    shown = options if len(options) <= 20 else options[:20] + [f"... ({len(options) - 20} more)"]
+    return hint + f"{allowed_label}: {', '.join(shown) if shown else '(none)'}."
+
+
+class InputError(ValueError):
+    """A request or CLI input that does not fit the graph: `field` names what to fix.
+
+    The HTTP layer answers it as a 4xx with `field` in the JSON body; the CLI prints it.
+    """
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "msg": self.message}

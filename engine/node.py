@@ -1,0 +1,125 @@
+"""The node contract: what every node family is and does.
+
+A family is a small class. Its class attributes are data the validator and the catalogue
+read without loading anything (`Params`, `inputs`, `outputs`); its methods do the work:
+
+    class Canny(Node):
+        '''Canny edges, as ControlNet's canny models expect them.'''
+        type = "canny"
+        Params = CannyParams
+        inputs = {"image": port(PortType.IMAGE, doc="frame")}
+        outputs = {"edges": port(PortType.IMAGE, doc="white edges on black")}
+
+        def load(self, device, dtype): ...        # heavy imports and weights, once
+        def run_batch(self, inputs, params): ...  # list of frames in, list out
+
+Building a node only validates params (cheap, done often); `load` runs once per process
+or Ray replica; `warmup` runs one small batch so the first real request pays nothing.
+"""
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from engine.types import Port, PortType
+
+FAMILY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class NodeParams(BaseModel):
+    """Base for a family's params: frozen, no unknown keys, every field bounded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(NodeParams):
+    pass
+
+
+Frame = dict[str, Any]
+
+
+class Node:
+    type: ClassVar[str]
+    """Family id used in graph files (`type: canny`)."""
+    category: ClassVar[str] = "condition"
+    """Catalogue section: io, condition, vision or generation."""
+    Params: ClassVar[type[NodeParams]] = NoParams
+    inputs: ClassVar[dict[str, Port]] = {}
+    outputs: ClassVar[dict[str, Port]] = {}
+    request_params: ClassVar[frozenset[str]] = frozenset()
+    """Params a request may override (`{"params": {"node.param": ...}}`). Anything that
+    loads or reads a file (a model id, a device, a dtype) must never be listed here."""
+    uses_gpu: ClassVar[bool] = False
+    """Whether the family runs a model that benefits from a GPU."""
+    max_batch: ClassVar[int] = 8
+    """Default `batch.max_size` when the graph sets none."""
+
+    def __init__(self, params: NodeParams, node_id: str = "") -> None:
+        self.params = params
+        self.node_id = node_id or self.type
+        self.device = "cpu"
+        self.dtype = "float32"
+        self.weight_bytes = 0
+        """Bytes the loaded weights take on the device; set by `load`."""
+
+    @classmethod
+    def doc(cls) -> str:
+        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+    def models(self) -> list[str]:
+        """Model ids or paths this node loads (what `capgraph prepare` fetches)."""
+        return []
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
+        """Tiny model builders by key: `build(folder)` writes a random-initialised model in
+        the real repo's layout (what `capgraph tiny-models` and CAPGRAPH_MODELS=tiny use)."""
+        return {}
+
+    def load(self, device: str, dtype: str) -> None:
+        """Load weights onto `device` in `dtype` ('float16' or 'float32'). Weightless
+        families keep this default."""
+        self.device, self.dtype = device, dtype
+
+    def warmup(self) -> None:
+        """Run one small batch so kernels, caches and lazy imports are ready."""
+        self.run_batch([self.example_inputs()], [self.params])
+
+    def example_inputs(self) -> Frame:
+        """Small valid inputs for warm-up and tests; families override where shapes matter."""
+        return {name: example_value(p.type) for name, p in self.inputs.items() if not p.optional}
+
+    def run_batch(self, inputs: Sequence[Frame], params: Sequence[NodeParams]) -> list[Frame]:
+        """Process a batch of frames: one dict of port values per frame in, one dict of
+        output port values per frame out, in the same order. `params[i]` are frame i's
+        params (requests may override `request_params`)."""
+        raise NotImplementedError(f"node family '{self.type}' does not implement run_batch")
+
+
+def example_value(kind: PortType, size: int = 64) -> Any:
+    """A small, valid value of a port type (a grey gradient for images)."""
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :].repeat(size, axis=0)
+    examples: dict[PortType, Any] = {
+        PortType.IMAGE: np.stack([ramp * 255, ramp.T * 255, np.full_like(ramp, 128)], axis=-1).astype(np.uint8),
+        PortType.MASK: (ramp > 0.5).astype(np.float32),
+        PortType.DEPTH_MAP: ramp,
+        PortType.SEGMENTATION_MAP: (ramp > 0.5).astype(np.int32),
+        PortType.MASKS: {
+            "masks": (ramp > 0.5).astype(np.float32)[None],
+            "scores": np.ones(1, np.float32),
+            "logits": np.zeros((1, size, size), np.float32),
+        },
+        PortType.POINTS: [[size / 2, size / 2, 1]],
+        PortType.BOXES: [[size / 4, size / 4, 3 * size / 4, 3 * size / 4]],
+        PortType.TEXT: "warm-up",
+        PortType.NUMBER: 0.5,
+        PortType.INTEGER: 1,
+        PortType.BOOL: True,
+        PortType.BYTES: b"",
+    }
+    return examples[kind]

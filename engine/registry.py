@@ -1,0 +1,59 @@
+"""The catalogue of node families: the built-in ones plus the `capgraph.nodes` entry points.
+
+Nothing registers on import. The catalogue is built once, on first use, from the literal
+list in `nodes/__init__.py` and from installed distributions that declare
+
+    [project.entry-points."capgraph.nodes"]
+    my_family = "my_package.my_module:MyFamily"
+
+so a third party adds a node family with a pip install and no fork.
+"""
+
+import functools
+import importlib
+import logging
+from importlib.metadata import entry_points
+
+from engine.node import FAMILY_ID, Node
+
+ENTRY_POINT_GROUP = "capgraph.nodes"
+log = logging.getLogger("capgraph")
+
+
+def _import(target: str) -> object:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _check(family: object, source: str) -> type[Node]:
+    if not (isinstance(family, type) and issubclass(family, Node)):
+        raise TypeError(f"{source} is not a capgraph Node subclass")
+    if not FAMILY_ID.match(getattr(family, "type", "")):
+        raise TypeError(f"{source}: family id {getattr(family, 'type', None)!r} must match {FAMILY_ID.pattern}")
+    return family
+
+
+@functools.cache
+def catalogue() -> dict[str, type[Node]]:
+    """Every node family by id, built-ins first; third-party ids may not shadow them."""
+    from nodes import BUILTIN
+
+    families: dict[str, type[Node]] = {}
+    for target in BUILTIN:
+        family = _check(_import(target), target)
+        families[family.type] = family
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            family = _check(ep.load(), f"entry point '{ep.name}' ({ep.value})")
+        except Exception as exc:  # a broken plug-in must not take the catalogue down
+            log.warning("skipping node family plug-in %s: %s", ep.value, exc)
+            continue
+        if family.type in families and families[family.type] is not family:
+            log.warning("skipping plug-in %s: family id '%s' is already taken", ep.value, family.type)
+            continue
+        families[family.type] = family
+    return dict(sorted(families.items()))
+
+
+def family(name: str) -> type[Node] | None:
+    return catalogue().get(name)

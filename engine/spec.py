@@ -1,0 +1,172 @@
+"""The graph file format as pydantic models.
+
+One YAML file is one graph and one capability:
+
+    capability: edges-demo          # advertised name, lowercase-with-hyphens
+    version: v1
+    description: Canny edges of a photo, resized for SDXL.
+    inputs:
+      image: {type: image}
+      low: {type: number, default: 100}
+    nodes:
+      fit:
+        type: resize
+        params: {multiple: 8, max_side: 1024}
+        inputs: {image: image}          # a bare name is a graph input
+      edges:
+        type: canny
+        inputs: {image: fit.image}      # node.port is another node's output
+    outputs:
+      edges: edges.edges
+
+`resources`, `batch`, `replicas` and `group` on a node are read by the Ray Serve
+compiler. Ray Serve's own top-level keys (`applications:` and friends) are allowed beside
+the graph so that the same file is a `serve run` config.
+"""
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.types import PortType
+
+CAPABILITY = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+IDENT = r"^[a-z_][a-z0-9_]*$"
+REFERENCE = re.compile(r"^(?P<first>[a-z_][a-z0-9_]*)(\.(?P<port>[a-z_][a-z0-9_]*))?$")
+
+# Top-level keys of a Ray Serve config file (ray.serve.schema.ServeDeploySchema): allowed so
+# that a graph file is also a valid `serve run` / `serve deploy` config.
+RAY_KEYS = frozenset({"applications", "proxy_location", "http_options", "grpc_options", "logging_config", "target_capacity"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """A named graph input. `default` makes it optional."""
+
+    type: PortType
+    default: Any = None
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `image: image` is short for `image: {type: image}`
+        return {"type": value} if isinstance(value, str) else value
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+class Resources(_Strict):
+    gpu: float | None = Field(None, ge=0, le=8, description="GPU fraction (0.25 lets four nodes share one GPU)")
+    cpu: float | None = Field(None, gt=0, le=64, description="CPU cores for the node's replica")
+
+
+class Batch(_Strict):
+    max_size: int = Field(8, ge=1, le=256, description="largest batch of frames per call")
+    wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long a batch waits to fill")
+
+
+class Autoscale(_Strict):
+    min: int = Field(1, ge=0, le=1024)
+    max: int = Field(1, ge=1, le=1024)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscale":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class NodeSpec(_Strict):
+    """One node: a family, its params, where each input port is wired from."""
+
+    type: str = Field(description="node family id; `capgraph nodes` lists them")
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict, description="port -> graph input name or node.port")
+    resources: Resources = Field(default_factory=Resources)
+    batch: Batch | None = None
+    replicas: int | Autoscale = Field(1, description="a replica count, or {min, max} to autoscale")
+    group: str | None = Field(None, pattern=IDENT, description="nodes with the same group share one deployment")
+    description: str = ""
+
+    @field_validator("replicas")
+    @classmethod
+    def _positive(cls, value: int | Autoscale) -> int | Autoscale:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError("replicas must be between 1 and 1024")
+        return value
+
+
+class GraphSpec(_Strict):
+    """A whole graph file (Ray keys excluded)."""
+
+    capability: str = Field(pattern=CAPABILITY, description="advertised name, lowercase-with-hyphens")
+    version: str = Field("v1", pattern=r"^v[0-9]+(\.[0-9]+)*$")
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    nodes: dict[str, NodeSpec]
+    outputs: dict[str, str]
+
+    def sections(self) -> dict[str, Any]:
+        """The graph as plain data (what a Serve builder gets in its args)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+GRAPH_KEYS = tuple(GraphSpec.model_fields)
+
+
+def parse_reference(text: str) -> tuple[str | None, str] | None:
+    """`image` -> (None, 'image'); `depth.depth_map` -> ('depth', 'depth_map'); junk -> None."""
+    match = REFERENCE.match(text) if isinstance(text, str) else None
+    if not match:
+        return None
+    if match["port"] is None:
+        return None, match["first"]
+    return match["first"], match["port"]
+
+
+def json_schema_for(families: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema of the graph format, with one node variant per family so editors can
+    complete `params` and `inputs` for each `type`."""
+    schema = GraphSpec.model_json_schema()
+    variants = []
+    for family_id, family in families.items():
+        params = family.Params.model_json_schema()
+        defs = params.pop("$defs", {})
+        schema.setdefault("$defs", {}).update(defs)
+        variants.append(
+            {
+                "title": family_id,
+                "description": family.doc(),
+                "if": {"properties": {"type": {"const": family_id}}, "required": ["type"]},
+                "then": {
+                    "properties": {
+                        "params": params,
+                        "inputs": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                name: {"type": "string", "description": f"{p.label}: {p.doc}"}
+                                for name, p in family.inputs.items()
+                            },
+                        },
+                    }
+                },
+            }
+        )
+    node_schema = schema["$defs"]["NodeSpec"]
+    node_schema["properties"]["type"]["enum"] = list(families)
+    node_schema["allOf"] = variants
+    for key in RAY_KEYS:
+        schema["properties"][key] = {"description": "Ray Serve config (see `serve run` docs)"}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "capgraph graph file"
+    return schema
+

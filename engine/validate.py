@@ -1,0 +1,336 @@
+"""Turn a graph file into a `Plan`, or report every problem in it at once.
+
+Three small steps, each adding to one list of problems: *read* (YAML and the shape of each
+section, with pydantic), *resolve* (families, params, wires and port types), *check the
+graph* (cycles and dead ends, with networkx). Only a graph with no errors becomes a Plan.
+"""
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import GraphError, GraphInvalid, did_you_mean
+from engine.plan import Plan, PlannedNode, Source
+from engine.registry import catalogue
+from engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
+from engine.types import PortType, check_value, compatible
+from engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
+
+import re
+
+_IDENT = re.compile(IDENT)
+EXTRA_KEYS = RAY_KEYS | {"livepeer"}
+"""Top-level keys beside the graph: Ray Serve's config and the Livepeer section."""
+_DEFAULTABLE = {PortType.TEXT, PortType.NUMBER, PortType.INTEGER, PortType.BOOL, PortType.POINTS, PortType.BOXES}
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a graph file. Raises GraphInvalid listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GraphInvalid([GraphError("file", f"cannot read graph file: {exc}", file=str(path))]) from None
+    return plan_from_text(text, str(path))
+
+
+def plan_from_text(text: str, file: str = "<graph>") -> Plan:
+    try:
+        tree = load_yaml(text)
+    except YamlProblem as exc:
+        raise GraphInvalid([GraphError("yaml", exc.message, file, exc.line, exc.column)]) from None
+    return plan_from_data(tree, file)
+
+
+def plan_from_data(tree: Any, file: str = "<graph>") -> Plan:
+    """Validate an already-parsed graph (e.g. a Serve builder's args). Located trees from
+    `load_yaml` give line numbers; plain dicts give paths only."""
+    return _Validator(tree, file).plan()
+
+
+class _Validator:
+    def __init__(self, tree: Any, file: str):
+        self.tree, self.file = tree, file
+        self.problems: list[GraphError] = []
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def report(self, code: str, message: str, path: tuple[Any, ...] = (), **extra: Any) -> None:
+        line, column = locate(self.tree, path) or (None, None)
+        self.problems.append(GraphError(code, message, self.file, line, column, **extra))
+
+    def report_pydantic(self, exc: ValidationError, prefix: tuple[Any, ...], model: type[BaseModel], **extra: Any) -> None:
+        for err in exc.errors():
+            loc = prefix + tuple(err["loc"])
+            field = ".".join(str(p) for p in err["loc"])
+            owner = f"node '{extra['node']}': " if extra.get("node") else ""
+            if err["type"] == "extra_forbidden":
+                known = _fields_at(model, err["loc"][:-1])
+                self.report("unknown_field", f"{owner}unknown field '{field}'.", loc, hint=did_you_mean(str(err["loc"][-1]), known), **extra)
+            elif err["type"] == "missing":
+                self.report("missing_field", f"{owner}missing required field '{field}'.", loc[:-1], **extra)
+            else:
+                found = _short(err.get("input"))
+                self.report("bad_value", f"{owner}{field}: {err['msg']} (found {found}).", loc, **extra)
+
+    # -- the three steps -----------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        spec = self.read()
+        nodes, outputs, graph = ({}, {}, nx.DiGraph()) if spec is None else self.resolve(spec)
+        order = self.check_graph(spec, nodes, outputs, graph) if spec is not None else []
+        if any(p.severity == "error" for p in self.problems) or spec is None:
+            raise GraphInvalid(self.problems)
+        return Plan(
+            spec=spec,
+            file=self.file,
+            nodes={node_id: nodes[node_id] for node_id in order},
+            outputs=outputs,
+            graph=graph,
+            warnings=tuple(self.problems),
+        )
+
+    def read(self) -> GraphSpec | None:
+        tree = self.tree
+        if not isinstance(tree, Mapping):
+            self.report("not_a_graph", "a graph file must be a YAML mapping with capability, inputs, nodes and outputs.")
+            return None
+        for key, pos, first in _duplicates(tree):
+            self.problems.append(GraphError("duplicate", f"duplicate key '{key}' (first defined at line {first}).", self.file, *pos))
+        for key in tree:
+            if key not in GRAPH_KEYS and key not in EXTRA_KEYS:
+                self.report("unknown_field", f"unknown top-level field '{key}'.", (key,), hint=did_you_mean(str(key), GRAPH_KEYS))
+        sections: dict[str, Any] = {}
+        for key in ("inputs", "nodes", "outputs"):
+            value = tree.get(key, {} if key == "inputs" else None)
+            if value is None:
+                self.report("missing_field", f"missing '{key}' section.", ())
+                value = {}
+            elif not isinstance(value, Mapping):
+                self.report("bad_value", f"'{key}' must be a mapping of names, found {_short(value)}.", (key,))
+                value = {}
+            for name in value:
+                if not (isinstance(name, str) and _IDENT.match(name)):
+                    self.report("bad_name", f"{key[:-1]} name {name!r} must be lowercase letters, digits and '_', starting with a letter.", (key, name))
+            sections[key] = value
+        for name in sections["inputs"].keys() & sections["nodes"].keys():
+            self.report("duplicate", f"'{name}' is both a graph input and a node id; wires could not tell them apart.", ("nodes", name), node=name)
+
+        header = {k: v for k, v in tree.items() if k in GRAPH_KEYS} | {"inputs": {}, "nodes": {}, "outputs": {}}
+        try:
+            GraphSpec.model_validate(header)
+        except ValidationError as exc:
+            self.report_pydantic(exc, (), GraphSpec)
+
+        inputs = {}
+        for name, raw in sections["inputs"].items():
+            try:
+                inputs[name] = spec = InputSpec.model_validate(raw)
+            except ValidationError as exc:
+                self.report_pydantic(exc, ("inputs", name), InputSpec)
+                continue
+            if spec.default is not None:
+                self.check_default(name, spec)
+        nodes = {}
+        for node_id, raw in sections["nodes"].items():
+            try:
+                nodes[node_id] = NodeSpec.model_validate(raw)
+            except ValidationError as exc:
+                self.report_pydantic(exc, ("nodes", node_id), NodeSpec, node=node_id)
+        outputs = {}
+        for name, ref in sections["outputs"].items():
+            if ref is None or ref == "":
+                self.report("unwired_output", f"output '{name}' is wired to nothing.", ("outputs", name), hint="Wire it to a node port, e.g. 'depth.depth_map'.")
+            elif not isinstance(ref, str):
+                self.report("bad_value", f"output '{name}' must name a node port such as 'depth.depth_map', found {_short(ref)}.", ("outputs", name))
+            else:
+                outputs[name] = ref
+        try:
+            return GraphSpec.model_validate(
+                {k: v for k, v in header.items() if k in GRAPH_KEYS} | {"inputs": inputs, "nodes": nodes, "outputs": outputs}
+            )
+        except ValidationError:
+            return None  # already reported above, section by section
+
+    def check_default(self, name: str, spec: InputSpec) -> None:
+        where = ("inputs", name, "default")
+        if spec.type not in _DEFAULTABLE:
+            self.report("bad_value", f"input '{name}' of type {spec.type.title} cannot have a default; it must come with each request.", where)
+            return
+        value = float(spec.default) if spec.type is PortType.NUMBER and isinstance(spec.default, int) and not isinstance(spec.default, bool) else spec.default
+        problem = check_value(spec.type, value)
+        if problem:
+            self.report("bad_value", f"default of input '{name}': {problem}.", where)
+
+    def resolve(self, spec: GraphSpec) -> tuple[dict[str, PlannedNode], dict[str, Source], nx.DiGraph]:
+        families = catalogue()
+        graph = nx.DiGraph()
+        graph.add_nodes_from(spec.nodes)
+        planned: dict[str, PlannedNode] = {}
+        for node_id, node in spec.nodes.items():
+            at = ("nodes", node_id)
+            family = families.get(node.type)
+            if family is None:
+                self.report("unknown_type", f"node '{node_id}': unknown node type '{node.type}'.", at + ("type",), node=node_id,
+                            hint=did_you_mean(node.type, families, allowed_label="Registered types"))
+                continue
+            try:
+                params = family.Params.model_validate(node.params)
+            except ValidationError as exc:
+                self.report_pydantic(exc, at + ("params",), family.Params, node=node_id)
+                params = None
+            wires: dict[str, Source] = {}
+            for port_name, ref in node.inputs.items():
+                port = family.inputs.get(port_name)
+                if port is None:
+                    ports = {f"{n} ({p.label})": n for n, p in family.inputs.items()}
+                    self.report("unknown_port", f"node '{node_id}' ({node.type}) has no input port '{port_name}'.", at + ("inputs", port_name),
+                                node=node_id, port=port_name, hint=did_you_mean(port_name, ports.values(), allowed_label=f"Inputs of {node.type}"))
+                    continue
+                src = self.resolve_ref(ref, spec, families, at + ("inputs", port_name), f"input '{node_id}.{port_name}'", node_id, port_name)
+                if src is None:
+                    continue
+                src_type = spec.inputs[src.port].type if src.node is None else families[spec.nodes[src.node].type].outputs[src.port].type
+                if not compatible(src_type, port):
+                    self.report("type_mismatch", f"cannot connect '{src}' ({src_type.title}) to '{node_id}.{port_name}' ({port.label}).",
+                                at + ("inputs", port_name), node=node_id, port=port_name,
+                                hint=self.suggest_port(src_type, spec, families, src, node_id))
+                    continue
+                wires[port_name] = src
+                if src.node is not None:
+                    line = (locate(self.tree, at + ("inputs", port_name)) or (None,))[0]
+                    graph.add_edge(src.node, node_id, line=line)
+            for port_name, port in family.inputs.items():
+                if not port.optional and port_name not in node.inputs:
+                    self.report("missing_input", f"node '{node_id}' ({node.type}): required input port '{port_name}' ({port.label}) is not wired.",
+                                at + ("inputs",) if "inputs" in _raw(self.tree, at) else at, node=node_id, port=port_name,
+                                hint=f"Add 'inputs: {{{port_name}: <graph input or node.port>}}'.")
+            if params is not None:
+                planned[node_id] = PlannedNode(node_id, family, params, wires, node)
+        outputs: dict[str, Source] = {}
+        for name, ref in spec.outputs.items():
+            src = self.resolve_ref(ref, spec, families, ("outputs", name), f"output '{name}'", None, None)
+            if src is not None:
+                outputs[name] = src
+        if not spec.outputs and "outputs" in (self.tree or {}):
+            self.report("no_outputs", "the graph declares no outputs; a capability must answer something.", ("outputs",))
+        return planned, outputs, graph
+
+    def resolve_ref(self, ref: str, spec: GraphSpec, families: Mapping[str, Any], at: tuple[Any, ...], what: str,
+                    node_id: str | None, port_name: str | None) -> Source | None:
+        parsed = parse_reference(ref)
+        if parsed is None:
+            self.report("bad_reference", f"{what}: '{ref}' is not a graph input name or a 'node.port' reference.", at, node=node_id, port=port_name)
+            return None
+        src_node, src_port = parsed
+        if src_node is None:
+            if src_port in spec.inputs:
+                return Source(None, src_port)
+            if src_port in spec.nodes:
+                self.report("bad_reference", f"{what}: '{ref}' is a node; name one of its output ports.", at, node=node_id, port=port_name,
+                            hint=self.ports_hint(src_port, spec, families))
+            else:
+                self.report("bad_reference", f"{what}: no graph input named '{ref}'.", at, node=node_id, port=port_name,
+                            hint=did_you_mean(ref, list(spec.inputs) + list(spec.nodes), allowed_label="Graph inputs and nodes"))
+            return None
+        if src_node not in spec.nodes:
+            self.report("bad_reference", f"{what}: no node named '{src_node}'.", at, node=node_id, port=port_name,
+                        hint=did_you_mean(src_node, spec.nodes, allowed_label="Nodes"))
+            return None
+        family = families.get(spec.nodes[src_node].type)
+        if family is None:
+            return None  # its unknown type is already reported
+        if src_port not in family.outputs:
+            self.report("bad_reference", f"{what}: node '{src_node}' has no output port '{src_port}'.", at, node=node_id, port=port_name,
+                        hint=self.ports_hint(src_node, spec, families, src_port))
+            return None
+        return Source(src_node, src_port)
+
+    def ports_hint(self, node: str, spec: GraphSpec, families: Mapping[str, Any], near: str | None = None) -> str:
+        family = families.get(spec.nodes[node].type)
+        if family is None:
+            return ""
+        listed = ", ".join(f"{node}.{n} ({p.label})" for n, p in family.outputs.items())
+        close = did_you_mean(near, family.outputs).split("Allowed")[0] if near else ""
+        return f"{close}Outputs of {node}: {listed}."
+
+    def suggest_port(self, src_type: PortType, spec: GraphSpec, families: Mapping[str, Any], src: Source, dst: str) -> str:
+        """Name the ports that would fit: another input port of the destination that takes
+        this type, or another output of the source that the destination port takes."""
+        family = families[spec.nodes[dst].type]
+        fits = [f"'{dst}.{n}' ({p.label})" for n, p in family.inputs.items() if compatible(src_type, p)]
+        if fits:
+            return f"Did you mean {' or '.join(fits)}?"
+        return ""
+
+    def check_graph(self, spec: GraphSpec, nodes: Mapping[str, PlannedNode], outputs: Mapping[str, Source], graph: nx.DiGraph) -> list[str]:
+        cycles = list(_first_cycles(graph))
+        for cycle in cycles:
+            lines = [graph.edges[a, b].get("line") for a, b in zip(cycle, cycle[1:])]
+            last = cycle[-2]
+            self.report("cycle", f"cycle: {' -> '.join(cycle)} (edges at lines {', '.join(str(x) for x in lines)}).",
+                        ("nodes", last), node=last, hint="Remove one edge or add a second node.")
+        if cycles:
+            return []
+        reaching = {s.node for s in outputs.values() if s.node}
+        for target in list(reaching):
+            reaching |= nx.ancestors(graph, target)
+        for node_id in spec.nodes:
+            if node_id not in reaching:
+                self.report("dead_end", f"node '{node_id}' reaches no output; its results would be computed and thrown away.",
+                            ("nodes", node_id), node=node_id, severity="warning", hint="Wire one of its ports to an output or remove it.")
+        used = {s.port for n in nodes.values() for s in n.inputs.values() if s.node is None} | {s.port for s in outputs.values() if s.node is None}
+        for name in spec.inputs:
+            if name not in used:
+                self.report("unused_input", f"graph input '{name}' is not wired to any node.", ("inputs", name), severity="warning")
+        return list(nx.lexicographical_topological_sort(graph, key=list(spec.nodes).index))
+
+
+def _first_cycles(graph: nx.DiGraph, limit: int = 5) -> Iterator[list[str]]:
+    for count, cycle in enumerate(nx.simple_cycles(graph)):
+        if count >= limit:
+            return
+        start = cycle.index(min(cycle))  # print each cycle from a stable starting node
+        cycle = cycle[start:] + cycle[:start]
+        yield cycle + [cycle[0]]
+
+
+def _duplicates(tree: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, tuple[int, int], int]]:
+    if isinstance(tree, LocatedDict):
+        for key, pos in tree.duplicates:
+            yield key, pos, tree.key_pos[key][0]
+        for key, value in tree.items():
+            yield from _duplicates(value, path + (key,))
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _duplicates(value, path)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (sub)model an error location points into."""
+    for step in loc:
+        field = model.model_fields.get(step) if isinstance(step, str) else None
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif field is not None:
+            for arg in getattr(annotation, "__args__", ()):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    model = arg
+    return list(model.model_fields)
+
+
+def _raw(tree: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        if not isinstance(tree, Mapping) or step not in tree:
+            return {}
+        tree = tree[step]
+    return tree if isinstance(tree, Mapping) else {}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 50 else text[:47] + "..."

@@ -1,0 +1,15 @@
+"""Built-in node families, one module each.
+
+The catalogue (`engine.registry.catalogue`) reads this literal list, then the
+`capgraph.nodes` entry points. Importing a family module is cheap: heavy libraries are
+imported inside `load`.
+"""
+
+BUILTIN: tuple[str, ...] = (
+    "nodes.codec:Decode",
+    "nodes.codec:Encode",
+    "nodes.resize:Resize",
+    "nodes.canny:Canny",
+    "nodes.depth_control:DepthControl",
+    "nodes.composite:Composite",
+)

@@ -1,0 +1,50 @@
+"""Small helpers shared by node families: resizing and mask handling live here once."""
+
+from typing import Any
+
+import numpy as np
+
+
+def resize(array: np.ndarray, width: int, height: int, *, smooth: bool = True) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) array to (height, width), keeping its dtype.
+
+    uint8 images use Lanczos (or nearest for label maps with `smooth=False`); float maps use
+    bilinear, through PIL's float mode, so depth and masks keep their precision.
+    """
+    from PIL import Image
+
+    if array.shape[0] == height and array.shape[1] == width:
+        return array
+    if array.dtype == np.uint8:
+        method = Image.Resampling.LANCZOS if smooth else Image.Resampling.NEAREST
+        return np.asarray(Image.fromarray(array).resize((width, height), method))
+    if array.ndim == 2:
+        method = Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST
+        mode_array = array.astype(np.float32) if smooth else array.astype(np.int32)
+        return np.asarray(Image.fromarray(mode_array).resize((width, height), method)).astype(array.dtype)
+    return np.stack([resize(array[..., c], width, height, smooth=smooth) for c in range(array.shape[2])], axis=-1)
+
+
+def to_multiple(value: float, multiple: int) -> int:
+    """Round down to a multiple (at least one multiple): SDXL wants sides divisible by 8."""
+    return max(multiple, int(value) // multiple * multiple)
+
+
+def gray_to_rgb(values: np.ndarray) -> np.ndarray:
+    """A float map in [0, 1] as a grey uint8 RGB image (what ControlNet control images are)."""
+    gray = (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def module_bytes(*modules: Any) -> int:
+    """Bytes of the parameters and buffers of torch modules (what `Node.weight_bytes` reports)."""
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        if module is None:
+            continue
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if id(tensor) not in seen:  # shared weights count once
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total

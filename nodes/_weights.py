@@ -1,0 +1,109 @@
+"""Where a model node's weights come from: a local folder, the Hugging Face cache, or the
+tiny random-initialised models capgraph builds itself.
+
+`CAPGRAPH_MODELS` picks the source for every model node at once:
+
+- unset (production): `model` is a local path or a Hugging Face id. Ids resolve to the
+  local cache (`HF_HOME`, or `CAPGRAPH_MODEL_DIR` / `capgraph prepare --model-dir`) and,
+  with `HF_HUB_OFFLINE=1`, a model that is not there is a `ModelMissing` error at load
+  time naming the node, the id and the command that fixes it.
+- `tiny`: each family's tiny model, built from a config on first use, saved in the real
+  repo's folder layout under `CAPGRAPH_TINY_DIR` (default `~/.cache/capgraph/tiny`) and
+  loaded back through the same `from_pretrained` path. Any graph runs on a fresh CPU
+  machine with no downloads.
+
+Families declare a builder per model kind: `build(path)` writes a tiny model to `path`.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+MODELS_ENV = "CAPGRAPH_MODELS"
+TINY_DIR_ENV = "CAPGRAPH_TINY_DIR"
+MODEL_DIR_ENV = "CAPGRAPH_MODEL_DIR"
+TINY_FORMAT = "1"
+"""Bumped when a tiny builder changes, so stale cached tiny models are rebuilt."""
+
+
+class ModelMissing(RuntimeError):
+    """A model a node needs is not on this machine and the hub may not be used."""
+
+    def __init__(self, node_id: str, model: str, detail: str = ""):
+        self.node_id, self.model = node_id, model
+        super().__init__(
+            f"node '{node_id}': model '{model}' is not in the local cache and HF_HUB_OFFLINE is set{detail}. "
+            f"Fetch it first with: capgraph prepare <graph.yaml> (or set {MODELS_ENV}=tiny to run on tiny test models)."
+        )
+
+
+def models_mode() -> str:
+    mode = os.environ.get(MODELS_ENV, "").strip().lower()
+    if mode not in ("", "tiny", "random"):
+        raise ValueError(f"{MODELS_ENV} must be unset, 'tiny' or 'random', not '{mode}'")
+    return mode
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_dir() -> str | None:
+    return os.environ.get(MODEL_DIR_ENV) or None
+
+
+def tiny_root() -> Path:
+    root = os.environ.get(TINY_DIR_ENV) or Path.home() / ".cache" / "capgraph" / "tiny"
+    return Path(root) / f"v{TINY_FORMAT}"
+
+
+def tiny_model(key: str, build: Callable[[Path], None]) -> Path:
+    """The folder of tiny model `key`, built with `build(folder)` on first use.
+
+    Built in a temporary sibling folder and renamed into place, so concurrent replicas
+    or test workers never see half-written weights.
+    """
+    target = tiny_root() / key
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        build(staging)
+        (staging / ".complete").write_text(TINY_FORMAT)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: theirs is as good as ours
+            if not (target / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve(model: str, node_id: str, tiny_key: str, build_tiny: Callable[[Path], None]) -> str:
+    """The local folder (or, online, the id) that `from_pretrained` should load for a node."""
+    if models_mode() == "tiny":
+        return str(tiny_model(tiny_key, build_tiny))
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, cache_dir=model_dir(), local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        if offline():
+            raise ModelMissing(node_id, model) from exc
+        return model  # online and not cached: from_pretrained downloads it
+
+
+def prepare(model: str, cache_dir: str | None = None) -> str:
+    """Download one model id into the cache (with progress bars); a local path is kept."""
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model, cache_dir=cache_dir or model_dir())
