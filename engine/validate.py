@@ -5,6 +5,7 @@ section, with pydantic), *resolve* (families, params, wires and port types), *ch
 graph* (cycles and dead ends, with networkx). Only a graph with no errors becomes a Plan.
 """
 
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,6 @@ from engine.registry import catalogue
 from engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
 from engine.types import PortType, check_value, compatible
 from engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
-
-import re
 
 _IDENT = re.compile(IDENT)
 EXTRA_KEYS = RAY_KEYS | {"livepeer"}
@@ -55,6 +54,8 @@ class _Validator:
     def __init__(self, tree: Any, file: str):
         self.tree, self.file = tree, file
         self.problems: list[GraphError] = []
+        self.broken: set[str] = set()
+        """Inputs and nodes already reported as invalid: wires to them are not reported again."""
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -106,11 +107,12 @@ class _Validator:
         sections: dict[str, Any] = {}
         for key in ("inputs", "nodes", "outputs"):
             value = tree.get(key, {} if key == "inputs" else None)
-            if value is None:
-                self.report("missing_field", f"missing '{key}' section.", ())
-                value = {}
-            elif not isinstance(value, Mapping):
-                self.report("bad_value", f"'{key}' must be a mapping of names, found {_short(value)}.", (key,))
+            if value is None or not isinstance(value, Mapping):
+                if value is None:
+                    self.report("missing_field", f"missing '{key}' section.", ())
+                else:
+                    self.report("bad_value", f"'{key}' must be a mapping of names, found {_short(value)}.", (key,))
+                self.broken.add("*" + key)  # wires into a missing section would only repeat this
                 value = {}
             for name in value:
                 if not (isinstance(name, str) and _IDENT.match(name)):
@@ -131,6 +133,7 @@ class _Validator:
                 inputs[name] = spec = InputSpec.model_validate(raw)
             except ValidationError as exc:
                 self.report_pydantic(exc, ("inputs", name), InputSpec)
+                self.broken.add(name)
                 continue
             if spec.default is not None:
                 self.check_default(name, spec)
@@ -140,6 +143,7 @@ class _Validator:
                 nodes[node_id] = NodeSpec.model_validate(raw)
             except ValidationError as exc:
                 self.report_pydantic(exc, ("nodes", node_id), NodeSpec, node=node_id)
+                self.broken.add(node_id)
         outputs = {}
         for name, ref in sections["outputs"].items():
             if ref is None or ref == "":
@@ -176,6 +180,7 @@ class _Validator:
             if family is None:
                 self.report("unknown_type", f"node '{node_id}': unknown node type '{node.type}'.", at + ("type",), node=node_id,
                             hint=did_you_mean(node.type, families, allowed_label="Registered types"))
+                self.broken.add(node_id)
                 continue
             try:
                 params = family.Params.model_validate(node.params)
@@ -183,9 +188,11 @@ class _Validator:
                 self.report_pydantic(exc, at + ("params",), family.Params, node=node_id)
                 params = None
             wires: dict[str, Source] = {}
+            misnamed = False
             for port_name, ref in node.inputs.items():
                 port = family.inputs.get(port_name)
                 if port is None:
+                    misnamed = True
                     ports = {f"{n} ({p.label})": n for n, p in family.inputs.items()}
                     self.report("unknown_port", f"node '{node_id}' ({node.type}) has no input port '{port_name}'.", at + ("inputs", port_name),
                                 node=node_id, port=port_name, hint=did_you_mean(port_name, ports.values(), allowed_label=f"Inputs of {node.type}"))
@@ -204,7 +211,7 @@ class _Validator:
                     line = (locate(self.tree, at + ("inputs", port_name)) or (None,))[0]
                     graph.add_edge(src.node, node_id, line=line)
             for port_name, port in family.inputs.items():
-                if not port.optional and port_name not in node.inputs:
+                if not port.optional and port_name not in node.inputs and not misnamed:  # a misnamed port explains it
                     self.report("missing_input", f"node '{node_id}' ({node.type}): required input port '{port_name}' ({port.label}) is not wired.",
                                 at + ("inputs",) if "inputs" in _raw(self.tree, at) else at, node=node_id, port=port_name,
                                 hint=f"Add 'inputs: {{{port_name}: <graph input or node.port>}}'.")
@@ -226,6 +233,8 @@ class _Validator:
             self.report("bad_reference", f"{what}: '{ref}' is not a graph input name or a 'node.port' reference.", at, node=node_id, port=port_name)
             return None
         src_node, src_port = parsed
+        if (src_node or src_port) in self.broken or ("*nodes" if src_node else "*inputs") in self.broken:
+            return None  # what it points at is already reported
         if src_node is None:
             if src_port in spec.inputs:
                 return Source(None, src_port)
@@ -275,6 +284,9 @@ class _Validator:
                         ("nodes", last), node=last, hint="Remove one edge or add a second node.")
         if cycles:
             return []
+        order = list(nx.lexicographical_topological_sort(graph, key=list(spec.nodes).index))
+        if any(p.severity == "error" for p in self.problems):
+            return order  # dead ends are noise next to real errors: wiring may be the cause
         reaching = {s.node for s in outputs.values() if s.node}
         for target in list(reaching):
             reaching |= nx.ancestors(graph, target)
@@ -286,7 +298,7 @@ class _Validator:
         for name in spec.inputs:
             if name not in used:
                 self.report("unused_input", f"graph input '{name}' is not wired to any node.", ("inputs", name), severity="warning")
-        return list(nx.lexicographical_topological_sort(graph, key=list(spec.nodes).index))
+        return order
 
 
 def _first_cycles(graph: nx.DiGraph, limit: int = 5) -> Iterator[list[str]]:

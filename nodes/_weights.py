@@ -59,13 +59,14 @@ def tiny_root() -> Path:
     return Path(root) / f"v{TINY_FORMAT}"
 
 
-def tiny_model(key: str, build: Callable[[Path], None]) -> Path:
-    """The folder of tiny model `key`, built with `build(folder)` on first use.
+def tiny_model(key: str, build: Callable[[Path], None], root: Path | None = None) -> Path:
+    """The folder of tiny model `key` under `root` (default `tiny_root()`), built with
+    `build(folder)` on first use.
 
     Built in a temporary sibling folder and renamed into place, so concurrent replicas
     or test workers never see half-written weights.
     """
-    target = tiny_root() / key
+    target = (root or tiny_root()) / key
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

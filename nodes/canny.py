@@ -7,6 +7,7 @@ The edge map keeps the input frame's size, so it can feed a ControlNet directly.
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from engine.node import Frame, Node, NodeParams
@@ -52,7 +53,11 @@ class Canny(Node):
         for frame, p in zip(inputs, params):
             image = frame["image"]
             height, width = image.shape[:2]
-            resolution = p.detect_resolution or min(height, width)
+            if p.detect_resolution is None:
+                # controlnet_aux rounds sides to multiples of 64 by resampling, which blurs
+                # and stretches the edges; padding up to them instead keeps every pixel.
+                image = np.pad(image, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
+            resolution = p.detect_resolution or min(image.shape[:2])
             edges = self.detector(
                 image,
                 low_threshold=p.low_threshold,
@@ -61,5 +66,7 @@ class Canny(Node):
                 image_resolution=resolution,
                 output_type="np",
             )
-            out.append({"edges": resize(edges, width, height)})
+            if p.detect_resolution is None:
+                edges = np.ascontiguousarray(edges[:height, :width])
+            out.append({"edges": resize(edges, width, height, smooth=False)})
         return out

@@ -57,6 +57,6 @@ class Composite(Node):
 
 
 def _blur(mask: np.ndarray, radius: float) -> np.ndarray:
-    from PIL import Image, ImageFilter
+    import cv2  # OpenCV comes with controlnet_aux; PIL cannot blur float images
 
-    return np.asarray(Image.fromarray(mask.astype(np.float32)).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=radius, borderType=cv2.BORDER_REPLICATE)

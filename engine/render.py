@@ -1,0 +1,93 @@
+"""Pictures of a graph: Mermaid text (for READMEs, always available) and Graphviz DOT
+(turned into SVG/PNG by the `dot` program where it is installed).
+
+Both show the same thing: graph inputs, each node with its id, family and GPU fraction,
+every wire labelled `port -> port : Type`, and the graph outputs.
+"""
+
+import shutil
+import subprocess
+
+from engine.plan import Plan, Source
+
+
+def _node_label(plan: Plan, node_id: str) -> tuple[str, str]:
+    node = plan.nodes[node_id]
+    extras = []
+    if node.spec.resources.gpu is not None:
+        extras.append(f"gpu {node.spec.resources.gpu:g}")
+    if node.spec.group:
+        extras.append(f"group {node.spec.group}")
+    return node_id, node.family.type + (f" · {', '.join(extras)}" if extras else "")
+
+
+def _edges(plan: Plan) -> list[tuple[str, str, str]]:
+    """(from, to, label) for every wire, graph inputs and outputs included."""
+    edges = []
+    for node_id, node in plan.nodes.items():
+        for port, src in node.inputs.items():
+            src_type = plan.spec.inputs[src.port].type if src.node is None else plan.nodes[src.node].family.outputs[src.port].type
+            label = f"{src.port} → {port} : {src_type.title}" if src.node else f"{port} : {src_type.title}"
+            edges.append((_id(src), node_id, label))
+    for name, src in plan.outputs.items():
+        label = f"{src.port} : {plan.output_type(name).title}"
+        edges.append((_id(src), f"out_{name}", label))
+    return edges
+
+
+def _id(src: Source) -> str:
+    return f"in_{src.port}" if src.node is None else src.node
+
+
+def mermaid(plan: Plan) -> str:
+    lines = ["flowchart LR"]
+    for name, spec in plan.spec.inputs.items():
+        lines.append(f'  in_{name}[/"{name}<br/><i>{spec.type.title}</i>"/]')
+    for node_id in plan.nodes:
+        title, sub = _node_label(plan, node_id)
+        lines.append(f'  {node_id}["<b>{title}</b><br/>{sub}"]')
+    for name in plan.outputs:
+        lines.append(f'  out_{name}[\\"{name}"\\]')
+    for src, dst, label in _edges(plan):
+        lines.append(f'  {src} -- "{label}" --> {dst}')
+    return "\n".join(lines) + "\n"
+
+
+def dot(plan: Plan) -> str:
+    lines = [
+        f'digraph "{plan.capability}" {{',
+        "  rankdir=LR;",
+        '  node [fontname="Helvetica", fontsize=11];',
+        '  edge [fontname="Helvetica", fontsize=9, color="#555555"];',
+    ]
+    for name, spec in plan.spec.inputs.items():
+        lines.append(f'  in_{name} [shape=parallelogram, style=filled, fillcolor="#e8f0fe", label="{name}\\n{spec.type.title}"];')
+    for node_id, node in plan.nodes.items():
+        title, sub = _node_label(plan, node_id)
+        fill = "#fde7e7" if node.family.uses_gpu else "#eef7ee"
+        lines.append(f'  {node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];')
+    for name in plan.outputs:
+        lines.append(f'  out_{name} [shape=invhouse, style=filled, fillcolor="#fff4d6", label="{name}"];')
+    for src, dst, label in _edges(plan):
+        lines.append(f'  {src} -> {dst} [label="{label}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+class GraphvizMissing(RuntimeError):
+    pass
+
+
+def dot_to(fmt: str, source: str) -> bytes:
+    """Render DOT text as `svg` or `png` with Graphviz's `dot` program."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphvizMissing(
+            f"rendering {fmt.upper()} needs Graphviz's `dot` program, which is not installed. "
+            "Install the 'graphviz' package (apt-get install graphviz, brew install graphviz), "
+            "or write Mermaid text with `-o graph.mmd`."
+        )
+    done = subprocess.run([exe, f"-T{fmt}"], input=source.encode(), capture_output=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"dot failed: {done.stderr.decode(errors='replace')[:400]}")
+    return done.stdout
