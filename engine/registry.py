@@ -57,3 +57,14 @@ def catalogue() -> dict[str, type[Node]]:
 
 def family(name: str) -> type[Node] | None:
     return catalogue().get(name)
+
+
+def register(family: type[Node]) -> type[Node]:
+    """Add a family to this process's catalogue by hand (notebooks, tests, benchmarks).
+    Installed plug-ins should use the entry point group instead."""
+    _check(family, family.__qualname__)
+    taken = catalogue().get(family.type)
+    if taken is not None and taken is not family:
+        raise ValueError(f"family id '{family.type}' is already taken by {taken.__module__}.{taken.__qualname__}")
+    catalogue()[family.type] = family
+    return family
