@@ -11,5 +11,8 @@ BUILTIN: tuple[str, ...] = (
     "nodes.resize:Resize",
     "nodes.canny:Canny",
     "nodes.depth_control:DepthControl",
+    "nodes.depth:Depth",
+    "nodes.segmentation:Segmentation",
+    "nodes.sam2:Sam2",
     "nodes.composite:Composite",
 )

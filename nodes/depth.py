@@ -1,0 +1,123 @@
+"""Monocular depth: a relative DepthMap (near = 1) and a colour preview of a frame.
+
+Weights: any transformers depth-estimation checkpoint, loaded with
+`AutoModelForDepthEstimation` + `AutoImageProcessor`. The default is Depth Anything V2
+Small (`depth-anything/Depth-Anything-V2-Small-hf`, 24.8 M params, about 50 MB in fp16,
+6 ms per 518 px frame on an H100, 8 frames for 1.3x the cost of one); the Base and
+Large variants and DPT ids (`Intel/dpt-large`, `Intel/dpt-hybrid-midas`) load the same way.
+
+Relative models predict inverse depth (large = near), which is what ControlNet depth
+models were trained on; metric models (ZoeDepth, Depth Pro, Depth Anything metric) predict
+distance, so their maps are flipped. Either way each frame's map is stretched to [0, 1].
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from engine.node import Frame, Node, NodeParams
+from engine.types import PortType, port
+from nodes import _tiny_vision
+from nodes._shared import gray_to_rgb, module_bytes
+from nodes._weights import resolve
+
+DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+METRIC_MODEL_TYPES = frozenset({"zoedepth", "depth_pro"})
+"""Model types whose output is distance (far = large) whatever their config says."""
+
+# matplotlib's "inferno" sampled at nine evenly spaced points: dark purple (far) to pale
+# yellow (near), perceptually ordered, so a preview reads correctly in greyscale too.
+INFERNO = np.array(
+    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
+     [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]],
+    dtype=np.float32,
+)
+
+
+class DepthParams(NodeParams):
+    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=512,
+                       description="Hugging Face id or local folder of a transformers depth-estimation model")
+    resolution: int | None = Field(None, ge=64, le=2048,
+                                   description="side the model sees (a multiple of 14 for Depth Anything); unset = the checkpoint's own (518)")
+    colormap: Literal["inferno", "gray"] = Field("inferno", description="colours of the preview image")
+
+
+class Depth(Node):
+    """Relative depth of a frame (Depth Anything V2 by default): a DepthMap with near = 1 and a colour preview."""
+
+    type = "depth"
+    category = "vision"
+    Params = DepthParams
+    inputs = {"image": port(PortType.IMAGE, doc="frame to estimate depth for")}
+    outputs = {
+        "depth_map": port(PortType.DEPTH_MAP, doc="depth normalised to [0, 1] per frame, near = 1, frame size"),
+        "preview": port(PortType.IMAGE, doc="the depth map coloured for people, frame size"),
+    }
+    request_params = frozenset({"colormap"})
+    uses_gpu = True
+    max_batch = 8
+
+    def models(self) -> list[str]:
+        return [self.params.model]
+
+    @classmethod
+    def tiny_models(cls):
+        return {"depth-anything": _tiny_vision.depth_anything}
+
+    def load(self, device: str, dtype: str) -> None:
+        super().load(device, dtype)
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        path = resolve(self.params.model, self.node_id, "depth-anything", _tiny_vision.depth_anything)
+        self.torch_dtype = getattr(torch, dtype)
+        self.processor = AutoImageProcessor.from_pretrained(path)
+        self.model = AutoModelForDepthEstimation.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()
+        config = self.model.config
+        self.metric = config.model_type in METRIC_MODEL_TYPES or getattr(config, "depth_estimation_type", None) == "metric"
+        self.weight_bytes = module_bytes(self.model)
+
+    def run_batch(self, inputs: Sequence[Frame], params: Sequence[DepthParams]) -> list[Frame]:
+        import torch
+
+        # Aspect-preserving processors (Depth Anything's) give each frame size its own
+        # tensor shape: one forward per distinct size, which is one forward for a stream.
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, frame in enumerate(inputs):
+            by_size.setdefault(frame["image"].shape[:2], []).append(i)
+        resize = {} if self.params.resolution is None else {"size": {"height": self.params.resolution, "width": self.params.resolution}}
+        depths: dict[int, np.ndarray] = {}
+        for size, indices in by_size.items():
+            encoded = self.processor(images=[inputs[i]["image"] for i in indices], return_tensors="pt", **resize)
+            pixels = encoded["pixel_values"].to(self.device, self.torch_dtype)
+            with torch.inference_mode():
+                predicted = self.model(pixel_values=pixels)
+                maps = self.processor.post_process_depth_estimation(predicted, target_sizes=[size] * len(indices))
+            for i, result in zip(indices, maps):
+                depths[i] = _normalise(result["predicted_depth"].float().cpu().numpy(), flip=self.metric)
+        return [
+            {"depth_map": depths[i], "preview": colorize(depths[i], p.colormap)}
+            for i, p in enumerate(params)
+        ]
+
+
+def _normalise(depth: np.ndarray, *, flip: bool) -> np.ndarray:
+    """Stretch one map to [0, 1] with near = 1; a flat map becomes all zeros."""
+    low, high = float(depth.min()), float(depth.max())
+    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    return (1.0 - scaled if flip and high > low else scaled).astype(np.float32)
+
+
+def colorize(depth: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """A [0, 1] map as a uint8 RGB image: grey, or inferno by linear interpolation of its
+    anchor colours (matplotlib would be a heavy import for nine numbers)."""
+    if colormap == "gray":
+        return gray_to_rgb(depth)
+    position = np.clip(depth, 0.0, 1.0) * (len(INFERNO) - 1)
+    low = np.minimum(position.astype(np.int32), len(INFERNO) - 2)
+    weight = (position - low)[..., None]
+    return (INFERNO[low] * (1.0 - weight) + INFERNO[low + 1] * weight + 0.5).astype(np.uint8)

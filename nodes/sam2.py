@@ -1,0 +1,188 @@
+"""SAM 2 promptable segmentation: masks for points and boxes, as Livepeer's
+/segment-anything-2 route returns them.
+
+Weights: SAM 2 through transformers (`Sam2Model` + `Sam2Processor`). The default
+`facebook/sam2-hiera-large` (217 M params in the image model, about 0.4 GB in fp16, 23 ms
+per 1024 px frame and point on an H100) is a `sam2_video` checkpoint; the image model
+loads its subset of the weights. Smaller ones are picked by id (`facebook/sam2-hiera-tiny`,
+`-small`, `-base-plus`, the `sam2.1` ids and the `-hf` repos, which ship no processor file).
+
+Prompts come from params (`point_coords` + `point_labels`, `box`, as in Livepeer's route)
+or from the optional ports, which win when they hold something: `points`, and `boxes` or
+else the bounding box of `mask`. One object per box; points go with at most one box.
+The image encoder runs once per batch; the cheap prompt decoder runs once per group of
+frames whose prompts have the same shape (once per batch for a stream).
+"""
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from engine.errors import InputError
+from engine.node import Frame, Node, NodeParams
+from engine.types import PortType, port
+from nodes import _tiny_vision
+from nodes._shared import module_bytes
+from nodes._weights import resolve
+
+DEFAULT_MODEL = "facebook/sam2-hiera-large"
+Coordinate = Annotated[float, Field(ge=0, le=16384)]
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+Box = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
+
+
+class Sam2Params(NodeParams):
+    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=512,
+                       description="Hugging Face id or local folder of a SAM 2 checkpoint in transformers layout")
+    point_coords: list[Point] | None = Field(None, max_length=64, description="prompt points [[x, y], ...] in frame pixels")
+    point_labels: list[int] | None = Field(None, max_length=64,
+                                           description="one label per point: 1 = foreground, 0 = background; unset = all 1")
+    box: Box | None = Field(None, description="prompt box [x0, y0, x1, y1] in frame pixels")
+    multimask_output: bool = Field(True, description="three candidate masks per object (best first) instead of one")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Sam2Params":
+        if self.point_labels is not None:
+            if self.point_coords is None or len(self.point_labels) != len(self.point_coords):
+                count = 0 if self.point_coords is None else len(self.point_coords)
+                raise ValueError(f"point_labels has {len(self.point_labels)} labels for {count} point_coords; give one label per point")
+            if any(label not in (0, 1) for label in self.point_labels):
+                raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), got {self.point_labels}")
+        if self.box is not None and (self.box[2] < self.box[0] or self.box[3] < self.box[1]):
+            raise ValueError(f"box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {self.box}")
+        return self
+
+
+class Sam2(Node):
+    """SAM 2 masks for point and box prompts (from params or from other nodes), best first."""
+
+    type = "sam2"
+    category = "vision"
+    Params = Sam2Params
+    inputs = {
+        "image": port(PortType.IMAGE, doc="frame to segment"),
+        "points": port(PortType.POINTS, doc="prompt points [x, y, label]; replace point_coords when not empty", optional=True),
+        "boxes": port(PortType.BOXES, doc="prompt boxes, one object each; replace box when not empty", optional=True),
+        "mask": port(PortType.MASK, doc="a rough mask whose bounding box is the box prompt (when `boxes` gives none)", optional=True),
+    }
+    outputs = {
+        "masks": port(PortType.MASKS, doc="one object: its candidates, best first; several boxes: each object's best mask"),
+        "mask": port(PortType.MASK, doc="the best mask (the union of every object's best mask for several boxes)"),
+    }
+    request_params = frozenset({"point_coords", "point_labels", "box", "multimask_output"})
+    uses_gpu = True
+    max_batch = 4
+
+    def models(self) -> list[str]:
+        return [self.params.model]
+
+    @classmethod
+    def tiny_models(cls):
+        return {"sam2": _tiny_vision.sam2}
+
+    def load(self, device: str, dtype: str) -> None:
+        super().load(device, dtype)
+        import torch
+        from transformers import AutoConfig, Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        path = resolve(self.params.model, self.node_id, "sam2", _tiny_vision.sam2)
+        config = AutoConfig.from_pretrained(path)
+        if config.model_type != "sam2":  # a video checkpoint: keep the image model's part of its config
+            parts = ("vision_config", "prompt_encoder_config", "mask_decoder_config")
+            config = Sam2Config(**{name: getattr(config, name).to_dict() for name in parts})
+        self.torch_dtype = getattr(torch, dtype)
+        self.model = Sam2Model.from_pretrained(path, config=config, dtype=self.torch_dtype).to(device).eval()
+        try:
+            self.processor = Sam2Processor.from_pretrained(path)
+        except OSError:  # the -hf repos ship weights only: SAM 2's processor at the model's input size
+            side = config.vision_config.backbone_config.image_size[0]
+            self.processor = Sam2Processor(Sam2ImageProcessor(size={"height": side, "width": side}))
+        self.weight_bytes = module_bytes(self.model)
+
+    def run_batch(self, inputs: Sequence[Frame], params: Sequence[Sam2Params]) -> list[Frame]:
+        import torch
+
+        images = [frame["image"] for frame in inputs]
+        sizes = [list(image.shape[:2]) for image in images]
+        prompts = [self.prompts(frame, p) for frame, p in zip(inputs, params)]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            groups.setdefault((_shape(prompt), p.multimask_output), []).append(i)
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.torch_dtype)
+        results: dict[int, Frame] = {}
+        with torch.inference_mode():
+            embeddings = self.model.get_image_embeddings(pixels)
+            for (_, multimask), indices in groups.items():
+                tensors = self.prompt_tensors([prompts[i] for i in indices], [sizes[i] for i in indices])
+                decoded = self.model(image_embeddings=[e[indices] for e in embeddings], multimask_output=multimask, **tensors)
+                logits = decoded.pred_masks.float()
+                masks = self.processor.post_process_masks(logits, [sizes[i] for i in indices])
+                for row, i in enumerate(indices):
+                    results[i] = _answer(masks[row], decoded.iou_scores[row].float(), logits[row])
+        return [results[i] for i in range(len(inputs))]
+
+    def prompts(self, frame: Frame, p: Sam2Params) -> dict[str, Any]:
+        """One frame's prompt lists: non-empty ports win over params."""
+        if frame.get("points"):
+            coords = [[float(x), float(y)] for x, y, _ in frame["points"]]
+            labels = [int(label) for *_, label in frame["points"]]
+        else:
+            coords = p.point_coords or []
+            labels = p.point_labels or [1] * len(coords)
+        boxes = [list(map(float, b)) for b in frame.get("boxes") or []]
+        if not boxes and frame.get("mask") is not None:
+            boxes = _bounding_box(frame["mask"])
+        if not boxes and p.box is not None:
+            boxes = [p.box]
+        if coords and len(boxes) > 1:
+            raise InputError(f"{self.node_id}.points", f"points can go with one box only, got {len(boxes)} boxes; "
+                             "send several boxes without points, or one box with its points")
+        return {"points": coords, "labels": labels, "boxes": boxes}
+
+    def prompt_tensors(self, prompts: Sequence[dict[str, Any]], sizes: Sequence[list[int]]) -> dict[str, Any]:
+        """The processor scales pixel prompts to the model's input size; one object per box,
+        or one object holding every point."""
+        first = prompts[0]  # frames in a group share the prompt shape
+        if not first["points"] and not first["boxes"]:
+            return {}  # no prompt at all: SAM 2 pads an empty point itself
+        kwargs: dict[str, Any] = {}
+        if first["points"]:
+            kwargs["input_points"] = [[pr["points"]] for pr in prompts]
+            kwargs["input_labels"] = [[pr["labels"]] for pr in prompts]
+        if first["boxes"]:
+            kwargs["input_boxes"] = [pr["boxes"] for pr in prompts]
+        encoded = self.processor(original_sizes=[list(s) for s in sizes], return_tensors="pt", **kwargs)
+        return {k: encoded[k].to(self.device, self.torch_dtype if encoded[k].is_floating_point() else encoded[k].dtype)
+                for k in ("input_points", "input_labels", "input_boxes") if k in encoded}
+
+
+def _shape(prompt: dict[str, Any]) -> tuple[int, int]:
+    return len(prompt["points"]), len(prompt["boxes"])
+
+
+def _bounding_box(mask: np.ndarray) -> list[list[float]]:
+    """The box around a mask's pixels above 0.5, or none for an empty mask."""
+    rows, cols = np.nonzero(np.asarray(mask) > 0.5)
+    if rows.size == 0:
+        return []
+    return [[float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]]
+
+
+def _answer(masks: Any, scores: Any, logits: Any) -> Frame:
+    """One frame's outputs from (objects, candidates, ...) tensors: a single object keeps its
+    candidates sorted by score (Livepeer's answer); several objects keep each one's best."""
+    masks, scores, logits = (t.cpu().numpy().astype(np.float32) for t in (masks, scores, logits))
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    if scores.shape[0] == 1:
+        pick = order[0]
+        chosen = masks[0, pick], scores[0, pick], logits[0, pick]
+        mask = chosen[0][0]
+    else:
+        rows, best = np.arange(scores.shape[0]), order[:, 0]
+        chosen = masks[rows, best], scores[rows, best], logits[rows, best]
+        mask = chosen[0].max(axis=0)
+    return {"masks": dict(zip(("masks", "scores", "logits"), chosen)), "mask": mask}
