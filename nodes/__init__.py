@@ -15,4 +15,6 @@ BUILTIN: tuple[str, ...] = (
     "nodes.segmentation:Segmentation",
     "nodes.sam2:Sam2",
     "nodes.composite:Composite",
+    "nodes.sdxl:Sdxl",
+    "nodes.upscale:Upscale",
 )

@@ -1,0 +1,346 @@
+"""SDXL generation with diffusers: text-to-image, img2img, inpainting and ControlNet, one family.
+
+The mode follows from the wired ports, so a graph says what it means by its wiring:
+
+    wired                                   pipeline
+    (prompt only)                           StableDiffusionXLPipeline
+    image                                   StableDiffusionXLImg2ImgPipeline (strength)
+    image + mask                            StableDiffusionXLInpaintPipeline (1 = repaint)
+    control_image[, _2, _3]                 StableDiffusionXLControlNetPipeline
+    control_image... + image [+ mask]       StableDiffusionXLControlNet{Img2Img,Inpaint}Pipeline
+
+ControlNets: entry i of `params.controlnets` is conditioned on one typed Image port,
+`control_image` for the first, then `control_image_2`, `control_image_3`; a depth map
+goes through `depth_control` first, edges come from `canny`. Every mode is built with
+`from_pipe` over one base pipeline, and that base is shared by every node of the process
+that loads the same model on the same device: UNet, VAE and both text encoders load once.
+
+A batch of frames is one pipeline call per group of frames that agree on the call-shaping
+params (size, steps, guidance, strength, scheduler, ControlNet scales). Prompts and seeds
+stay per frame: one CPU `torch.Generator` per frame, so a frame's image depends on its own
+seed only, not on its batch-mates nor on the device's random number generator.
+
+Weights: stabilityai/stable-diffusion-xl-base-1.0 by default; any SDXL checkpoint in
+diffusers layout loads the same way (SDXL-Lightning/Turbo merges with the `euler_trailing`
+or `euler_a_trailing` scheduler and guidance 0), and diffusers-format ControlNets such as
+diffusers/controlnet-depth-sdxl-1.0. VRAM in fp16: 6.5 GiB for the base pipeline, 2.3 GiB
+more per full-size ControlNet, plus 1-2 GiB of activations for one 1024 x 1024 frame.
+"""
+
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from engine.errors import InputError
+from engine.node import Frame, Node, NodeParams, example_value
+from engine.types import PortType, port
+from nodes import _tiny_sd
+from nodes._shared import module_bytes, resize, to_multiple
+from nodes._weights import resolve
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+CONTROL_PORTS = ("control_image", "control_image_2", "control_image_3")
+DEFAULT_SIDE = 1024
+"""Text-to-image size when neither params nor a wired image give one: SDXL's native size."""
+MAX_SIDE = 2048
+WARMUP_SIDE = 64
+
+# diffusers class names by (mode, with ControlNet)
+PIPELINES = {
+    ("t2i", False): "StableDiffusionXLPipeline",
+    ("img2img", False): "StableDiffusionXLImg2ImgPipeline",
+    ("inpaint", False): "StableDiffusionXLInpaintPipeline",
+    ("t2i", True): "StableDiffusionXLControlNetPipeline",
+    ("img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+}
+# scheduler choice -> diffusers class and config overrides; "default" keeps the checkpoint's own
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Lightning
+    "euler_a_trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Turbo
+    "lcm": ("LCMScheduler", {}),  # LCM-distilled UNets
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+}
+
+Side = Annotated[int, Field(ge=64, le=MAX_SIDE, multiple_of=8)]
+Scale = Annotated[float, Field(ge=0.0, le=2.0)]
+Model = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class ControlNetSpec(NodeParams):
+    model: Model = Field(description="Hugging Face id or local folder of a diffusers SDXL ControlNet")
+    scale: Scale = Field(1.0, description="controlnet_conditioning_scale: how strongly the control image steers")
+
+
+class SdxlParams(NodeParams):
+    model: Model = Field(DEFAULT_MODEL, description="Hugging Face id or local folder of an SDXL checkpoint (diffusers layout)")
+    vae: Model | None = Field(None, description="replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (decodes in fp16 with no fp32 upcast)")
+    controlnets: tuple[ControlNetSpec, ...] = Field(
+        (), max_length=len(CONTROL_PORTS), description="ControlNets, entry i conditioned on port control_image, control_image_2, ..."
+    )
+    prompt: str = Field("", max_length=2000, description="prompt; a wired `prompt` port overrides it")
+    negative_prompt: str = Field("", max_length=2000, description="what to steer away from; empty = SDXL's zeroed negative embedding")
+    steps: int = Field(30, ge=1, le=100, description="denoising steps (img2img runs steps x strength of them)")
+    guidance: float = Field(5.0, ge=0.0, le=30.0, description="classifier-free guidance scale; 1 or less turns CFG off (Turbo, Lightning)")
+    strength: float = Field(0.6, ge=0.0, le=1.0, description="img2img / inpainting: how much of the init image is re-noised")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="noise seed; same seed and params give the same image")
+    width: Side | None = Field(None, description="output width (multiple of 8); unset = the wired image's, or 1024")
+    height: Side | None = Field(None, description="output height (multiple of 8); unset = the wired image's, or 1024")
+    scheduler: Literal["default", "euler", "euler_a", "euler_trailing", "euler_a_trailing", "lcm", "dpmpp_2m_karras"] = Field(
+        "default", description="sampler; 'default' keeps the checkpoint's own, *_trailing suit Lightning/Turbo few-step checkpoints"
+    )
+    controlnet_scales: tuple[Scale, ...] | None = Field(None, description="per-request ControlNet scales overriding controlnets[i].scale, one per ControlNet")
+
+    @model_validator(mode="after")
+    def _one_scale_per_controlnet(self) -> "SdxlParams":
+        if self.controlnet_scales is not None and len(self.controlnet_scales) != len(self.controlnets):
+            raise ValueError(f"controlnet_scales has {len(self.controlnet_scales)} values for {len(self.controlnets)} ControlNets")
+        return self
+
+    def scales(self) -> tuple[float, ...]:
+        return self.controlnet_scales if self.controlnet_scales is not None else tuple(c.scale for c in self.controlnets)
+
+
+class Sdxl(Node):
+    """Stable Diffusion XL: text-to-image, img2img, inpainting or ControlNet, chosen by the wired ports."""
+
+    type = "sdxl"
+    category = "generation"
+    Params = SdxlParams
+    inputs = {
+        "prompt": port(PortType.TEXT, doc="prompt for this frame, overriding params.prompt", optional=True),
+        "image": port(PortType.IMAGE, doc="init image: img2img, or inpainting when mask is wired too", optional=True),
+        "mask": port(PortType.MASK, doc="where to repaint (1 = repaint, 0 = keep); needs image", optional=True),
+        "control_image": port(PortType.IMAGE, doc="control image of controlnets[0] (depth, edges, segment colours)", optional=True),
+        "control_image_2": port(PortType.IMAGE, doc="control image of controlnets[1]", optional=True),
+        "control_image_3": port(PortType.IMAGE, doc="control image of controlnets[2]", optional=True),
+    }
+    outputs = {"image": port(PortType.IMAGE, doc="generated frame, width x height")}
+    request_params = frozenset(
+        {"prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "width", "height", "controlnet_scales"}
+    )
+    uses_gpu = True
+    max_batch = 4
+
+    def models(self) -> list[str]:
+        p = self.params
+        return list(dict.fromkeys([p.model, *([p.vae] if p.vae else []), *(c.model for c in p.controlnets)]))
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Any]:
+        return {"sdxl": _tiny_sd.save_sdxl, "sdxl-vae": _save_tiny_vae, "sdxl-controlnet": _tiny_sd.save_sdxl_controlnet}
+
+    def load(self, device: str, dtype: str) -> None:
+        super().load(device, dtype)
+        import torch
+        from diffusers import ControlNetModel
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars in replica logs
+        logging.getLogger("diffusers.models.modeling_utils").addFilter(_drop_noise)
+        p, torch_dtype = self.params, getattr(torch, dtype)
+        # resolve every id first: a missing ControlNet fails before gigabytes of base model load
+        base_path = resolve(p.model, self.node_id, "sdxl", _tiny_sd.save_sdxl)
+        vae_path = resolve(p.vae, self.node_id, "sdxl-vae", _save_tiny_vae) if p.vae else None
+        net_paths = [resolve(c.model, self.node_id, "sdxl-controlnet", _tiny_sd.save_sdxl_controlnet) for c in p.controlnets]
+        self.base = _base_pipeline(base_path, vae_path, device, torch_dtype)
+        loaded: dict[str, Any] = {}  # the same ControlNet twice is loaded once
+        for path in net_paths:
+            if path not in loaded:
+                loaded[path] = ControlNetModel.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype)).to(device)
+        self.controlnets = [loaded[path] for path in net_paths]
+        self.pipes: dict[str, Any] = {}
+        self.schedulers: dict[str, Any] = {}
+        b = self.base
+        self.weight_bytes = module_bytes(b.unet, b.vae, b.text_encoder, b.text_encoder_2, *self.controlnets)
+
+    def example_inputs(self) -> Frame:
+        image = example_value(PortType.IMAGE, WARMUP_SIDE)
+        return {name: image for name in CONTROL_PORTS[: len(self.params.controlnets)]}
+
+    def warmup(self) -> None:
+        """One 1-step generation at 64 x 64: kernels and lazy imports load, cold start stays short."""
+        small = self.params.model_copy(update={"steps": 1, "width": WARMUP_SIDE, "height": WARMUP_SIDE})
+        self.run_batch([self.example_inputs()], [small])
+
+    def run_batch(self, inputs: Sequence[Frame], params: Sequence[SdxlParams]) -> list[Frame]:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (frame, p) in enumerate(zip(inputs, params)):
+            width, height = target_size(frame, p)
+            key = (self._mode(frame), width, height, p.steps, p.guidance, p.strength, p.scheduler, p.scales(), bool(p.negative_prompt))
+            groups.setdefault(key, []).append(i)
+        out: list[Frame] = [{} for _ in inputs]
+        for (mode, width, height, *_), members in groups.items():
+            images = self._generate(mode, width, height, [inputs[i] for i in members], [params[i] for i in members])
+            for i, image in zip(members, images):
+                out[i] = {"image": image}
+        return out
+
+    def _mode(self, frame: Frame) -> str:
+        wired = [name for name in CONTROL_PORTS if name in frame]
+        needed = list(CONTROL_PORTS[: len(self.params.controlnets)])
+        if wired != needed:
+            raise ValueError(
+                f"node '{self.node_id}' has {len(needed)} ControlNet(s), so it needs exactly these ports wired: "
+                f"{', '.join(needed) or 'no control_image'}; wired: {', '.join(wired) or 'none'}"
+            )
+        if "mask" in frame and "image" not in frame:
+            raise ValueError(f"node '{self.node_id}': 'mask' is wired but 'image' is not; inpainting needs the image to repaint")
+        return "inpaint" if "mask" in frame else "img2img" if "image" in frame else "t2i"
+
+    def _generate(self, mode: str, width: int, height: int, frames: list[Frame], params: list[SdxlParams]) -> list[np.ndarray]:
+        """One pipeline call for frames that share every call-shaping param."""
+        import torch
+        from PIL import Image
+
+        p = params[0]
+        pipe = self._pipe(mode)
+        pipe.scheduler = self._scheduler(p.scheduler)
+        kwargs: dict[str, Any] = {
+            "prompt": [frame.get("prompt", q.prompt) for frame, q in zip(frames, params)],
+            # None, not "": SDXL then uses zeroed negative embeddings, as it was trained to
+            "negative_prompt": [q.negative_prompt for q in params] if p.negative_prompt else None,
+            "num_inference_steps": p.steps,
+            "guidance_scale": p.guidance,
+            "generator": [torch.Generator("cpu").manual_seed(q.seed) for q in params],
+            "output_type": "np",
+        }
+        if mode != "img2img" or self.controlnets:  # plain SDXL img2img takes its size from the image
+            kwargs |= {"width": width, "height": height}
+        if mode != "t2i":
+            if int(p.steps * p.strength) < 1:
+                raise InputError(
+                    f"params.{self.node_id}.strength",
+                    f"strength {p.strength} x steps {p.steps} leaves no denoising step; raise strength or steps",
+                )
+            kwargs["image"] = [Image.fromarray(resize(f["image"], width, height)) for f in frames]
+            kwargs["strength"] = p.strength
+        if mode == "inpaint":
+            kwargs["mask_image"] = [Image.fromarray(_mask_to_gray(resize(f["mask"], width, height))) for f in frames]
+        if self.controlnets:
+            # one float batch (N, H, W, 3) per ControlNet keeps control images per frame,
+            # which diffusers' nested-list form refuses for several ControlNets
+            controls = [
+                np.stack([resize(f[name], width, height) for f in frames]).astype(np.float32) / 255.0
+                for name in CONTROL_PORTS[: len(self.controlnets)]
+            ]
+            single = len(controls) == 1
+            kwargs["image" if mode == "t2i" else "control_image"] = controls[0] if single else controls
+            kwargs["controlnet_conditioning_scale"] = p.scales()[0] if single else list(p.scales())
+        with torch.inference_mode():
+            images = pipe(**kwargs).images
+        return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
+
+    def _pipe(self, mode: str) -> Any:
+        """The pipeline of a mode, made on first use from the base pipeline's components."""
+        if mode not in self.pipes:
+            import diffusers
+
+            cls = getattr(diffusers, PIPELINES[mode, bool(self.controlnets)])
+            extra: dict[str, Any] = {}
+            if len(self.controlnets) == 1:
+                extra["controlnet"] = self.controlnets[0]
+            elif self.controlnets:
+                extra["controlnet"] = list(self.controlnets)
+            logging.getLogger(cls.__module__).addFilter(_drop_noise)
+            with _diffusers_log(logging.ERROR):  # from_pipe warns for each module it "re-casts" to its own dtype
+                pipe = cls.from_pipe(self.base, dtype=self.base.dtype, **extra)  # without dtype it casts to fp32
+            pipe.set_progress_bar_config(disable=True)
+            self.pipes[mode] = pipe
+        return self.pipes[mode]
+
+    def _scheduler(self, name: str) -> Any:
+        """A scheduler of this node's own: schedulers keep per-call state, the base is shared."""
+        if name not in self.schedulers:
+            import diffusers
+
+            config = self.base.scheduler.config
+            cls_name, overrides = SCHEDULERS.get(name, (type(self.base.scheduler).__name__, {}))
+            self.schedulers[name] = getattr(diffusers, cls_name).from_config(config, **overrides)
+        return self.schedulers[name]
+
+
+def target_size(frame: Frame, p: SdxlParams) -> tuple[int, int]:
+    """Output (width, height): the params' size, else the wired image's rounded down to a
+    multiple of 8 (scaled down to fit 2048), else 1024 square. One side given keeps the aspect."""
+    source = next((frame[name] for name in ("image", *CONTROL_PORTS) if name in frame), None)
+    src_w, src_h = (source.shape[1], source.shape[0]) if source is not None else (DEFAULT_SIDE, DEFAULT_SIDE)
+    if p.width and p.height:
+        return p.width, p.height
+    if p.width or p.height:
+        scale = p.width / src_w if p.width else (p.height or 0) / src_h
+    else:
+        scale = min(1.0, MAX_SIDE / max(src_w, src_h))
+    width, height = (p.width or src_w * scale), (p.height or src_h * scale)
+    return min(MAX_SIDE, to_multiple(width, 8)), min(MAX_SIDE, to_multiple(height, 8))
+
+
+_BASES: "weakref.WeakValueDictionary[tuple[str, str | None, str, str], Any]" = weakref.WeakValueDictionary()
+"""Base pipelines alive in this process, so nodes loading the same checkpoint share it."""
+
+
+def _base_pipeline(path: str, vae_path: str | None, device: str, torch_dtype: Any) -> Any:
+    key = (path, vae_path, device, str(torch_dtype))
+    pipe = _BASES.get(key)
+    if pipe is None:
+        from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+        extra = {"vae": AutoencoderKL.from_pretrained(vae_path, dtype=torch_dtype)} if vae_path else {}
+        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype), **extra)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        _BASES[key] = pipe
+    return pipe
+
+
+def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
+    """Load a checkpoint's `.fp16.` files when loading in fp16 and it ships them: half the bytes to read."""
+    import torch
+
+    folder = Path(path)
+    if torch_dtype == torch.float16 and folder.is_dir() and next(folder.rglob("*.fp16.safetensors"), None):
+        return {"variant": "fp16"}
+    return {}
+
+
+def _mask_to_gray(mask: np.ndarray) -> np.ndarray:
+    return (np.clip(mask, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@contextmanager
+def _diffusers_log(level: int) -> Iterator[None]:
+    logger = logging.getLogger("diffusers")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+NOISE = (
+    # several ControlNets and a list of prompts: with one control batch per ControlNet the
+    # conditionings are per frame, not "fixed across the prompts" as this warning says
+    "fixed across the prompts",
+    # the VAE's fp32 upcast in img2img/inpaint warns on every call when nothing must stay fp32
+    "should be kept in float32: []",
+)
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    """Logging filter dropping the diffusers warnings above, which fire on every call and are wrong here."""
+    message = record.getMessage()
+    return not any(fragment in message for fragment in NOISE)
+
+
+def _save_tiny_vae(path: Path) -> None:
+    """A tiny replacement VAE, the tiny SDXL's shape (for the `vae` param)."""
+    _tiny_sd.vae().save_pretrained(path)

@@ -1,0 +1,187 @@
+"""4x super-resolution, two ways, chosen by `method`:
+
+- `sd_x4`: the Stable Diffusion x4 upscaler (`stabilityai/stable-diffusion-x4-upscaler`,
+  diffusers `StableDiffusionUpscalePipeline`), what Livepeer's `/upscale` pipeline runs. A
+  diffusion model guided by a prompt: it invents plausible detail, at diffusion cost
+  (steps x UNet on the low-res latent, then a VAE decode at the output size). VRAM in fp16:
+  1.6 GiB of weights; the VAE decode to 1024 px needs memory-efficient attention (PyTorch
+  SDPA, the default), feed it 256-512 px frames.
+- `esrgan`: an ESRGAN-family network (Real-ESRGAN x4 by default) through spandrel, which
+  recognises the architecture from the state dict of any `.pth` / `.safetensors` file.
+  One forward pass, no prompt: the real-time path (about 30 ms for 256 -> 1024 px on an
+  H100, 67 MB of weights for the 23-block Real-ESRGAN).
+
+`model` unset means the method's default. For `esrgan` it names a weights file: a local
+path, or `owner/repo/file.pth` for a file in a Hugging Face repo.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from engine.node import Frame, Node, NodeParams, example_value
+from engine.types import PortType, port
+from nodes import _tiny_sd
+from nodes._shared import module_bytes
+from nodes._weights import models_mode, resolve
+from nodes.sdxl import fp16_variant
+
+DEFAULT_MODELS = {
+    "sd_x4": "stabilityai/stable-diffusion-x4-upscaler",
+    "esrgan": "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth",
+}
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
+WARMUP_SIDE = 32
+
+
+class UpscaleParams(NodeParams):
+    method: Literal["sd_x4", "esrgan"] = Field("esrgan", description="sd_x4: diffusion upscaler (prompted, slow); esrgan: one forward pass (fast)")
+    model: str | None = Field(None, min_length=1, max_length=512,
+                              description="sd_x4: id or folder of the pipeline; esrgan: weights file (path or owner/repo/file.pth); unset = the method's default")
+    prompt: str = Field("", max_length=2000, description="sd_x4: what the image shows; a wired `prompt` port overrides it")
+    negative_prompt: str = Field("", max_length=2000, description="sd_x4: what to steer away from")
+    steps: int = Field(20, ge=1, le=100, description="sd_x4: denoising steps")
+    guidance: float = Field(9.0, ge=0.0, le=30.0, description="sd_x4: classifier-free guidance scale; 1 or less turns it off")
+    noise_level: int = Field(20, ge=0, le=350, description="sd_x4: noise added to the low-res image; more = more invented detail")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="sd_x4: noise seed, per frame")
+
+    @property
+    def model_id(self) -> str:
+        return self.model or DEFAULT_MODELS[self.method]
+
+
+class Upscale(Node):
+    """4x upscale of a frame: the Stable Diffusion x4 upscaler (prompted) or an ESRGAN network through spandrel (fast)."""
+
+    type = "upscale"
+    category = "generation"
+    Params = UpscaleParams
+    inputs = {
+        "image": port(PortType.IMAGE, doc="frame to upscale"),
+        "prompt": port(PortType.TEXT, doc="sd_x4: prompt for this frame, overriding params.prompt", optional=True),
+    }
+    outputs = {"image": port(PortType.IMAGE, doc="the frame, 4x wider and taller")}
+    request_params = frozenset({"prompt", "negative_prompt", "steps", "guidance", "noise_level", "seed"})
+    uses_gpu = True
+    max_batch = 4
+
+    def models(self) -> list[str]:
+        return [split_weights(self.params.model_id)[0] if self.params.method == "esrgan" else self.params.model_id]
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Any]:
+        return {"sd-x4-upscaler": _tiny_sd.save_x4_upscaler, "esrgan-x4": _save_tiny_esrgan}
+
+    def load(self, device: str, dtype: str) -> None:
+        super().load(device, dtype)
+        import torch
+
+        torch_dtype = getattr(torch, dtype)
+        if self.params.method == "sd_x4":
+            from diffusers import StableDiffusionUpscalePipeline
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.disable_progress_bar()
+            path = resolve(self.params.model_id, self.node_id, "sd-x4-upscaler", _tiny_sd.save_x4_upscaler)
+            pipe = StableDiffusionUpscalePipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype))
+            self.pipe = pipe.to(device)
+            self.pipe.set_progress_bar_config(disable=True)
+            self.weight_bytes = module_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
+        else:
+            from spandrel import ImageModelDescriptor, ModelLoader
+
+            file = self._weights_file()
+            descriptor = ModelLoader().load_from_file(file)
+            if not isinstance(descriptor, ImageModelDescriptor):
+                raise ValueError(f"node '{self.node_id}': {file} holds a {descriptor.architecture.name} model, not an image-to-image network")
+            if torch_dtype == torch.float16 and not descriptor.supports_half:
+                torch_dtype = torch.float32  # some architectures overflow in fp16; spandrel knows which
+            self.net = descriptor.to(device).to(torch_dtype).eval()
+            self.weight_bytes = module_bytes(descriptor.model)
+
+    def _weights_file(self) -> Path:
+        """The ESRGAN weights file: a local file, a file in a (cached) hub repo, or the tiny one."""
+        model = self.params.model_id
+        repo, filename = split_weights(model)
+        if models_mode() != "tiny" and filename is None and not Path(repo).expanduser().exists():
+            raise FileNotFoundError(f"node '{self.node_id}': weights file '{model}' does not exist; give a local path or owner/repo/file.pth")
+        found = Path(resolve(repo, self.node_id, "esrgan-x4", _save_tiny_esrgan))
+        if found.is_file():
+            return found
+        if filename and (found / filename).is_file():
+            return found / filename
+        candidates = sorted(p for p in found.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        if len(candidates) == 1:  # a folder with one weights file, e.g. the tiny model's
+            return candidates[0]
+        raise FileNotFoundError(f"node '{self.node_id}': no weights file '{filename or '*.pth'}' in {found} (found {[p.name for p in candidates]})")
+
+    def example_inputs(self) -> Frame:
+        return {"image": example_value(PortType.IMAGE, WARMUP_SIDE)}
+
+    def warmup(self) -> None:
+        """One 32 px frame (one step for sd_x4): kernels and lazy imports load, cold start stays short."""
+        self.run_batch([self.example_inputs()], [self.params.model_copy(update={"steps": 1})])
+
+    def run_batch(self, inputs: Sequence[Frame], params: Sequence[UpscaleParams]) -> list[Frame]:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (frame, p) in enumerate(zip(inputs, params)):
+            shape = frame["image"].shape
+            key = shape if self.params.method == "esrgan" else (shape, p.steps, p.guidance, p.noise_level)
+            groups.setdefault(key, []).append(i)
+        out: list[Frame] = [{} for _ in inputs]
+        for members in groups.values():
+            frames, group_params = [inputs[i] for i in members], [params[i] for i in members]
+            run = self._esrgan if self.params.method == "esrgan" else self._sd_x4
+            for i, image in zip(members, run(frames, group_params)):
+                out[i] = {"image": image}
+        return out
+
+    def _esrgan(self, frames: list[Frame], params: list[UpscaleParams]) -> list[np.ndarray]:
+        import torch
+
+        batch = torch.from_numpy(np.stack([f["image"] for f in frames])).permute(0, 3, 1, 2)
+        batch = batch.to(self.net.device, self.net.dtype) / 255.0
+        with torch.inference_mode():
+            result = self.net(batch).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+        return list(result.permute(0, 2, 3, 1).cpu().numpy())
+
+    def _sd_x4(self, frames: list[Frame], params: list[UpscaleParams]) -> list[np.ndarray]:
+        import torch
+        from PIL import Image
+
+        p = params[0]
+        with torch.inference_mode():
+            images = self.pipe(
+                prompt=[f.get("prompt", q.prompt) for f, q in zip(frames, params)],
+                negative_prompt=[q.negative_prompt for q in params],
+                image=[Image.fromarray(f["image"]) for f in frames],
+                num_inference_steps=p.steps,
+                guidance_scale=p.guidance,
+                noise_level=p.noise_level,
+                generator=[torch.Generator("cpu").manual_seed(q.seed) for q in params],  # per frame, device-independent
+                output_type="np",
+            ).images
+        return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
+
+
+def split_weights(model: str) -> tuple[str, str | None]:
+    """`owner/repo/sub/file.pth` -> (`owner/repo`, `sub/file.pth`); a local path -> (path, None)."""
+    parts = model.split("/")
+    local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
+    if not local and len(parts) > 2 and model.endswith(WEIGHT_SUFFIXES):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return model, None
+
+
+def _save_tiny_esrgan(path: Path) -> None:
+    """A tiny ESRGAN x4 (8 filters, 1 RRDB block, 226 k params) saved as a plain `.pth`
+    state dict, which spandrel recognises as it does Real-ESRGAN's files."""
+    import torch
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), path / "model.pth")
