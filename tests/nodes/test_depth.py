@@ -1,0 +1,96 @@
+"""The depth family as a user meets it: a tiny Depth Anything V2, saved like the hub repo and
+loaded through the same from_pretrained path, gives a DepthMap (near = 1) and a preview."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.executor import Executor
+from engine.types import check_value
+from engine.validate import load_plan
+from nodes import _tiny_vision
+from nodes._weights import ModelMissing, tiny_model
+from nodes.depth import Depth, DepthParams, colorize
+
+GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
+
+
+def frames() -> list[dict]:
+    """Two frames of different shapes: Depth Anything keeps the aspect, so each is its own forward."""
+    rng = np.random.default_rng(0)
+    return [{"image": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
+            {"image": rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)}]
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Depth]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CAPGRAPH_MODELS", "tiny")
+        node = Depth(DepthParams(), "depth")
+        node.load("cpu", "float32")
+    yield node
+
+
+def test_a_batch_gives_normalised_depth_and_a_preview_per_frame(node: Depth) -> None:
+    params = DepthParams()
+    out = node.run_batch(frames(), [params, params])
+    assert len(out) == 2
+    for frame, result in zip(frames(), out):
+        assert set(result) == set(Depth.outputs)
+        for name, value in result.items():
+            assert check_value(Depth.outputs[name].type, value) is None, name
+        depth = result["depth_map"]
+        assert depth.shape == frame["image"].shape[:2] and depth.dtype == np.float32
+        assert depth.min() == 0.0 and depth.max() == 1.0  # stretched per frame
+        assert result["preview"].shape == frame["image"].shape
+    assert node.weight_bytes > 0 and node.models() == [params.model]
+
+
+def test_a_batch_equals_its_frames_one_by_one(node: Depth) -> None:
+    params = DepthParams()
+    same_size = [frames()[0], {"image": frames()[0]["image"][::-1].copy()}]
+    batch = node.run_batch(same_size, [params, params])
+    for frame, batched in zip(same_size, batch):
+        single = node.run_batch([frame], [params])[0]
+        np.testing.assert_allclose(batched["depth_map"], single["depth_map"], atol=1e-4)
+
+
+def test_colormap_is_a_request_param_and_inferno_runs_dark_to_bright() -> None:
+    assert Depth.request_params == {"colormap"} and "model" not in Depth.request_params
+    ramp = np.linspace(0, 1, 9, dtype=np.float32)[None, :]
+    inferno = colorize(ramp).astype(int)
+    assert inferno[0, 0].tolist() == [0, 0, 4] and inferno[0, -1].tolist() == [252, 255, 164]
+    assert np.all(np.diff(inferno[0].sum(axis=1)) > 0)  # brightness rises with nearness
+    gray = colorize(ramp, "gray")
+    assert np.array_equal(gray[..., 0], gray[..., 2]) and gray[0, -1, 0] == 255
+
+
+def test_a_local_folder_loads_without_the_tiny_switch(node: Depth, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
+    folder = tiny_model("depth-anything", _tiny_vision.depth_anything)
+    assert (folder / "config.json").exists() and (folder / "preprocessor_config.json").exists()
+    local = Depth(DepthParams(model=str(folder)), "depth")
+    local.load("cpu", "float32")
+    expected = node.run_batch(frames()[:1], [node.params])[0]["depth_map"]
+    np.testing.assert_allclose(local.run_batch(frames()[:1], [local.params])[0]["depth_map"], expected, atol=1e-6)
+
+
+def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = Depth(DepthParams(model="capgraph-tests/no-such-depth-model"), "near_far")
+    with pytest.raises(ModelMissing, match="node 'near_far': model 'capgraph-tests/no-such-depth-model'"):
+        missing.load("cpu", "float32")
+
+
+def test_depth_graph_runs_end_to_end(tiny_models: Path) -> None:
+    executor = Executor(load_plan(GRAPHS / "depth.yaml"), device="cpu")
+    result = executor.run(frames())
+    assert executor.nodes["depth"].weight_bytes > 0
+    for frame, out in zip(frames(), result.outputs):
+        assert out["depth_map"].shape == frame["image"].shape[:2] and 0.0 <= out["depth_map"].min() <= out["depth_map"].max() <= 1.0
+        assert out["preview"].dtype == np.uint8
+    gray = executor.run(frames()[:1], params={"depth.colormap": "gray"}).outputs[0]["preview"]
+    assert np.array_equal(gray[..., 0], gray[..., 1])
