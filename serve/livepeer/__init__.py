@@ -1,0 +1,14 @@
+"""Livepeer glue for a served graph: BYOC jobs and registration, Live Runner heartbeats,
+ai-runner-compatible routes and pytrickle live frames.
+
+Entry points (each module imports its heavy pieces only when used):
+
+- `serve.livepeer.routes.make_router(plan, run, is_ready, settings)`: the FastAPI router the
+  ingress includes (`/ready`, `POST /{capability}`, ai-runner routes, `/stream/*`).
+- `serve.livepeer.settings.load_settings(plan, section)` and `check_livepeer_section(raw, plan)`:
+  the graph file's `livepeer:` section.
+- `serve.livepeer.registrar.register_graph(path)` and `runners_json(path)`: what
+  `capgraph register` and `capgraph runners-json` call.
+- `serve.livepeer.live.stream_server(...)`: pytrickle's StreamServer for the graph (extra `livepeer`).
+- `serve.livepeer.local.local_app(plan, settings)`: the same surface over the in-process executor.
+"""

@@ -1,0 +1,82 @@
+"""The Livepeer surface without Ray: the in-process executor behind the same `run`/`is_ready`
+contract the Ray Serve ingress gives `make_router`.
+
+For tests, for a one-GPU container that needs no Ray, and as the baseline the Ray version
+is measured against:
+
+    backend = ExecutorBackend(plan)
+    app = local_app(plan, settings, backend)      # FastAPI: /health, /ready, Livepeer routes
+    uvicorn.run(app, host="0.0.0.0", port=8000)   # the nodes load in the background
+
+Runs are serialised through one lock: an executor's nodes are not shared between threads.
+"""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from engine.executor import Executor
+from engine.plan import Plan
+from serve.livepeer.routes import make_router
+from serve.livepeer.settings import LivepeerSettings
+
+
+class ExecutorBackend:
+    """`run`, `run_batch` and `is_ready` over an in-process `Executor`, which runs in a thread."""
+
+    def __init__(self, plan: Plan, device: str | None = None):
+        self.executor = Executor(plan, device)
+        self._lock = threading.Lock()
+        self._ready = False
+        self.error: BaseException | None = None
+
+    async def load(self) -> None:
+        """Build, load and warm every node (in a thread); `is_ready` turns true after."""
+        try:
+            await asyncio.to_thread(self.executor.load)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        self._ready = True
+
+    async def is_ready(self) -> bool:
+        return self._ready
+
+    async def run(self, inputs: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        result = await asyncio.to_thread(self._run, [inputs], params)
+        return result.outputs[0], result.timings_ms
+
+    async def run_batch(self, frames: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+        return (await asyncio.to_thread(self._run, frames, params)).outputs
+
+    def _run(self, frames: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+        with self._lock:
+            return self.executor.run(frames, params)
+
+
+def local_app(plan: Plan, settings: LivepeerSettings, backend: ExecutorBackend | None = None) -> FastAPI:
+    """A FastAPI app with ai-runner's `/health` and the Livepeer routes; the nodes load in
+    the background once the server starts, so `/health` says LOADING and `/ready` 503 until warm."""
+    backend = backend or ExecutorBackend(plan)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(backend.load())
+        yield
+        if not task.done():
+            task.cancel()
+
+    app = FastAPI(title=plan.capability, lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        status = "ERROR" if backend.error is not None else "IDLE" if await backend.is_ready() else "LOADING"
+        return JSONResponse({"status": status})
+
+    app.include_router(make_router(plan, backend.run, backend.is_ready, settings, run_batch=backend.run_batch))
+    return app

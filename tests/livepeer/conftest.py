@@ -1,0 +1,43 @@
+"""Fixtures for the Livepeer tests; the servers themselves live in lp_support.py."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.validate import load_plan
+from tests.livepeer.lp_support import EDGES, FakeOrchestrator, GatedBackend, ServerThread, Service, free_port
+from serve.livepeer.local import local_app
+from serve.livepeer.settings import load_settings, read_section
+
+
+@pytest.fixture
+def orchestrator() -> Iterator[FakeOrchestrator]:
+    orch = FakeOrchestrator()
+    orch.start()
+    yield orch
+    orch.stop()
+
+
+@pytest.fixture
+def start_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Service]]:
+    """`start_service(graph=EDGES, env={...}, hold=False)`: the graph served on 127.0.0.1."""
+    started: list[Service] = []
+
+    def start(graph: Path = EDGES, env: dict[str, str] | None = None, hold: bool = False, port: int | None = None) -> Service:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        port = port or free_port()
+        monkeypatch.setenv("CAPGRAPH_LIVEPEER__URL", f"http://127.0.0.1:{port}")
+        plan = load_plan(graph)
+        settings = load_settings(plan, read_section(graph))
+        backend = GatedBackend(plan)
+        if hold:
+            backend.gate.clear()
+        service = Service(plan, settings, backend, ServerThread(local_app(plan, settings, backend), port).start())
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.server.stop()
