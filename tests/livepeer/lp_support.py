@@ -86,6 +86,7 @@ class OrchestratorState:
 
     capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
     registrations: list[dict[str, Any]] = field(default_factory=list)
+    register_attempts: int = 0
     unregistrations: list[str] = field(default_factory=list)
     forwarded: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
@@ -98,6 +99,7 @@ def orchestrator_app(state: OrchestratorState, secret: str = ORCH_SECRET) -> Fas
 
     @app.post("/capability/register")
     async def register(request: Request) -> Response:
+        state.register_attempts += 1
         if request.headers.get("authorization") != secret:
             return PlainTextResponse("invalid authorization", status_code=400)
         try:
