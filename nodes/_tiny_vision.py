@@ -24,7 +24,7 @@ def _quiet() -> None:
 
 
 def depth_anything(folder: Path) -> None:
-    """Depth Anything V2 on a 4-layer DINOv2 (121 k params), processor as in the -hf repos:
+    """Depth Anything V2 on a 4-layer DINOv2 (139 k params), processor as in the -hf repos:
     aspect kept, sides a multiple of the patch size 14."""
     import torch
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
@@ -62,8 +62,8 @@ def segformer(folder: Path) -> None:
 
 
 def mask2former(folder: Path) -> None:
-    """Mask2Former on a Swin backbone (widths are multiples of 32, as its pixel decoder needs),
-    the universal-segmentation path of the segmentation family."""
+    """Mask2Former on a Swin backbone (267 k params; the decoder widths are multiples of 32
+    for its GroupNorms), the universal-segmentation path of the segmentation family."""
     import torch
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
 
@@ -87,7 +87,7 @@ SAM2_SIZE = 64
 
 
 def sam2(folder: Path) -> None:
-    """SAM 2 with a 5-block Hiera (about 300 k params), saved like `facebook/sam2-hiera-large`:
+    """SAM 2 with a 5-block Hiera (301 k params, 109 k of them the image model), saved like `facebook/sam2-hiera-large`:
     a `sam2_video` checkpoint (image model plus memory modules) with a `Sam2VideoProcessor`.
     Hiera rules: no global-attention block may open a query-pooling stage, and the FPN
     feature sizes are S/4, S/8, S/16."""

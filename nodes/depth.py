@@ -11,7 +11,8 @@ models were trained on; metric models (ZoeDepth, Depth Pro, Depth Anything metri
 distance, so their maps are flipped. Either way each frame's map is stretched to [0, 1].
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -63,7 +64,7 @@ class Depth(Node):
         return [self.params.model]
 
     @classmethod
-    def tiny_models(cls):
+    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"depth-anything": _tiny_vision.depth_anything}
 
     def load(self, device: str, dtype: str) -> None:

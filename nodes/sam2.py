@@ -14,7 +14,8 @@ The image encoder runs once per batch; the cheap prompt decoder runs once per gr
 frames whose prompts have the same shape (once per batch for a stream).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -79,7 +80,7 @@ class Sam2(Node):
         return [self.params.model]
 
     @classmethod
-    def tiny_models(cls):
+    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"sam2": _tiny_vision.sam2}
 
     def load(self, device: str, dtype: str) -> None:
@@ -99,7 +100,8 @@ class Sam2(Node):
         try:
             self.processor = Sam2Processor.from_pretrained(path)
         except OSError:  # the -hf repos ship weights only: SAM 2's processor at the model's input size
-            side = config.vision_config.backbone_config.image_size[0]
+            side = config.prompt_encoder_config.image_size
+            side = side if isinstance(side, int) else side[0]
             self.processor = Sam2Processor(Sam2ImageProcessor(size={"height": side, "width": side}))
         self.weight_bytes = module_bytes(self.model)
 
@@ -135,7 +137,7 @@ class Sam2(Node):
             labels = p.point_labels or [1] * len(coords)
         boxes = [list(map(float, b)) for b in frame.get("boxes") or []]
         if not boxes and frame.get("mask") is not None:
-            boxes = _bounding_box(frame["mask"])
+            boxes = _bounding_box(frame["mask"], *frame["image"].shape[:2])
         if not boxes and p.box is not None:
             boxes = [p.box]
         if coords and len(boxes) > 1:
@@ -164,12 +166,14 @@ def _shape(prompt: dict[str, Any]) -> tuple[int, int]:
     return len(prompt["points"]), len(prompt["boxes"])
 
 
-def _bounding_box(mask: np.ndarray) -> list[list[float]]:
-    """The box around a mask's pixels above 0.5, or none for an empty mask."""
+def _bounding_box(mask: np.ndarray, height: int, width: int) -> list[list[float]]:
+    """The box around a mask's pixels above 0.5 in frame pixels (the mask may come at
+    another size), or none for an empty mask."""
     rows, cols = np.nonzero(np.asarray(mask) > 0.5)
     if rows.size == 0:
         return []
-    return [[float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]]
+    sy, sx = height / mask.shape[0], width / mask.shape[1]
+    return [[cols.min() * sx, rows.min() * sy, (cols.max() + 1) * sx, (rows.max() + 1) * sy]]
 
 
 def _answer(masks: Any, scores: Any, logits: Any) -> Frame:

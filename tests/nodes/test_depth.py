@@ -57,6 +57,16 @@ def test_a_batch_equals_its_frames_one_by_one(node: Depth) -> None:
         np.testing.assert_allclose(batched["depth_map"], single["depth_map"], atol=1e-4)
 
 
+def test_resolution_sets_the_side_the_model_sees(tiny_models: Path) -> None:
+    sharp = Depth(DepthParams(resolution=224), "depth")
+    sharp.load("cpu", "float32")
+    seen: list[tuple[int, ...]] = []
+    sharp.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(tuple(kwargs["pixel_values"].shape)), with_kwargs=True)
+    out = sharp.run_batch(frames(), [sharp.params] * 2)
+    assert seen == [(1, 3, 168, 224), (1, 3, 224, 168)]  # aspect kept, long side 224 (the tiny's own is 112)
+    assert [o["depth_map"].shape for o in out] == [(96, 128), (80, 60)]
+
+
 def test_colormap_is_a_request_param_and_inferno_runs_dark_to_bright() -> None:
     assert Depth.request_params == {"colormap"} and "model" not in Depth.request_params
     ramp = np.linspace(0, 1, 9, dtype=np.float32)[None, :]

@@ -98,6 +98,8 @@ def test_a_mask_input_prompts_with_its_bounding_box(node: Sam2) -> None:
     by_mask = run(node, {"image": image(0), "mask": rough})
     by_box = run(node, {"image": image(0)}, box=[30, 20, 90, 50])
     assert_close(by_mask, by_box)
+    half_size = run(node, {"image": image(0), "mask": rough[::2, ::2].copy()})
+    assert_close(half_size, by_box)  # a mask at another size still boxes the same frame pixels
     nothing = run(node, {"image": image(0), "mask": np.zeros((96, 128), np.float32)})
     assert nothing["masks"]["masks"].shape == (3, 96, 128)  # no prompt at all still answers
 
