@@ -1,0 +1,236 @@
+"""The Ray Serve application builder: `import_path: serve.app:build`.
+
+A graph file is also a Serve config file. Its `applications:` entry names this builder
+and carries the graph in `args` (YAML aliases of the file's own sections), so the same
+file works with `serve run FILE` locally and `serve deploy FILE` on a remote cluster
+with nothing else to copy; `serve run serve.app:build graph=FILE` and `capgraph serve`
+(`serve.run.serve_graph`) go through the same steps:
+
+1. validate the graph, with the same checks and messages as `capgraph validate`;
+2. compile it into deployment units (`serve.compiler`);
+3. pre-flight it against the cluster (`serve.preflight`): on a cluster with no GPU every
+   node falls back to the CPU with one warning; what does not fit is named;
+4. bind one `NodeGroup` deployment per unit and the `Capability` ingress.
+
+A graph that fails step 1 or 3 never reaches Ray: where the builder runs in the `serve
+run` process it prints the errors and exits with status 2. Where it runs inside the
+cluster (a config file), it fails the application with the errors as its message, which
+`serve status` shows, and stops a local `serve run` that would otherwise wait forever.
+"""
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.exceptions import RayServeException
+
+from engine.errors import GraphError, GraphInvalid
+from engine.plan import Plan
+from engine.validate import load_plan, plan_from_data
+from engine.values import MAX_PIXELS
+from engine.yamlload import YamlProblem, load_yaml
+from serve import preflight
+from serve.compiler import INGRESS, Compiled, compile_plan
+from serve.ingress import Capability, Settings
+from serve.replica import NodeGroup
+
+log = logging.getLogger("ray.serve")
+
+
+class CapabilityArgs(BaseModel):
+    """The `args` of a capgraph application in a Serve config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    graph: dict[str, Any] | str = Field(description="the graph's sections (capability, inputs, nodes, outputs...) or a graph file path")
+    fuse: Literal["groups", "all", "none"] = Field("groups", description="groups: fuse nodes sharing a `group`; all: one deployment; none: one per node")
+    batching: bool = Field(True, description="batch concurrent frames per node (false: every call runs alone)")
+    preflight: Literal["fail", "warn", "off"] = Field("fail", description="what to do when the graph does not fit the cluster")
+    gpu_memory_gib: float | None = Field(None, gt=0, le=1024, description="GPU memory for deriving unset GPU fractions")
+    max_pixels: int = Field(MAX_PIXELS, ge=64, le=1 << 28, description="largest image a request may send")
+    max_body_bytes: int = Field(64 << 20, ge=1024, le=1 << 31, description="largest request body")
+    request_timeout_s: float = Field(60.0, gt=0, le=3600, description="answer 504 past this")
+    ingress_replicas: int = Field(1, ge=1, le=1024)
+    ingress_cpus: float = Field(0.25, gt=0, le=64)
+    max_concurrency: int = Field(256, ge=1, le=100_000, description="requests one ingress replica holds at once")
+    health_check_period_s: float = Field(10.0, gt=0, le=3600, description="how often Ray calls each replica's check_health")
+    livepeer: dict[str, Any] | None = Field(None, description="the Livepeer section; read from the graph file when `graph` is a path")
+
+
+class BuildRefused(RayServeException):
+    """The graph is invalid or does not fit: Serve records the message without retrying."""
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """Everything decided before Ray is asked for anything."""
+
+    compiled: Compiled
+    cluster: preflight.Cluster
+    notes: tuple[str, ...]
+    """Warnings and decisions to show the user (CPU fallback, derived fractions)."""
+    problems: tuple[str, ...]
+    """What does not fit the cluster."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary (what `capgraph serve --dry-run --json` prints)."""
+        return {
+            "capability": self.compiled.plan.capability,
+            "cluster": self.cluster.describe(),
+            "demand": preflight.demand(self.compiled),
+            "deployments": [
+                {"name": u.name, "nodes": list(u.nodes), "num_gpus": u.num_gpus, "num_cpus": u.num_cpus,
+                 "replicas": u.replicas if isinstance(u.replicas, int) else u.replicas.model_dump(),
+                 "max_batch_size": u.max_batch_size, "batch_wait_s": u.batch_wait_s,
+                 "max_ongoing_requests": u.max_ongoing_requests, "reads_from": list(u.upstream), "gpu": u.gpu_note}
+                for u in self.compiled.units
+            ],
+            "notes": list(self.notes),
+            "problems": list(self.problems),
+        }
+
+
+def build(args: CapabilityArgs) -> Application:
+    """The builder `serve run` and `serve deploy` call."""
+    try:
+        blueprint = plan_app(args)
+    except GraphInvalid as exc:
+        _refuse(exc.render())
+    if blueprint.problems and args.preflight == "fail":
+        _refuse(_fit_report(blueprint))
+    return bind(blueprint, args)
+
+
+def plan_app(args: CapabilityArgs) -> Blueprint:
+    """Validate, compile and pre-flight; raises GraphInvalid for an invalid graph."""
+    plan = load_graph(args.graph)
+    _check_livepeer(plan, livepeer_section(args))
+    cluster = _cluster()
+    memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
+    compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory)
+    notes = list(compiled.warnings) + [str(w) for w in plan.warnings]
+    wanted = [u for u in compiled.units if u.num_gpus > 0]
+    if wanted and cluster.gpus == 0:
+        names = ", ".join(n for u in wanted for n in u.nodes)
+        compiled = compiled.on_cpu("no GPU in the cluster: CPU fallback")
+        notes.append(f"no GPU in the cluster ({cluster.describe()}): running {names} on the CPU in float32; "
+                     "the same graph uses the GPU where there is one.")
+    problems = preflight.check_fit(compiled, cluster, args.ingress_cpus, args.ingress_replicas) if args.preflight != "off" else []
+    for note in notes:
+        log.warning("capgraph: %s", note)
+    return Blueprint(compiled, cluster, tuple(notes), tuple(problems))
+
+
+def load_graph(graph: dict[str, Any] | str) -> Plan:
+    """The graph from a builder's args: its sections, or a file path."""
+    if isinstance(graph, str):
+        return load_plan(graph)
+    return plan_from_data(graph, "args.graph")
+
+
+def livepeer_section(args: CapabilityArgs) -> dict[str, Any] | None:
+    if args.livepeer is not None or not isinstance(args.graph, str):
+        return args.livepeer
+    try:
+        tree = load_yaml(Path(args.graph).read_text(encoding="utf-8"))
+    except (OSError, YamlProblem):
+        return None
+    section = tree.get("livepeer") if isinstance(tree, dict) else None
+    return dict(section) if isinstance(section, dict) else None
+
+
+def _check_livepeer(plan: Plan, section: dict[str, Any] | None) -> None:
+    """The Livepeer section must be valid before anything starts (where that package is)."""
+    try:
+        from serve.livepeer.settings import load_settings
+    except ImportError:
+        return
+    try:
+        load_settings(plan, section)
+    except ValueError as exc:
+        raise GraphInvalid([GraphError("livepeer", str(exc), plan.file)]) from None
+
+
+def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
+    """One NodeGroup deployment per unit, and the ingress holding their handles."""
+    compiled = blueprint.compiled
+    handles = {}
+    for unit in compiled.units:
+        options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s}
+        handles[unit.name] = serve.deployment(NodeGroup).options(**options).bind(compiled.plan, unit)
+        log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, batch %d)", unit.name, ", ".join(unit.nodes),
+                 unit.num_gpus, unit.num_cpus, unit.max_batch_size)
+    settings = Settings(max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
+                        request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args))
+    ingress = serve.deployment(Capability).options(
+        name=INGRESS, num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_concurrency,
+        ray_actor_options={"num_cpus": args.ingress_cpus})
+    return ingress.bind(compiled, handles, settings)
+
+
+def _cluster() -> preflight.Cluster:
+    import ray
+
+    if ray.is_initialized():
+        return preflight.cluster_from_ray()
+    return preflight.local_cluster(probe_gpus=True)
+
+
+def _fit_report(blueprint: Blueprint) -> str:
+    lines = [f"capability '{blueprint.compiled.plan.capability}' does not fit the cluster "
+             f"({preflight.demand(blueprint.compiled)} wanted; the cluster has {blueprint.cluster.describe()}):"]
+    lines += [f"  - {p}" for p in blueprint.problems]
+    lines.append("Lower 'resources.gpu' or 'replicas' on these nodes, put nodes in a 'group', or pass args "
+                 "preflight: warn to deploy anyway (e.g. on an autoscaling cluster).")
+    return "\n".join(lines)
+
+
+def _refuse(message: str) -> None:
+    """Stop the build with `message`: exit 2 in the CLI process, a failed application
+    (and a stopped local `serve run`) inside the cluster."""
+    print(message, file=sys.stderr, flush=True)
+    if not _inside_cluster():
+        raise SystemExit(2)
+    _stop_local_serve_run()
+    raise BuildRefused(message)
+
+
+def _inside_cluster() -> bool:
+    """Whether this is a Ray worker (the controller's build task) rather than a driver."""
+    import ray
+    from ray._private.worker import WORKER_MODE, global_worker
+
+    return ray.is_initialized() and global_worker.mode == WORKER_MODE
+
+
+def _stop_local_serve_run() -> None:
+    """`serve run CONFIG` submits the config and then sleeps forever, whatever the build
+    does. When the process that started this Serve instance is such a `serve run` on this
+    machine and nothing has been deployed yet, interrupt it as Ctrl-C would: it shuts Serve
+    down and exits. A cluster that already serves something is left alone."""
+    try:
+        import ray
+        from ray._private import state
+
+        if any(app.deployments for app in serve.status().applications.values()):
+            return
+        job_id = ray.get_runtime_context().get_job_id()
+        here = ray.util.get_node_ip_address()
+        for job in state.jobs():
+            if job["JobID"] != job_id or job["IsDead"] or job["DriverIPAddress"] != here:
+                continue
+            pid = int(job["DriverPid"])
+            argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            names = [Path(a).name for a in argv]
+            if "serve" in names and "run" in argv and any(a.endswith((".yaml", ".yml")) for a in argv):
+                log.error("capgraph: stopping `serve run` (pid %d): the graph cannot be deployed", pid)
+                os.kill(pid, signal.SIGINT)
+    except Exception as exc:  # best effort: the failed application still says why
+        log.debug("capgraph: could not stop serve run: %s", exc)

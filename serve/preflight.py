@@ -1,0 +1,222 @@
+"""Pre-flight: will the compiled graph fit the cluster, before anything is deployed?
+
+Ray would otherwise accept the deployment and leave the replicas that do not fit PENDING
+forever, with no word on why. Here every replica is placed the way Ray places it (CPU per
+machine; a GPU fraction below 1 on one GPU, whole GPUs otherwise) and whatever finds no
+room is named, with what is already on the GPUs it could have used.
+
+Also here: what the cluster is (from Ray, or from this machine before Ray starts), how
+much memory its GPUs have, and how many bytes a node's weight files take before loading.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.plan import PlannedNode
+from serve.compiler import GIB, Compiled, Unit
+
+log = logging.getLogger("capgraph.serve")
+
+KNOWN_GPU_GIB = {"H200": 141.0, "H100": 80.0, "A100": 40.0, "L40S": 48.0, "L40": 48.0, "A10G": 24.0, "L4": 24.0,
+                 "A10": 24.0, "T4": 16.0, "V100": 16.0}
+"""Memory of Ray's `accelerator_type` names, smallest variant where there are two."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    cpus: float
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    machines: tuple[Machine, ...]
+    accelerator: str | None = None
+    source: str = "ray"
+
+    @property
+    def gpus(self) -> int:
+        return sum(m.gpus for m in self.machines)
+
+    @property
+    def cpus(self) -> float:
+        return sum(m.cpus for m in self.machines)
+
+    def describe(self) -> str:
+        kind = f" {self.accelerator}" if self.accelerator else ""
+        return f"{self.gpus}{kind} GPU and {self.cpus:g} CPU on {len(self.machines)} machine{'s' if len(self.machines) != 1 else ''}"
+
+
+def cluster_from_ray() -> Cluster:
+    """The live nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    machines, accelerator = [], None
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        machines.append(Machine(node.get("NodeManagerAddress", "?"), float(res.get("CPU", 0)), int(res.get("GPU", 0))))
+        accelerator = accelerator or next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
+    return Cluster(tuple(machines), accelerator, "ray")
+
+
+def local_cluster(probe_gpus: bool) -> Cluster:
+    """This machine as the local Ray instance `serve run` is about to start would see it:
+    `RAY_OVERRIDE_RESOURCES` first, then the CPU count and (when asked) torch's GPU count."""
+    override = json.loads(os.environ.get("RAY_OVERRIDE_RESOURCES") or "{}")
+    cpus = float(override.get("CPU", os.cpu_count() or 1))
+    gpus = override.get("GPU")
+    accelerator = None
+    if gpus is None:
+        gpus, accelerator = _torch_gpus() if probe_gpus else (0, None)
+    return Cluster((Machine("local", cpus, int(gpus)),), accelerator, "local")
+
+
+def _torch_gpus() -> tuple[int, str | None]:
+    try:
+        import torch
+    except ImportError:
+        return 0, None
+    if not torch.cuda.is_available():
+        return 0, None
+    return torch.cuda.device_count(), torch.cuda.get_device_name(0)
+
+
+def gpu_memory_gib(cluster: Cluster) -> float | None:
+    """Memory of one GPU: the one this process sees, else the cluster's accelerator type."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_properties(0).total_memory / GIB
+        except ImportError:
+            pass
+    name = (cluster.accelerator or "").upper()
+    return next((gib for key, gib in KNOWN_GPU_GIB.items() if key in name), None)
+
+
+def weight_file_bytes(planned: PlannedNode) -> int | None:
+    """Bytes of a model node's weight files on this machine, or None where any is missing.
+
+    Counts one file of each variant pair (`x.safetensors` / `x.fp16.safetensors`: the
+    smaller) and prefers safetensors over other formats in a folder, as loaders do.
+    Tiny models count as 0: they take a few MB.
+    """
+    from nodes._weights import model_dir, models_mode
+
+    if models_mode() == "tiny":
+        return 0
+    total = 0
+    for model in planned.build().models():
+        path = Path(model).expanduser()
+        if not path.exists():
+            try:
+                from huggingface_hub import snapshot_download
+
+                path = Path(snapshot_download(model, cache_dir=model_dir(), local_files_only=True))
+            except Exception:  # not cached (or not an id at all): unknown
+                return None
+        total += _folder_weight_bytes(path)
+    return total
+
+
+def _folder_weight_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    by_folder: dict[Path, list[Path]] = {}
+    for file in path.rglob("*"):
+        if file.suffix in WEIGHT_SUFFIXES and file.is_file():
+            by_folder.setdefault(file.parent, []).append(file)
+    total = 0
+    for files in by_folder.values():
+        kind = next(s for s in WEIGHT_SUFFIXES if any(f.suffix == s for f in files))
+        variants: dict[str, int] = {}
+        for f in files:
+            if f.suffix == kind:
+                stem = f.name.replace(".fp16", "").replace(".bf16", "")
+                size = f.stat().st_size  # follows the HF cache's symlinks to blobs
+                variants[stem] = min(size, variants.get(stem, size))
+        total += sum(variants.values())
+    return total
+
+
+@dataclass
+class _Gpu:
+    machine: str
+    index: int
+    free: float = 1.0
+    holders: list[str] | None = None
+
+
+def check_fit(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_replicas: int = 1) -> list[str]:
+    """What does not fit, one sentence each; empty when every replica has a place.
+
+    Replicas are placed largest GPU ask first, each fraction on the fullest GPU that still
+    has room (how Ray packs fractions), so four 0.25 nodes share one GPU.
+    """
+    cpus = {m.name: m.cpus for m in cluster.machines}
+    gpus = [_Gpu(m.name, i, 1.0, []) for m in cluster.machines for i in range(m.gpus)]
+    asks = [(u, i) for u in compiled.units for i in range(u.min_replicas)]
+    asks.sort(key=lambda a: (-a[0].num_gpus, -a[0].num_cpus))
+    problems = []
+    for unit, index in asks:
+        label = unit.name if unit.min_replicas == 1 else f"{unit.name} (replica {index + 1} of {unit.min_replicas})"
+        problem = _place(label, unit.num_gpus, unit.num_cpus, cpus, gpus)
+        if problem:
+            problems.append(problem + _explain(unit, gpus, cluster))
+    for index in range(ingress_replicas):
+        problem = _place("capgraph-ingress", 0.0, ingress_cpus, cpus, gpus)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _place(label: str, gpu: float, cpu: float, cpus: dict[str, float], gpus: list[_Gpu]) -> str | None:
+    eps = 1e-6
+    for machine, free_cpu in cpus.items():
+        if free_cpu + eps < cpu:
+            continue
+        mine = [g for g in gpus if g.machine == machine]
+        if gpu <= 0:
+            chosen: list[_Gpu] = []
+        elif gpu < 1:
+            fits = [g for g in mine if g.free + eps >= gpu]
+            if not fits:
+                continue
+            chosen = [min(fits, key=lambda g: g.free)]
+        else:
+            whole = [g for g in mine if g.free >= 1 - eps]
+            if len(whole) < gpu:
+                continue
+            chosen = whole[: int(gpu)]
+        cpus[machine] -= cpu
+        for g in chosen:
+            g.free -= min(gpu, 1.0)
+            g.holders.append(f"{label} ({min(gpu, 1.0):g})")
+        return None
+    what = f"{gpu:g} GPU and {cpu:g} CPU" if gpu else f"{cpu:g} CPU"
+    return f"deployment '{label}' needs {what} and does not fit"
+
+
+def _explain(unit: Unit, gpus: Iterable[_Gpu], cluster: Cluster) -> str:
+    if unit.num_gpus <= 0:
+        return f": the cluster has {cluster.cpus:g} CPU in all; lower 'resources.cpu' on its nodes."
+    taken = [f"GPU {g.index} on {g.machine} has {g.free:.2f} free, taken by {', '.join(g.holders) or 'nothing'}" for g in gpus]
+    detail = "; ".join(taken) if taken else "the cluster has no GPU"
+    return f": {detail}. Nodes: {', '.join(unit.nodes)} ({unit.gpu_note or 'no note'})."
+
+
+def demand(compiled: Compiled) -> str:
+    """`1.25 GPU and 1.5 CPU over 5 replicas` (minimum replicas)."""
+    gpu = sum(u.num_gpus * u.min_replicas for u in compiled.units)
+    cpu = sum(u.num_cpus * u.min_replicas for u in compiled.units)
+    count = sum(u.min_replicas for u in compiled.units)
+    return f"{gpu:g} GPU and {cpu:g} CPU over {count} node replica{'s' if count != 1 else ''}"
