@@ -150,12 +150,12 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         finally:
             guard.gate.leave()
 
-    router.add_api_route(f"/{settings.name}", job, methods=["POST"], summary=f"BYOC job for capability '{settings.name}'")
-
     if settings.routes:
         from serve.livepeer.ai_runner import add_ai_runner_routes
 
-        add_ai_runner_routes(router, plan, run, guard, settings)
+        add_ai_runner_routes(router, plan, run, guard, settings, job)
+    if settings.name not in settings.routes:
+        router.add_api_route(f"/{settings.name}", job, methods=["POST"], summary=f"BYOC job for capability '{settings.name}'")
     if live is not None:
         live.add_routes(router, guard)
     return router

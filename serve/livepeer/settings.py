@@ -55,7 +55,7 @@ ROUTE_FIELDS: dict[str, dict[str, str]] = {
         "num_inference_steps": "integer",
     },
     "segment-anything-2": {
-        "image": "image", "model_id": "text", "point_coords": "points", "box": "boxes",
+        "image": "image", "model_id": "text", "point_coords": "points", "point_labels": "labels", "box": "boxes",
         "multimask_output": "bool", "return_logits": "bool", "normalize_coords": "bool",
     },
 }
@@ -70,6 +70,7 @@ _INPUT_TYPES: dict[str, set[PortType]] = {
     "bool": {PortType.BOOL},
     "points": {PortType.POINTS},
     "boxes": {PortType.BOXES},
+    "labels": set(),  # only ever a node param (e.g. sam.point_labels): a Points input carries its labels
 }
 _OUTPUT_TYPES: dict[str, set[PortType]] = {
     "images": {PortType.IMAGE, PortType.DEPTH_MAP, PortType.MASK, PortType.BYTES},
@@ -262,7 +263,7 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
                 problems.append(f"{where}: '{route}' has no request field '{field}'; fields are {', '.join(sorted(fields))} "
                                 f"(and '{response}' for the output).")
                 continue
-            problems += _check_target(where, target, _INPUT_TYPES[fields[field]], plan, allow_params=fields[field] not in ("image", "points", "boxes"))
+            problems += _check_target(where, target, _INPUT_TYPES[fields[field]], plan, allow_params=fields[field] != "image")
             if target in inputs:
                 fed.add(target)
         if response not in mapping and len(_outputs_of(plan, _OUTPUT_TYPES[response])) != 1:

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,16 +22,18 @@ def orchestrator() -> Iterator[FakeOrchestrator]:
 
 @pytest.fixture
 def start_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Service]]:
-    """`start_service(graph=EDGES, env={...}, hold=False)`: the graph served on 127.0.0.1."""
+    """`start_service(graph=EDGES, env={...}, hold=False, section=None)`: the graph served on
+    127.0.0.1, with its own `livepeer:` section or the one given."""
     started: list[Service] = []
 
-    def start(graph: Path = EDGES, env: dict[str, str] | None = None, hold: bool = False, port: int | None = None) -> Service:
+    def start(graph: Path = EDGES, env: dict[str, str] | None = None, hold: bool = False, port: int | None = None,
+              section: dict[str, Any] | None = None) -> Service:
         for name, value in (env or {}).items():
             monkeypatch.setenv(name, value)
         port = port or free_port()
         monkeypatch.setenv("CAPGRAPH_LIVEPEER__URL", f"http://127.0.0.1:{port}")
         plan = load_plan(graph)
-        settings = load_settings(plan, read_section(graph))
+        settings = load_settings(plan, read_section(graph) if section is None else section)
         backend = GatedBackend(plan)
         if hold:
             backend.gate.clear()

@@ -1,0 +1,316 @@
+"""ai-runner-compatible batch routes, so go-livepeer's external-container path
+(`aiModels.json` with `url` and `token`) and the livepeer-ai SDK call a graph unchanged.
+
+The graph declares which routes it answers and how each request field reaches it:
+
+    livepeer:
+      routes:
+        image-to-image: {image: image, prompt: sdxl.prompt, strength: sdxl.strength, seed: sdxl.seed, images: out}
+
+A field maps to a graph input or a settable `node.param`; `images` (or `masks` for SAM2)
+names the graph output that answers. Fields a graph does not map are accepted and
+ignored, and only fields present in the request override the graph's own values.
+
+Wire rules, from ai-runner `runner/routes/*.py` @50a742ce and go-livepeer `ai/worker`:
+text-to-image is JSON, the others multipart with an `image` file part in any position;
+go-livepeer writes floats as "0.800000" and leaves unset fields out, the SDK sends every
+field; an empty string means unset. Answers are `{"images": [{"url": "data:image/png;base64,...",
+"seed": int, "nsfw": bool}]}` or, for SAM2, `masks`, `scores`, `logits` as Python list
+strings sorted by descending score. Errors are `{"detail": {"msg": ...}}`, except 422,
+which keeps FastAPI's `{"detail": [{"loc", "msg", "type"}]}` list the SDK parses.
+"""
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import TypeAdapter, ValidationError
+
+from engine.errors import InputError
+from engine.plan import Plan
+from engine.types import PortType
+from engine.values import decode_image
+from nodes._shared import gray_to_rgb
+from serve.livepeer.codec import data_url, png_data_url
+from serve.livepeer.routes import Guard, RunFn, error
+from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
+
+log = logging.getLogger("capgraph.livepeer")
+
+MAX_IMAGES = 16
+"""Most images one request may ask for (`num_images_per_prompt`)."""
+
+_REQUIRED = {
+    "text-to-image": ("prompt",),
+    "image-to-image": ("prompt", "image"),
+    "upscale": ("prompt", "image"),
+    "segment-anything-2": ("image",),
+}
+_ADAPTERS = {
+    "text": TypeAdapter(str),
+    "integer": TypeAdapter(int),
+    "number": TypeAdapter(float),
+    "bool": TypeAdapter(bool),
+}
+
+
+class _Invalid(Exception):
+    """A request that FastAPI would have refused with 422: carries its `detail` list."""
+
+    def __init__(self, detail: list[dict[str, Any]]):
+        self.detail = detail
+
+
+def add_ai_runner_routes(router: APIRouter, plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings,
+                         job: Callable[[Request], Awaitable[Response]] | None = None) -> None:
+    """Add each declared route (with its trailing-slash twin), `/version` and `/hardware/*`.
+
+    A capability named like a route (`segment-anything-2`) shares its path with the BYOC
+    job route: `job` then takes the requests whose body is a native JSON job."""
+    for route, mapping in settings.routes.items():
+        handler = _handler(route, mapping, plan, run, guard, settings)
+        if route == settings.name and job is not None:
+            handler = _shared_path(handler, job)
+        router.add_api_route(f"/{route}", handler, methods=["POST"], summary=f"ai-runner {route}")
+        router.add_api_route(f"/{route}/", handler, methods=["POST"], include_in_schema=False)
+    pipeline = next(iter(settings.routes))
+
+    @router.get("/version", summary="ai-runner version")
+    async def version() -> dict[str, str]:
+        return {"pipeline": pipeline, "model_id": settings.model_id, "version": plan.spec.version}
+
+    @router.get("/hardware/info", summary="ai-runner GPU information")
+    async def hardware_info() -> dict[str, Any]:
+        return {"pipeline": pipeline, "model_id": settings.model_id, "gpu_info": _gpus(stats=False)}
+
+    @router.get("/hardware/stats", summary="ai-runner GPU utilisation")
+    async def hardware_stats() -> dict[str, Any]:
+        return {"pipeline": pipeline, "model_id": settings.model_id, "gpu_stats": _gpus(stats=True)}
+
+
+def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings):
+    output = default_output(plan, route, settings)
+    response_field = RESPONSE_FIELD[route]
+    fields = {k: v for k, v in mapping.items() if k != response_field}
+
+    async def handle(request: Request) -> Response:
+        refused = await guard.admit(request)
+        if refused is not None:
+            return refused
+        try:
+            values = await _read(route, request)
+            model_id = values.get("model_id") or ""
+            if model_id and model_id != settings.model_id:
+                return error(400, f"pipeline configured with {settings.model_id} but called with {model_id}.")
+            if route == "text-to-image" and not values.get("prompt"):
+                return error(400, "Prompt must be provided.")
+            if route == "segment-anything-2":
+                return await _segment(values, fields, plan, run, output)
+            return await _images(values, fields, plan, run, output)
+        except _Invalid as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=422)
+        except InputError as exc:
+            status = exc.status if exc.status in (413, 415) else 400
+            return error(status, f"{exc.field}: {exc.message}")
+        except Exception as exc:
+            if "out of memory" in str(exc).lower():
+                return error(500, "GPU out of memory.")
+            log.exception("%s on '%s' failed", route, settings.name)
+            return error(500, f"{route_name(route)} pipeline error.")
+        finally:
+            guard.gate.leave()
+
+    handle.__name__ = route.replace("-", "_")
+    return handle
+
+
+def _shared_path(ai_runner: Callable[[Request], Awaitable[Response]], job: Callable[[Request], Awaitable[Response]]):
+    async def either(request: Request) -> Response:
+        if not request.headers.get("content-type", "").startswith("multipart/"):
+            try:
+                doc = json.loads(await request.body() or b"{}")
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and doc.keys() <= {"inputs", "params"}:
+                return await job(request)
+        return await ai_runner(request)
+
+    either.__name__ = ai_runner.__name__
+    return either
+
+
+# -- reading a request ---------------------------------------------------------------------
+
+
+async def _read(route: str, request: Request) -> dict[str, Any]:
+    """The request's fields, typed; absent or empty fields are left out."""
+    kinds = ROUTE_FIELDS[route]
+    if route == "text-to-image":
+        try:
+            raw = json.loads(await request.body())
+        except ValueError:
+            raise _Invalid([{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error"}]) from None
+        if not isinstance(raw, dict):
+            raise _Invalid([{"type": "model_attributes_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
+    else:
+        try:
+            form = await request.form()
+        except Exception:  # not multipart at all: every required field is missing
+            form = {}
+        raw = {key: form.get(key) for key in form.keys()} if form else {}
+    values: dict[str, Any] = {}
+    problems: list[dict[str, Any]] = []
+    for name, value in raw.items():
+        kind = kinds.get(name)
+        if kind is None or value is None or (value == "" and name != "prompt"):  # "" means unset
+            continue
+        if kind == "image":
+            if isinstance(value, str):
+                problems.append({"type": "value_error", "loc": ["body", name], "msg": "Expected UploadFile, received: <class 'str'>"})
+                continue
+            values[name] = await value.read()
+        elif kind in _ADAPTERS:
+            try:
+                values[name] = _ADAPTERS[kind].validate_python(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                problems.append({"type": first["type"], "loc": ["body", name], "msg": first["msg"], "input": value})
+        else:  # JSON-in-a-string fields (SAM2 points and boxes) are parsed by the route
+            values[name] = value
+    for name in _REQUIRED[route]:
+        if name not in values and not any(p["loc"][-1] == name for p in problems):
+            problems.append({"type": "missing", "loc": ["body", name], "msg": "Field required"})
+    if problems:
+        raise _Invalid(problems)
+    return values
+
+
+def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mapped request fields -> (graph inputs, `node.param` overrides)."""
+    inputs: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for field, target in fields.items():
+        if field not in values:
+            continue
+        value = values[field]
+        spec = plan.spec.inputs.get(target)
+        if spec is None:
+            params[target] = value
+        elif spec.type is PortType.IMAGE and isinstance(value, bytes):
+            inputs[target] = decode_image(value, field)
+        else:
+            inputs[target] = value
+    return inputs, params
+
+
+def _json_field(values: Mapping[str, Any], name: str) -> Any:
+    try:
+        return json.loads(values[name])
+    except (ValueError, TypeError):
+        raise InputError(name, "must be a valid JSON array", 400) from None
+
+
+# -- answering -----------------------------------------------------------------------------
+
+
+async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str) -> Response:
+    count = values.get("num_images_per_prompt", 1)
+    if not 1 <= count <= MAX_IMAGES:
+        raise InputError("num_images_per_prompt", f"must be between 1 and {MAX_IMAGES}", 400)
+    seed = values.get("seed")
+    if seed is None:
+        seed = random.randint(0, 2**31 - 1)  # ai-runner picks one and reports it
+    kind = plan.output_type(output)
+
+    async def one(index: int) -> dict[str, Any]:
+        inputs, params = _to_graph({**values, "seed": seed + index}, fields, plan)
+        outputs, _ = await run(inputs, params)
+        return {"url": _image_url(kind, outputs[output]), "seed": seed + index, "nsfw": False}
+
+    images = await asyncio.gather(*(one(i) for i in range(count)))
+    return JSONResponse({"images": list(images)})
+
+
+def _image_url(kind: PortType, value: Any) -> str:
+    if kind is PortType.BYTES:
+        return data_url(bytes(value))
+    if kind in (PortType.DEPTH_MAP, PortType.MASK):
+        return png_data_url(gray_to_rgb(value))
+    return png_data_url(value)
+
+
+async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str) -> Response:
+    """SAM2 prompts arrive as JSON strings. A Points/Boxes graph input gets them combined
+    ([x, y, label] points, a list of boxes); a node param gets them as ai-runner sends them."""
+    values = dict(values)
+    to_input = {name: fields.get(name) in plan.spec.inputs for name in ("point_coords", "box")}
+    labels = _json_field(values, "point_labels") if "point_labels" in values else None
+    if labels is not None:
+        values["point_labels"] = labels
+    if "point_coords" in values:
+        coords = _json_field(values, "point_coords")
+        labels = labels if labels is not None else [1] * len(coords) if isinstance(coords, list) else None
+        if not isinstance(coords, list) or not isinstance(labels, list) or len(coords) != len(labels):
+            raise InputError("point_labels", "must have one label per point in point_coords", 400)
+        try:
+            points = [[float(x), float(y)] for x, y in coords]
+            combined = [[x, y, int(label)] for (x, y), label in zip(points, labels)]
+        except (TypeError, ValueError):
+            raise InputError("point_coords", "must be an Nx2 array of pixel coordinates", 400) from None
+        values["point_coords"] = combined if to_input["point_coords"] else points
+    if "box" in values:
+        box = _json_field(values, "box")
+        boxes = box if isinstance(box, list) and box and isinstance(box[0], list) else [box]
+        if not all(isinstance(b, list) and len(b) == 4 for b in boxes):
+            raise InputError("box", "must be a length 4 array in XYXY format", 400)
+        boxes = [[float(v) for v in b] for b in boxes]
+        values["box"] = boxes if to_input["box"] else boxes[0]
+    inputs, params = _to_graph(values, fields, plan)
+    outputs, _ = await run(inputs, params)
+    masks = outputs[output]
+    scores = np.asarray(masks["scores"], dtype=np.float32)
+    order = np.argsort(scores)[::-1]
+    logits = masks.get("logits")
+    return JSONResponse({
+        "masks": str(np.asarray(masks["masks"])[order].tolist()),
+        "scores": str(scores[order].tolist()),
+        "logits": str(np.asarray(logits)[order].tolist() if logits is not None else []),
+    })
+
+
+def _gpus(stats: bool) -> dict[str, Any]:
+    """ai-runner's `gpu_info` / `gpu_stats` maps, from NVML when it is installed."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no NVML library or no GPU: report none, as ai-runner does
+        return {}
+    try:
+        found: dict[str, Any] = {}
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            entry: dict[str, Any] = {
+                "id": pynvml.nvmlDeviceGetUUID(handle),
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "memory_total": int(memory.total),
+                "memory_free": int(memory.free),
+            }
+            if stats:
+                use = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                entry |= {"utilization_compute": int(use.gpu), "utilization_memory": int(use.memory)}
+            else:
+                major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+                entry |= {"major": int(major), "minor": int(minor)}
+            found[str(index)] = entry
+        return found
+    finally:
+        pynvml.nvmlShutdown()

@@ -1,0 +1,172 @@
+"""The ai-runner routes, called by the real livepeer-ai SDK (server_url = the local service)
+and by hand the way go-livepeer's `ai/worker/multipart.go` writes a request."""
+
+import concurrent.futures
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from livepeer_ai import Livepeer
+from livepeer_ai.models import errors
+from livepeer_ai.utils import unmarshal_json
+
+from tests.livepeer.lp_support import TOKEN, data_url, decode_data_url, photo, png, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAPHS = Path(__file__).resolve().parent / "graphs"
+
+
+def _sdk(service, token: str = TOKEN) -> Livepeer:
+    """The SDK pointed at the local service. Keep the returned object alive while calling:
+    the SDK closes its HTTP client when the `Livepeer` object is collected."""
+    return Livepeer(http_bearer=token, server_url=service.url, timeout_ms=60_000)
+
+
+def _image_part() -> dict:
+    return {"file_name": "in.png", "content": png(photo()), "content_type": "image/png"}
+
+
+def _go_livepeer_multipart(fields: dict[str, str], image: bytes) -> tuple[bytes, str]:
+    """A multipart body as go-livepeer writes it: the image part first, floats as %f."""
+    boundary = "goLivepeerBoundary7MA4YWxkTrZu0gW"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n"
+    ]
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture
+def edges(start_service):
+    service = start_service(env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
+    service.wait_ready()
+    return service
+
+
+def test_image_to_image_through_the_sdk(edges):
+    client = _sdk(edges)
+    result = client.generate.image_to_image(request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7})
+    [image] = result.image_response.images
+    assert image.seed == 7 and image.nsfw is False
+    out = decode_data_url(image.url)
+    assert out.shape == (96, 128, 3)
+    # strength -> blend.opacity 0: the answer is the edge map, the graph's other output
+    upscaled = client.generate.upscale(request={"prompt": "x", "image": _image_part()})
+    assert np.array_equal(out, decode_data_url(upscaled.image_response.images[0].url))
+
+
+def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges):
+    body, content_type = _go_livepeer_multipart(
+        {"prompt": "edges", "model_id": "", "strength": "0.000000", "seed": "7", "num_inference_steps": "100", "loras": ""},
+        png(photo()),
+    )
+    answer = httpx.post(f"{edges.url}/image-to-image/", content=body,  # trailing-slash twin
+                        headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    [image] = answer.json()["images"]
+    client = _sdk(edges)
+    same = client.generate.image_to_image(request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7})
+    assert image["seed"] == 7
+    assert np.array_equal(decode_data_url(image["url"]), decode_data_url(same.image_response.images[0].url))
+
+
+def test_several_images_get_consecutive_seeds_and_an_unset_seed_is_picked(edges):
+    client = _sdk(edges)
+    result = client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "seed": 40, "num_images_per_prompt": 3})
+    assert [i.seed for i in result.image_response.images] == [40, 41, 42]
+    picked = client.generate.image_to_image(request={"prompt": "p", "image": _image_part()})
+    assert isinstance(picked.image_response.images[0].seed, int)
+
+
+def test_sdk_error_paths(edges):
+    client, stranger = _sdk(edges), _sdk(edges, token="nope")
+    with pytest.raises(errors.HTTPError) as wrong_token:
+        stranger.generate.image_to_image(request={"prompt": "p", "image": _image_part()})
+    assert wrong_token.value.data.detail.msg == "Invalid bearer token."
+    with pytest.raises(errors.HTTPError) as wrong_model:
+        client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "model_id": "timbrooks/instruct-pix2pix"})
+    assert wrong_model.value.data.detail.msg == "pipeline configured with edges-live but called with timbrooks/instruct-pix2pix."
+    with pytest.raises(errors.HTTPError) as bad_value:  # num_inference_steps -> edges.low_threshold, at most 255
+        client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "num_inference_steps": 300})
+    assert "low_threshold" in bad_value.value.data.detail.msg
+    with pytest.raises(errors.HTTPError) as not_an_image:
+        client.generate.image_to_image(request={"prompt": "p", "image": {"file_name": "x.png", "content": b"not a png"}})
+    assert "image" in not_an_image.value.data.detail.msg
+
+
+def test_missing_fields_are_a_422_the_sdk_can_parse(edges):
+    answer = httpx.post(f"{edges.url}/image-to-image", files={"image": ("in.png", png(photo()), "image/png")},
+                        data={"strength": "abc"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 422
+    parsed = unmarshal_json(answer.text, errors.HTTPValidationErrorData)
+    assert {tuple(d.loc) for d in parsed.detail} == {("body", "strength"), ("body", "prompt")}
+
+
+def test_loading_and_busy_are_503_sdk_errors(start_service):
+    service = start_service(hold=True)
+    client, other = _sdk(service, token="unchecked"), _sdk(service, token="unchecked")
+    with pytest.raises(errors.SDKError) as loading:
+        client.generate.upscale(request={"prompt": "p", "image": _image_part()})
+    assert loading.value.status_code == 503
+    service.backend.gate.set()
+    service.wait_ready()
+    service.backend.runs_open.clear()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.generate.upscale, request={"prompt": "p", "image": _image_part()})
+        wait_for(lambda: service.backend.runs_started == 1)
+        with pytest.raises(errors.SDKError) as busy:
+            other.generate.upscale(request={"prompt": "p", "image": _image_part()})
+        assert busy.value.status_code == 503 and json.loads(busy.value.body) == {"detail": {"msg": "busy"}}
+        service.backend.runs_open.set()
+        assert first.result().image_response.images
+
+
+def test_version_and_hardware_info(edges):
+    assert httpx.get(f"{edges.url}/version").json() == {"pipeline": "image-to-image", "model_id": "edges-live", "version": "v1"}
+    info = httpx.get(f"{edges.url}/hardware/info").json()
+    assert info["pipeline"] == "image-to-image" and info["model_id"] == "edges-live" and isinstance(info["gpu_info"], dict)
+
+
+def test_text_to_image_on_tiny_sdxl(tiny_models, start_service):
+    service = start_service(GRAPHS / "t2i_tiny.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
+    service.wait_ready(timeout=120)
+    sdk = _sdk(service)
+    request = {"prompt": "a red cube", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3,
+               "model_id": "stabilityai/stable-diffusion-xl-base-1.0"}
+    first = sdk.generate.text_to_image(request=request).image_response.images[0]
+    again = sdk.generate.text_to_image(request=request).image_response.images[0]
+    assert first.seed == 3 and decode_data_url(first.url).shape == (64, 64, 3)
+    assert first.url == again.url  # same seed, same image
+    other = sdk.generate.text_to_image(request=request | {"seed": 4}).image_response.images[0]
+    assert other.url != first.url
+    with pytest.raises(errors.HTTPError) as empty:
+        sdk.generate.text_to_image(request=request | {"prompt": ""})
+    assert empty.value.data.detail.msg == "Prompt must be provided."
+
+
+def test_segment_anything_2_on_tiny_sam2(tiny_models, start_service):
+    section = {"routes": {"segment-anything-2": {"image": "image", "point_coords": "points", "box": "boxes",
+                                                 "multimask_output": "sam.multimask_output", "masks": "masks"}}}
+    service = start_service(ROOT / "graphs" / "segment.yaml", section=section)
+    service.wait_ready(timeout=120)
+    client = _sdk(service, token="unchecked")
+    result = client.generate.segment_anything2(
+        request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1]", "multimask_output": True}
+    )
+    masks, scores, logits = (json.loads(v) for v in (result.masks_response.masks, result.masks_response.scores, result.masks_response.logits))
+    assert np.asarray(masks).shape[0] == 3 and len(scores) == 3 and np.asarray(logits).shape[0] == 3
+    assert scores == sorted(scores, reverse=True)
+    assert np.asarray(masks).shape[1:] == (120, 160)
+    boxed = client.generate.segment_anything2(request={"image": _image_part(), "box": "[10, 10, 90, 70]", "multimask_output": False})
+    assert len(json.loads(boxed.masks_response.scores)) == 1
+    with pytest.raises(errors.HTTPError) as bad_json:
+        client.generate.segment_anything2(request={"image": _image_part(), "point_coords": "[[80, 60"})
+    assert "point_coords" in bad_json.value.data.detail.msg
+    # The capability is named like the route: a native JSON job on the same path is a BYOC job.
+    job = httpx.post(f"{service.url}/segment-anything-2", json={"inputs": {"image": data_url(), "points": [[80, 60, 1]]}}, timeout=30)
+    assert job.status_code == 200, job.text
+    assert len(job.json()["outputs"]["masks"]["scores"]) == 3
