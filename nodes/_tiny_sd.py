@@ -68,6 +68,11 @@ def vae(blocks: tuple[int, ...] = (32, 64), *, scaling_factor: float = 0.13025, 
     ).eval()
 
 
+def save_vae(path: Path) -> None:
+    """A tiny SDXL VAE on its own, the layout of a replacement VAE repo such as madebyollin/sdxl-vae-fp16-fix."""
+    vae().save_pretrained(path)
+
+
 def sdxl_unet() -> Any:
     """The tiny SDXL UNet: text_time added embedding, two text encoders' widths for cross-attention."""
     import torch
@@ -121,8 +126,14 @@ def save_sdxl_controlnet(path: Path) -> None:
     import torch
     from diffusers import ControlNetModel
 
+    net = ControlNetModel.from_unet(sdxl_unet(), conditioning_embedding_out_channels=(16, 32))
+    # A fresh ControlNet's output convolutions are zero, so it would not steer at all and a
+    # test could not tell a wired control image from none: give them small random weights.
     torch.manual_seed(3)
-    ControlNetModel.from_unet(sdxl_unet(), conditioning_embedding_out_channels=(16, 32)).save_pretrained(path)
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0.0, 0.05)
+    net.save_pretrained(path)
 
 
 def save_x4_upscaler(path: Path) -> None:

@@ -29,8 +29,7 @@ more per full-size ControlNet, plus 1-2 GiB of activations for one 1024 x 1024 f
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -136,20 +135,19 @@ class Sdxl(Node):
 
     @classmethod
     def tiny_models(cls) -> dict[str, Any]:
-        return {"sdxl": _tiny_sd.save_sdxl, "sdxl-vae": _save_tiny_vae, "sdxl-controlnet": _tiny_sd.save_sdxl_controlnet}
+        return {"sdxl": _tiny_sd.save_sdxl, "sdxl-vae": _tiny_sd.save_vae, "sdxl-controlnet": _tiny_sd.save_sdxl_controlnet}
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
         import torch
         from diffusers import ControlNetModel
-        from diffusers.utils import logging as diffusers_logging
 
-        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars in replica logs
+        no_progress_bars()
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_drop_noise)
         p, torch_dtype = self.params, getattr(torch, dtype)
         # resolve every id first: a missing ControlNet fails before gigabytes of base model load
         base_path = resolve(p.model, self.node_id, "sdxl", _tiny_sd.save_sdxl)
-        vae_path = resolve(p.vae, self.node_id, "sdxl-vae", _save_tiny_vae) if p.vae else None
+        vae_path = resolve(p.vae, self.node_id, "sdxl-vae", _tiny_sd.save_vae) if p.vae else None
         net_paths = [resolve(c.model, self.node_id, "sdxl-controlnet", _tiny_sd.save_sdxl_controlnet) for c in p.controlnets]
         self.base = _base_pipeline(base_path, vae_path, device, torch_dtype)
         loaded: dict[str, Any] = {}  # the same ControlNet twice is loaded once
@@ -251,8 +249,7 @@ class Sdxl(Node):
             elif self.controlnets:
                 extra["controlnet"] = list(self.controlnets)
             logging.getLogger(cls.__module__).addFilter(_drop_noise)
-            with _diffusers_log(logging.ERROR):  # from_pipe warns for each module it "re-casts" to its own dtype
-                pipe = cls.from_pipe(self.base, dtype=self.base.dtype, **extra)  # without dtype it casts to fp32
+            pipe = cls.from_pipe(self.base, dtype=self.base.dtype, **extra)  # without dtype it casts all to fp32
             pipe.set_progress_bar_config(disable=True)
             self.pipes[mode] = pipe
         return self.pipes[mode]
@@ -311,26 +308,24 @@ def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
     return {}
 
 
+def no_progress_bars() -> None:
+    """Turn off the loading bars of diffusers and transformers: noise in replica logs."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _mask_to_gray(mask: np.ndarray) -> np.ndarray:
     return (np.clip(mask, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-@contextmanager
-def _diffusers_log(level: int) -> Iterator[None]:
-    logger = logging.getLogger("diffusers")
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
 
 
 NOISE = (
     # several ControlNets and a list of prompts: with one control batch per ControlNet the
     # conditionings are per frame, not "fixed across the prompts" as this warning says
     "fixed across the prompts",
-    # the VAE's fp32 upcast in img2img/inpaint warns on every call when nothing must stay fp32
+    # every `.to(dtype)` (from_pipe, the VAE's fp32 upcast in img2img/inpaint) warns when nothing must stay fp32
     "should be kept in float32: []",
 )
 
@@ -340,7 +335,3 @@ def _drop_noise(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not any(fragment in message for fragment in NOISE)
 
-
-def _save_tiny_vae(path: Path) -> None:
-    """A tiny replacement VAE, the tiny SDXL's shape (for the `vae` param)."""
-    _tiny_sd.vae().save_pretrained(path)

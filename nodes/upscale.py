@@ -27,7 +27,7 @@ from engine.types import PortType, port
 from nodes import _tiny_sd
 from nodes._shared import module_bytes
 from nodes._weights import models_mode, resolve
-from nodes.sdxl import fp16_variant
+from nodes.sdxl import fp16_variant, no_progress_bars
 
 DEFAULT_MODELS = {
     "sd_x4": "stabilityai/stable-diffusion-x4-upscaler",
@@ -82,9 +82,8 @@ class Upscale(Node):
         torch_dtype = getattr(torch, dtype)
         if self.params.method == "sd_x4":
             from diffusers import StableDiffusionUpscalePipeline
-            from diffusers.utils import logging as diffusers_logging
 
-            diffusers_logging.disable_progress_bar()
+            no_progress_bars()
             path = resolve(self.params.model_id, self.node_id, "sd-x4-upscaler", _tiny_sd.save_x4_upscaler)
             pipe = StableDiffusionUpscalePipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype))
             self.pipe = pipe.to(device)
