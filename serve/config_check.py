@@ -1,0 +1,103 @@
+"""A graph file that is also a Ray Serve config: keep its two halves from drifting apart.
+
+The graph's sections sit at the top of the file with YAML anchors, and the `applications:`
+entry hands them to the builder as aliases:
+
+    capability: &capability canny-edges
+    nodes: &nodes
+      ...
+    applications:
+      - name: canny-edges
+        route_prefix: /
+        import_path: serve.app:build
+        args: {graph: {capability: *capability, nodes: *nodes, ...}}
+
+`check_applications` reports an entry whose `args.graph` is not the file's own graph (a
+pasted copy that went stale), in the same `GraphError` form `capgraph validate` prints.
+`with_applications` adds the anchors and the entry to a graph file's text.
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import GraphError
+from engine.spec import GRAPH_KEYS
+from engine.yamlload import locate
+
+BUILDER = "serve.app:build"
+SECTIONS = (*GRAPH_KEYS, "livepeer")
+
+
+def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
+    """Problems with the capgraph entries of a graph file's `applications:` list."""
+    if not isinstance(tree, Mapping) or not isinstance(tree.get("applications"), list):
+        return []
+    problems = []
+    for index, app in enumerate(tree["applications"]):
+        if not isinstance(app, Mapping) or app.get("import_path") != BUILDER:
+            continue
+        at = ("applications", index)
+        args = app.get("args")
+        graph = args.get("graph") if isinstance(args, Mapping) else None
+        if graph is None:
+            problems.append(_error(tree, file, at, "missing_field", f"applications[{index}] runs {BUILDER} but has no 'args.graph'.",
+                                   "Add 'args: {graph: {capability: *capability, inputs: *inputs, nodes: *nodes, outputs: *outputs}}'."))
+            continue
+        if isinstance(graph, str):
+            continue  # a path: the builder validates that file itself
+        if not isinstance(graph, Mapping):
+            problems.append(_error(tree, file, at + ("args", "graph"), "bad_value",
+                                   f"applications[{index}].args.graph must be the graph's sections or a file path."))
+            continue
+        for key in GRAPH_KEYS:
+            if tree.get(key) != graph.get(key):
+                where = "missing from" if key not in graph else "differs from the top-level section in"
+                problems.append(_error(tree, file, at + ("args", "graph", key) if key in graph else at + ("args", "graph"), "args_drift",
+                                       f"'{key}' {where} applications[{index}].args.graph, so `serve run` would serve another graph "
+                                       "than `capgraph validate` checks.", f"Anchor the section ('{key}: &{key}') and alias it ('{key}: *{key}')."))
+        if "livepeer" in tree and (not isinstance(args, Mapping) or args.get("livepeer") != tree["livepeer"]):
+            problems.append(_error(tree, file, at + ("args",), "args_drift",
+                                   f"the top-level 'livepeer' section is not passed as applications[{index}].args.livepeer.",
+                                   "Add 'livepeer: *livepeer' to its args."))
+    return problems
+
+
+def _error(tree: Any, file: str, path: tuple[Any, ...], code: str, message: str, hint: str | None = None) -> GraphError:
+    line, column = locate(tree, path) or (None, None)
+    return GraphError(code, message, file, line, column, hint=hint)
+
+
+_TOP = re.compile(rf"^(?P<key>{'|'.join(SECTIONS)}):(?P<rest>.*)$")
+
+
+def with_applications(text: str, route_prefix: str = "/") -> str:
+    """A graph file's text with anchors on its sections and a Serve `applications:` entry
+    aliasing them. Text that already has `applications:` is returned unchanged."""
+    if re.search(r"^applications:", text, re.M):
+        return text
+    lines, present, capability = [], [], None
+    for line in text.splitlines():
+        match = _TOP.match(line)
+        if match and not match["rest"].lstrip().startswith("&"):
+            key, rest = match["key"], match["rest"].strip()
+            present.append(key)
+            if key == "capability":
+                capability = rest
+            line = f"{key}: &{key}" + (f" {rest}" if rest else "")
+        lines.append(line)
+    graph = ", ".join(f"{k}: *{k}" for k in GRAPH_KEYS if k in present)
+    block = [
+        "",
+        "# Ray Serve: this file is also a `serve run` / `serve deploy` config. The graph travels",
+        "# in args as aliases of the sections above, so a cluster needs no copy of the file.",
+        "applications:",
+        f"  - name: {capability or 'capgraph'}",
+        f"    route_prefix: {route_prefix}",
+        f"    import_path: {BUILDER}",
+        "    args:",
+        f"      graph: {{{graph}}}",
+    ]
+    if "livepeer" in present:
+        block.append("      livepeer: *livepeer")
+    return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(block) + "\n"
