@@ -144,7 +144,8 @@ class Sdxl(Node):
 
         no_progress_bars()
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_drop_noise)
-        p, torch_dtype = self.params, getattr(torch, dtype)
+        p = self.params
+        self.torch_dtype = torch_dtype = getattr(torch, dtype)
         # resolve every id first: a missing ControlNet fails before gigabytes of base model load
         base_path = resolve(p.model, self.node_id, "sdxl", _tiny_sd.save_sdxl)
         vae_path = resolve(p.vae, self.node_id, "sdxl-vae", _tiny_sd.save_vae) if p.vae else None
@@ -233,6 +234,8 @@ class Sdxl(Node):
             single = len(controls) == 1
             kwargs["image" if mode == "t2i" else "control_image"] = controls[0] if single else controls
             kwargs["controlnet_conditioning_scale"] = p.scales()[0] if single else list(p.scales())
+        if pipe.vae.dtype != self.torch_dtype:  # img2img/inpaint calls leave the shared VAE upcast to fp32
+            pipe.vae.to(self.torch_dtype)
         with torch.inference_mode():
             images = pipe(**kwargs).images
         return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]

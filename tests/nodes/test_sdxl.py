@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from pydantic import ValidationError
 
@@ -202,3 +203,16 @@ def test_a_replacement_vae_loads_into_its_own_base(plain: Sdxl) -> None:
     assert node.base is not plain.base and node.base.unet is not plain.base.unet
     assert node.models() == ["stabilityai/stable-diffusion-xl-base-1.0", "madebyollin/sdxl-vae-fp16-fix"]
     assert node.run_batch([{}], [node.params])[0]["image"].shape == (64, 64, 3)
+
+
+def test_fp16_modes_can_follow_one_another_on_the_shared_vae() -> None:
+    """fp16 is what GPUs load; torch runs it on the CPU too, slowly, which is enough to check
+    that an inpainting call (diffusers leaves the VAE upcast to fp32) does not break the next."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CAPGRAPH_MODELS", "tiny")
+        node = Sdxl(SdxlParams(**FAST, controlnets=[{"model": DEPTH_CN}], strength=0.9), "gen16")
+        node.load("cpu", "float16")
+    frame = {"control_image": control(), "image": control(1), "mask": example_value(PortType.MASK, 64)}
+    for wired in ({"control_image": control()}, frame, {"control_image": control()}):
+        assert node.run_batch([wired], [node.params])[0]["image"].std() > 0
+    assert node.base.unet.dtype == node.controlnets[0].dtype == node.base.vae.dtype == torch.float16
