@@ -5,7 +5,7 @@ The mode follows from the wired ports, so a graph says what it means by its wiri
     wired                                   pipeline
     (prompt only)                           StableDiffusionXLPipeline
     image                                   StableDiffusionXLImg2ImgPipeline (strength)
-    image + mask                            StableDiffusionXLInpaintPipeline (1 = repaint)
+    image + mask                            StableDiffusionXLInpaintPipeline (mask > 0.5 = repaint)
     control_image[, _2, _3]                 StableDiffusionXLControlNetPipeline
     control_image... + image [+ mask]       StableDiffusionXLControlNet{Img2Img,Inpaint}Pipeline
 
@@ -23,8 +23,10 @@ seed only, not on its batch-mates nor on the device's random number generator.
 Weights: stabilityai/stable-diffusion-xl-base-1.0 by default; any SDXL checkpoint in
 diffusers layout loads the same way (SDXL-Lightning/Turbo merges with the `euler_trailing`
 or `euler_a_trailing` scheduler and guidance 0), and diffusers-format ControlNets such as
-diffusers/controlnet-depth-sdxl-1.0. VRAM in fp16: 6.5 GiB for the base pipeline, 2.3 GiB
-more per full-size ControlNet, plus 1-2 GiB of activations for one 1024 x 1024 frame.
+diffusers/controlnet-depth-sdxl-1.0. VRAM in fp16: 6.5 GiB of weights for the base
+pipeline, 2.3 GiB more per full-size ControlNet, plus activations (estimates from the
+architectures, not measured). Pipelines and schedulers keep per-call state: one
+`run_batch` at a time per process.
 """
 
 import logging
