@@ -31,7 +31,7 @@ architectures, not measured). Pipelines and schedulers keep per-call state: one
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -136,7 +136,7 @@ class Sdxl(Node):
         return list(dict.fromkeys([p.model, *([p.vae] if p.vae else []), *(c.model for c in p.controlnets)]))
 
     @classmethod
-    def tiny_models(cls) -> dict[str, Any]:
+    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"sdxl": _tiny_sd.save_sdxl, "sdxl-vae": _tiny_sd.save_vae, "sdxl-controlnet": _tiny_sd.save_sdxl_controlnet}
 
     def load(self, device: str, dtype: str) -> None:

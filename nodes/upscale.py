@@ -15,7 +15,7 @@
 path, or `owner/repo/file.pth` for a file in a Hugging Face repo.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,7 +72,7 @@ class Upscale(Node):
         return [split_weights(self.params.model_id)[0] if self.params.method == "esrgan" else self.params.model_id]
 
     @classmethod
-    def tiny_models(cls) -> dict[str, Any]:
+    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"sd-x4-upscaler": _tiny_sd.save_x4_upscaler, "esrgan-x4": _save_tiny_esrgan}
 
     def load(self, device: str, dtype: str) -> None:
