@@ -32,6 +32,7 @@ def work(image: np.ndarray) -> np.ndarray:
     scaled = image.astype(np.float32)
     scaled *= 0.98
     scaled += 2.0
+    np.clip(scaled, 0.0, 255.0, out=scaled)
     return scaled.astype(np.uint8)
 
 

@@ -73,6 +73,7 @@ class Executor:
         self.dtype = dtype or (auto_dtype if device is None else ("float16" if self.device.startswith("cuda") else "float32"))
         self.nodes: dict[str, Node] = {}
         self.load_s: dict[str, float] = {}
+        self.release_after = _release_schedule(plan)
 
     def load(self, warmup: bool = True) -> dict[str, float]:
         """Build, load and warm every node once. Returns seconds per node."""
@@ -122,11 +123,28 @@ class Executor:
             if len(out) != count:
                 raise NodeFailed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
             results[node_id] = out
+            for done in self.release_after[node_id]:  # frames are large: free each one as soon as
+                del results[done]  # its last reader is done, so the allocator can reuse it
         outputs = [
             {name: (frames[i][src.port] if src.node is None else results[src.node][i][src.port]) for name, src in self.plan.outputs.items()}
             for i in range(count)
         ]
         return RunResult(outputs, timings)
+
+
+def _release_schedule(plan: Plan) -> dict[str, list[str]]:
+    """For each node, the nodes whose results nobody needs once it has run."""
+    kept = {src.node for src in plan.outputs.values() if src.node}
+    last_reader: dict[str, str] = {}
+    for node_id, node in plan.nodes.items():  # topological order: the last write wins
+        for src in node.inputs.values():
+            if src.node is not None:
+                last_reader[src.node] = node_id
+    schedule: dict[str, list[str]] = {node_id: [] for node_id in plan.nodes}
+    for producer, reader in last_reader.items():
+        if producer not in kept:
+            schedule[reader].append(producer)
+    return schedule
 
 
 def _shape(value: Any) -> str:

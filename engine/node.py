@@ -81,6 +81,12 @@ class Node:
         the real repo's layout (what `capgraph tiny-models` and CAPGRAPH_MODELS=tiny use)."""
         return {}
 
+    @classmethod
+    def check_wiring(cls, params: NodeParams, wired: frozenset[str]) -> list[tuple[str, str]]:
+        """Rules that tie params to which optional ports are wired (e.g. one control image
+        per ControlNet), checked at validation: (port, problem) pairs; none by default."""
+        return []
+
     def load(self, device: str, dtype: str) -> None:
         """Load weights onto `device` in `dtype` ('float16' or 'float32'). Weightless
         families keep this default."""

@@ -215,6 +215,10 @@ class _Validator:
                     self.report("missing_input", f"node '{node_id}' ({node.type}): required input port '{port_name}' ({port.label}) is not wired.",
                                 at + ("inputs",) if "inputs" in _raw(self.tree, at) else at, node=node_id, port=port_name,
                                 hint=f"Add 'inputs: {{{port_name}: <graph input or node.port>}}'.")
+            if params is not None and not misnamed:
+                for port_name, problem in family.check_wiring(params, frozenset(node.inputs)):
+                    where = at + ("inputs", port_name) if port_name in node.inputs else at
+                    self.report("wiring", f"node '{node_id}' ({node.type}): {problem}", where, node=node_id, port=port_name)
             if params is not None:
                 planned[node_id] = PlannedNode(node_id, family, params, wires, node)
         outputs: dict[str, Source] = {}

@@ -1,5 +1,6 @@
 """Small helpers shared by node families: resizing and mask handling live here once."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,3 +49,25 @@ def module_bytes(*modules: Any) -> int:
                 seen.add(id(tensor))
                 total += tensor.numel() * tensor.element_size()
     return total
+
+
+def no_progress_bars(diffusers: bool = False) -> None:
+    """Turn off the loading bars of transformers (and diffusers): noise in replica logs.
+    diffusers is only touched when asked, since importing it costs a second."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    if diffusers:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+
+
+def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
+    """Load a checkpoint's `.fp16.` files when loading in fp16 and it ships them: half the bytes to read."""
+    import torch
+
+    folder = Path(path)
+    if torch_dtype == torch.float16 and folder.is_dir() and next(folder.rglob("*.fp16.safetensors"), None):
+        return {"variant": "fp16"}
+    return {}

@@ -10,6 +10,8 @@ Seeded, so two builds of a model hold the same weights.
 
 from pathlib import Path
 
+from nodes._shared import no_progress_bars
+
 ADE_LABELS = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
     "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car",
@@ -18,9 +20,7 @@ ADE_LABELS = (
 
 
 def _quiet() -> None:
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # "Writing model shards" bars on every build otherwise
+    no_progress_bars()  # "Writing model shards" bars on every build otherwise
 
 
 def depth_anything(folder: Path) -> None:

@@ -31,11 +31,13 @@ TINY_FORMAT = "1"
 class ModelMissing(RuntimeError):
     """A model a node needs is not on this machine and the hub may not be used."""
 
-    def __init__(self, node_id: str, model: str, detail: str = ""):
+    def __init__(self, node_id: str, model: str, detail: str = "", offline: bool = True):
         self.node_id, self.model = node_id, model
+        where = "is not in the local cache and HF_HUB_OFFLINE is set" if offline else "cannot be found"
+        fix = "Fetch it first with: capgraph prepare <graph.yaml>" if offline else "Fix the path or id in the graph"
         super().__init__(
-            f"node '{node_id}': model '{model}' is not in the local cache and HF_HUB_OFFLINE is set{detail}. "
-            f"Fetch it first with: capgraph prepare <graph.yaml> (or set {MODELS_ENV}=tiny to run on tiny test models)."
+            f"node '{node_id}': model '{model}' {where}{detail}. "
+            f"{fix} (or set {MODELS_ENV}=tiny to run on tiny test models)."
         )
 
 
@@ -91,10 +93,12 @@ def resolve(model: str, node_id: str, tiny_key: str, build_tiny: Callable[[Path]
     if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return snapshot_download(model, cache_dir=model_dir(), local_files_only=True)
+    except HFValidationError as exc:  # neither an existing folder nor a possible hub id
+        raise ModelMissing(node_id, model, "; it is not an existing local path nor a valid Hugging Face id", offline=False) from exc
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
         if offline():
             raise ModelMissing(node_id, model) from exc

@@ -21,7 +21,7 @@ from pydantic import Field
 from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _tiny_vision
-from nodes._shared import gray_to_rgb, module_bytes
+from nodes._shared import gray_to_rgb, module_bytes, no_progress_bars
 from nodes._weights import resolve
 
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
@@ -71,9 +71,7 @@ class Depth(Node):
         super().load(device, dtype)
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
+        no_progress_bars()
         path = resolve(self.params.model, self.node_id, "depth-anything", _tiny_vision.depth_anything)
         self.torch_dtype = getattr(torch, dtype)
         self.processor = AutoImageProcessor.from_pretrained(path)

@@ -25,7 +25,7 @@ from engine.errors import InputError
 from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _tiny_vision
-from nodes._shared import module_bytes
+from nodes._shared import module_bytes, no_progress_bars
 from nodes._weights import resolve
 
 DEFAULT_MODEL = "facebook/sam2-hiera-large"
@@ -87,9 +87,7 @@ class Sam2(Node):
         super().load(device, dtype)
         import torch
         from transformers import AutoConfig, Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
+        no_progress_bars()
         path = resolve(self.params.model, self.node_id, "sam2", _tiny_vision.sam2)
         config = AutoConfig.from_pretrained(path)
         if config.model_type != "sam2":  # a video checkpoint: keep the image model's part of its config

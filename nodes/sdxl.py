@@ -42,7 +42,7 @@ from engine.errors import InputError
 from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
 from nodes import _tiny_sd
-from nodes._shared import module_bytes, resize, to_multiple
+from nodes._shared import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
 from nodes._weights import resolve
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -144,7 +144,7 @@ class Sdxl(Node):
         import torch
         from diffusers import ControlNetModel
 
-        no_progress_bars()
+        no_progress_bars(diffusers=True)
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_drop_noise)
         p = self.params
         self.torch_dtype = torch_dtype = getattr(torch, dtype)
@@ -185,16 +185,23 @@ class Sdxl(Node):
                 out[i] = {"image": image}
         return out
 
+    @classmethod
+    def check_wiring(cls, params: SdxlParams, wired: frozenset[str]) -> list[tuple[str, str]]:
+        problems = []
+        needed = CONTROL_PORTS[: len(params.controlnets)]
+        for name in CONTROL_PORTS:
+            if name in needed and name not in wired:
+                problems.append((name, f"has {len(needed)} ControlNet(s), so port '{name}' must be wired (one control image per ControlNet)."))
+            elif name in wired and name not in needed:
+                problems.append((name, f"port '{name}' is wired but the node has {len(needed)} ControlNet(s); add one to 'controlnets' or unwire it."))
+        if "mask" in wired and "image" not in wired:
+            problems.append(("mask", "'mask' is wired but 'image' is not; inpainting needs the image to repaint."))
+        return problems
+
     def _mode(self, frame: Frame) -> str:
-        wired = [name for name in CONTROL_PORTS if name in frame]
-        needed = list(CONTROL_PORTS[: len(self.params.controlnets)])
-        if wired != needed:
-            raise ValueError(
-                f"node '{self.node_id}' has {len(needed)} ControlNet(s), so it needs exactly these ports wired: "
-                f"{', '.join(needed) or 'no control_image'}; wired: {', '.join(wired) or 'none'}"
-            )
-        if "mask" in frame and "image" not in frame:
-            raise ValueError(f"node '{self.node_id}': 'mask' is wired but 'image' is not; inpainting needs the image to repaint")
+        problems = self.check_wiring(self.params, frozenset(frame))
+        if problems:
+            raise ValueError(f"node '{self.node_id}': " + " ".join(problem for _, problem in problems))
         return "inpaint" if "mask" in frame else "img2img" if "image" in frame else "t2i"
 
     def _generate(self, mode: str, width: int, height: int, frames: list[Frame], params: list[SdxlParams]) -> list[np.ndarray]:
@@ -301,25 +308,6 @@ def _base_pipeline(path: str, vae_path: str | None, device: str, torch_dtype: An
         pipe.set_progress_bar_config(disable=True)
         _BASES[key] = pipe
     return pipe
-
-
-def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
-    """Load a checkpoint's `.fp16.` files when loading in fp16 and it ships them: half the bytes to read."""
-    import torch
-
-    folder = Path(path)
-    if torch_dtype == torch.float16 and folder.is_dir() and next(folder.rglob("*.fp16.safetensors"), None):
-        return {"variant": "fp16"}
-    return {}
-
-
-def no_progress_bars() -> None:
-    """Turn off the loading bars of diffusers and transformers: noise in replica logs."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def _mask_to_gray(mask: np.ndarray) -> np.ndarray:

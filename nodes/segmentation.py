@@ -24,7 +24,7 @@ from engine.errors import InputError, did_you_mean
 from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _tiny_vision
-from nodes._shared import module_bytes
+from nodes._shared import module_bytes, no_progress_bars
 from nodes._weights import resolve
 
 DEFAULT_MODEL = "nvidia/segformer-b0-finetuned-ade-512-512"
@@ -71,9 +71,7 @@ class Segmentation(Node):
         import torch
         from transformers import AutoConfig, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation, AutoProcessor
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
+        no_progress_bars()
         path = resolve(self.params.model, self.node_id, "segformer", _tiny_vision.segformer)
         config = AutoConfig.from_pretrained(path)
         semantic = config.model_type in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES

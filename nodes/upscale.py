@@ -27,7 +27,7 @@ from engine.types import PortType, port
 from nodes import _tiny_sd
 from nodes._shared import module_bytes
 from nodes._weights import models_mode, resolve
-from nodes.sdxl import fp16_variant, no_progress_bars
+from nodes._shared import fp16_variant, no_progress_bars
 
 DEFAULT_MODELS = {
     "sd_x4": "stabilityai/stable-diffusion-x4-upscaler",
@@ -83,7 +83,7 @@ class Upscale(Node):
         if self.params.method == "sd_x4":
             from diffusers import StableDiffusionUpscalePipeline
 
-            no_progress_bars()
+            no_progress_bars(diffusers=True)
             path = resolve(self.params.model_id, self.node_id, "sd-x4-upscaler", _tiny_sd.save_x4_upscaler)
             pipe = StableDiffusionUpscalePipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype))
             self.pipe = pipe.to(device)
