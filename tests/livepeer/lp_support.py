@@ -281,3 +281,121 @@ def decode_data_url(url: str) -> np.ndarray:
 
     assert url.startswith("data:image/png;base64,"), url[:40]
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+# -- a trickle server ----------------------------------------------------------------------
+
+
+class TrickleChannels:
+    """A small trickle server (go-livepeer `trickle/` protocol): `GET /{channel}/{seq}` waits
+    for segment `seq` (negative = the first) and answers it with `Lp-Trickle-Seq`, or with
+    `Lp-Trickle-Closed` once the channel is closed; `POST /{channel}/{seq}` publishes one.
+    Enough for pytrickle's subscriber and publishers to run a stream end to end."""
+
+    def __init__(self) -> None:
+        self.segments: dict[str, dict[int, bytes]] = {}
+        self.closed: set[str] = set()
+        self.pace: dict[str, float] = {}
+        """Seconds between segments of a channel opened with `every_s` (a live source)."""
+        self.first_read: dict[str, float] = {}
+        self.partial: dict[str, dict[int, int]] = {}
+        """Bytes received so far of each segment still being published."""
+        self.stopping = False
+        self.server: ServerThread | None = None
+
+    def _available(self, channel: str, seq: int) -> bool:
+        if seq not in self.segments[channel]:
+            return False
+        every = self.pace.get(channel, 0.0)
+        return time.monotonic() >= self.first_read.setdefault(channel, time.monotonic()) + seq * every
+
+    def _ended(self, channel: str, seq: int) -> bool:
+        if channel in self.closed:
+            return True
+        if channel in self.pace and seq >= len(self.segments[channel]):  # a paced source ends after its last segment
+            start = self.first_read.setdefault(channel, time.monotonic())
+            return time.monotonic() >= start + max(seq, 1) * self.pace[channel]
+        return False
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/{channel}/{seq}")
+        async def read(channel: str, seq: int) -> Response:
+            import asyncio
+
+            if channel not in self.segments:
+                return PlainTextResponse("no such channel", status_code=404)
+            seq = max(seq, 0)
+            deadline = time.monotonic() + 30
+            while not self._available(channel, seq) and not self._ended(channel, seq) and not self.stopping:
+                if time.monotonic() > deadline:
+                    return PlainTextResponse("timeout", status_code=504)
+                await asyncio.sleep(0.01)
+            if self._available(channel, seq):
+                return Response(self.segments[channel][seq], headers={"Lp-Trickle-Seq": str(seq)})
+            return Response(b"", headers={"Lp-Trickle-Seq": str(seq), "Lp-Trickle-Closed": "terminate"})
+
+        @app.post("/{channel}/{seq}")
+        async def write(channel: str, seq: int, request: Request) -> Response:
+            from starlette.requests import ClientDisconnect
+
+            data = bytearray()
+            try:
+                async for chunk in request.stream():  # a segment streams in as it is encoded
+                    data += chunk
+                    self.partial.setdefault(channel, {})[seq] = len(data)
+            except ClientDisconnect:  # a publisher closing mid-segment keeps what it sent
+                pass
+            self.segments.setdefault(channel, {})[seq] = bytes(data)
+            return PlainTextResponse("")
+
+        return app
+
+    def start(self) -> "TrickleChannels":
+        self.server = ServerThread(self.app()).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.server is not None:
+            self.server.stop()
+
+    def url(self, channel: str) -> str:
+        assert self.server is not None
+        return f"{self.server.url}/{channel}"
+
+    def open(self, channel: str, *segments: bytes, every_s: float | None = None) -> None:
+        """A channel holding `segments`; with `every_s`, a live source: segment k becomes
+        readable k * every_s after the first read, and the channel ends after the last."""
+        self.segments[channel] = dict(enumerate(segments))
+        if every_s is not None:
+            self.pace[channel] = every_s
+
+    def close(self, channel: str) -> None:
+        self.closed.add(channel)
+
+
+def ts_segment(frames: list[np.ndarray], fps: int = 30) -> bytes:
+    """Frames as one MPEG-TS segment of H.264 video, what a gateway publishes."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency", "crf": "10"})
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def ts_frames(data: bytes) -> list[np.ndarray]:
+    """Every video frame of MPEG-TS bytes, as uint8 RGB."""
+    import av
+
+    with av.open(io.BytesIO(data), format="mpegts") as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
