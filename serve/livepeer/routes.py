@@ -107,7 +107,10 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     guard = Guard(settings, is_ready)
     live = None
     if settings.live is not None:
-        from serve.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
+        try:
+            from serve.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
+        except ImportError as exc:
+            raise RuntimeError(f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]") from exc
 
         live = LiveBridge(plan, run, is_ready, settings, run_batch)
 
@@ -144,9 +147,12 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         except InputError as exc:
             status = exc.status if 400 <= exc.status < 500 else 400
             return error(status, exc.message, field=exc.field)
-        except Exception:
+        except TimeoutError as exc:
+            return error(504, str(exc) or "timed out")
+        except Exception as exc:  # 5xx: the gateway tries the next orchestrator
             log.exception("BYOC job on '%s' failed", settings.name)
-            return error(500, f"{settings.name} pipeline error.")
+            status = getattr(exc, "status", 500)
+            return error(status if isinstance(status, int) and 500 <= status < 600 else 500, f"{settings.name} pipeline error: {str(exc)[:300]}")
         finally:
             guard.gate.leave()
 
