@@ -229,9 +229,10 @@ async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan,
     kind = plan.output_type(output)
 
     async def one(index: int) -> dict[str, Any]:
-        inputs, params = _to_graph({**values, "seed": seed + index}, fields, plan)
+        inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed + index}, fields, plan)
         outputs, _ = await run(inputs, params)
-        return {"url": _image_url(kind, outputs[output]), "seed": seed + index, "nsfw": False}
+        url = await asyncio.to_thread(_image_url, kind, outputs[output])
+        return {"url": url, "seed": seed + index, "nsfw": False}
 
     images = await asyncio.gather(*(one(i) for i in range(count)))
     return JSONResponse({"images": list(images)})
@@ -271,17 +272,21 @@ async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan
             raise InputError("box", "must be a length 4 array in XYXY format", 400)
         boxes = [[float(v) for v in b] for b in boxes]
         values["box"] = boxes if to_input["box"] else boxes[0]
-    inputs, params = _to_graph(values, fields, plan)
+    inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan)
     outputs, _ = await run(inputs, params)
-    masks = outputs[output]
+    return JSONResponse(await asyncio.to_thread(_masks_answer, outputs[output]))
+
+
+def _masks_answer(masks: Mapping[str, Any]) -> dict[str, str]:
+    """ai-runner's SAM2 answer: Python list strings, best score first."""
     scores = np.asarray(masks["scores"], dtype=np.float32)
     order = np.argsort(scores)[::-1]
     logits = masks.get("logits")
-    return JSONResponse({
+    return {
         "masks": str(np.asarray(masks["masks"])[order].tolist()),
         "scores": str(scores[order].tolist()),
         "logits": str(np.asarray(logits)[order].tolist() if logits is not None else []),
-    })
+    }
 
 
 def _gpus(stats: bool) -> dict[str, Any]:

@@ -20,6 +20,7 @@ and a 5xx is what makes a gateway try the next orchestrator. The router's lifesp
 registrar (BYOC registration, Live Runner heartbeats) when the section configures one.
 """
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -104,6 +105,8 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     backend has one (the in-process executor), lets live frames that arrive together run
     as one batch."""
     settings = settings if settings is not None else load_settings(plan)
+    if settings.capability is None:  # built by hand rather than by load_settings
+        settings = settings.model_copy(update={"capability": plan.capability})
     guard = Guard(settings, is_ready)
     live = None
     if settings.live is not None:
@@ -141,9 +144,10 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         if refused is not None:
             return refused
         try:
-            inputs, params = parse_job(await request.body(), plan)
+            # Image decoding and PNG encoding run in a thread, off the event loop.
+            inputs, params = await asyncio.to_thread(parse_job, await request.body(), plan)
             outputs, timings = await run(inputs, params)
-            return JSONResponse({"outputs": encode_outputs(plan, outputs), "timings_ms": timings})
+            return JSONResponse({"outputs": await asyncio.to_thread(encode_outputs, plan, outputs), "timings_ms": timings})
         except InputError as exc:
             status = exc.status if 400 <= exc.status < 500 else 400
             return error(status, exc.message, field=exc.field)

@@ -313,7 +313,7 @@ def _outputs_of(plan: Plan, types: set[PortType]) -> list[str]:
 
 
 def _titles(types: set[PortType]) -> str:
-    return " or ".join(sorted(t.title for t in types))
+    return " or ".join(sorted(t.title for t in types)) or "a node param, not a graph input"
 
 
 def _plain(value: Any) -> Any:

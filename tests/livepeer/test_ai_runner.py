@@ -173,3 +173,17 @@ def test_segment_anything_2_on_tiny_sam2(tiny_models, start_service):
     job = httpx.post(f"{service.url}/segment-anything-2", json={"inputs": {"image": data_url(), "points": [[80, 60, 1]]}}, timeout=30)
     assert job.status_code == 200, job.text
     assert len(job.json()["outputs"]["masks"]["scores"]) == 3
+
+
+def test_segment_anything_2_prompts_as_node_params(tiny_models, start_service):
+    section = {"routes": {"segment-anything-2": {"image": "image", "point_coords": "sam.point_coords",
+                                                 "point_labels": "sam.point_labels", "box": "sam.box"}}}
+    service = start_service(ROOT / "graphs" / "segment.yaml", section=section)
+    service.wait_ready(timeout=120)
+    client = _sdk(service, token="unchecked")
+    result = client.generate.segment_anything2(
+        request={"image": _image_part(), "point_coords": "[[80, 60], [20, 20]]", "point_labels": "[1, 0]", "box": "[10, 10, 150, 110]"})
+    assert len(json.loads(result.masks_response.scores)) == 3
+    with pytest.raises(errors.HTTPError) as mismatch:
+        client.generate.segment_anything2(request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1, 0]"})
+    assert "point_labels" in mismatch.value.data.detail.msg
