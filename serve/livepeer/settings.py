@@ -228,7 +228,7 @@ def check_livepeer_section(raw: Any, plan: Plan | None = None) -> list[str]:
         settings = LivepeerSettings.model_validate(_plain(raw))
     except ValidationError as exc:
         for err in exc.errors():
-            where = ".".join(["livepeer", *(str(p) for p in err["loc"])])
+            where = ".".join(["livepeer", *(str(p) for p in err["loc"] if p != "[key]")])
             last = str(err["loc"][-1]) if err["loc"] else ""
             if err["type"] == "extra_forbidden" and any(w in last.lower() for w in SECRET_WORDS):
                 problems.append(f"{where}: secrets are never read from the graph file; put it in the environment "
