@@ -333,6 +333,82 @@ def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="wh
             out.print(f"[green]✓[/green] {key} → {path}", highlight=False)
 
 
+@app.command("serve")
+def serve_cmd(
+    graph: GraphArg,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+    fuse: Annotated[str, typer.Option(help="groups: fuse nodes that share a group; all: one deployment; none: one per node")] = "groups",
+    address: Annotated[str | None, typer.Option(help="join a running Ray cluster (default: start a local one)")] = None,
+    preflight: Annotated[str, typer.Option(help="fail, warn or off when the graph does not fit the cluster")] = "fail",
+) -> None:
+    """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`)."""
+    from serve.run import serve_graph
+
+    _load(graph)  # the same messages and exit code as `capgraph validate`
+    raise typer.Exit(serve_graph(str(graph), host=host, port=port, fuse=fuse, address=address, preflight=preflight))  # type: ignore[arg-type]
+
+
+@app.command("plan")
+def plan_cmd(
+    graph: GraphArg,
+    fuse: Annotated[str, typer.Option(help="groups, all or none")] = "groups",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the Ray Serve deployments a graph compiles to, and whether it fits the cluster."""
+    from serve.run import serve_graph
+
+    _load(graph)
+    raise typer.Exit(serve_graph(str(graph), fuse=fuse, dry_run=True, as_json=as_json, preflight="warn"))  # type: ignore[arg-type]
+
+
+@app.command()
+def register(
+    graph: GraphArg,
+    unregister: Annotated[bool, typer.Option("--unregister", help="remove the registration instead")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="keep it registered (a sidecar) until Ctrl-C")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register the graph's capability with the Livepeer orchestrator(s) of its `livepeer:`
+    section (secrets come from the environment) and print what each answered."""
+    from serve.livepeer.registrar import register_graph
+
+    _load(graph)
+    try:
+        answers = register_graph(graph, unregister=unregister, follow=follow)
+    except ValueError as exc:
+        raise InputError("livepeer", str(exc)) from None
+    if as_json:
+        _emit_json(answers)
+    for answer in answers if not as_json else ():
+        ok = 200 <= int(answer.get("status") or 0) < 300
+        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
+        out.print(f"{mark} {answer['kind']} {escape(str(answer['orchestrator']))}: {answer['status']} {escape(str(answer.get('body', ''))[:200])}", highlight=False)
+    raise typer.Exit(0 if all(200 <= int(a.get("status") or 0) < 300 for a in answers) else 1)
+
+
+@app.command("runners-json")
+def runners_json_cmd(
+    graph: GraphArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="runners.json to write (merged if it exists)")] = None,
+) -> None:
+    """Write the static Live Runner entry (runners.json) for this graph."""
+    from serve.livepeer.registrar import runners_json
+
+    _load(graph)
+    existing = json.loads(output.read_text()) if output and output.exists() else None
+    try:
+        data = runners_json(graph, existing)
+    except ValueError as exc:
+        raise InputError("livepeer", str(exc)) from None
+    text = json.dumps(data, indent=2) + "\n"
+    if output:
+        output.write_text(text)
+        err.print(f"[green]→[/green] {output}", highlight=False)
+    else:
+        sys.stdout.write(text)
+
+
 def main() -> None:
     """Console entry point: turns user mistakes into messages and exit codes."""
     if sys.argv[1:2] != ["prepare"]:  # only `prepare` downloads; elsewhere bars are noise
