@@ -1,0 +1,45 @@
+"""One small Ray cluster for the Serve tests: 2 CPUs, a faked GPU, no dashboard.
+
+The faked GPU (`num_gpus=1`) lets fractional packing be checked for real: replicas that ask
+for 0.25 GPU are scheduled by Ray as on a GPU machine, then run on the CPU (torch sees no
+CUDA). Every replica runs on the tiny models, offline.
+"""
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.serve.support import free_port
+
+TINY_ENV = {
+    "CAPGRAPH_MODELS": "tiny",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def serve_url() -> Iterator[str]:
+    """Base URL of a running Serve instance (apps are deployed by the tests)."""
+    import ray
+    from ray import serve
+
+    env = TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the builder runs here: it reads CAPGRAPH_MODELS too
+    port = free_port()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="serve", log_to_driver=False,
+             runtime_env={"env_vars": env})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
