@@ -108,11 +108,12 @@ def build(args: CapabilityArgs) -> Application:
     return bind(blueprint, args)
 
 
-def plan_app(args: CapabilityArgs) -> Blueprint:
-    """Validate, compile and pre-flight; raises GraphInvalid for an invalid graph."""
+def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> Blueprint:
+    """Validate, compile and pre-flight; raises GraphInvalid for an invalid graph.
+    `cluster` defaults to the connected Ray cluster, else this machine."""
     plan = load_graph(args.graph)
     _check_livepeer(plan, livepeer_section(args))
-    cluster = _cluster()
+    cluster = cluster or _cluster()
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
     compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory)
     notes = list(compiled.warnings) + [str(w) for w in plan.warnings]

@@ -77,8 +77,10 @@ class Capability:
         ready, _ = await self.health()
         return ready
 
-    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
-        """`run`, plus each node's batch size."""
+    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, Any],
+                      timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
+        """`run`, plus each node's batch size; `timeout_s` may shorten the configured timeout."""
+        timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
         resolved = self.plan.params_for(params)
@@ -90,11 +92,11 @@ class Capability:
                 {name: checked[name] for name in unit.graph_inputs}, mine, *(responses[u] for u in unit.upstream))
         awaited = [responses[name] for name in self.compiled.awaited]
         try:
-            results = await asyncio.wait_for(asyncio.gather(*awaited), self.settings.request_timeout_s)
+            results = await asyncio.wait_for(asyncio.gather(*awaited), timeout)
         except asyncio.TimeoutError:
             for response in responses.values():
                 response.cancel()
-            raise TimeoutError(f"the graph did not answer within {self.settings.request_timeout_s:g} s") from None
+            raise TimeoutError(f"the graph did not answer within {timeout:g} s") from None
         except Exception as exc:  # a replica died or none is reachable
             for response in responses.values():
                 response.cancel()
@@ -193,7 +195,7 @@ class Capability:
         async def infer(request: Request) -> JSONResponse:
             try:
                 inputs, params = await self._parse(request)
-                outputs, timings, batches = await self.execute(inputs, params)
+                outputs, timings, batches = await self.execute(inputs, params, _timeout(request))
                 body = {"outputs": await asyncio.to_thread(http.encode_outputs, plan, outputs), "timings_ms": timings}
             except InputError as exc:
                 return JSONResponse(http.error_body(exc), status_code=exc.status)
@@ -240,6 +242,22 @@ class Capability:
         except ValueError as exc:
             raise InputError("body", f"not valid JSON ({exc})", 400) from None
         return await asyncio.to_thread(http.parse_json, self.plan, body, self.settings.max_pixels)
+
+
+TIMEOUT_HEADER = "x-capgraph-timeout-s"
+"""A caller's own deadline in seconds (a gateway's remaining budget); never longer than
+the configured `request_timeout_s`."""
+
+
+def _timeout(request: Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        raise InputError(f"headers.{TIMEOUT_HEADER}", f"'{value[:20]}' is not a number of seconds", 400) from None
+    if seconds is not None and not 0 < seconds < 1e6:
+        raise InputError(f"headers.{TIMEOUT_HEADER}", "must be a positive number of seconds", 400)
+    return seconds
 
 
 def _node_state(report: Mapping[str, Any] | None, node_id: str, ray_status: str | None) -> str:
