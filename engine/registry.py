@@ -12,11 +12,15 @@ so a third party adds a node family with a pip install and no fork.
 import functools
 import importlib
 import logging
+import os
 from importlib.metadata import entry_points
 
 from engine.node import FAMILY_ID, Node
 
 ENTRY_POINT_GROUP = "capgraph.nodes"
+EXTRA_ENV = "CAPGRAPH_NODES"
+"""Comma-separated `module:Class` families to add without packaging them (a folder on
+PYTHONPATH is enough); read in every process, Ray replicas included."""
 log = logging.getLogger("capgraph")
 
 
@@ -42,14 +46,16 @@ def catalogue() -> dict[str, type[Node]]:
     for target in BUILTIN:
         family = _check(_import(target), target)
         families[family.type] = family
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    plugins = [(ep.value, ep.load) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    plugins += [(t.strip(), functools.partial(_import, t.strip())) for t in os.environ.get(EXTRA_ENV, "").split(",") if t.strip()]
+    for target, load in plugins:
         try:
-            family = _check(ep.load(), f"entry point '{ep.name}' ({ep.value})")
+            family = _check(load(), target)
         except Exception as exc:  # a broken plug-in must not take the catalogue down
-            log.warning("skipping node family plug-in %s: %s", ep.value, exc)
+            log.warning("skipping node family plug-in %s: %s", target, exc)
             continue
         if family.type in families and families[family.type] is not family:
-            log.warning("skipping plug-in %s: family id '%s' is already taken", ep.value, family.type)
+            log.warning("skipping plug-in %s: family id '%s' is already taken", target, family.type)
             continue
         families[family.type] = family
     return dict(sorted(families.items()))
