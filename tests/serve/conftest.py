@@ -7,6 +7,7 @@ CUDA). Every replica runs on the tiny models, offline.
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -20,21 +21,29 @@ TINY_ENV = {
 }
 
 
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    """Serve's HTTP proxy."""
+    metrics_url: str
+    """Ray's Prometheus endpoint, where the replicas' custom metrics appear."""
+
+
 @pytest.fixture(scope="session")
-def serve_url() -> Iterator[str]:
-    """Base URL of a running Serve instance (apps are deployed by the tests)."""
+def cluster() -> Iterator[Cluster]:
+    """A running Serve instance (apps are deployed by the tests)."""
     import ray
     from ray import serve
 
     env = TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the builder runs here: it reads CAPGRAPH_MODELS too
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="serve", log_to_driver=False,
-             runtime_env={"env_vars": env})
+             runtime_env={"env_vars": env}, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Cluster(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -43,3 +52,8 @@ def serve_url() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def serve_url(cluster: Cluster) -> str:
+    return cluster.url

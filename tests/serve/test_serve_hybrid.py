@@ -153,6 +153,21 @@ def test_health_drops_when_a_node_dies_and_comes_back(hybrid):
     assert request(url).json()["outputs"]["image"] == answer["outputs"]["image"]
 
 
+def test_node_metrics_reach_prometheus(hybrid, cluster):
+    """Latency, batch size and queue length per node, as Ray Serve custom metrics (Ray
+    exports them every few seconds; earlier tests have sent plenty of frames)."""
+    wanted = ("ray_capgraph_node_latency_ms_bucket", "ray_capgraph_node_batch_size_bucket", "ray_capgraph_node_queue_length")
+    deadline, text = time.monotonic() + 40, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(cluster.metrics_url, timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(1)
+    lines = [line for line in text.splitlines() if line.startswith("ray_capgraph_node_batch_size_bucket")]
+    assert any('node="generate"' in line and 'capability="hybrid-depth-sdxl"' in line for line in lines), text[-2000:]
+    assert all(name in text for name in wanted)
+
+
 def test_fused_graph_answers_the_same(hybrid):
     from ray import serve
 
