@@ -36,8 +36,6 @@ def cluster() -> Iterator[Cluster]:
     from ray import serve
 
     env = TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the builder runs here: it reads CAPGRAPH_MODELS too
     port, metrics_port = free_port(), free_port()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="serve", log_to_driver=False,
              runtime_env={"env_vars": env}, _metrics_export_port=metrics_port)
@@ -47,11 +45,6 @@ def cluster() -> Iterator[Cluster]:
     finally:
         serve.shutdown()
         ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
