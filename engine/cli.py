@@ -73,18 +73,23 @@ def validate(graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=
     """Check graph files: YAML, node types, params, wiring, port types, cycles."""
     from engine.validate import load_plan
 
+    from engine.yamlload import load_yaml
+    from serve.config_check import check_deployment_sections
+
     report, failed = [], False
     for path in graphs:
         try:
             plan = load_plan(path)
-            problems, ok = list(plan.warnings), True
+            problems = list(plan.warnings) + check_deployment_sections(load_yaml(path.read_text(encoding="utf-8")), plan, str(path))
+            ok = not any(p.severity == "error" for p in problems)
         except GraphInvalid as exc:
-            problems, ok, failed = exc.problems, False, True
+            problems, ok = exc.problems, False
+        failed = failed or not ok
         report.append({"file": str(path), "valid": ok, "problems": [p.to_dict() for p in problems]})
         if not as_json:
             _print_problems(problems)
             if ok:
-                out.print(f"[green]✓[/green] {path}: valid ({len(plan.nodes)} nodes, capability '{plan.capability}')", highlight=False)
+                out.print(f"[green]✓[/green] {path}: valid ({len(plan.nodes)} node{'s' if len(plan.nodes) != 1 else ''}, capability '{plan.capability}')", highlight=False)
             else:
                 count = sum(p.severity == "error" for p in problems)
                 err.print(f"[red]✗[/red] {path}: {count} error{'s' if count != 1 else ''}", highlight=False)

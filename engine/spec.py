@@ -37,7 +37,9 @@ REFERENCE = re.compile(r"^(?P<first>[a-z_][a-z0-9_]*)(\.(?P<port>[a-z_][a-z0-9_]
 
 # Top-level keys of a Ray Serve config file (ray.serve.schema.ServeDeploySchema): allowed so
 # that a graph file is also a valid `serve run` / `serve deploy` config.
-RAY_KEYS = frozenset({"applications", "proxy_location", "http_options", "grpc_options", "logging_config", "target_capacity"})
+RAY_KEYS = frozenset(
+    {"applications", "proxy_location", "http_options", "grpc_options", "logging_config", "target_capacity", "controller_options"}
+)
 
 
 class _Strict(BaseModel):

@@ -63,6 +63,20 @@ def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
     return problems
 
 
+def check_deployment_sections(tree: Any, plan: Any, file: str = "<graph>") -> list[GraphError]:
+    """What `capgraph validate` adds to the graph checks for a file that is also a Serve
+    config: the `applications:` entries and the `livepeer:` section, with their lines."""
+    from serve.livepeer.settings import check_livepeer_section
+
+    problems = check_applications(tree, file)
+    raw = tree.get("livepeer") if isinstance(tree, Mapping) else None
+    for text in check_livepeer_section(raw, plan):
+        where = text.partition(":")[0]
+        path = tuple(int(k) if k.isdigit() else k for k in where.split(".") if k)
+        problems.append(_error(tree, file, path, "livepeer", text))
+    return problems
+
+
 def _error(tree: Any, file: str, path: tuple[Any, ...], code: str, message: str, hint: str | None = None) -> GraphError:
     line, column = locate(tree, path) or (None, None)
     return GraphError(code, message, file, line, column, hint=hint)

@@ -82,3 +82,17 @@ def test_render_writes_mermaid_and_dot_and_explains_missing_graphviz(tmp_path: P
         assert svg.returncode == 0 and (tmp_path / "graph.svg").read_text().lstrip().startswith("<?xml")
     else:
         assert svg.returncode == 1 and "Install the 'graphviz' package" in svg.stderr and "Traceback" not in svg.stderr
+
+
+def test_validate_checks_the_serve_config_half_and_the_livepeer_section(tmp_path: Path) -> None:
+    drift = tmp_path / "drift.yaml"
+    drift.write_text(EDGES.read_text().replace("nodes: *nodes, ", ""))
+    done = capgraph("validate", str(drift))
+    assert done.returncode == 1
+    assert "'nodes' missing from applications[0].args.graph" in done.stderr and f"{drift}:" in done.stderr
+    secret = tmp_path / "secret.yaml"
+    secret.write_text(EDGES.read_text() + "livepeer:\n  capacity: 0\n")
+    done = capgraph("validate", str(secret))
+    assert done.returncode == 1 and "livepeer.capacity" in done.stderr, done.stderr
+    all_graphs = capgraph("validate", *map(str, sorted((ROOT / "graphs").glob("*.yaml"))))
+    assert all_graphs.returncode == 0, all_graphs.stderr
