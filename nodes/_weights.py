@@ -11,21 +11,34 @@ tiny random-initialised models capgraph builds itself.
   repo's folder layout under `CAPGRAPH_TINY_DIR` (default `~/.cache/capgraph/tiny`) and
   loaded back through the same `from_pretrained` path. Any graph runs on a fresh CPU
   machine with no downloads.
+- `random`: each family's default architecture at its real size with random fp16 weights
+  (`nodes/_random.py`), written once under `CAPGRAPH_RANDOM_DIR` (default
+  `~/.cache/capgraph/random`) in the same layout, built on the GPU when there is one. For
+  measuring latency and VRAM of a served graph where the hub cannot be reached; prepare
+  them ahead with `nodes._random.write_random_models(dir)` (`capgraph random-models DIR`).
 
-Families declare a builder per model kind: `build(path)` writes a tiny model to `path`.
+In `tiny` and `random` modes the node's `model` is ignored: the model key decides.
+Families declare a builder per model key: `build(path)` writes a model to `path`
+(`Node.tiny_models()`, `Node.random_models()`).
 """
 
+import fcntl
+import gc
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 MODELS_ENV = "CAPGRAPH_MODELS"
 TINY_DIR_ENV = "CAPGRAPH_TINY_DIR"
+RANDOM_DIR_ENV = "CAPGRAPH_RANDOM_DIR"
 MODEL_DIR_ENV = "CAPGRAPH_MODEL_DIR"
-TINY_FORMAT = "1"
+TINY_FORMAT = "2"
 """Bumped when a tiny builder changes, so stale cached tiny models are rebuilt."""
+RANDOM_FORMAT = "1"
+"""Bumped when a full-size random builder changes."""
 
 
 class ModelMissing(RuntimeError):
@@ -61,6 +74,13 @@ def tiny_root() -> Path:
     return Path(root) / f"v{TINY_FORMAT}"
 
 
+def random_root(base: Path | str | None = None) -> Path:
+    """Where full-size random models live: `base`, else `CAPGRAPH_RANDOM_DIR`, else
+    `~/.cache/capgraph/random`, with the format version appended."""
+    root = base or os.environ.get(RANDOM_DIR_ENV) or Path.home() / ".cache" / "capgraph" / "random"
+    return Path(root).expanduser() / f"v{RANDOM_FORMAT}"
+
+
 def tiny_model(key: str, build: Callable[[Path], None], root: Path | None = None) -> Path:
     """The folder of tiny model `key` under `root` (default `tiny_root()`), built with
     `build(folder)` on first use.
@@ -86,10 +106,43 @@ def tiny_model(key: str, build: Callable[[Path], None], root: Path | None = None
     return target
 
 
+def random_model(key: str, build: Callable[[Path], None], root: Path | None = None) -> Path:
+    """The folder of full-size random model `key` under `root` (default `random_root()`),
+    built once. Replicas starting together wait on a file lock rather than each building
+    gigabytes of the same weights. A build made here hands its GPU memory back, so a
+    replica's memory figures show the node, not the builder."""
+    root = root or random_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = not (root / key / ".complete").exists()
+        folder = tiny_model(key, build, root)
+    torch = sys.modules.get("torch")
+    if built and torch is not None and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
+    return folder
+
+
+def random_builder(key: str) -> Callable[[Path], None]:
+    """The full-size random builder some catalogue family declares for `key`."""
+    from engine.registry import catalogue
+
+    for family in catalogue().values():
+        build = family.random_models().get(key)
+        if build is not None:
+            return build
+    raise KeyError(f"{MODELS_ENV}=random: no node family declares a full-size random model '{key}' (Node.random_models)")
+
+
 def resolve(model: str, node_id: str, tiny_key: str, build_tiny: Callable[[Path], None]) -> str:
-    """The local folder (or, online, the id) that `from_pretrained` should load for a node."""
-    if models_mode() == "tiny":
+    """The local folder (or, online, the id) that `from_pretrained` should load for a node.
+    `tiny_key` names the model in tiny and random modes, whose builders write the same layout."""
+    mode = models_mode()
+    if mode == "tiny":
         return str(tiny_model(tiny_key, build_tiny))
+    if mode == "random":
+        return str(random_model(tiny_key, random_builder(tiny_key)))
     if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
     from huggingface_hub import snapshot_download
