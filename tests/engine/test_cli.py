@@ -96,3 +96,23 @@ def test_validate_checks_the_serve_config_half_and_the_livepeer_section(tmp_path
     assert done.returncode == 1 and "livepeer.capacity" in done.stderr, done.stderr
     all_graphs = capgraph("validate", *map(str, sorted((ROOT / "graphs").glob("*.yaml"))))
     assert all_graphs.returncode == 0, all_graphs.stderr
+
+
+def test_prepare_reports_each_model_it_cannot_fetch_and_skips_weightless_graphs() -> None:
+    offline = capgraph("prepare", str(ROOT / "graphs" / "depth.yaml"), "--json")
+    assert offline.returncode == 1
+    report = json.loads(offline.stdout)
+    assert list(report["failed"]) == ["depth-anything/Depth-Anything-V2-Small-hf"] and report["prepared"] == {}
+    weightless = capgraph("prepare", str(EDGES))
+    assert weightless.returncode == 0 and "No model to fetch" in weightless.stdout
+
+
+def test_tiny_models_writes_every_family_in_real_repo_layouts() -> None:
+    from nodes._weights import tiny_root
+
+    done = capgraph("tiny-models", str(tiny_root()), "--json")
+    assert done.returncode == 0, done.stderr
+    written = {key: Path(path) for key, path in json.loads(done.stdout).items()}
+    assert {"depth-anything", "sdxl"} <= set(written), written
+    assert (written["sdxl"] / "model_index.json").exists() and (written["sdxl"] / "unet" / "config.json").exists()
+    assert (written["depth-anything"] / "config.json").exists()
