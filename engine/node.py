@@ -82,6 +82,13 @@ class Node:
         return {}
 
     @classmethod
+    def random_models(cls) -> dict[str, Callable[[Path], None]]:
+        """Full-size random builders, same keys as `tiny_models()`: the default checkpoint's
+        architecture at its real size with random fp16 weights, in the same layout (what
+        CAPGRAPH_MODELS=random uses to measure latency and VRAM with no hub access)."""
+        return {}
+
+    @classmethod
     def check_wiring(cls, params: NodeParams, wired: frozenset[str]) -> list[tuple[str, str]]:
         """Rules that tie params to which optional ports are wired (e.g. one control image
         per ControlNet), checked at validation: (port, problem) pairs; none by default."""

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
-from nodes import _tiny_vision
+from nodes import _random, _tiny_vision
 from nodes._shared import gray_to_rgb, module_bytes, no_progress_bars
 from nodes._weights import resolve
 
@@ -66,6 +66,10 @@ class Depth(Node):
     @classmethod
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"depth-anything": _tiny_vision.depth_anything}
+
+    @classmethod
+    def random_models(cls) -> dict[str, Callable[[Path], None]]:
+        return {"depth-anything": _random.depth_anything}
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from engine.errors import InputError
 from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
-from nodes import _tiny_vision
+from nodes import _random, _tiny_vision
 from nodes._shared import module_bytes, no_progress_bars
 from nodes._weights import resolve
 
@@ -82,6 +82,10 @@ class Sam2(Node):
     @classmethod
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"sam2": _tiny_vision.sam2}
+
+    @classmethod
+    def random_models(cls) -> dict[str, Callable[[Path], None]]:
+        return {"sam2": _random.sam2}
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)

@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from engine.errors import InputError
 from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
-from nodes import _tiny_sd
+from nodes import _random, _tiny_sd
 from nodes._shared import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
 from nodes._weights import resolve
 
@@ -138,6 +138,10 @@ class Sdxl(Node):
     @classmethod
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"sdxl": _tiny_sd.save_sdxl, "sdxl-vae": _tiny_sd.save_vae, "sdxl-controlnet": _tiny_sd.save_sdxl_controlnet}
+
+    @classmethod
+    def random_models(cls) -> dict[str, Callable[[Path], None]]:
+        return {"sdxl": _random.sdxl, "sdxl-vae": _random.sdxl_vae, "sdxl-controlnet": _random.sdxl_controlnet}
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)

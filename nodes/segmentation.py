@@ -23,7 +23,7 @@ from pydantic import Field
 from engine.errors import InputError, did_you_mean
 from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
-from nodes import _tiny_vision
+from nodes import _random, _tiny_vision
 from nodes._shared import module_bytes, no_progress_bars
 from nodes._weights import resolve
 
@@ -65,6 +65,10 @@ class Segmentation(Node):
     @classmethod
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"segformer": _tiny_vision.segformer}
+
+    @classmethod
+    def random_models(cls) -> dict[str, Callable[[Path], None]]:
+        return {"segformer": _random.segformer}
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
-from nodes import _tiny_sd
+from nodes import _random, _tiny_sd
 from nodes._shared import module_bytes
 from nodes._weights import models_mode, resolve
 from nodes._shared import fp16_variant, no_progress_bars
@@ -75,6 +75,10 @@ class Upscale(Node):
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         return {"sd-x4-upscaler": _tiny_sd.save_x4_upscaler, "esrgan-x4": _save_tiny_esrgan}
 
+    @classmethod
+    def random_models(cls) -> dict[str, Callable[[Path], None]]:
+        return {"sd-x4-upscaler": _random.x4_upscaler, "esrgan-x4": _random.esrgan_x4}
+
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
         import torch
@@ -102,10 +106,10 @@ class Upscale(Node):
             self.weight_bytes = module_bytes(descriptor.model)
 
     def _weights_file(self) -> Path:
-        """The ESRGAN weights file: a local file, a file in a (cached) hub repo, or the tiny one."""
+        """The ESRGAN weights file: a local file, a file in a (cached) hub repo, or the tiny or random one."""
         model = self.params.model_id
         repo, filename = split_weights(model)
-        if models_mode() != "tiny" and filename is None and not Path(repo).expanduser().exists():
+        if not models_mode() and filename is None and not Path(repo).expanduser().exists():
             raise FileNotFoundError(f"node '{self.node_id}': weights file '{model}' does not exist; give a local path or owner/repo/file.pth")
         found = Path(resolve(repo, self.node_id, "esrgan-x4", _save_tiny_esrgan))
         if found.is_file():
