@@ -338,6 +338,28 @@ def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="wh
             out.print(f"[green]✓[/green] {key} → {path}", highlight=False)
 
 
+@app.command("random-models")
+def random_models(
+    folder: Annotated[Path, typer.Argument(file_okay=False, help="where to write them (then set CAPGRAPH_RANDOM_DIR to it)")],
+    only: Annotated[list[str], typer.Option("--only", help="model keys to write (default: all)")] = [],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write every family's model at its real full size with random fp16 weights (on CUDA
+    when present), for measuring speed and VRAM with no hub: CAPGRAPH_MODELS=random."""
+    from nodes._random import write_random_models
+
+    try:
+        written = write_random_models(folder, only or None)
+    except KeyError as exc:
+        raise InputError("--only", str(exc.args[0])) from None
+    if as_json:
+        _emit_json(written)
+        return
+    for key, path in written.items():
+        out.print(f"[green]✓[/green] {key} → {path}", highlight=False)
+    out.print(f"Use them with: CAPGRAPH_MODELS=random CAPGRAPH_RANDOM_DIR={folder}", highlight=False)
+
+
 @app.command("serve")
 def serve_cmd(
     graph: GraphArg,
