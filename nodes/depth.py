@@ -75,6 +75,7 @@ class Depth(Node):
         super().load(device, dtype)
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
         no_progress_bars()
         path = resolve(self.params.model, self.node_id, "depth-anything", _tiny_vision.depth_anything)
         self.torch_dtype = getattr(torch, dtype)

@@ -91,6 +91,7 @@ class Sam2(Node):
         super().load(device, dtype)
         import torch
         from transformers import AutoConfig, Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
         no_progress_bars()
         path = resolve(self.params.model, self.node_id, "sam2", _tiny_vision.sam2)
         config = AutoConfig.from_pretrained(path)

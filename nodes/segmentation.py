@@ -75,6 +75,7 @@ class Segmentation(Node):
         import torch
         from transformers import AutoConfig, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation, AutoProcessor
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
         no_progress_bars()
         path = resolve(self.params.model, self.node_id, "segformer", _tiny_vision.segformer)
         config = AutoConfig.from_pretrained(path)
