@@ -9,12 +9,17 @@ No Ray and no FastAPI here, so the rules can be tested on their own:
 - answer: `{"outputs": {...}, "timings_ms": {...}}`; images, masks and depth maps as base64
   PNG, segmentation maps as 8- or 16-bit PNG of class ids, bytes as base64.
 
-Every fault in a request is an `InputError` naming the field; decoding goes through
-`engine.values.decode_image`, so the pixel limit is the same as everywhere else.
+Every fault in a request is an `InputError` naming the field, found before any node runs:
+the JSON itself (NaN, Infinity, nesting past `MAX_DEPTH`), then the params (JSON types as
+the family declares them, bounds, fixed params, a requested size over the pixel limit),
+then the inputs (base64, `data:` URL types, text length, then decoding through
+`engine.values.decode_image`, so the pixel limit is the same as everywhere else).
+`request_schema` describes the same rules as JSON Schema for the OpenAPI document.
 """
 
 import base64
 import binascii
+import functools
 import io
 import json
 from collections.abc import Mapping
@@ -36,10 +41,52 @@ ENCODINGS = {
     PortType.BYTES: "base64",
     PortType.MASKS: "{masks: [base64 PNG], scores: [float]}",
 }
+MAX_DEPTH = 32
+"""Deepest JSON nesting a request may send: a graph's inputs and params need a handful."""
+MAX_TEXT_CHARS = 10_000
+"""Longest text input; prompts are cut to 77 tokens anyway, so longer is a mistake or an attack."""
+IMAGE_MIME = ("image/png", "image/jpeg", "image/webp", "image/bmp")
+JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+class _NonFinite:
+    """What `loads` puts where the JSON said NaN or Infinity, to report it with its path."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def loads(raw: bytes | str) -> Any:
+    """A request body as JSON. Python's json accepts NaN and Infinity and recurses without
+    bound; a request gets 400 for either, naming where it was."""
+    try:
+        doc = json.loads(raw or b"{}", parse_constant=_NonFinite)
+    except RecursionError:
+        raise InputError("body", f"JSON nested too deeply; a request needs at most {MAX_DEPTH} levels", 400) from None
+    except UnicodeDecodeError:
+        raise InputError("body", "not UTF-8 text; send JSON", 400) from None
+    except ValueError as exc:
+        raise InputError("body", f"not valid JSON ({exc})", 400) from None
+    _check_tree(doc, "body", 0)
+    return doc
+
+
+def _check_tree(value: Any, path: str, depth: int) -> None:
+    if isinstance(value, _NonFinite):
+        raise InputError(path, f"{value.text} is not a number JSON allows; send a finite number", 400)
+    if depth > MAX_DEPTH:
+        raise InputError(path.split("[")[0], f"JSON nested deeper than {MAX_DEPTH} levels", 400)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(item, key if path == "body" else f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_tree(item, f"{path}[{index}]", depth + 1)
 
 
 def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A JSON request body -> (graph inputs decoded, `node.param` overrides)."""
+    """A JSON request body (parsed by `loads`) -> (graph inputs decoded, `node.param`
+    overrides). Params are checked before any image is decoded."""
     if not isinstance(body, Mapping):
         raise InputError("body", "expected a JSON object with 'inputs' and optionally 'params'", 400)
     unknown = set(body) - {"inputs", "params"}
@@ -50,6 +97,7 @@ def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], 
         raise InputError("inputs", "expected an object of graph inputs", 400)
     if not isinstance(params, Mapping):
         raise InputError("params", "expected an object of 'node.param': value", 400)
+    check_params(plan, params, max_pixels)
     return {name: decode_value(plan, name, value, max_pixels) for name, value in inputs.items()}, dict(params)
 
 
@@ -57,14 +105,17 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
     """Multipart fields (bytes for files, str for text) -> (graph inputs, overrides)."""
     params: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
+    if "params" in fields:
+        try:
+            params = loads(fields["params"])
+        except InputError as exc:
+            field = "params" if exc.field == "body" else f"params.{exc.field}"
+            raise InputError(field, f"must be a JSON object of 'node.param': value ({exc.message})", 400) from None
+        if not isinstance(params, dict):
+            raise InputError("params", "must be a JSON object of 'node.param': value", 400)
+        check_params(plan, params, max_pixels)
     for name, value in fields.items():
         if name == "params":
-            try:
-                params = json.loads(value) if isinstance(value, str) else json.loads(bytes(value).decode())
-            except (ValueError, UnicodeDecodeError):
-                raise InputError("params", "must be a JSON object of 'node.param': value", 400) from None
-            if not isinstance(params, dict):
-                raise InputError("params", "must be a JSON object of 'node.param': value", 400)
             continue
         kind = _kind(plan, name)
         if isinstance(value, bytes):
@@ -80,24 +131,81 @@ def decode_value(plan: Plan, name: str, value: Any, max_pixels: int) -> Any:
     field = f"inputs.{name}"
     if kind in IMAGE_LIKE or kind is PortType.BYTES:
         if not isinstance(value, str):
-            raise InputError(field, f"expected {ENCODINGS[kind]}, got {type(value).__name__}", 422)
-        return _from_bytes(kind, b64decode(value, field, max_pixels), field, max_pixels)
+            raise InputError(field, f"expected {ENCODINGS[kind]}, got {_json_type(value)}", 422)
+        return _from_bytes(kind, b64decode(value, field, max_pixels, kind), field, max_pixels)
+    _check_text(kind, value, field)
     return value
 
 
-def b64decode(text: str, field: str, max_pixels: int) -> bytes:
-    """base64 or a data: URL -> bytes, refusing payloads larger than any allowed image."""
+def b64decode(text: str, field: str, max_pixels: int, kind: PortType | None = None) -> bytes:
+    """base64 or a data: URL -> bytes, refusing payloads larger than any allowed image.
+
+    Whitespace is ignored, as in MIME's 76-column lines (what `base64` prints by default).
+    A data: URL for an image must say an image type."""
     if text.startswith("data:"):
         head, _, text = text.partition(",")
         if ";base64" not in head:
-            raise InputError(field, "data: URLs must be base64 encoded", 400)
+            raise InputError(field, "data: URLs must be base64 encoded (data:image/png;base64,...)", 400)
+        mime = head[5:].split(";")[0].strip().lower()
+        if kind in IMAGE_LIKE and mime and mime not in IMAGE_MIME:
+            raise InputError(field, f"the data: URL says '{mime[:40]}'; send {', '.join(IMAGE_MIME[:3])}", 415)
     limit = max_pixels * 4 + (1 << 20)  # an uncompressed RGBA frame and a header is the most a file can need
     if len(text) * 3 // 4 > limit:
         raise InputError(field, f"payload of about {len(text) * 3 // 4:,} bytes is larger than any image under the pixel limit", 413)
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InputError(field, "not valid base64", 400) from None
+
+
+def _refuse_bombs(data: bytes, field: str, max_pixels: int) -> None:
+    """A header claiming so many pixels that Pillow will not even open it (twice its
+    MAX_IMAGE_PIXELS) is a 413 like any image over the limit, not an undecodable file."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            pass
+    except Image.DecompressionBombError:
+        raise InputError(field, f"the image header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                         f"bomb?); this capability takes at most {max_pixels:,}", 413) from None
+    except Exception:  # anything else undecodable: decode_image says what
+        pass
+
+
+def _check_text(kind: PortType | None, value: Any, field: str) -> None:
+    if kind is PortType.TEXT and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise InputError(field, f"text of {len(value):,} characters is over the limit of {MAX_TEXT_CHARS:,}", 422)
+
+
+def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None:
+    """Everything about a request's params that can be known before a node runs: each is
+    settable, of the JSON type its family declares (`"20"` is not a number), within its
+    bounds, and a width x height it asks for fits the pixel limit. Raises InputError."""
+    settable = plan.request_params()
+    for key, value in params.items():
+        if key not in settable:
+            continue  # params_for says why, with a suggestion
+        node_id, name = settable[key]
+        allowed = _json_types(_param_schemas(plan.nodes[node_id].family.Params).get(name, {}))
+        kind = _json_type(value)
+        if kind == "integer" and "number" in allowed or kind == "number" and "integer" in allowed and float(value).is_integer():
+            continue  # JSON has one number type: 20 and 20.0 are the same number
+        if allowed and kind not in allowed:
+            if kind == "number" and "integer" in allowed:
+                raise InputError(f"params.{key}", f"expected a whole number, got {value}")
+            hint = f" (send {value}, not \"{value}\")" if kind == "string" and _numeric(value) and allowed & {"integer", "number"} else ""
+            raise InputError(f"params.{key}", f"expected {' or '.join(sorted(allowed))}, got {kind}{hint}")
+    resolved = plan.params_for(params)
+    for node_id, node_params in resolved.items():
+        asked = {f"{node_id}.width", f"{node_id}.height"} & params.keys()
+        width, height = getattr(node_params, "width", None), getattr(node_params, "height", None)
+        if not asked or not isinstance(width or height, int):
+            continue
+        width, height = width or height, height or width  # a side asked for alone counts as a square
+        if width * height > max_pixels:
+            raise InputError(f"params.{sorted(asked)[-1]}", f"a {width}x{height} frame is {width * height:,} pixels, over this "
+                             f"capability's limit of {max_pixels:,} (a side set alone counts as a square)", 413)
 
 
 def _from_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int) -> Any:
@@ -105,6 +213,7 @@ def _from_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int)
         return data
     if kind not in IMAGE_LIKE:
         raise InputError(field, f"a file was sent for a {kind.title} input", 422)
+    _refuse_bombs(data, field, max_pixels)
     image = decode_image(data, field, max_pixels)
     if kind is PortType.IMAGE:
         return image
@@ -116,7 +225,14 @@ def _from_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int)
 def _from_text(kind: PortType | None, text: str, field: str, max_pixels: int) -> Any:
     """A multipart text field. Never a file path: images come as files or base64."""
     if kind in IMAGE_LIKE or kind is PortType.BYTES:
-        return _from_bytes(kind, b64decode(text, field, max_pixels), field, max_pixels)
+        try:
+            data = b64decode(text, field, max_pixels, kind)
+        except InputError as exc:
+            if exc.status != 400:
+                raise
+            raise InputError(field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400) from None
+        return _from_bytes(kind, data, field, max_pixels)
+    _check_text(kind, text, field)
     try:
         if kind is PortType.TEXT or kind is None:
             return text
@@ -136,6 +252,55 @@ def _from_text(kind: PortType | None, text: str, field: str, max_pixels: int) ->
 def _kind(plan: Plan, name: str) -> PortType | None:
     spec = plan.spec.inputs.get(name)
     return spec.type if spec else None  # unknown names are reported by check_inputs
+
+
+def _json_type(value: Any) -> str:
+    return next((name for kind, name in JSON_TYPES.items() if type(value) is kind), type(value).__name__)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_types(prop: Mapping[str, Any]) -> set[str]:
+    """The JSON types a JSON Schema property allows; empty when it does not say."""
+    if "type" in prop:
+        kind = prop["type"]
+        return set(kind) if isinstance(kind, list) else {kind}
+    if "enum" in prop:
+        return {_json_type(v) for v in prop["enum"]}
+    if "const" in prop:
+        return {_json_type(prop["const"])}
+    found: set[str] = set()
+    for key in ("anyOf", "oneOf"):
+        for option in prop.get(key, ()):
+            types = _json_types(option)
+            if not types:
+                return set()  # one option accepts anything
+            found |= types
+    return found
+
+
+@functools.cache
+def _param_schemas(params: type) -> dict[str, dict[str, Any]]:
+    """A family's Params as JSON Schema properties, `$ref`s inlined (OpenAPI and type checks)."""
+    schema = params.model_json_schema()
+    defs = schema.get("$defs", {})
+    return {name: _inline(prop, defs) for name, prop in schema.get("properties", {}).items()}
+
+
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
 
 
 def encode_outputs(plan: Plan, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,7 +361,7 @@ def schema(plan: Plan) -> dict[str, Any]:
     params = {}
     for key, (node_id, name) in plan.request_params().items():
         node = plan.nodes[node_id]
-        prop = dict(node.family.Params.model_json_schema().get("properties", {}).get(name, {}))
+        prop = dict(_param_schemas(node.family.Params).get(name, {}))
         prop["default"] = _plain(getattr(node.params, name))
         params[key] = prop
     outputs = {}
@@ -205,6 +370,46 @@ def schema(plan: Plan) -> dict[str, Any]:
         outputs[name] = {"type": kind.value, "description": kind.doc} | ({"encoding": ENCODINGS[kind]} if kind in ENCODINGS else {})
     return {"capability": plan.capability, "version": plan.spec.version, "description": plan.spec.description,
             "inputs": inputs, "params": params, "outputs": outputs}
+
+
+def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
+    """The request body as JSON Schema, per media type, for the OpenAPI document: every
+    input with its encoding, every settable param with its bounds, nothing else allowed.
+    Fuzzers generate from it; `parse_json` and `parse_form` enforce the same rules."""
+    inputs = {name: _input_schema(spec.type) | {"description": spec.description or spec.type.doc}
+              for name, spec in plan.spec.inputs.items()}
+    required = [name for name, spec in plan.spec.inputs.items() if spec.required]
+    params = {key: _param_schemas(plan.nodes[node_id].family.Params).get(name, {})
+              for key, (node_id, name) in plan.request_params().items()}
+    body = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["inputs"] if required else [],
+        "properties": {
+            "inputs": {"type": "object", "additionalProperties": False, "required": required, "properties": inputs},
+            "params": {"type": "object", "additionalProperties": False, "properties": params,
+                       "description": "per-request params as 'node.param': value"},
+        },
+    }
+    form = {name: {"type": "string", "format": "binary"} if spec.type in IMAGE_LIKE or spec.type is PortType.BYTES
+            else {"type": "string"} for name, spec in plan.spec.inputs.items()}
+    form["params"] = {"type": "string", "description": "a JSON object of 'node.param': value"}
+    multipart = {"type": "object", "required": required, "properties": form}
+    return {"application/json": {"schema": body}, "multipart/form-data": {"schema": multipart}}
+
+
+def _input_schema(kind: PortType) -> dict[str, Any]:
+    if kind in IMAGE_LIKE or kind is PortType.BYTES:
+        return {"type": "string", "contentEncoding": "base64"}
+    number = {"type": "number"}
+    return {
+        PortType.TEXT: {"type": "string", "maxLength": MAX_TEXT_CHARS},
+        PortType.NUMBER: number,
+        PortType.INTEGER: {"type": "integer"},
+        PortType.BOOL: {"type": "boolean"},
+        PortType.POINTS: {"type": "array", "items": {"type": "array", "items": number, "minItems": 3, "maxItems": 3}},
+        PortType.BOXES: {"type": "array", "items": {"type": "array", "items": number, "minItems": 4, "maxItems": 4}},
+    }.get(kind, {"type": "object"})
 
 
 def error_body(exc: InputError) -> dict[str, Any]:
