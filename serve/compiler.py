@@ -2,9 +2,11 @@
 deployment, with what resources, batching and replicas. Pure data, no Ray import, so the
 compiled shape can be inspected and tested without starting a cluster.
 
-A *unit* is one deployment. By default every node is its own unit; nodes that share a
-`group` are fused into one unit (one actor: no handle hop, no object-store copy between
-them); `fuse="all"` fuses the whole graph, `fuse="none"` ignores groups.
+A *unit* is one deployment. Which nodes share one, and how each batches and how many
+threads and CPUs it takes, is the planner's choice (`serve.planner`) unless the graph (or
+the tuned overlay of `capgraph tune`) says otherwise: `fuse="auto"`, the default. The
+other modes are for comparison: `"groups"` fuses only nodes that share a `group`, `"all"`
+fuses the whole graph, `"none"` gives every node its own deployment.
 
 How a unit's GPU fraction is chosen (the rule the README documents):
 
@@ -19,29 +21,28 @@ How a unit's GPU fraction is chosen (the rule the README documents):
    `accelerator_type`, else 24 GiB.
 
 A fused unit asks for the sum of its nodes' fractions (rounded up to whole GPUs past 1,
-as Ray requires) and the largest of their CPU asks.
+as Ray requires).
 """
 
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any
 
 import networkx as nx
 
 from engine.errors import GraphError, GraphInvalid
 from engine.plan import Plan, PlannedNode, Source
 from engine.spec import Autoscale
+from serve import planner
+from serve.planner import DEFAULT_NODE_CPUS, Cost, Fuse, Machine, NodeSettings
 
 GIB = 1 << 30
-DEFAULT_NODE_CPUS = 0.25
-"""Ray's default of 1 CPU per replica leaves a 2-core laptop able to start only two."""
 UNKNOWN_FRACTION = 0.25
 DEFAULT_GPU_MEMORY_GIB = 24.0
 INGRESS = "capgraph-ingress"
 """Name of the HTTP deployment; a hyphen keeps it apart from node ids and groups."""
-
-Fuse = Literal["groups", "all", "none"]
+__all__ = ["DEFAULT_NODE_CPUS", "Compiled", "Fuse", "Unit", "compile_plan", "gpu_fraction"]
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,16 @@ class Unit:
     """Its node outputs that later units or the graph outputs read."""
     num_gpus: float = 0.0
     num_cpus: float = DEFAULT_NODE_CPUS
+    threads: int = 1
+    """Torch threads in each replica (`torch.set_num_threads`)."""
     replicas: int | Autoscale = 1
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
+    max_ongoing_requests: int = 16
     gpu_note: str = ""
-    """How `num_gpus` was chosen, for logs and `capgraph serve --dry-run`."""
-
-    @property
-    def max_ongoing_requests(self) -> int:
-        """Twice the batch size: one batch runs while the next one fills. Ray's default
-        of 5 would cap every batch at 5 frames."""
-        return max(2 * self.max_batch_size, 4)
+    """How `num_gpus` was chosen, for logs and `capgraph plan`."""
+    why: tuple[str, ...] = ()
+    """The planner's reasons for this unit's shape and settings, one line each."""
 
     @property
     def min_replicas(self) -> int:
@@ -117,28 +117,45 @@ class Compiled:
 def compile_plan(
     plan: Plan,
     *,
-    fuse: Fuse = "groups",
+    fuse: Fuse = "auto",
     batching: bool = True,
     weight_bytes: Callable[[PlannedNode], int | None] | None = None,
     gpu_memory_gib: float | None = None,
+    machine: Machine | None = None,
+    tuned: Mapping[str, Mapping[str, Any]] | None = None,
+    measured: Mapping[str, Cost] | None = None,
 ) -> Compiled:
     """Group the plan's nodes into units and give each one its resources and batching.
 
-    `weight_bytes(node)` estimates a model node's weights before loading (None: unknown);
-    it is only called for model nodes without `resources.gpu`. Raises GraphInvalid when
-    groups would make the units depend on each other in a circle.
+    `machine` is the cluster as the planner sees it (None: unknown, every unit asks for
+    0.25 CPU and one thread). `tuned` holds the tuned overlay's node settings and
+    `measured` its measured costs (`serve.tune`). `weight_bytes(node)` estimates a model
+    node's weights before loading (None: unknown); it is only called for model nodes
+    without a GPU fraction. Raises GraphInvalid when groups would make the units depend
+    on each other in a circle.
     """
-    members = _group(plan, fuse)
+    if weight_bytes is not None:
+        weight_bytes = _memo(weight_bytes)
+    settings = planner.node_settings(plan, tuned)
+    costs = {n: (measured or {}).get(n) or planner.declared_cost(node) for n, node in plan.nodes.items()}
+    placements = planner.place(plan, settings, costs, fuse)
+    members = {p.name: list(p.nodes) for p in placements}
     order = _unit_order(plan, members)
     unit_of = {node_id: name for name, ids in members.items() for node_id in ids}
     warnings: list[str] = []
     memory = gpu_memory_gib or DEFAULT_GPU_MEMORY_GIB
+    fractions = {name: [_fraction(plan.nodes[n], settings[n], weight_bytes, memory, warnings) for n in ids] for name, ids in members.items()}
+    gpus = {name: sum(f for f, _ in parts) for name, parts in fractions.items()}
+    by_name = {p.name: p for p in placements}
+    weights = {name: _unit_weights(plan, ids, weight_bytes) for name, ids in members.items()}
+    sizing = planner.size_units(plan, [by_name[name] for name in order], settings, costs, machine, batching=batching,
+                                on_gpu={name: gpus[name] > 0 for name in order}, weights=weights)
+    for p in placements:
+        _check_replicas(plan, p, settings, warnings)
     units = []
     for name in order:
-        ids = members[name]
+        ids, size = members[name], sizing[name]
         nodes = [plan.nodes[i] for i in ids]
-        fractions = [_fraction(n, weight_bytes, memory, warnings) for n in nodes]
-        gpus = sum(f for f, _ in fractions)
         units.append(
             Unit(
                 name=name,
@@ -147,12 +164,15 @@ def compile_plan(
                 upstream=tuple(u for u in order if u != name and any(
                     s.node is not None and unit_of[s.node] == u for n in nodes for s in n.inputs.values())),
                 exports=_exports(plan, ids, unit_of),
-                num_gpus=round(gpus, 4) if gpus <= 1 else float(math.ceil(gpus)),
-                num_cpus=max((n.spec.resources.cpu or DEFAULT_NODE_CPUS) for n in nodes),
-                replicas=_replicas(nodes, name, warnings),
-                max_batch_size=min(_batch(n)[0] for n in nodes) if batching else 1,
-                batch_wait_s=max(_batch(n)[1] for n in nodes) if batching else 0.0,
-                gpu_note="; ".join(note for _, note in fractions if note),
+                num_gpus=round(gpus[name], 4) if gpus[name] <= 1 else float(math.ceil(gpus[name])),
+                num_cpus=size.num_cpus,
+                threads=size.threads,
+                replicas=size.replicas,
+                max_batch_size=size.max_batch_size,
+                batch_wait_s=size.batch_wait_s,
+                max_ongoing_requests=size.max_ongoing_requests,
+                gpu_note="; ".join(note for _, note in fractions[name] if note),
+                why=size.why,
             )
         )
     read = {u for unit in units for u in unit.upstream}
@@ -167,11 +187,12 @@ def gpu_fraction(weight_bytes: int, gpu_memory_gib: float) -> float:
     return min(1.0, max(0.05, math.ceil(need * 20 - 1e-9) / 20))
 
 
-def _fraction(node: PlannedNode, weight_bytes: Callable[[PlannedNode], int | None] | None,
+def _fraction(node: PlannedNode, settings: NodeSettings, weight_bytes: Callable[[PlannedNode], int | None] | None,
               memory_gib: float, warnings: list[str]) -> tuple[float, str]:
-    asked = node.spec.resources.gpu
+    asked = settings.gpu
     if asked is not None:
-        return asked, f"{node.id}: {asked:g} GPU as written" if asked else ""
+        where = "as written" if settings.source.get("gpu") == "graph" else "as tuned"
+        return asked, f"{node.id}: {asked:g} GPU {where}" if asked else ""
     if not node.family.uses_gpu:
         return 0.0, ""
     size = weight_bytes(node) if weight_bytes else None
@@ -183,37 +204,37 @@ def _fraction(node: PlannedNode, weight_bytes: Callable[[PlannedNode], int | Non
     return fraction, f"{node.id}: {fraction:g} GPU for {size / GIB:.2f} GiB of weights on a {memory_gib:g} GiB GPU"
 
 
-def _batch(node: PlannedNode) -> tuple[int, float]:
-    batch = node.spec.batch
-    if batch is None:
-        return node.family.max_batch, 0.01
-    return batch.max_size, batch.wait_ms / 1000.0
+def _memo(weight_bytes: Callable[[PlannedNode], int | None]) -> Callable[[PlannedNode], int | None]:
+    """Weight files are counted once per node (it may walk a model cache)."""
+    seen: dict[str, int | None] = {}
+
+    def counted(node: PlannedNode) -> int | None:
+        if node.id not in seen:
+            seen[node.id] = weight_bytes(node)
+        return seen[node.id]
+
+    return counted
 
 
-def _replicas(nodes: Sequence[PlannedNode], unit: str, warnings: list[str]) -> int | Autoscale:
-    asked = [n.spec.replicas for n in nodes]
-    scaling = [r for r in asked if isinstance(r, Autoscale)]
+def _unit_weights(plan: Plan, ids: Sequence[str], weight_bytes: Callable[[PlannedNode], int | None] | None) -> int | None:
+    """Bytes of a unit's weight files, None where any model node's are unknown."""
+    total = 0
+    for node_id in ids:
+        node = plan.nodes[node_id]
+        if not node.family.uses_gpu:
+            continue
+        size = weight_bytes(node) if weight_bytes else None
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def _check_replicas(plan: Plan, placement: planner.Placement, settings: Mapping[str, NodeSettings], warnings: list[str]) -> None:
+    asked = [settings[n].replicas or 1 for n in placement.nodes]
     if len(set(map(repr, asked))) > 1:
-        warnings.append(f"deployment '{unit}': its nodes ask for different replicas ({', '.join(map(str, asked))}); "
+        warnings.append(f"deployment '{placement.name}': its nodes ask for different replicas ({', '.join(map(str, asked))}); "
                         "using the largest.")
-    if scaling:
-        return max(scaling, key=lambda a: (a.max, a.min))
-    return max(r for r in asked if isinstance(r, int))
-
-
-def _group(plan: Plan, fuse: Fuse) -> dict[str, list[str]]:
-    """Unit name -> node ids, in plan (topological) order."""
-    if fuse == "all":
-        return {plan.capability.replace("-", "_"): list(plan.nodes)}
-    members: dict[str, list[str]] = {}
-    for node_id, node in plan.nodes.items():
-        group = node.spec.group if fuse == "groups" else None
-        if group is None:
-            members.setdefault(node_id, []).append(node_id)
-        else:
-            name = group if group not in plan.nodes or plan.nodes[group].spec.group == group else f"{group}_group"
-            members.setdefault(name, []).append(node_id)
-    return members
 
 
 def _unit_order(plan: Plan, members: Mapping[str, list[str]]) -> list[str]:

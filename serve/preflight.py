@@ -32,6 +32,8 @@ class Machine:
     name: str
     cpus: float
     gpus: int
+    memory: float = 0.0
+    """Bytes of memory for tasks and actors (0: unknown); bounds the planner's CPU replicas."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ def cluster_from_ray() -> Cluster:
         if not node.get("Alive"):
             continue
         res = node.get("Resources", {})
-        machines.append(Machine(node.get("NodeManagerAddress", "?"), float(res.get("CPU", 0)), int(res.get("GPU", 0))))
+        machines.append(Machine(node.get("NodeManagerAddress", "?"), float(res.get("CPU", 0)), int(res.get("GPU", 0)),
+                                float(res.get("memory", 0))))
         accelerator = accelerator or next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
     return Cluster(tuple(machines), accelerator, "ray")
 
@@ -76,7 +79,15 @@ def local_cluster(probe_gpus: bool) -> Cluster:
     accelerator = None
     if gpus is None:
         gpus, accelerator = _torch_gpus() if probe_gpus else (0, None)
-    return Cluster((Machine("local", cpus, int(gpus)),), accelerator, "local")
+    return Cluster((Machine("local", cpus, int(gpus), float(override.get("memory", _memory_bytes()))),), accelerator, "local")
+
+
+def _memory_bytes() -> float:
+    """This machine's memory, as Ray counts what tasks may use (70 % of it)."""
+    try:
+        return 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
 
 def _torch_gpus() -> tuple[int, str | None]:

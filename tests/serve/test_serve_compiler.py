@@ -22,7 +22,7 @@ def with_nodes(plan, **changes) -> dict:
 
 
 def test_one_deployment_per_node_in_topological_order(hybrid):
-    compiled = compile_plan(hybrid)
+    compiled = compile_plan(hybrid, fuse="none")
     assert [u.name for u in compiled.units] == ["fit", "depth", "control", "generate", "upscale"]
     by_name = {u.name: u for u in compiled.units}
     assert by_name["fit"].graph_inputs == ("image",) and by_name["fit"].upstream == ()
@@ -31,33 +31,44 @@ def test_one_deployment_per_node_in_topological_order(hybrid):
     assert compiled.awaited == ("upscale",)
 
 
+def test_the_planner_fuses_by_default(hybrid):
+    (unit,) = compile_plan(hybrid).units
+    assert unit.name == "generate" and unit.nodes == tuple(hybrid.nodes)
+    assert unit.graph_inputs == ("image", "prompt") and unit.upstream == () and [str(s) for s in unit.exports] == ["upscale.image"]
+
+
 def test_resources_batching_and_ongoing_requests(hybrid):
-    units = {u.name: u for u in compile_plan(hybrid).units}
+    data = with_nodes(hybrid, depth={"resources": {"gpu": 0.1}, "batch": {"max_size": 8, "wait_ms": 10}},
+                      generate={"resources": {"gpu": 0.6}, "batch": {"max_size": 4, "wait_ms": 20}},
+                      upscale={"resources": {"gpu": 0.2}, "batch": {"max_size": 4, "wait_ms": 10}})
+    units = {u.name: u for u in compile_plan(plan_from_data(data)).units}
+    assert list(units) == ["fit", "depth", "control", "generate", "upscale"]  # own resources: apart
     assert [units[n].num_gpus for n in ("fit", "depth", "control", "generate", "upscale")] == [0, 0.1, 0, 0.6, 0.2]
     generate = units["generate"].deployment_options()
     assert generate["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.6}
-    assert generate["num_replicas"] == 1 and generate["max_ongoing_requests"] == 8  # twice batch.max_size 4
+    assert generate["num_replicas"] == 1 and generate["max_ongoing_requests"] == 16  # four batches of 4
     assert (units["depth"].max_batch_size, units["depth"].batch_wait_s) == (8, 0.01)
     assert (units["generate"].max_batch_size, units["generate"].batch_wait_s) == (4, 0.02)
     assert units["fit"].max_batch_size == 32  # the family's default, no batch section
-    assert all(u.max_batch_size == 1 for u in compile_plan(hybrid, batching=False).units)
+    assert all(u.max_batch_size == 1 for u in compile_plan(hybrid, batching=False, fuse="none").units)
 
 
 def test_groups_fuse_nodes_into_one_deployment(hybrid):
-    data = with_nodes(hybrid, fit={"group": "vision"}, depth={"group": "vision"}, control={"group": "vision"})
-    compiled = compile_plan(plan_from_data(data))
+    data = with_nodes(hybrid, fit={"group": "vision"}, depth={"group": "vision", "resources": {"gpu": 0.1}},
+                      control={"group": "vision"})
+    compiled = compile_plan(plan_from_data(data), fuse="groups")
     assert [(u.name, u.nodes) for u in compiled.units] == [
         ("vision", ("fit", "depth", "control")), ("generate", ("generate",)), ("upscale", ("upscale",))]
     vision = compiled.unit("vision")
     assert vision.num_gpus == 0.1 and [str(s) for s in vision.exports] == ["control.image"]
-    assert vision.max_batch_size == 8  # the tightest member
+    assert vision.max_batch_size == 8  # the tightest member's family limit
     assert [u.name for u in compile_plan(plan_from_data(data), fuse="none").units] == list(hybrid.nodes)
 
 
 def test_fully_fused(hybrid):
-    (unit,) = compile_plan(hybrid, fuse="all").units
+    (unit,) = compile_plan(hybrid, fuse="all", weight_bytes=lambda node: 0).units
     assert unit.name == "hybrid_depth_sdxl" and unit.nodes == tuple(hybrid.nodes)
-    assert unit.num_gpus == pytest.approx(0.9) and unit.graph_inputs == ("image", "prompt") and unit.upstream == ()
+    assert unit.num_gpus == pytest.approx(0.15) and unit.graph_inputs == ("image", "prompt") and unit.upstream == ()
 
 
 def test_a_group_around_an_outside_node_is_refused(hybrid):
@@ -70,7 +81,9 @@ def test_a_group_around_an_outside_node_is_refused(hybrid):
 
 def test_autoscaling_replicas(hybrid):
     data = with_nodes(hybrid, generate={"replicas": {"min": 1, "max": 4, "target_ongoing_requests": 3}})
-    options = compile_plan(plan_from_data(data)).unit("generate").deployment_options()
+    compiled = compile_plan(plan_from_data(data))
+    assert compiled.unit("generate").nodes == ("generate",)  # scaling on its own: apart
+    options = compiled.unit("generate").deployment_options()
     assert "num_replicas" not in options
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3.0}
 
@@ -84,12 +97,12 @@ def test_gpu_fraction_rule():
 
 
 def test_unset_fractions_come_from_weight_bytes(hybrid):
-    data = with_nodes(hybrid, depth={"resources": {}}, generate={"resources": {}})
-    plan = plan_from_data(data)
-    sizes = {"depth": GIB, "generate": None}
-    compiled = compile_plan(plan, weight_bytes=lambda node: sizes[node.id], gpu_memory_gib=24)
+    sizes = {"depth": GIB, "generate": None, "upscale": 0}
+    compiled = compile_plan(hybrid, fuse="none", weight_bytes=lambda node: sizes[node.id], gpu_memory_gib=24)
     assert compiled.unit("depth").num_gpus == 0.15  # (2 GiB + 1 GiB) / 24 GiB, rounded up to 0.05
     assert "1.00 GiB of weights on a 24 GiB GPU" in compiled.unit("depth").gpu_note
     assert compiled.unit("generate").num_gpus == 0.25
     assert any("'generate': weight files not found" in w for w in compiled.warnings)
     assert compiled.unit("fit").num_gpus == 0  # no model: never a GPU unless asked
+    (fused,) = compile_plan(hybrid, weight_bytes=lambda node: sizes[node.id], gpu_memory_gib=24).units
+    assert fused.num_gpus == pytest.approx(0.15 + 0.25 + 0.05)  # a fused unit asks for the sum
