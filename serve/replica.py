@@ -1,10 +1,16 @@
 """A node deployment: one Ray Serve replica running one unit (a node, or a fused group).
 
-The replica loads its nodes and runs one warm-up batch in `__init__`, so Ray marks it
-RUNNING, and routes traffic to it, only once its weights are in memory and warm; a new
-replica added by autoscaling never takes a request cold. Frames arrive one per call and
-leave Ray Serve's batcher as one list: each node's `run_batch` runs once per batch, in a
-worker thread so the batcher keeps filling the next batch meanwhile.
+The replica sets its torch threads to the planner's share, loads its nodes (in parallel,
+one thread each: imports and weight reads overlap) and runs one warm-up batch per node in
+`__init__`, so Ray marks it RUNNING, and routes traffic to it, only once its weights are
+in memory and warm; a new replica added by autoscaling never takes a request cold.
+
+Frames arrive one per call and leave the batcher as one list: each node's `run_batch`
+runs once per batch, in a worker thread. The batcher starts the next batch as soon as the
+previous one ends, with every frame that queued meanwhile (up to the batch size); only a
+frame that finds the replica idle waits `batch_wait_s` for company. Ray's `@serve.batch`
+instead closes each batch `batch_wait_timeout_s` after its first frame, even while the
+previous batch still runs, which kept batches at a third of their size under load.
 
 What crosses the replica boundary is plain data (numpy arrays, pydantic params, dicts).
 A call returns `{"values": {"node.port": value}, "meta": {node_id: {...}}}`, or
@@ -16,11 +22,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
-from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from engine.errors import InputError
@@ -44,6 +50,58 @@ class _Frame:
     params: dict[str, NodeParams]
     arrived: float
     meta: dict[str, dict[str, float]]
+    done: "asyncio.Future[dict[str, Any]] | None" = field(default=None, repr=False)
+
+
+class Batcher:
+    """Frames in one at a time, batches out: the next batch starts the moment the
+    previous one ends, holding every frame that queued meanwhile (up to `max_size`). A
+    frame that finds the batcher idle waits up to `wait_s` for others to join it."""
+
+    def __init__(self, run: Callable[[list[_Frame]], Awaitable[list[dict[str, Any]]]], max_size: int, wait_s: float):
+        self.run, self.max_size, self.wait_s = run, max_size, wait_s
+        self.queue: list[_Frame] = []
+        self.arrived = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    async def submit(self, frame: _Frame) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._loop())
+        frame.done = loop.create_future()
+        self.queue.append(frame)
+        self.arrived.set()
+        return await frame.done
+
+    async def _loop(self) -> None:
+        while True:
+            while not self.queue:
+                self.arrived.clear()
+                await self.arrived.wait()
+            deadline = self.queue[0].arrived + self.wait_s  # frames that queued behind a batch have waited enough
+            while len(self.queue) < self.max_size and (left := deadline - time.perf_counter()) > 0:
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            batch, self.queue = self.queue[: self.max_size], self.queue[self.max_size :]
+            batch = [f for f in batch if f.done is not None and not f.done.cancelled()]  # callers gone: skip them
+            if not batch:
+                continue
+            try:
+                results = await self.run(batch)
+            except Exception as exc:  # the batch as a whole failed: every caller hears why
+                for f in batch:
+                    if not f.done.done():
+                        f.done.set_exception(exc)
+                continue
+            for f, result in zip(batch, results):
+                if not f.done.done():
+                    f.done.set_result(result)
 
 
 class NodeGroup:
@@ -53,15 +111,15 @@ class NodeGroup:
         self.plan, self.unit = plan, unit
         self.device, self.dtype = _device(unit)
         self.capability = plan.capability
-        self.queued = 0
         self.fatal: str | None = None
-        self.nodes: dict[str, Node] = {}
         self.report: dict[str, dict[str, Any]] = {}
+        started = time.perf_counter()
+        if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
+            _set_threads(unit.threads)  # before any model runs: torch sizes its pool once
         self.memory_cap = _cap_gpu_memory(unit, self.device)
-        for node_id in unit.nodes:
-            self._load(node_id)
-        self._forward.set_max_batch_size(unit.max_batch_size)
-        self._forward.set_batch_wait_timeout_s(unit.batch_wait_s)
+        self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report)
+        self._log_loaded(time.perf_counter() - started)
+        self.batcher = Batcher(self._forward, unit.max_batch_size, unit.batch_wait_s)
         tags = {"capability": self.capability, "unit": unit.name}
         self.latency = Histogram("capgraph_node_latency_ms", "Milliseconds a node took for one batch",
                                  boundaries=LATENCY_BUCKETS_MS, tag_keys=("capability", "unit", "node"))
@@ -74,25 +132,22 @@ class NodeGroup:
             metric.set_default_tags(dict(tags))  # Ray adds its own tags to the dict it is given
         self.queue_length.set(0)
 
-    def _load(self, node_id: str) -> None:
-        planned = self.plan.nodes[node_id]
-        log.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, self.device, self.dtype)
-        start = time.perf_counter()
-        node = planned.build()
-        node.load(self.device, self.dtype)
-        loaded = time.perf_counter()
-        node.warmup()
-        warm = time.perf_counter()
-        self.nodes[node_id] = node
-        self.report[node_id] = {"loaded": True, "warm": True, "device": self.device, "dtype": self.dtype,
-                                "weight_bytes": node.weight_bytes, "load_s": round(loaded - start, 3),
-                                "warmup_s": round(warm - loaded, 3)}
-        headroom = ""
-        if self.memory_cap:
-            headroom = f"; GPU cap {self.memory_cap / 2**30:.2f} GiB, {(self.memory_cap - _cuda_allocated()) / 2**30:.2f} GiB free"
-            self.report[node_id]["gpu_cap_bytes"] = self.memory_cap
-        log.info("capgraph: node '%s' loaded %s bytes of weights (%.1f MiB) in %.2fs, warm-up %.2fs%s",
-                 node_id, f"{node.weight_bytes:,}", node.weight_bytes / 2**20, loaded - start, warm - loaded, headroom)
+    @property
+    def queued(self) -> int:
+        return len(self.batcher)
+
+    def _log_loaded(self, seconds: float) -> None:
+        for node_id, node in self.nodes.items():
+            report = self.report[node_id]
+            headroom = ""
+            if self.memory_cap:
+                headroom = f"; GPU cap {self.memory_cap / 2**30:.2f} GiB, {(self.memory_cap - _cuda_allocated()) / 2**30:.2f} GiB free"
+                report["gpu_cap_bytes"] = self.memory_cap
+            log.info("capgraph: node '%s' loaded %s bytes of weights (%.1f MiB) in %.2fs, warm-up %.2fs%s", node_id,
+                     f"{node.weight_bytes:,}", node.weight_bytes / 2**20, report["load_s"], report["warmup_s"], headroom)
+        log.info("capgraph: unit '%s' ready in %.2fs (%d node%s, %d torch thread%s, batch %d, wait %.1f ms)", self.unit.name, seconds,
+                 len(self.nodes), "s" if len(self.nodes) != 1 else "", self.unit.threads, "s" if self.unit.threads != 1 else "",
+                 self.unit.max_batch_size, self.unit.batch_wait_s * 1000)
 
     async def __call__(self, graph_inputs: Mapping[str, Any], overrides: Mapping[str, NodeParams], *upstream: Mapping[str, Any]) -> dict[str, Any]:
         """One frame: the graph inputs this unit reads, its nodes' param overrides, and
@@ -105,14 +160,11 @@ class NodeGroup:
             values.update(result["values"])
             meta.update(result["meta"])
         params = {node_id: overrides.get(node_id, self.plan.nodes[node_id].params) for node_id in self.unit.nodes}
-        self.queued += 1
-        self.queue_length.set(self.queued)
-        return await self._forward(_Frame(values, params, time.perf_counter(), meta))
+        self.queue_length.set(self.queued + 1)
+        return await self.batcher.submit(_Frame(values, params, time.perf_counter(), meta))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _forward(self, frames: list[_Frame]) -> list[dict[str, Any]]:
         start = time.perf_counter()
-        self.queued -= len(frames)
         self.queue_length.set(self.queued)
         results = await asyncio.to_thread(self._run_isolated, frames)
         for frame, result in zip(frames, results):
@@ -176,6 +228,41 @@ class NodeGroup:
         """Called by Ray every `health_check_period_s`; raising makes Ray replace us."""
         if self.fatal:
             raise RuntimeError(f"unit '{self.unit.name}' hit an unrecoverable device error: {self.fatal}")
+
+
+def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]]) -> dict[str, Node]:
+    """Build, load and warm the nodes, one thread each: imports, weight reads and the
+    first kernels of one node overlap another's. Returns them in plan order and fills
+    `report` (what /health shows) as each one becomes ready."""
+
+    def one(node_id: str) -> Node:
+        planned = plan.nodes[node_id]
+        log.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, device, dtype)
+        start = time.perf_counter()
+        node = planned.build()
+        node.load(device, dtype)
+        loaded = time.perf_counter()
+        node.warmup()
+        warm = time.perf_counter()
+        report[node_id] = {"loaded": True, "warm": True, "device": device, "dtype": dtype, "weight_bytes": node.weight_bytes,
+                           "load_s": round(loaded - start, 3), "warmup_s": round(warm - loaded, 3)}
+        return node
+
+    if len(node_ids) == 1:
+        return {node_ids[0]: one(node_ids[0])}
+    with ThreadPoolExecutor(max_workers=len(node_ids), thread_name_prefix="capgraph-load") as pool:
+        loaded = list(pool.map(one, node_ids))  # re-raises the first failure
+    return dict(zip(node_ids, loaded))
+
+
+def _set_threads(threads: int) -> None:
+    """Torch's intra-op threads from the planner's CPU share (Ray would give a fractional
+    CPU replica one thread through OMP_NUM_THREADS)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    log.info("capgraph: %d torch thread%s", threads, "s" if threads != 1 else "")
 
 
 def _device(unit: Unit) -> tuple[str, str]:
