@@ -7,7 +7,9 @@ with nothing else to copy; `serve run serve.app:build graph=FILE` and `capgraph 
 (`serve.run.serve_graph`) go through the same steps:
 
 1. validate the graph, with the same checks and messages as `capgraph validate`;
-2. compile it into deployment units (`serve.compiler`);
+2. compile it into deployment units (`serve.compiler`): the planner (`serve.planner`)
+   chooses fusion, batching, threads and CPUs from the nodes' costs, measured by
+   `capgraph tune` where its overlay matches (`serve.tune`), the graph's own fields first;
 3. pre-flight it against the cluster (`serve.preflight`): on a cluster with no GPU every
    node falls back to the CPU with one warning; what does not fit is named;
 4. bind one `NodeGroup` deployment per unit and the `Capability` ingress.
@@ -39,7 +41,9 @@ from engine.yamlload import YamlProblem, load_yaml
 from serve import preflight
 from serve.compiler import INGRESS, Compiled, compile_plan
 from serve.ingress import Capability, Settings
+from serve.planner import machine_for
 from serve.replica import NodeGroup
+from serve.tune import find_overlay
 
 log = logging.getLogger("ray.serve")
 
@@ -50,7 +54,11 @@ class CapabilityArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     graph: dict[str, Any] | str = Field(description="the graph's sections (capability, inputs, nodes, outputs...) or a graph file path")
-    fuse: Literal["groups", "all", "none"] = Field("groups", description="groups: fuse nodes sharing a `group`; all: one deployment; none: one per node")
+    fuse: Literal["auto", "groups", "all", "none"] = Field(
+        "auto", description="auto: the planner fuses cheap nodes into the bottleneck's deployment (groups as written); "
+                            "groups: fuse only nodes sharing a `group`; all: one deployment; none: one per node")
+    tuned: str | bool | None = Field(None, description="a tuned overlay file (capgraph tune); default: this machine's own for "
+                                                        "this graph, where it matches; false: ignore overlays")
     batching: bool = Field(True, description="batch concurrent frames per node (false: every call runs alone)")
     preflight: Literal["fail", "warn", "off"] = Field("fail", description="what to do when the graph does not fit the cluster")
     gpu_memory_gib: float | None = Field(None, gt=0, le=1024, description="GPU memory for deriving unset GPU fractions")
@@ -86,10 +94,11 @@ class Blueprint:
             "cluster": self.cluster.describe(),
             "demand": preflight.demand(self.compiled),
             "deployments": [
-                {"name": u.name, "nodes": list(u.nodes), "num_gpus": u.num_gpus, "num_cpus": u.num_cpus,
+                {"name": u.name, "nodes": list(u.nodes), "num_gpus": u.num_gpus, "num_cpus": u.num_cpus, "threads": u.threads,
                  "replicas": u.replicas if isinstance(u.replicas, int) else u.replicas.model_dump(),
                  "max_batch_size": u.max_batch_size, "batch_wait_s": u.batch_wait_s,
-                 "max_ongoing_requests": u.max_ongoing_requests, "reads_from": list(u.upstream), "gpu": u.gpu_note}
+                 "max_ongoing_requests": u.max_ongoing_requests, "reads_from": list(u.upstream), "gpu": u.gpu_note,
+                 "why": list(u.why)}
                 for u in self.compiled.units
             ],
             "notes": list(self.notes),
@@ -115,8 +124,11 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
     _check_livepeer(plan, livepeer_section(args))
     cluster = cluster or _cluster()
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
-    compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory)
-    notes = list(compiled.warnings) + [str(w) for w in plan.warnings]
+    overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
+    machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, args.ingress_cpus * args.ingress_replicas)
+    compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory,
+                            machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
+    notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
     wanted = [u for u in compiled.units if u.num_gpus > 0]
     if wanted and cluster.gpus == 0:
         names = ", ".join(n for u in wanted for n in u.nodes)
@@ -166,8 +178,9 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     for unit in compiled.units:
         options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s}
         handles[unit.name] = serve.deployment(NodeGroup).options(**options).bind(compiled.plan, unit)
-        log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, batch %d)", unit.name, ", ".join(unit.nodes),
-                 unit.num_gpus, unit.num_cpus, unit.max_batch_size)
+        log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
+                 ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
+                 "; ".join(unit.why))
     settings = Settings(max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
                         request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args))
     ingress = serve.deployment(Capability).options(

@@ -26,7 +26,7 @@ def serve_graph(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    fuse: Literal["groups", "all", "none"] = "groups",
+    fuse: Literal["auto", "groups", "all", "none"] = "auto",
     batching: bool = True,
     preflight: Literal["fail", "warn", "off"] = "fail",
     address: str | None = None,
@@ -34,18 +34,21 @@ def serve_graph(
     as_json: bool = False,
     blocking: bool = True,
     options: dict[str, Any] | None = None,
+    tuned: str | bool | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Serve one graph file on Ray Serve; returns an exit code.
 
     `address` joins a running Ray cluster (default: start a local one). `dry_run` prints
-    the deployments and the pre-flight (JSON with `as_json`) without starting Ray.
-    `options` are further `CapabilityArgs` fields (e.g. `{"request_timeout_s": 30}`).
+    the deployments the planner chose, with its reasons, and the pre-flight (JSON with
+    `as_json`) without starting Ray. `tuned` names a tuned overlay (default: the one
+    `capgraph tune` wrote for this graph on this machine; False ignores it). `options` are
+    further `CapabilityArgs` fields (e.g. `{"request_timeout_s": 30}`).
     """
     from serve.app import CapabilityArgs, _fit_report, bind, load_graph, plan_app
 
     out = out or sys.stdout
-    args = CapabilityArgs(graph=str(path), fuse=fuse, batching=batching, preflight=preflight, **(options or {}))
+    args = CapabilityArgs(graph=str(path), fuse=fuse, batching=batching, preflight=preflight, tuned=tuned, **(options or {}))
     try:
         plan = load_graph(args.graph)  # before Ray: a typo costs no cluster start
         if dry_run:
@@ -103,8 +106,11 @@ def _print_blueprint(summary: dict[str, Any], as_json: bool, out: TextIO) -> Non
     print(f"{summary['capability']}: {summary['demand']} on {summary['cluster']}", file=out)
     for d in summary["deployments"]:
         reads = f" <- {', '.join(d['reads_from'])}" if d["reads_from"] else ""
-        print(f"  {d['name']}: {', '.join(d['nodes'])} | gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} | replicas {d['replicas']} | "
-              f"batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms{reads}", file=out)
+        print(f"  {d['name']}: {', '.join(d['nodes'])} | gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} threads {d['threads']} | "
+              f"replicas {d['replicas']} | batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms | "
+              f"max_ongoing_requests {d['max_ongoing_requests']}{reads}", file=out)
+        for reason in d["why"]:
+            print(f"      {reason}", file=out)
     for note in summary["notes"]:
         print(f"  note: {note}", file=out)
     for problem in summary["problems"]:
