@@ -390,6 +390,33 @@ def plan_cmd(
 
 
 @app.command()
+def tune(
+    graph: GraphArg,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="profile batch sizes 1, 2, 4 ... up to this")] = 16,
+    size: Annotated[int | None, typer.Option(help="side of the example frame in pixels (default 64 on tiny models, 512 on real)")] = None,
+    params: Annotated[list[str], typer.Option("--param", "-p", help="NODE.PARAM=VALUE request params to profile with")] = [],
+    repeats: Annotated[int, typer.Option(help="timed runs per batch size (the median counts)")] = 3,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="overlay file (default: the machine's tuned folder)")] = None,
+    print_yaml: Annotated[bool, typer.Option("--print", help="print the settings as YAML to paste instead of writing an overlay")] = False,
+) -> None:
+    """Profile each node on this machine at batch sizes 1..N and write the serving settings
+    (batch sizes and waits, groups, GPU fractions, replicas) as an overlay that `serve run`,
+    `capgraph serve` and `capgraph plan` pick up."""
+    from serve.tune import tune_graph
+
+    _load(graph)
+    overrides = {}
+    for item in params:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"'{item}' is not NODE.PARAM=VALUE", param_hint="--param")
+        overrides[key] = yaml.safe_load(value)
+    code = tune_graph(str(graph), max_batch=max_batch, size=size, params=overrides, repeats=repeats,
+                      output=str(output) if output else None, print_yaml=print_yaml)
+    raise typer.Exit(1 if code else 0)
+
+
+@app.command()
 def register(
     graph: GraphArg,
     unregister: Annotated[bool, typer.Option("--unregister", help="remove the registration instead")] = False,
