@@ -131,7 +131,7 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
     notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
     wanted = [u for u in compiled.units if u.num_gpus > 0]
     if wanted and cluster.gpus == 0:
-        names = ", ".join(n for u in wanted for n in u.nodes)
+        names = ", ".join(n for u in wanted for n in u.nodes if plan.nodes[n].family.uses_gpu or plan.nodes[n].spec.resources.gpu)
         compiled = compiled.on_cpu("no GPU in the cluster: CPU fallback")
         notes.append(f"no GPU in the cluster ({cluster.describe()}): running {names} on the CPU in float32; "
                      "the same graph uses the GPU where there is one.")
