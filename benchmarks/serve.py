@@ -1,20 +1,30 @@
-"""The hybrid graph on Ray Serve, side by side in one run, on tiny models.
+"""The hybrid graph on Ray Serve against the in-process executor and a hand-written Ray
+Serve app, side by side in one run, on tiny models.
 
-    python benchmarks/serve.py [--graph graphs/hybrid.yaml] [--requests 48] [--json]
+    python benchmarks/serve.py [--graph graphs/hybrid.yaml] [--requests 48] [--json] [--tune]
 
-Measures, on the same machine and the same frames (64 px, 2 SDXL steps):
+Measures, on the same machine and the same frames (64 px, 2 SDXL steps, PNG in and out):
 
-- requests/s and p50/p99 latency over HTTP at concurrency 1, 8 and 32, batching on and
-  off (every call alone), and the graph fused into one deployment;
-- the in-process executor (PNG decode, graph, PNG encode, one frame at a time, and
-  batches of 8) as the no-distribution baseline: Serve's cost in ms and as a ratio, and
-  the cost of one hop between deployments, from unfused minus fused at concurrency 1
-  divided by the hops fusion removes;
-- cold start: `serve run GRAPH` from process start to the proxy answering and to
-  /health 200 (every node loaded and warm), unfused and fused.
+- the in-process executor, one frame at a time (PNG decode, graph, PNG encode): the
+  baseline every ratio is taken against, and in batches of 8 for reference;
+- capgraph's served graph with default settings (the planner chooses; no tuned overlay,
+  nothing hand-tuned in the graph file): requests/s and p50/p99 latency over HTTP at
+  concurrency 1, 8 and 32;
+- a hand-written Ray Serve app of the same nodes, the straightforward way: a FastAPI
+  ingress awaiting one deployment per node in turn, `@serve.batch` of 8 with a 10 ms wait,
+  0.25 CPU and `max_ongoing_requests` 16 per deployment (`handwritten_app`);
+- the served graph with one deployment per node (`fuse: none`), to show what the
+  planner's fusion is worth;
+- cold start: `serve run GRAPH` (default settings) from process start to the proxy
+  answering and to /health 200 (every node loaded and warm);
+- with `--tune`, also the graph served with the overlay `capgraph tune` writes first.
 
-Prints one table. CAPGRAPH_MODELS=tiny and HF_HUB_OFFLINE=1 are set for you; the tiny
-models are built on first use under CAPGRAPH_TINY_DIR (default .capgraph/tiny).
+Prints a table; `--json` prints one JSON object instead, with `ratio_c1`, `ratio_c8`,
+`ratio_c32` (default settings over in-process sequential), `p99_over_p50_c32`,
+`cold_start_s`, the settings the compiler chose, and every raw figure. Other processes
+on the machine disturb the figures: the load averages before and after each phase are
+reported. CAPGRAPH_MODELS=tiny and HF_HUB_OFFLINE=1 are set for you; the tiny models are
+built on first use under CAPGRAPH_TINY_DIR (default .capgraph/tiny).
 """
 
 import argparse
@@ -37,19 +47,23 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+NO_OVERLAY = tempfile.mkdtemp(prefix="capgraph-no-tuned-")
+"""An empty tuned-overlay folder: "default settings" must not pick up a `capgraph tune` result."""
 ENV = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")), "RAY_USAGE_STATS_ENABLED": "0"}
+       "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")), "RAY_USAGE_STATS_ENABLED": "0",
+       "CAPGRAPH_TUNED_DIR": NO_OVERLAY}
 os.environ.update(ENV)
 PARAMS = {"generate.steps": 2}
 CONCURRENCY = (1, 8, 32)
 SCENARIOS = (
-    ("batching on", {}, CONCURRENCY),
-    ("batching off", {"batching": False}, CONCURRENCY),
-    ("fused", {"fuse": "all"}, CONCURRENCY),
-    ("fused, batching off", {"fuse": "all", "batching": False}, (1,)),
+    ("capgraph, default settings", "capgraph", {}, CONCURRENCY),
+    ("hand-written Ray Serve app", "handwritten", {}, CONCURRENCY),
+    ("capgraph, one deployment per node", "capgraph", {"fuse": "none"}, (1, 32)),
 )
-"""Label, CapabilityArgs options, concurrency levels. The unbatched pair isolates the
-cost of a hop: with batching on, every unfused node also adds its batch wait at c=1."""
+"""Label, what to deploy, CapabilityArgs options, concurrency levels."""
+DEFAULT = SCENARIOS[0][0]
+HANDWRITTEN = SCENARIOS[1][0]
+TUNED = "capgraph, tuned by capgraph tune"
 
 
 def free_port() -> int:
@@ -77,6 +91,10 @@ def stats(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     ms = sorted(x * 1000 for x in latencies_s)
     p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
     return {"rps": len(ms) / wall_s, "p50_ms": statistics.median(ms), "p99_ms": p99, "n": len(ms)}
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 # -- in-process baseline -----------------------------------------------------------------
@@ -118,13 +136,68 @@ def executor_baseline(graph: str, requests: int) -> dict[str, dict[str, float]]:
     return {"c1": single, "b8": batched}
 
 
+# -- the hand-written app ------------------------------------------------------------------
+
+
+def handwritten_app(graph: str) -> Any:
+    """The same nodes served the way the Ray Serve docs teach: a FastAPI ingress that
+    decodes the PNG in a thread, awaits one deployment per node in graph order and
+    encodes the answer; each deployment batches with `@serve.batch(8, 10 ms)`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    from engine.validate import load_plan
+    from engine.values import decode_image, encode_image
+
+    plan = load_plan(graph)
+    web = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+    class Stage:
+        def __init__(self, node_id: str):
+            planned = load_plan(graph).nodes[node_id]
+            self.node = planned.build()
+            self.node.load("cpu", "float32")
+            self.node.warmup()
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        async def __call__(self, inputs: list[dict], params: list[Any]) -> list[dict]:
+            return await asyncio.to_thread(self.node.run_batch, inputs, params)
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+    @serve.ingress(web)
+    class Ingress:
+        def __init__(self, stages: dict[str, Any]):
+            self.stages = stages
+
+        @web.post(f"/v1/{plan.capability}")
+        async def infer(self, request: Request) -> JSONResponse:
+            body = await request.json()
+            image = await asyncio.to_thread(decode_image, base64.b64decode(body["inputs"]["image"]))
+            values: dict[str, Any] = {"image": image, "prompt": body["inputs"].get("prompt", "")}
+            params = plan.params_for(body.get("params"))
+            for node_id, planned in plan.nodes.items():
+                out = await self.stages[node_id].remote({port: values[str(src)] for port, src in planned.inputs.items()}, params[node_id])
+                values.update({f"{node_id}.{port}": value for port, value in out.items()})
+            outputs = {name: values[str(src)] for name, src in plan.outputs.items()}
+            encoded = await asyncio.to_thread(lambda: {k: base64.b64encode(encode_image(v)).decode() for k, v in outputs.items()})
+            return JSONResponse({"outputs": encoded})
+
+        @web.get("/health")
+        async def health(self) -> dict:
+            return {"status": "ok"}
+
+    return Ingress.bind({node_id: Stage.options(name=f"hand_{node_id}").bind(node_id) for node_id in plan.nodes})
+
+
 # -- Serve --------------------------------------------------------------------------------
 
 
 async def load(url: str, concurrency: int, requests: int, body: dict[str, Any]) -> tuple[dict[str, float], float]:
     """`requests` POSTs from `concurrency` workers, after a short warm-up at the same
     concurrency; returns stats and the mean batch size of the generate node (from the
-    x-capgraph-batch-sizes header)."""
+    x-capgraph-batch-sizes header, where the app sends it)."""
     import httpx
 
     async def fire(client: httpx.AsyncClient, count: int) -> tuple[list[float], list[int], float]:
@@ -141,7 +214,8 @@ async def load(url: str, concurrency: int, requests: int, body: dict[str, Any]) 
                 if reply.status_code != 200:
                     raise RuntimeError(f"{reply.status_code}: {reply.text[:300]}")
                 sizes = dict(p.split("=") for p in reply.headers.get("x-capgraph-batch-sizes", "").split(",") if "=" in p)
-                batches.append(int(sizes.get("generate", max(map(int, sizes.values()), default=1))))
+                if sizes:
+                    batches.append(int(sizes.get("generate", max(map(int, sizes.values())))))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -151,15 +225,16 @@ async def load(url: str, concurrency: int, requests: int, body: dict[str, Any]) 
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         await fire(client, concurrency)  # connections open, batcher warm
         latencies, batches, wall = await fire(client, requests)
-    return stats(latencies, wall), statistics.mean(batches)
+    return stats(latencies, wall), (statistics.mean(batches) if batches else float("nan"))
 
 
-def serve_runs(graph: str, requests: int) -> dict[str, Any]:
+def serve_runs(graph: str, requests: int, scenarios: tuple = SCENARIOS) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every scenario on one Ray instance; returns the figures and the default settings."""
     import ray
     from ray import serve
 
-    from serve.app import CapabilityArgs, build
     from engine.validate import load_plan
+    from serve.app import CapabilityArgs, build, plan_app
 
     capability = load_plan(graph).capability
     port = free_port()
@@ -167,33 +242,35 @@ def serve_runs(graph: str, requests: int) -> dict[str, Any]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     body = {"inputs": {"image": base64.b64encode(png(test_frame())).decode(), "prompt": "a castle"}, "params": PARAMS}
     results: dict[str, Any] = {}
+    settings = plan_app(CapabilityArgs(graph=graph)).describe()
     try:
-        for label, options, levels in SCENARIOS:
+        for label, kind, options, levels in scenarios:
             print(f"  serve: {label}…", file=sys.stderr, flush=True)
-            serve.run(build(CapabilityArgs(graph=graph, **options)), name="bench", route_prefix="/")
+            app = build(CapabilityArgs(graph=graph, **options)) if kind == "capgraph" else handwritten_app(graph)
+            serve.run(app, name="bench", route_prefix="/")
             for c in levels:
                 n = max(requests // 2, 8) if c == 1 else requests * (2 if c == 32 else 1)
+                before = load_average()
                 measured, batch = asyncio.run(load(f"http://127.0.0.1:{port}/v1/{capability}", c, n, body))
-                results[f"{label} c{c}"] = measured | {"batch": batch}
+                results[f"{label} c{c}"] = measured | {"batch": batch, "load_before": before, "load_after": load_average()}
             serve.delete("bench")
     finally:
         serve.shutdown()
         ray.shutdown()
-    return results
+    return results, settings
 
 
-def cold_start(graph: str, fused: bool) -> dict[str, float]:
+def cold_start(graph: str) -> dict[str, float]:
     """`serve run` on the graph file from process start to the proxy up and to /health 200."""
     import httpx
 
     port = free_port()
     text = Path(graph).read_text()
-    if fused:
-        text = text.replace("    args:\n", "    args:\n      fuse: all\n", 1)
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / Path(graph).name
         config.write_text(text + f"\nhttp_options: {{host: 127.0.0.1, port: {port}}}\n")
         env = {k: v for k, v in (os.environ | ENV).items() if k != "RAY_ADDRESS"}
+        before = load_average()
         start = time.monotonic()
         proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(config)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -218,7 +295,17 @@ def cold_start(graph: str, fused: bool) -> dict[str, float]:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    return {"proxy_s": proxy or float("nan"), "healthy_s": healthy or float("nan")}
+    return {"proxy_s": proxy or float("nan"), "healthy_s": healthy or float("nan"), "load_before": before}
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures the issue's targets are stated in."""
+    served, base = report["serve"], report["executor"]["c1"]["rps"]
+    ratios = {f"ratio_c{c}": round(served[f"{DEFAULT} c{c}"]["rps"] / base, 3) for c in CONCURRENCY}
+    hand = {f"handwritten_ratio_c{c}": round(served[f"{HANDWRITTEN} c{c}"]["rps"] / base, 3) for c in CONCURRENCY}
+    c32 = served[f"{DEFAULT} c32"]
+    return ratios | {"p99_over_p50_c32": round(c32["p99_ms"] / c32["p50_ms"], 3),
+                     "cold_start_s": round(report["cold_start"]["healthy_s"], 2)} | hand
 
 
 def main() -> None:
@@ -226,15 +313,28 @@ def main() -> None:
     parser.add_argument("--graph", default=str(ROOT / "graphs" / "hybrid.yaml"))
     parser.add_argument("--requests", type=int, default=48, help="requests per measurement at concurrency 8 (x2 at 32, /2 at 1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    parser.add_argument("--tune", action="store_true", help="also run `capgraph tune` first and serve with its overlay")
     args = parser.parse_args()
+    scenarios = SCENARIOS
+    if args.tune:
+        from serve.tune import tune_graph
 
-    print("cold start (serve run, unfused then fused)…", file=sys.stderr, flush=True)
-    cold = {"unfused": cold_start(args.graph, False), "fused": cold_start(args.graph, True)}
+        print("capgraph tune…", file=sys.stderr, flush=True)
+        overlay = str(Path(NO_OVERLAY) / "tuned.yaml")
+        if tune_graph(args.graph, max_batch=16, params=PARAMS, output=overlay, out=sys.stderr) != 0:
+            raise SystemExit("capgraph tune failed")
+        scenarios = SCENARIOS + ((TUNED, "capgraph", {"tuned": overlay}, CONCURRENCY),)
+
+    print("cold start (serve run, default settings)…", file=sys.stderr, flush=True)
+    cold = cold_start(args.graph)
     print("in-process executor…", file=sys.stderr, flush=True)
+    load_before = load_average()
     local = executor_baseline(args.graph, max(args.requests // 2, 8))
+    local["load_before"], local["load_after"] = load_before, load_average()  # type: ignore[assignment]
     print("Ray Serve…", file=sys.stderr, flush=True)
-    served = serve_runs(args.graph, args.requests)
-    report = {"cold_start": cold, "executor": local, "serve": served, "cpus": os.cpu_count()}
+    served, settings = serve_runs(args.graph, args.requests, scenarios)
+    report = {"cold_start": cold, "executor": local, "serve": served, "cpus": os.cpu_count(), "scenarios": [s[0] for s in scenarios]}
+    report = summary(report) | {"settings": settings["deployments"]} | report
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -244,31 +344,26 @@ def main() -> None:
 def print_table(report: dict[str, Any]) -> None:
     served, local, cold = report["serve"], report["executor"], report["cold_start"]
     rows = [("in-process executor", "1", local["c1"], None), ("in-process executor, batches of 8", "8", local["b8"], 8.0)]
-    for label, _, levels in SCENARIOS:
-        for c in levels:
+    for label, _, _, levels in SCENARIOS + ((TUNED, None, None, CONCURRENCY),):
+        for c in levels if f"{label} c1" in served else ():
             m = served[f"{label} c{c}"]
-            rows.append((f"Ray Serve, {label}", str(c), m, m["batch"]))
+            rows.append((label, str(c), m, m["batch"]))
     print(f"\nhybrid graph, tiny models, 64 px frames, 2 SDXL steps, {report['cpus']} CPUs, no GPU")
-    print(f"{'what':44} {'conc':>4} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'batch':>6}")
+    print(f"{'what':36} {'conc':>4} {'req/s':>8} {'x exec':>7} {'p50 ms':>9} {'p99 ms':>9} {'batch':>6} {'load':>5}")
+    base = local["c1"]["rps"]
     for label, c, m, batch in rows:
-        shown = f"{batch:6.2f}" if batch is not None else f"{'':>6}"
-        print(f"{label:44} {c:>4} {m['rps']:8.2f} {m['p50_ms']:9.1f} {m['p99_ms']:9.1f} {shown}")
-    hops = 6 - 2  # unfused: ingress -> fit -> depth -> control -> generate -> upscale -> ingress; fused: ingress -> unit -> ingress
-    derived = [
-        *(f"batching on / off, throughput at c={c}: {served[f'batching on c{c}']['rps'] / served[f'batching off c{c}']['rps']:.2f}x"
-          for c in CONCURRENCY),
-        f"Ray Serve (batching off) / executor, p50 at c=1: {served['batching off c1']['p50_ms'] / local['c1']['p50_ms']:.2f}x "
-        f"(+{served['batching off c1']['p50_ms'] - local['c1']['p50_ms']:.1f} ms: HTTP and proxy, ingress, {hops + 2} hops)",
-        f"Ray Serve (batching on) / executor, p50 at c=1: {served['batching on c1']['p50_ms'] / local['c1']['p50_ms']:.2f}x "
-        f"(each batching node also waits its batch.wait_ms when alone)",
-        f"one hop between deployments: {(served['batching off c1']['p50_ms'] - served['fused, batching off c1']['p50_ms']) / hops:.1f} ms "
-        f"(unfused - fused p50 at c=1, batching off, over the {hops} hops fusion removes)",
-        *(f"fused / unfused, throughput at c={c}: {served[f'fused c{c}']['rps'] / served[f'batching on c{c}']['rps']:.2f}x" for c in CONCURRENCY),
-        f"cold start, serve run -> /health 200: unfused {cold['unfused']['healthy_s']:.1f} s "
-        f"(proxy up at {cold['unfused']['proxy_s']:.1f} s), fused {cold['fused']['healthy_s']:.1f} s (proxy up at {cold['fused']['proxy_s']:.1f} s)",
-    ]
-    for line in derived:
-        print(f"  {line}")
+        shown = f"{batch:6.2f}" if batch is not None and batch == batch else f"{'':>6}"
+        load = f"{m.get('load_before', local.get('load_before')):5.1f}"
+        print(f"{label:36} {c:>4} {m['rps']:8.2f} {m['rps'] / base:7.2f} {m['p50_ms']:9.1f} {m['p99_ms']:9.1f} {shown} {load}")
+    print(f"\n  ratio to in-process sequential, default settings: c1 {report['ratio_c1']:.2f}x (target >= 0.85), "
+          f"c8 {report['ratio_c8']:.2f}x, c32 {report['ratio_c32']:.2f}x (target >= 1.6)")
+    print(f"  p99 / p50 at c32: {report['p99_over_p50_c32']:.2f} (target <= 1.5)")
+    print(f"  cold start, serve run -> /health 200: {cold['healthy_s']:.1f} s (proxy up at {cold['proxy_s']:.1f} s; target <= 15 s)")
+    for d in report["settings"]:
+        print(f"  chosen: {d['name']} runs {', '.join(d['nodes'])}: {d['replicas']} replica(s) x {d['num_cpus']:g} CPU, "
+              f"{d['threads']} thread(s), batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms, "
+              f"max_ongoing_requests {d['max_ongoing_requests']}")
+    print("  load: the 1-minute load average before each measurement (other processes on the machine)")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,20 @@ def serve_graph(
             ray.shutdown()
 
 
+def deployments(plan: Any) -> dict[str, tuple[str, ...]]:
+    """Deployment name -> its nodes, as the builder would compile `plan` here (this
+    machine's tuned overlay included, when it matches). No Ray, no torch: for pictures
+    (`capgraph render`), where only the grouping matters."""
+    from serve import preflight
+    from serve.compiler import compile_plan
+    from serve.tune import find_overlay
+
+    cluster = preflight.local_cluster(probe_gpus=False)
+    overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")
+    compiled = compile_plan(plan, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
+    return {u.name: u.nodes for u in compiled.units}
+
+
 def _print_blueprint(summary: dict[str, Any], as_json: bool, out: TextIO) -> None:
     if as_json:
         json.dump(summary, out, indent=2)

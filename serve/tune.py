@@ -152,7 +152,7 @@ def example_frame(plan: Plan, size: int) -> dict[str, Any]:
     return {name: spec.default if spec.default is not None else example_value(spec.type, size) for name, spec in plan.spec.inputs.items()}
 
 
-def profile(plan: Plan, *, max_batch: int = 16, size: int = 64, params: Mapping[str, Any] | None = None, repeats: int = 3,
+def profile(plan: Plan, *, max_batch: int = 16, size: int = 64, params: Mapping[str, Any] | None = None, repeats: int = 5,
             progress: Any = None) -> tuple[dict[str, dict[int, float]], dict[str, int], str]:
     """Milliseconds per batch for every node and batch size, peak extra GPU bytes per node
     (CUDA only), and the device. `progress(description, advance)` reports each step."""
@@ -231,7 +231,7 @@ def tune_graph(
     max_batch: int = 16,
     size: int | None = None,
     params: Mapping[str, Any] | None = None,
-    repeats: int = 3,
+    repeats: int = 5,
     output: str | None = None,
     print_yaml: bool = False,
     out: TextIO | None = None,
