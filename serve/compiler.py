@@ -65,6 +65,8 @@ class Unit:
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
     max_ongoing_requests: int = 16
+    chunks: tuple[tuple[str, int], ...] = ()
+    """Nodes that run a batch in smaller chunks, (node id, most frames per call)."""
     gpu_note: str = ""
     """How `num_gpus` was chosen, for logs and `capgraph plan`."""
     why: tuple[str, ...] = ()
@@ -171,6 +173,7 @@ def compile_plan(
                 max_batch_size=size.max_batch_size,
                 batch_wait_s=size.batch_wait_s,
                 max_ongoing_requests=size.max_ongoing_requests,
+                chunks=tuple(size.chunks.items()),
                 gpu_note="; ".join(note for _, note in fractions[name] if note),
                 why=size.why,
             )

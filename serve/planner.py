@@ -20,9 +20,11 @@ The rules, each with the reason it is printed with (`capgraph plan` shows them):
   a batch wait, and overlaps almost nothing, since the bottleneck sets the pace anyway.
   Nodes with their own `resources` or `replicas` stay apart: their author sized that
   deployment. Explicit groups stay exactly as written.
-- **Batch.** Measured: the smallest batch whose time per frame is within `BATCH_SLACK`
-  of the best measured one (a larger batch only adds latency). Declared: the smallest
-  `max_batch` of the unit's families.
+- **Batch.** A deployment batches as its costliest node does: as written; else, measured,
+  the smallest batch whose time a frame is within `BATCH_SLACK` of the best measured one
+  (a larger batch only adds latency); else its family's `max_batch`. Every other node
+  runs that batch in chunks of its own limit (written `max_size`, else its best measured
+  size, else its family's): an upscaler that is fastest at 2 frames a call is not fed 16.
 - **Batch wait.** A frame only waits when its deployment is idle: the replica's batcher
   starts the next batch as soon as the previous one ends, with whatever queued meanwhile,
   so under load batches fill without any wait. A deployment fed by the ingress alone does
@@ -293,6 +295,8 @@ class Sizing:
     threads: int
     replicas: int | Autoscale
     why: tuple[str, ...]
+    chunks: Mapping[str, int] = field(default_factory=dict)
+    """Nodes that run the deployment's batch in smaller chunks: node id -> chunk size."""
 
 
 @dataclass(frozen=True)
@@ -318,30 +322,73 @@ def unit_ms(nodes: Sequence[str], costs: Mapping[str, Cost], batch: int) -> floa
     return sum(costs[n].ms(batch) for n in nodes)
 
 
-def choose_batch(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost]) -> tuple[int, float, str]:
-    """(max batch, wait in seconds, reason)."""
-    written = [settings[n].batch for n in nodes if settings[n].batch is not None]
+@dataclass(frozen=True)
+class Batching:
+    """How one deployment batches: up to `size` frames, a lone frame waits `wait_s`, and
+    node `n` runs them in chunks of `chunks[n]` frames where that is smaller."""
+
+    size: int
+    wait_s: float
+    chunks: Mapping[str, int]
+    why: str
+
+
+def choose_batch(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost]) -> Batching:
+    """The deployment's batch is its costliest node's: as written, else measured (the
+    smallest within `BATCH_SLACK` of the best time a frame, every node at its own best
+    chunk), else its family's `max_batch`. Every other node runs that batch in chunks of
+    its own limit (as written, else its best measured size, else its family's)."""
+    anchor = max(nodes, key=lambda n: costs[n].per_frame())
+    written = {n: settings[n].batch for n in nodes if settings[n].batch is not None}
+    measured = all(costs[n].source == "measured" for n in nodes)
+    sizes = sorted(set.intersection(*(set(costs[n].batch_ms) for n in nodes)))
+    if anchor in written:
+        size = written[anchor].max_size
+        why = f"batch {size}, {anchor}'s ({settings[anchor].source['batch']})"
+    elif measured and len(sizes) > 1:
+        best = min(chunked_ms(plan, nodes, settings, costs, b) / b for b in sizes)
+        size = next(b for b in sizes if chunked_ms(plan, nodes, settings, costs, b) / b <= best * (1 + BATCH_SLACK))
+        why = (f"batch {size}: {chunked_ms(plan, nodes, settings, costs, size) / size:.3g} ms a frame, within {BATCH_SLACK:.0%} "
+               f"of the best measured ({best:.3g} ms, batches up to {sizes[-1]})")
+    else:
+        size = plan.nodes[anchor].family.max_batch
+        why = f"batch {size}: the {plan.nodes[anchor].family.type} family's limit ({anchor} costs the most)"
+    chunks = {n: c for n in nodes if (c := node_chunk(plan, n, settings[n], costs[n], size)) < size}
+    if chunks:
+        why += "; " + ", ".join(f"{n} in chunks of {c}" for n, c in chunks.items())
     if written:
-        where = " and ".join(sorted({settings[n].source["batch"] for n in nodes if settings[n].batch is not None}))
-        size, wait_ms = min(b.max_size for b in written), max(b.wait_ms for b in written)
-        return size, wait_ms / 1000.0, f"batch {size}, wait {wait_ms:g} ms ({where})"
-    one = unit_ms(nodes, costs, 1)
-    if _fed_by_ingress(plan, nodes):
+        where = " and ".join(sorted({settings[n].source["batch"] for n in written}))
+        wait_ms = max(b.wait_ms for b in written.values())
+        wait_why = f"wait {wait_ms:g} ms ({where})"
+    elif _fed_by_ingress(plan, nodes):
         wait_ms, wait_why = 0.0, "no wait: its frames come from independent callers, so waiting for company only adds latency"
     else:
+        one = unit_ms(nodes, costs, 1)
         wait_ms = round(min(MAX_WAIT_MS, WAIT_SHARE * one), 1)
         wait_why = f"wait {wait_ms:g} ms ({WAIT_SHARE:.0%} of {one:.3g} ms for one frame) for the frames of an upstream batch"
-    sizes = sorted(set.intersection(*(set(costs[n].batch_ms) for n in nodes)))
-    if all(costs[n].source == "measured" for n in nodes) and len(sizes) > 1:
-        best = min(unit_ms(nodes, costs, b) / b for b in sizes)
-        size = next(b for b in sizes if unit_ms(nodes, costs, b) / b <= best * (1 + BATCH_SLACK))
-        why = (f"batch {size}: {unit_ms(nodes, costs, size) / size:.3g} ms a frame, within {BATCH_SLACK:.0%} of the best measured "
-               f"({best:.3g} ms, batches up to {sizes[-1]})")
-    else:
-        size = min(plan.nodes[n].family.max_batch for n in nodes)
-        limit = min(nodes, key=lambda n: plan.nodes[n].family.max_batch)
-        why = f"batch {size}: the {plan.nodes[limit].family.type} family's limit"
-    return size, wait_ms / 1000.0, f"{why}; {wait_why}"
+    return Batching(size, wait_ms / 1000.0, chunks, f"{why}; {wait_why}")
+
+
+def node_chunk(plan: Plan, node_id: str, settings: NodeSettings, cost: Cost, batch: int) -> int:
+    """The most frames one node takes per `run_batch` call in a deployment batching
+    `batch`: its written `max_size`, else the largest measured size within `BATCH_SLACK`
+    of its best time a frame (fewer calls for the same speed), else its family's limit."""
+    if settings.batch is not None:
+        return min(batch, settings.batch.max_size)
+    if cost.source == "measured" and len(cost.batch_ms) > 1:
+        sizes = [b for b in sorted(cost.batch_ms) if b <= batch] or [min(cost.batch_ms)]
+        best = min(cost.per_frame(b) for b in sizes)
+        return min(batch, max(b for b in sizes if cost.per_frame(b) <= best * (1 + BATCH_SLACK)))
+    return min(batch, plan.nodes[node_id].family.max_batch)
+
+
+def chunked_ms(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost], batch: int) -> float:
+    """Milliseconds for a deployment batch, every node running it in its own chunks."""
+    total = 0.0
+    for n in nodes:
+        chunk = node_chunk(plan, n, settings[n], costs[n], batch)
+        total += math.ceil(batch / chunk) * costs[n].ms(chunk)
+    return total
 
 
 def _fed_by_ingress(plan: Plan, nodes: Sequence[str]) -> bool:
@@ -370,16 +417,14 @@ def size_units(
     result = {}
     for p in placements:
         why = [p.why] if p.why else []
-        if batching:
-            size, wait_s, reason = choose_batch(plan, p.nodes, settings, costs)
-        else:
-            size, wait_s, reason = 1, 0.0, "batching off: every frame runs alone"
-        why.append(reason)
+        batch = choose_batch(plan, p.nodes, settings, costs) if batching else Batching(1, 0.0, {}, "batching off: every frame runs alone")
+        size = batch.size
+        why.append(batch.why)
         ongoing = max(ONGOING_BATCHES * size, MIN_ONGOING)
         why.append(f"max_ongoing_requests {ongoing}: {ONGOING_BATCHES} batches of {size} (one running, one filling, two queued)")
         cpus, threads, replicas, reason = shares[p.name]
         why.append(reason)
-        result[p.name] = Sizing(size, wait_s, ongoing, cpus, threads, replicas, tuple(why))
+        result[p.name] = Sizing(size, batch.wait_s, ongoing, cpus, threads, replicas, tuple(why), dict(batch.chunks))
     return result
 
 

@@ -187,12 +187,15 @@ class NodeGroup:
         count = len(frames)
         values = [dict(f.values) for f in frames]
         meta: dict[str, dict[str, float]] = {}
+        chunks = dict(self.unit.chunks)
         for node_id in self.unit.nodes:
             planned = self.plan.nodes[node_id]
             batch = [{port: values[i][str(src)] for port, src in planned.inputs.items()} for i in range(count)]
+            params = [f.params[node_id] for f in frames]
+            step = chunks.get(node_id, count)
             start = time.perf_counter()
             try:
-                out = self.nodes[node_id].run_batch(batch, [f.params[node_id] for f in frames])
+                out = [o for i in range(0, count, step) for o in self.nodes[node_id].run_batch(batch[i : i + step], params[i : i + step])]
             except InputError:
                 raise
             except Exception as exc:
@@ -201,8 +204,8 @@ class NodeGroup:
                 raise NodeFailed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
             ms = (time.perf_counter() - start) * 1000.0
             self.latency.observe(ms, tags={"node": node_id})
-            self.batch_size.observe(count, tags={"node": node_id})
-            meta[node_id] = {"ms": round(ms, 3), "batch": count}
+            self.batch_size.observe(min(step, count), tags={"node": node_id})
+            meta[node_id] = {"ms": round(ms, 3), "batch": min(step, count)}
             for i in range(count):
                 for port, value in out[i].items():
                     values[i][f"{node_id}.{port}"] = value

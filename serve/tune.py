@@ -307,7 +307,7 @@ def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapp
             entry: dict[str, Any] = {}
             if len(unit.nodes) > 1:
                 entry["group"] = unit.name
-            entry["batch"] = {"max_size": unit.max_batch_size, "wait_ms": round(unit.batch_wait_s * 1000.0, 1)}
+            entry["batch"] = {"max_size": dict(unit.chunks).get(node_id, unit.max_batch_size), "wait_ms": round(unit.batch_wait_s * 1000.0, 1)}
             if node_id in peaks and gpu_bytes and plan.nodes[node_id].spec.resources.gpu is None:
                 weights = preflight.weight_file_bytes(plan.nodes[node_id]) or 0
                 entry["resources"] = {"gpu": measured_fraction(weights, peaks[node_id], gpu_bytes)}

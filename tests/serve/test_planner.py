@@ -117,8 +117,10 @@ def test_tuned_settings_apply_where_the_graph_is_silent(hybrid):
     assert settings["fit"].source == {"group": "tuned", "batch": "tuned"}
     assert settings["upscale"].batch.max_size == 2 and settings["upscale"].source["batch"] == "graph"
     (unit,) = compile_plan(plan, tuned=tuned, machine=LAPTOP).units
-    assert unit.name == "all_of_it" and unit.max_batch_size == 2  # the graph's own batch wins over the tuned one
-    assert unit.why[0] == "group 'all_of_it' (tuned)" and "(graph and tuned)" in unit.why[1]
+    assert unit.name == "all_of_it" and unit.max_batch_size == 16  # generate's, the costliest node's
+    assert unit.chunks == (("upscale", 2),)  # the graph's own batch wins over the tuned one: at most 2 a call
+    assert unit.why[0] == "group 'all_of_it' (tuned)"
+    assert unit.why[1] == "batch 16, generate's (tuned); upscale in chunks of 2; wait 3 ms (graph and tuned)"
 
 
 # -- batch and wait ------------------------------------------------------------------------
@@ -141,6 +143,19 @@ def test_measured_costs_batch_at_the_smallest_size_near_the_best(hybrid):
     assert unit.max_ongoing_requests == 32
 
 
+def test_each_node_runs_the_batch_in_chunks_of_its_own_best_size(hybrid):
+    """An upscaler fastest at 2 frames a call, fused with a generator best at 16."""
+    light = {b: b * 0.1 for b in (1, 2, 4, 8, 16)}
+    measured = {n: Cost(light, "measured") for n in hybrid.nodes} | {
+        "generate": Cost({1: 60.0, 2: 64.0, 4: 90.0, 8: 130.0, 16: 165.0}, "measured"),
+        "upscale": Cost({1: 21.0, 2: 38.0, 4: 83.0, 8: 222.0, 16: 440.0}, "measured")}
+    (unit,) = compile_plan(hybrid, measured=measured).units
+    assert unit.max_batch_size == 16 and unit.chunks == (("upscale", 2),)
+    assert "upscale in chunks of 2" in unit.why[1]
+    unchunked = sum(c.ms(16) for c in measured.values()) / 16
+    assert "29.6 ms a frame" in unit.why[1] and unchunked > 38  # eight calls of 2 frames beat one of 16
+
+
 def test_a_downstream_deployment_waits_a_little_for_its_upstream_batch(hybrid):
     units = {u.name: u for u in compile_plan(hybrid, fuse="none").units}
     assert units["fit"].batch_wait_s == 0.0
@@ -155,7 +170,7 @@ def test_written_batch_wins_and_batching_off_runs_alone(hybrid):
     data["nodes"]["generate"]["batch"] = {"max_size": 2, "wait_ms": 25}
     (unit,) = compile_plan(plan_from_data(data)).units
     assert (unit.max_batch_size, unit.batch_wait_s, unit.max_ongoing_requests) == (2, 0.025, 8)
-    assert unit.why[1] == "batch 2, wait 25 ms (graph)"
+    assert unit.why[1] == "batch 2, generate's (graph); wait 25 ms (graph)"
     (unit,) = compile_plan(hybrid, batching=False).units
     assert (unit.max_batch_size, unit.batch_wait_s) == (1, 0.0)
 
