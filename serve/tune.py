@@ -349,6 +349,7 @@ def _print_table(plan: Plan, timings: Mapping[str, Mapping[int, float]], compile
     table.add_column("best ms/frame", justify="right")
     table.add_column("deployment")
     table.add_column("batch / wait", justify="right")
+    table.add_column("a call", justify="right")
     table.add_column("threads", justify="right")
     table.add_column("gpu", justify="right")
     for unit in compiled.units:
@@ -357,7 +358,7 @@ def _print_table(plan: Plan, timings: Mapping[str, Mapping[int, float]], compile
             best = min(t, key=lambda b: t[b] / b)
             table.add_row(node_id, plan.nodes[node_id].family.type, *(f"{t[b]:.1f}" if b in t else "" for b in sizes),
                           f"{t[best] / best:.2f} (b={best})", unit.name, f"{unit.max_batch_size} / {unit.batch_wait_s * 1000:.1f} ms",
-                          str(unit.threads), f"{unit.num_gpus:g}")
+                          str(dict(unit.chunks).get(node_id, unit.max_batch_size)), str(unit.threads), f"{unit.num_gpus:g}")
     console.print(table)
     for unit in compiled.units:
         console.print(f"[b]{unit.name}[/b]: " + "; ".join(unit.why), highlight=False)
