@@ -29,10 +29,12 @@ built on first use under CAPGRAPH_TINY_DIR (default .capgraph/tiny).
 
 import argparse
 import asyncio
+import atexit
 import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -49,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 NO_OVERLAY = tempfile.mkdtemp(prefix="capgraph-no-tuned-")
 """An empty tuned-overlay folder: "default settings" must not pick up a `capgraph tune` result."""
+atexit.register(shutil.rmtree, NO_OVERLAY, True)
 ENV = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
        "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")), "RAY_USAGE_STATS_ENABLED": "0",
        "CAPGRAPH_TUNED_DIR": NO_OVERLAY}
