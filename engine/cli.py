@@ -253,22 +253,29 @@ def schema(output: Annotated[Path | None, typer.Option("--output", "-o", help="w
 def render(
     graph: GraphArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=".mmd/.md (Mermaid), .dot, .svg or .png")] = None,
+    deployments: Annotated[bool, typer.Option("--deployments/--no-deployments", help="box the nodes by the Ray Serve deployment they compile to")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Draw a graph: Mermaid text always, SVG/PNG through Graphviz's `dot`."""
+    """Draw a graph: Mermaid text always, SVG/PNG through Graphviz's `dot`; nodes boxed by
+    the deployment the Serve compiler puts them in (`capgraph plan` says why)."""
     from engine.render import dot, dot_to, mermaid
 
     plan = _load(graph)
+    boxes = None
+    if deployments:
+        from serve.run import deployments as compiled_deployments
+
+        boxes = compiled_deployments(plan)
     suffix = output.suffix.lower().lstrip(".") if output else "mmd"
     if as_json:
-        _emit_json({"mermaid": mermaid(plan), "dot": dot(plan)})
+        _emit_json({"mermaid": mermaid(plan, boxes), "dot": dot(plan, boxes), "deployments": boxes})
         return
     if suffix in ("svg", "png"):
-        data = dot_to(suffix, dot(plan))
+        data = dot_to(suffix, dot(plan, boxes))
     elif suffix == "dot":
-        data = dot(plan).encode()
+        data = dot(plan, boxes).encode()
     elif suffix in ("mmd", "md", "mermaid"):
-        text = mermaid(plan)
+        text = mermaid(plan, boxes)
         data = (f"```mermaid\n{text}```\n" if suffix == "md" else text).encode()
     else:
         raise typer.BadParameter(f"unknown format '.{suffix}'; use .mmd, .md, .dot, .svg or .png", param_hint="--output")
@@ -365,7 +372,7 @@ def serve_cmd(
     graph: GraphArg,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
-    fuse: Annotated[str, typer.Option(help="groups: fuse nodes that share a group; all: one deployment; none: one per node")] = "groups",
+    fuse: Annotated[str, typer.Option(help="auto: the planner chooses (default); groups: only nodes sharing a group; all: one deployment; none: one per node")] = "auto",
     address: Annotated[str | None, typer.Option(help="join a running Ray cluster (default: start a local one)")] = None,
     preflight: Annotated[str, typer.Option(help="fail, warn or off when the graph does not fit the cluster")] = "fail",
 ) -> None:
@@ -379,7 +386,7 @@ def serve_cmd(
 @app.command("plan")
 def plan_cmd(
     graph: GraphArg,
-    fuse: Annotated[str, typer.Option(help="groups, all or none")] = "groups",
+    fuse: Annotated[str, typer.Option(help="auto (the planner), groups, all or none")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Ray Serve deployments a graph compiles to, and whether it fits the cluster."""
@@ -413,7 +420,7 @@ def tune(
         overrides[key] = yaml.safe_load(value)
     code = tune_graph(str(graph), max_batch=max_batch, size=size, params=overrides, repeats=repeats,
                       output=str(output) if output else None, print_yaml=print_yaml)
-    raise typer.Exit(1 if code else 0)
+    raise typer.Exit(code)
 
 
 @app.command()

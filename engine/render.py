@@ -2,11 +2,13 @@
 (turned into SVG/PNG by the `dot` program where it is installed).
 
 Both show the same thing: graph inputs, each node with its id, family and GPU fraction,
-every wire labelled `port -> port : Type`, and the graph outputs.
+every wire labelled `port -> port : Type`, and the graph outputs; given the deployments
+the Serve compiler chose (deployment name -> node ids), each one is a box around its nodes.
 """
 
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 
 from engine.plan import Plan, Source
 
@@ -39,13 +41,29 @@ def _id(src: Source) -> str:
     return f"in_{src.port}" if src.node is None else src.node
 
 
-def mermaid(plan: Plan) -> str:
+Deployments = Mapping[str, Sequence[str]]
+
+
+def _boxes(plan: Plan, deployments: Deployments | None) -> list[tuple[str | None, list[str]]]:
+    """(deployment or None, its nodes) in plan order; no deployments: one unboxed group."""
+    if not deployments:
+        return [(None, list(plan.nodes))]
+    return [(name, [n for n in plan.nodes if n in members]) for name, members in deployments.items()]
+
+
+def mermaid(plan: Plan, deployments: Deployments | None = None) -> str:
     lines = ["flowchart LR"]
     for name, spec in plan.spec.inputs.items():
         lines.append(f'  in_{name}[/"{name}<br/><i>{spec.type.title}</i>"/]')
-    for node_id in plan.nodes:
-        title, sub = _node_label(plan, node_id)
-        lines.append(f'  {node_id}["<b>{title}</b><br/>{sub}"]')
+    for box, members in _boxes(plan, deployments):
+        indent = "  " if box is None else "    "
+        if box is not None:
+            lines.append(f'  subgraph dep_{box}["deployment {box}"]')
+        for node_id in members:
+            title, sub = _node_label(plan, node_id)
+            lines.append(f'{indent}{node_id}["<b>{title}</b><br/>{sub}"]')
+        if box is not None:
+            lines.append("  end")
     for name in plan.outputs:
         lines.append(f'  out_{name}[\\"{name}"\\]')
     for src, dst, label in _edges(plan):
@@ -53,7 +71,7 @@ def mermaid(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dot(plan: Plan) -> str:
+def dot(plan: Plan, deployments: Deployments | None = None) -> str:
     lines = [
         f'digraph "{plan.capability}" {{',
         "  rankdir=LR;",
@@ -62,10 +80,16 @@ def dot(plan: Plan) -> str:
     ]
     for name, spec in plan.spec.inputs.items():
         lines.append(f'  in_{name} [shape=parallelogram, style=filled, fillcolor="#e8f0fe", label="{name}\\n{spec.type.title}"];')
-    for node_id, node in plan.nodes.items():
-        title, sub = _node_label(plan, node_id)
-        fill = "#fde7e7" if node.family.uses_gpu else "#eef7ee"
-        lines.append(f'  {node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];')
+    for box, members in _boxes(plan, deployments):
+        indent = "  " if box is None else "    "
+        if box is not None:
+            lines.append(f'  subgraph cluster_{box} {{ label="deployment {box}"; style="dashed"; color="#888888";')
+        for node_id in members:
+            title, sub = _node_label(plan, node_id)
+            fill = "#fde7e7" if plan.nodes[node_id].family.uses_gpu else "#eef7ee"
+            lines.append(f'{indent}{node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];')
+        if box is not None:
+            lines.append("  }")
     for name in plan.outputs:
         lines.append(f'  out_{name} [shape=invhouse, style=filled, fillcolor="#fff4d6", label="{name}"];')
     for src, dst, label in _edges(plan):
