@@ -15,9 +15,14 @@ adds, beside the ingress's own `/v1/{capability}` and `/health`:
 - `/stream/start|params|stop|status` when `livepeer.live` is set (see `serve.livepeer.live`).
 
 Every error is `{"detail": {"msg": ...}}`, the shape go-livepeer and the livepeer-ai SDK
-read. Jobs beyond `capacity` get 503 busy at once: BYOC does not enforce capacity itself,
-and a 5xx is what makes a gateway try the next orchestrator. The router's lifespan runs the
-registrar (BYOC registration, Live Runner heartbeats) when the section configures one.
+read. Jobs beyond `capacity` get 503 busy at once, with `Retry-After`: BYOC does not enforce
+capacity itself, and a 5xx is what makes a gateway try the next orchestrator. The router's
+lifespan runs the registrar (BYOC registration, Live Runner heartbeats) when the section
+configures one.
+
+`BearerAuth` guards a whole app: with a token configured, every route but `/health` and
+`/ready` needs `Authorization: Bearer <token>`, compared in constant time; a missing or
+wrong one is 401 in the shape above. The token is never logged nor echoed.
 """
 
 import asyncio
@@ -29,9 +34,11 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InputError
 from engine.plan import Plan
+from serve.http import loads, request_schema
 from serve.livepeer.codec import encode_outputs, parse_job
 from serve.livepeer.settings import LivepeerSettings, load_settings
 
@@ -44,13 +51,62 @@ RunBatchFn = Callable[[list[dict[str, Any]], dict[str, Any]], Awaitable[list[dic
 ReadyFn = Callable[[], Awaitable[bool]]
 
 
-def error(status: int, msg: str, **extra: Any) -> JSONResponse:
+def error(status: int, msg: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     """The one error shape: `{"detail": {"msg": ...}}` (FastAPI's `{"detail": "..."}` breaks the SDK)."""
-    return JSONResponse({"detail": {"msg": msg, **extra}}, status_code=status)
+    return JSONResponse({"detail": {"msg": msg, **extra}}, status_code=status, headers=headers)
 
 
 BUSY = "busy"
 LOADING = "loading"
+UNAUTHORIZED = "Invalid bearer token."
+RETRY_AFTER_S = 1
+"""What a 503 busy or loading tells a gateway to wait before trying again."""
+OPEN_PATHS = frozenset({"/health", "/ready"})
+"""Routes a health check reaches without a token."""
+
+
+def bearer_ok(header: str, token: str) -> bool:
+    """Whether an Authorization header carries `Bearer <token>`; constant time in the token."""
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def unauthorized() -> JSONResponse:
+    return error(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def retry_later(msg: str) -> JSONResponse:
+    """503 with `Retry-After`: a gateway retries, here or at the next orchestrator."""
+    return error(503, msg, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP and websocket route but `open_paths` needs the token.
+
+    Paths are compared below the app's mount point, so `/health` stays open under any
+    Serve `route_prefix`. Nothing about the request or the token is logged."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = OPEN_PATHS):
+        self.app, self.token, self.open_paths = app, token, open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or route_path(scope) in self.open_paths:
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
+        if bearer_ok(header, self.token):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await unauthorized()(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request path below the app's mount point (Serve's `route_prefix`), no trailing slash."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"
 
 
 class Gate:
@@ -82,19 +138,16 @@ class Guard:
         self.gate = Gate(settings.capacity)
 
     def authorized(self, request: Request) -> bool:
-        if self.token is None:
-            return True
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
+        return self.token is None or bearer_ok(request.headers.get("authorization", ""), self.token)
 
     async def admit(self, request: Request) -> JSONResponse | None:
         """None when the job may run (and then holds a slot: call `gate.leave()`), else the refusal."""
         if not self.authorized(request):
-            return error(401, "Invalid bearer token.")
+            return unauthorized()
         if not await self.is_ready():
-            return error(503, LOADING)
+            return retry_later(LOADING)
         if not self.gate.try_enter():
-            return error(503, BUSY)
+            return retry_later(BUSY)
         return None
 
 
@@ -137,7 +190,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     async def ready() -> JSONResponse:
         if await is_ready():
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": LOADING}, status_code=503)
+        return JSONResponse({"status": LOADING}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     async def job(request: Request) -> Response:
         refused = await guard.admit(request)
@@ -145,18 +198,24 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
             return refused
         try:
             # Image decoding and PNG encoding run in a thread, off the event loop.
-            inputs, params = await asyncio.to_thread(parse_job, await request.body(), plan)
+            body = await request.body()
+            inputs, params = await asyncio.to_thread(parse_job, body, plan)
+            await asyncio.to_thread(loads, body)  # NaN, Infinity, nesting past 32 levels: 400 naming where
             outputs, timings = await run(inputs, params)
             return JSONResponse({"outputs": await asyncio.to_thread(encode_outputs, plan, outputs), "timings_ms": timings})
         except InputError as exc:
             status = exc.status if 400 <= exc.status < 500 else 400
             return error(status, exc.message, field=exc.field)
+        except RecursionError:  # json.loads on thousands of nested brackets
+            return error(400, "JSON nested too deeply", field="body")
         except TimeoutError as exc:
             return error(504, str(exc) or "timed out")
         except Exception as exc:  # 5xx: the gateway tries the next orchestrator
             log.exception("BYOC job on '%s' failed", settings.name)
             status = getattr(exc, "status", 500)
-            return error(status if isinstance(status, int) and 500 <= status < 600 else 500, f"{settings.name} pipeline error: {str(exc)[:300]}")
+            status = status if isinstance(status, int) and 500 <= status < 600 else 500
+            headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+            return error(status, f"{settings.name} pipeline error: {str(exc)[:300]}", headers=headers)
         finally:
             guard.gate.leave()
 
@@ -165,7 +224,9 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
 
         add_ai_runner_routes(router, plan, run, guard, settings, job)
     if settings.name not in settings.routes:
-        router.add_api_route(f"/{settings.name}", job, methods=["POST"], summary=f"BYOC job for capability '{settings.name}'")
+        body = {"required": True, "content": {"application/json": request_schema(plan)["application/json"]}}
+        router.add_api_route(f"/{settings.name}", job, methods=["POST"], summary=f"BYOC job for capability '{settings.name}'",
+                             openapi_extra={"requestBody": body})
     if live is not None:
         live.add_routes(router, guard)
     return router
