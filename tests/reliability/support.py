@@ -1,10 +1,14 @@
-"""Shared pieces of the reliability tests: graphs, secrets, and what a good error looks like."""
+"""Shared pieces of the reliability tests: graphs, secrets, deploying, and what a good error looks like."""
 
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.conftest import GRAPHS
+from tests.livepeer.lp_support import ORCH_SECRET  # noqa: F401 (what the fake orchestrator checks)
 from tests.serve.support import frame, png_b64, wait_health  # noqa: F401 (re-exported for the tests)
 
 HYBRID = GRAPHS / "hybrid.yaml"
@@ -15,8 +19,56 @@ BODY_LIMIT = 2 << 20
 FAST = {"generate.steps": 2, "generate.seed": 7}
 TOKEN_ENV = "CAPGRAPH_RELIABILITY_TOKEN"
 TOKEN = "tok-reliability-4f1c9e"
-ORCH_SECRET = "orch-secret-reliability-77d2"
+CPU = 0.25
+"""CPU a node replica asks for here: the planner would size replicas to the whole cluster."""
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packages")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    """Serve's HTTP proxy on 127.0.0.1."""
+    logs: Path
+    """This Ray session's log folder (every replica's log file is under it)."""
+
+
+def deploy(name: str, prefix: str, graph: dict[str, Any] | str, timeout_s: float = 180.0, **options: Any) -> None:
+    """`serve.run` of a capgraph app through the same builder `serve run` uses; fails
+    (instead of waiting for ever) when it is not running within `timeout_s`."""
+    from ray import serve
+
+    from serve.app import CapabilityArgs, build
+
+    app = build(CapabilityArgs(graph=graph, tuned=False, **options))
+    done, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            serve.run(app, name=name, route_prefix=prefix)
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    if not done.wait(timeout_s):
+        raise AssertionError(f"app '{name}' is not running {timeout_s:g}s after serve.run: {serve.status().applications.get(name)}")
+    if errors:
+        raise errors[0]
+
+
+def hybrid_graph(**changes: Any) -> dict[str, Any]:
+    """The hybrid graph's sections with one replica and a quarter CPU per node, so each node
+    has its own replica to kill or update (the planner would fuse this graph into one
+    deployment) and every app of these tests fits the cluster at once. `changes` replace
+    top-level sections (e.g. `version`)."""
+    from engine.yamlload import load_yaml, plain
+
+    tree = plain(load_yaml(HYBRID.read_text(encoding="utf-8")))
+    graph = {key: tree[key] for key in ("capability", "version", "description", "inputs", "nodes", "outputs")} | changes
+    for node in graph["nodes"].values():
+        node.update(replicas=1, resources={"cpu": CPU})
+    return graph
 
 
 def good_body(seed: int = 7) -> dict[str, Any]:
@@ -25,9 +77,8 @@ def good_body(seed: int = 7) -> dict[str, Any]:
 
 def nap_graph(replicas: int = 1, seconds: float = 0.0, capability: str = "nap") -> dict[str, Any]:
     """One sleepy node between an image input and an image output."""
-    node: dict[str, Any] = {"type": "sleepy", "inputs": {"image": "image"}, "params": {"seconds": seconds}}
-    if replicas > 1:
-        node["replicas"] = replicas
+    node: dict[str, Any] = {"type": "sleepy", "inputs": {"image": "image"}, "params": {"seconds": seconds},
+                            "replicas": replicas, "resources": {"cpu": CPU}}
     return {"capability": capability, "inputs": {"image": "image"}, "nodes": {"nap": node}, "outputs": {"image": "nap.image"}}
 
 
