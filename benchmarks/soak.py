@@ -117,30 +117,43 @@ async def run_load(url: str, body: dict[str, Any], clients: int, seconds: float,
 
 def replica_memory(app: str) -> dict[str, int]:
     """Resident bytes of every Serve replica process of `app` on this machine, by
-    `deployment#pid` (Ray titles replica processes `ray::ServeReplica:<app>:<deployment>`)."""
+    `deployment#pid` (Ray titles replica processes `ray::ServeReplica:<app>:<deployment>`,
+    with `.<method>` appended while one runs)."""
     import psutil
 
     found = {}
+    prefix = f"ray::ServeReplica:{app}:"
     for proc in psutil.process_iter(["pid", "cmdline"]):
         title = " ".join(proc.info["cmdline"] or []).strip()
-        prefix = f"ray::ServeReplica:{app}:"
         if title.startswith(prefix):
+            deployment = title[len(prefix):].split()[0].split(".")[0]
             try:
-                found[f"{title[len(prefix):]}#{proc.info['pid']}"] = proc.memory_info().rss
+                found[f"{deployment}#{proc.info['pid']}"] = proc.memory_info().rss
             except psutil.Error:
                 continue
     return dict(sorted(found.items()))
 
 
-def memory_growth(before: dict[str, int], after: dict[str, int]) -> list[dict[str, Any]]:
-    """Per replica present at both samples: start and end RSS, and whether it kept in bound."""
+def memory_growth(before: dict[str, int], after: dict[str, int], middle: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Per replica present at both samples: start and end RSS, and whether it kept in bound;
+    with a `middle` sample, the growth of the second half alone (a leak keeps growing, a
+    warming allocator levels off)."""
     ratio, slack = MEMORY_BOUND
     rows = []
     for name in sorted(before.keys() & after.keys()):
         limit = max(before[name] * ratio, before[name] + slack)
-        rows.append({"replica": name, "start_mib": before[name] / 2**20, "end_mib": after[name] / 2**20,
-                     "growth_mib": (after[name] - before[name]) / 2**20, "within_bound": after[name] <= limit})
+        row = {"replica": name, "start_mib": before[name] / 2**20, "end_mib": after[name] / 2**20,
+               "growth_mib": (after[name] - before[name]) / 2**20, "within_bound": after[name] <= limit}
+        if middle is not None and name in middle:
+            row["second_half_growth_mib"] = (after[name] - middle[name]) / 2**20
+        rows.append(row)
     return rows
+
+
+async def sample_memory(app: str, at_s: float) -> dict[str, int]:
+    """`replica_memory(app)` taken `at_s` seconds from now (to run beside a load)."""
+    await asyncio.sleep(at_s)
+    return await asyncio.to_thread(replica_memory, app)
 
 
 def main() -> None:
@@ -172,14 +185,21 @@ def main() -> None:
         asyncio.run(run_load(url, body, args.clients, 3.0))  # connections open, batches warm
         before = replica_memory("soak")
         print(f"{args.clients} clients for {args.seconds:g} s…", file=sys.stderr, flush=True)
-        load = asyncio.run(run_load(url, body, args.clients, args.seconds))
+
+        async def soak() -> tuple[Load, dict[str, int]]:
+            load, middle = await asyncio.gather(run_load(url, body, args.clients, args.seconds),
+                                                sample_memory("soak", args.seconds / 2))
+            return load, middle
+
+        load, middle = asyncio.run(soak())
         after = replica_memory("soak")
         healthy = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
     finally:
         serve.shutdown()
         ray.shutdown()
     report = load.summary() | {"clients": args.clients, "seconds": args.seconds, "health_after": healthy,
-                               "memory": memory_growth(before, after), "memory_bound": "max(+25 %, +64 MiB)", "cpus": os.cpu_count()}
+                               "memory": memory_growth(before, after, middle), "memory_bound": "max(+25 %, +64 MiB)",
+                               "cpus": os.cpu_count()}
     failures = Counter((r.status, r.error[:120]) for r in load.records if r.status != 200)
     report["failures"] = [{"status": s, "error": e, "count": n} for (s, e), n in failures.most_common(10)]
     if args.json:
@@ -200,7 +220,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"  replica memory (bound {report['memory_bound']}):")
     for row in report["memory"]:
         print(f"    {row['replica']:32} {row['start_mib']:8.1f} MiB -> {row['end_mib']:8.1f} MiB "
-              f"({row['growth_mib']:+.1f}){'' if row['within_bound'] else '  OVER BOUND'}")
+              f"({row['growth_mib']:+.1f}; second half {row.get('second_half_growth_mib', float('nan')):+.1f})"
+              f"{'' if row['within_bound'] else '  OVER BOUND'}")
 
 
 def _free_port() -> int:

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.reliability.support import ROUTE, TRACEBACK_MARKERS, good_body
+
+schemathesis = pytest.importorskip("schemathesis", reason="the fuzz needs the test extra's schemathesis")
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402 (schemathesis brings hypothesis)
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,6 @@ class Findings:
 
 
 def fuzz(url: str, mode: str, examples: int, findings: Findings) -> None:
-    import schemathesis
     from schemathesis import GenerationMode
 
     schema = schemathesis.openapi.from_dict(httpx.get(url + "/openapi.json", timeout=30).json())
