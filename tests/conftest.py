@@ -1,6 +1,7 @@
 """Shared fixtures. Tiny models are built once and cached on disk between sessions."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ os.environ.setdefault("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A `capgraph tune` overlay in the user's cache would change what the builder plans: tests
+# start from none.
+os.environ.setdefault("CAPGRAPH_TUNED_DIR", tempfile.mkdtemp(prefix="capgraph-tuned-"))
 
 
 @pytest.fixture
