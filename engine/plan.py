@@ -94,8 +94,9 @@ class Plan:
                 params[node_id] = type(base).model_validate({**base.model_dump(), **values})
             except ValidationError as exc:
                 first = exc.errors()[0]
-                name = ".".join(str(p) for p in first["loc"]) or next(iter(values))
-                raise InputError(f"params.{node_id}.{name}", first["msg"]) from None
+                # a cross-field rule has no location: name the node and let the message say which
+                field = ".".join(["params", node_id, *(str(p) for p in first["loc"])])
+                raise InputError(field, first["msg"]) from None
         return params
 
 

@@ -34,7 +34,9 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(field, f"image is too large to decode safely ({str(exc)[:80]})", 413) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(field, f"not a decodable image ({type(exc).__name__}: {str(exc)[:80]})", 400) from None
 
 

@@ -175,8 +175,11 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     """One NodeGroup deployment per unit, and the ingress holding their handles."""
     compiled = blueprint.compiled
     handles = {}
+    # A redeploy starts the new replicas before it stops the old ones (surge), and an old
+    # replica finishes what it holds before it goes: an update under load fails nothing.
+    rollover = {"max_surge_percent": 100, "graceful_shutdown_timeout_s": args.request_timeout_s + 5.0}
     for unit in compiled.units:
-        options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s}
+        options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s} | rollover
         handles[unit.name] = serve.deployment(NodeGroup).options(**options).bind(compiled.plan, unit)
         log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
                  ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
@@ -185,7 +188,7 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
                         request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args))
     ingress = serve.deployment(Capability).options(
         name=INGRESS, num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_concurrency,
-        ray_actor_options={"num_cpus": args.ingress_cpus})
+        ray_actor_options={"num_cpus": args.ingress_cpus}, **rollover)
     return ingress.bind(compiled, handles, settings)
 
 
