@@ -91,7 +91,9 @@ def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], 
         raise InputError("body", "expected a JSON object with 'inputs' and optionally 'params'", 400)
     unknown = set(body) - {"inputs", "params"}
     if unknown:
-        raise InputError(sorted(unknown)[0], "unknown field; a request has 'inputs' and 'params'", 400)
+        name = sorted(unknown)[0]
+        field = name if name.strip() else f"body[{json.dumps(name)}]"  # an empty key still needs a name to point at
+        raise InputError(field, "unknown field; a request has 'inputs' and 'params'", 400)
     inputs, params = body.get("inputs", {}), body.get("params") or {}
     if not isinstance(inputs, Mapping):
         raise InputError("inputs", "expected an object of graph inputs", 400)

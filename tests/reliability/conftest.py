@@ -55,8 +55,9 @@ def cluster() -> Iterator[Cluster]:
     try:
         yield Cluster(f"http://127.0.0.1:{port}", Path(context.address_info["session_dir"]) / "logs")
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():  # a later package may have replaced this cluster with its own already
+            serve.shutdown()
+            ray.shutdown()
         catalogue().pop(Sleepy.type, None)  # leave the catalogue as later packages expect it
 
 

@@ -37,6 +37,9 @@ def cluster() -> Iterator[Cluster]:
 
     env = TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}
     port, metrics_port = free_port(), free_port()
+    if ray.is_initialized():  # another test package's cluster (tests/reliability) is still up: this one needs its own
+        serve.shutdown()
+        ray.shutdown()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="serve", log_to_driver=False,
              runtime_env={"env_vars": env}, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
