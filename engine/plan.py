@@ -94,8 +94,9 @@ class Plan:
                 params[node_id] = type(base).model_validate({**base.model_dump(), **values})
             except ValidationError as exc:
                 first = exc.errors()[0]
-                # a cross-field rule has no location: name the node and let the message say which
-                field = ".".join(["params", node_id, *(str(p) for p in first["loc"])])
+                # a cross-field rule has no location: name the request's param its message is about
+                loc = [str(p) for p in first["loc"]] or [n for n in values if n in first["msg"]][:1]
+                field = ".".join(["params", node_id, *loc])
                 raise InputError(field, first["msg"]) from None
         return params
 

@@ -84,16 +84,21 @@ def _check_tree(value: Any, path: str, depth: int) -> None:
             _check_tree(item, f"{path}[{index}]", depth + 1)
 
 
+def check_body_keys(body: Mapping[str, Any], what: str) -> None:
+    """A body has 'inputs' and 'params' only; anything else is a 400 naming the key."""
+    unknown = set(body) - {"inputs", "params"}
+    if unknown:
+        name = sorted(unknown)[0]
+        field = name if name.strip() else f"body[{json.dumps(name)}]"  # an empty key still needs a name to point at
+        raise InputError(field, f"unknown field; {what} has 'inputs' and 'params'", 400)
+
+
 def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """A JSON request body (parsed by `loads`) -> (graph inputs decoded, `node.param`
     overrides). Params are checked before any image is decoded."""
     if not isinstance(body, Mapping):
         raise InputError("body", "expected a JSON object with 'inputs' and optionally 'params'", 400)
-    unknown = set(body) - {"inputs", "params"}
-    if unknown:
-        name = sorted(unknown)[0]
-        field = name if name.strip() else f"body[{json.dumps(name)}]"  # an empty key still needs a name to point at
-        raise InputError(field, "unknown field; a request has 'inputs' and 'params'", 400)
+    check_body_keys(body, "a request")
     inputs, params = body.get("inputs", {}), body.get("params") or {}
     if not isinstance(inputs, Mapping):
         raise InputError("inputs", "expected an object of graph inputs", 400)

@@ -22,6 +22,7 @@ from engine.errors import InputError
 from engine.plan import Plan
 from engine.types import PortType
 from engine.values import decode_image, encode_image
+from serve.http import check_body_keys
 
 MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif", b"RIFF": "image/webp"}
 
@@ -54,9 +55,7 @@ def parse_job(body: bytes, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
         raise InputError("body", "expected a JSON object: {\"inputs\": {...}, \"params\": {...}}", 400) from None
     if not isinstance(doc, dict):
         raise InputError("body", "expected a JSON object: {\"inputs\": {...}, \"params\": {...}}", 400)
-    unknown = doc.keys() - {"inputs", "params"}
-    if unknown:
-        raise InputError(sorted(unknown)[0], "unknown field; a job has 'inputs' and 'params'", 400)
+    check_body_keys(doc, "a job")
     inputs, params = doc.get("inputs") or {}, doc.get("params") or {}
     if not isinstance(inputs, dict) or not isinstance(params, dict):
         raise InputError("inputs" if not isinstance(inputs, dict) else "params", "must be a JSON object", 400)

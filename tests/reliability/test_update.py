@@ -16,14 +16,8 @@ from tests.reliability.support import BODY_LIMIT, MAX_PIXELS, ROUTE, deploy, goo
 pytestmark = pytest.mark.slow
 
 CLIENTS = 4
-NEEDS_APP_CHANGE = (
-    "serve/app.py must deploy every unit and the ingress with max_surge_percent=100 (old replicas serve until the new "
-    "ones are warm) and graceful_shutdown_timeout_s >= request_timeout_s (a draining replica finishes its frames); "
-    "today Ray stops each old replica first, and the old ingress is killed after Ray's default 20 s with frames in flight"
-)
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_APP_CHANGE)  # passes once serve/app.py does it (checked by hand: 0 failed)
 def test_redeploying_a_new_version_under_load_fails_nothing(hybrid):
     wait_health(hybrid, 60)
     new = hybrid_graph(version="v2")
