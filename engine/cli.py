@@ -291,10 +291,19 @@ def render(
 def prepare(
     graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="graph files")],
     model_dir: Annotated[Path | None, typer.Option("--model-dir", help="cache folder (default: the Hugging Face cache)")] = None,
+    variant: Annotated[str | None, typer.Option(
+        "--variant", help="fp16: the .fp16 weight files where a repo has them; fp32: the full-precision ones; all: both "
+                          "(default: fp16 on a machine with a CUDA GPU, else fp32)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Download every model the graphs name, so serving starts warm with HF_HUB_OFFLINE=1."""
-    from nodes._weights import MODEL_DIR_ENV, prepare as fetch
+    """Download every model the graphs name, so serving starts warm with HF_HUB_OFFLINE=1.
+    Only the files the nodes load: no ONNX/OpenVINO/Flax exports, no single-file
+    checkpoints beside a diffusers pipeline, one precision of each weight file."""
+    from nodes._prepare import prepare as fetch
+    from nodes._weights import MODEL_DIR_ENV
+
+    if variant not in (None, "fp16", "fp32", "all"):
+        raise typer.BadParameter(f"'{variant}' is not fp16, fp32 or all", param_hint="--variant")
 
     wanted: dict[str, list[str]] = {}
     for path in graphs:
@@ -307,7 +316,7 @@ def prepare(
         if not as_json:
             err.print(f"[b]{model}[/b] (for {', '.join(users)})", highlight=False)
         try:
-            done[model] = fetch(model, str(model_dir) if model_dir else None)
+            done[model] = fetch(model, str(model_dir) if model_dir else None, variant)  # type: ignore[arg-type]
         except Exception as exc:  # network, auth, missing repo: report each and go on
             failed[model] = f"{type(exc).__name__}: {str(exc)[:300]}"
             if not as_json:

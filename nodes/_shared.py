@@ -64,10 +64,18 @@ def no_progress_bars(diffusers: bool = False) -> None:
 
 
 def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
-    """Load a checkpoint's `.fp16.` files when loading in fp16 and it ships them: half the bytes to read."""
+    """Load a checkpoint's `.fp16.` files when loading in fp16 and it ships them (half the
+    bytes to read), and in fp32 too where the folder has no other weights (`capgraph
+    prepare` on a GPU machine fetches only those): they load upcast."""
     import torch
 
+    from nodes._weights import FP16_FILE
+
     folder = Path(path)
-    if torch_dtype == torch.float16 and folder.is_dir() and next(folder.rglob("*.fp16.safetensors"), None):
+    if not folder.is_dir():
+        return {}
+    weights = [f.name for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin")]
+    half = [n for n in weights if FP16_FILE.search(n)]
+    if half and (torch_dtype == torch.float16 or len(half) == len(weights)):
         return {"variant": "fp16"}
     return {}

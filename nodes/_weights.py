@@ -25,6 +25,7 @@ Families declare a builder per model key: `build(path)` writes a model to `path`
 import fcntl
 import gc
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,10 @@ TINY_FORMAT = "2"
 """Bumped when a tiny builder changes, so stale cached tiny models are rebuilt."""
 RANDOM_FORMAT = "1"
 """Bumped when a full-size random builder changes."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+"""Weight files, in the order loaders prefer them within a folder."""
+FP16_FILE = re.compile(r"\.fp16(-\d+-of-\d+)?\.safetensors$")
+"""A diffusers fp16 variant file: `x.fp16.safetensors`, or a shard `x.fp16-00001-of-00002.safetensors`."""
 
 
 class ModelMissing(RuntimeError):
@@ -158,10 +163,11 @@ def resolve(model: str, node_id: str, tiny_key: str, build_tiny: Callable[[Path]
         return model  # online and not cached: from_pretrained downloads it
 
 
-def prepare(model: str, cache_dir: str | None = None) -> str:
-    """Download one model id into the cache (with progress bars); a local path is kept."""
-    if Path(model).expanduser().exists():
-        return str(Path(model).expanduser())
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(model, cache_dir=cache_dir or model_dir())
+def split_weights(model: str) -> tuple[str, str | None]:
+    """`owner/repo/sub/file.pth` -> (`owner/repo`, `sub/file.pth`); a repo id or a local
+    path -> (it, None)."""
+    parts = model.split("/")
+    local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
+    if not local and len(parts) > 2 and model.endswith(WEIGHT_SUFFIXES):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return model, None

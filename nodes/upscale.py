@@ -26,14 +26,13 @@ from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
 from nodes import _random, _tiny_sd
 from nodes._shared import module_bytes
-from nodes._weights import models_mode, resolve
+from nodes._weights import WEIGHT_SUFFIXES, models_mode, resolve, split_weights
 from nodes._shared import fp16_variant, no_progress_bars
 
 DEFAULT_MODELS = {
     "sd_x4": "stabilityai/stable-diffusion-x4-upscaler",
     "esrgan": "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth",
 }
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 WARMUP_SIDE = 32
 
 
@@ -69,7 +68,7 @@ class Upscale(Node):
     max_batch = 4
 
     def models(self) -> list[str]:
-        return [split_weights(self.params.model_id)[0] if self.params.method == "esrgan" else self.params.model_id]
+        return [self.params.model_id]  # owner/repo/file.pth for ESRGAN: `capgraph prepare` fetches that file alone
 
     @classmethod
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
@@ -168,15 +167,6 @@ class Upscale(Node):
                 output_type="np",
             ).images
         return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
-
-
-def split_weights(model: str) -> tuple[str, str | None]:
-    """`owner/repo/sub/file.pth` -> (`owner/repo`, `sub/file.pth`); a local path -> (path, None)."""
-    parts = model.split("/")
-    local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
-    if not local and len(parts) > 2 and model.endswith(WEIGHT_SUFFIXES):
-        return "/".join(parts[:2]), "/".join(parts[2:])
-    return model, None
 
 
 def _save_tiny_esrgan(path: Path) -> None:

@@ -339,6 +339,23 @@ def _label_png(labels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def render_json(body: Any) -> bytes:
+    """An answer as JSON bytes, as Starlette's JSONResponse writes it. Called in a worker
+    thread with the images already encoded: a 4096 px frame is tens of MB of base64, and
+    dumping it on the event loop would hold every other request of the replica."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+def render_outputs(plan: Plan, outputs: Mapping[str, Any], timings: Mapping[str, float]) -> bytes:
+    """The `{"outputs", "timings_ms"}` answer, encoded and rendered in one go (one thread hop)."""
+    return render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": dict(timings)})
+
+
+def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`loads` then `parse_json`: the whole JSON request in one call, for one thread hop."""
+    return parse_json(plan, loads(raw), max_pixels)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

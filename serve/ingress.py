@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException
@@ -249,7 +249,7 @@ class Capability:
                     deadline = _timeout(request)
                     inputs, params = await self._parse(request)
                     outputs, timings, batches = await self.execute(inputs, params, deadline)
-                    body = {"outputs": await asyncio.to_thread(http.encode_outputs, plan, outputs), "timings_ms": timings}
+                    content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings)
             except InputError as exc:
                 return JSONResponse(http.error_body(exc), status_code=exc.status)
             except TimeoutError as exc:
@@ -258,7 +258,7 @@ class Capability:
                 retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
                 return JSONResponse({"error": {"node": exc.node, "msg": str(exc)}}, status_code=exc.status, headers=retry)
             headers = {"x-capgraph-batch-sizes": ",".join(f"{k}={v}" for k, v in batches.items())}
-            return JSONResponse(body, headers=headers)
+            return Response(content, media_type="application/json", headers=headers)
 
         @app.get(f"{route}/schema", summary="Inputs, request params and outputs of the capability")
         async def schema() -> dict[str, Any]:
@@ -300,8 +300,7 @@ class Capability:
         if media == "multipart/form-data":
             fields = await _form(request, raw, self.settings.max_body_bytes)
             return await asyncio.to_thread(http.parse_form, self.plan, fields, self.settings.max_pixels)
-        body = await asyncio.to_thread(http.loads, raw)
-        return await asyncio.to_thread(http.parse_json, self.plan, body, self.settings.max_pixels)
+        return await asyncio.to_thread(http.parse_json_body, self.plan, raw, self.settings.max_pixels)
 
     async def _body(self, request: Request) -> bytes:
         """The body, refused with 413 as soon as it passes `max_body_bytes`, whether or not

@@ -24,7 +24,6 @@ log = logging.getLogger("capgraph.serve")
 KNOWN_GPU_GIB = {"H200": 141.0, "H100": 80.0, "A100": 40.0, "L40S": 48.0, "L40": 48.0, "A10G": 24.0, "L4": 24.0,
                  "A10": 24.0, "T4": 16.0, "V100": 16.0}
 """Memory of Ray's `accelerator_type` names, smallest variant where there are two."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
     smaller) and prefers safetensors over other formats in a folder, as loaders do.
     Tiny models count as 0: they take a few MB.
     """
-    from nodes._weights import model_dir, models_mode
+    from nodes._weights import model_dir, models_mode, split_weights
 
     if models_mode() == "tiny":
         return 0
@@ -129,17 +128,23 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
     for model in planned.build().models():
         path = Path(model).expanduser()
         if not path.exists():
+            repo, file = split_weights(model)
             try:
                 from huggingface_hub import snapshot_download
 
-                path = Path(snapshot_download(model, cache_dir=model_dir(), local_files_only=True))
+                path = Path(snapshot_download(repo, cache_dir=model_dir(), local_files_only=True))
             except Exception:  # not cached (or not an id at all): unknown
                 return None
+            if file is not None:
+                path = path / file
+                if not path.exists():
+                    return None
         total += _folder_weight_bytes(path)
     return total
 
 
 def _folder_weight_bytes(path: Path) -> int:
+    from nodes._weights import WEIGHT_SUFFIXES
     if path.is_file():
         return path.stat().st_size
     by_folder: dict[Path, list[Path]] = {}

@@ -37,6 +37,7 @@ from engine.plan import Plan
 from engine.types import PortType
 from engine.values import decode_image
 from nodes._shared import gray_to_rgb
+from serve.http import render_json
 from serve.livepeer.codec import data_url, png_data_url
 from serve.livepeer.routes import Guard, RunFn, error
 from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
@@ -235,7 +236,7 @@ async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan,
         return {"url": url, "seed": seed + index, "nsfw": False}
 
     images = await asyncio.gather(*(one(i) for i in range(count)))
-    return JSONResponse({"images": list(images)})
+    return Response(await asyncio.to_thread(render_json, {"images": list(images)}), media_type="application/json")
 
 
 def _image_url(kind: PortType, value: Any) -> str:
@@ -274,7 +275,7 @@ async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan
         values["box"] = boxes if to_input["box"] else boxes[0]
     inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan)
     outputs, _ = await run(inputs, params)
-    return JSONResponse(await asyncio.to_thread(_masks_answer, outputs[output]))
+    return Response(await asyncio.to_thread(lambda: render_json(_masks_answer(outputs[output]))), media_type="application/json")
 
 
 def _masks_answer(masks: Mapping[str, Any]) -> dict[str, str]:

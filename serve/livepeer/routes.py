@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InputError
 from engine.plan import Plan
-from serve.http import loads, request_schema
+from serve.http import loads, render_json, request_schema
 from serve.livepeer.codec import encode_outputs, parse_job
 from serve.livepeer.settings import LivepeerSettings, load_settings
 
@@ -202,7 +202,8 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
             inputs, params = await asyncio.to_thread(parse_job, body, plan)
             await asyncio.to_thread(loads, body)  # NaN, Infinity, nesting past 32 levels: 400 naming where
             outputs, timings = await run(inputs, params)
-            return JSONResponse({"outputs": await asyncio.to_thread(encode_outputs, plan, outputs), "timings_ms": timings})
+            answer = await asyncio.to_thread(lambda: render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": timings}))
+            return Response(answer, media_type="application/json")
         except InputError as exc:
             status = exc.status if 400 <= exc.status < 500 else 400
             return error(status, exc.message, field=exc.field)

@@ -12,8 +12,8 @@ from engine.executor import Executor
 from engine.types import PortType, check_value
 from engine.validate import load_plan
 from nodes import _tiny_sd
-from nodes._weights import ModelMissing, tiny_model
-from nodes.upscale import Upscale, UpscaleParams, _save_tiny_esrgan, split_weights
+from nodes._weights import ModelMissing, split_weights, tiny_model
+from nodes.upscale import Upscale, UpscaleParams, _save_tiny_esrgan
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
@@ -104,7 +104,7 @@ def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytes
 def test_model_names_and_request_params() -> None:
     assert split_weights("ai-forever/Real-ESRGAN/RealESRGAN_x4.pth") == ("ai-forever/Real-ESRGAN", "RealESRGAN_x4.pth")
     assert split_weights("/models/x4.safetensors") == ("/models/x4.safetensors", None)
-    assert Upscale(UpscaleParams()).models() == ["ai-forever/Real-ESRGAN"]
+    assert Upscale(UpscaleParams()).models() == ["ai-forever/Real-ESRGAN/RealESRGAN_x4.pth"]  # prepare fetches that file alone
     assert Upscale(UpscaleParams(method="sd_x4")).models() == ["stabilityai/stable-diffusion-x4-upscaler"]
     assert {"model", "method"}.isdisjoint(Upscale.request_params) and Upscale.request_params <= set(UpscaleParams.model_fields)
     for bad in ({"method": "bicubic"}, {"noise_level": 351}, {"steps": 0}, {"model": ""}):
