@@ -121,23 +121,19 @@ def executor_baseline(graph: str, requests: int) -> dict[str, dict[str, float]]:
         for outputs in result.outputs:
             base64.b64encode(encode_image(outputs[out_name]))
 
+    def timed(count: int, calls: int) -> dict[str, float]:
+        """`calls` calls of `count` frames each; rps counts frames, latencies are per call."""
+        latencies = []
+        start = time.perf_counter()
+        for _ in range(calls):
+            t = time.perf_counter()
+            one(count)
+            latencies.append(time.perf_counter() - t)
+        measured = stats(latencies, time.perf_counter() - start)
+        return measured | {"rps": measured["rps"] * count}
+
     one(1)
-    latencies = []
-    start = time.perf_counter()
-    for _ in range(requests):
-        t = time.perf_counter()
-        one(1)
-        latencies.append(time.perf_counter() - t)
-    single = stats(latencies, time.perf_counter() - start)
-    batches, latencies = max(1, requests // 8), []
-    start = time.perf_counter()
-    for _ in range(batches):
-        t = time.perf_counter()
-        one(8)
-        latencies.append(time.perf_counter() - t)
-    batched = stats(latencies, time.perf_counter() - start)
-    batched["rps"] *= 8
-    return {"c1": single, "b8": batched}
+    return {"c1": timed(1, requests), "b8": timed(8, max(1, requests // 8))}
 
 
 def timed_baseline(graph: str, requests: int) -> dict[str, Any]:
