@@ -12,6 +12,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,22 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, every: float = 0.0
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met in {timeout} s")
+
+
+def close_sdk(client: Any) -> None:
+    """Close a livepeer-ai SDK client now, in this thread, and disarm its finalizer.
+
+    The SDK attaches `weakref.finalize(client, close_clients, ...)`, which, when it finds
+    an event loop running, closes the async client through a `ThreadPoolExecutor` of its
+    own. Left to the garbage collector, it can run inside a server thread's
+    `asyncio.to_thread`, while that thread's `submit` holds concurrent.futures' module-wide
+    lock: its own `submit` then waits for that lock for ever, and so does every thread
+    after it (the suite hung so). Called here, in a test's thread with no loop running, it
+    closes both HTTP clients at once, and a finalizer runs only once."""
+    finalizers = [f for f in list(weakref.finalize._registry) if (found := f.peek()) is not None and found[0] is client]
+    assert finalizers, "livepeer-ai no longer registers a finalizer on its client: check how it closes its HTTP clients"
+    for finalizer in finalizers:
+        finalizer()
 
 
 # -- the fake orchestrator ------------------------------------------------------------------

@@ -3,6 +3,7 @@ and by hand the way go-livepeer's `ai/worker/multipart.go` writes a request."""
 
 import concurrent.futures
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,16 +16,25 @@ from livepeer_ai import Livepeer  # noqa: E402
 from livepeer_ai.models import errors  # noqa: E402
 from livepeer_ai.utils import unmarshal_json  # noqa: E402
 
-from tests.livepeer.lp_support import TOKEN, data_url, decode_data_url, photo, png, wait_for  # noqa: E402
+from tests.livepeer.lp_support import TOKEN, close_sdk, data_url, decode_data_url, photo, png, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = Path(__file__).resolve().parent / "graphs"
 
 
-def _sdk(service, token: str = TOKEN) -> Livepeer:
-    """The SDK pointed at the local service. Keep the returned object alive while calling:
-    the SDK closes its HTTP client when the `Livepeer` object is collected."""
-    return Livepeer(http_bearer=token, server_url=service.url, timeout_ms=60_000)
+@pytest.fixture
+def sdk() -> Iterator[Callable[..., Livepeer]]:
+    """`sdk(service, token=TOKEN)`: the SDK pointed at a local service, closed by this
+    test's teardown (see `close_sdk`), never left for the garbage collector."""
+    made: list[Livepeer] = []
+
+    def make(service, token: str = TOKEN) -> Livepeer:
+        made.append(Livepeer(http_bearer=token, server_url=service.url, timeout_ms=60_000))
+        return made[-1]
+
+    yield make
+    for client in made:
+        close_sdk(client)
 
 
 def _image_part() -> dict:
@@ -50,8 +60,8 @@ def edges(start_service):
     return service
 
 
-def test_image_to_image_through_the_sdk(edges):
-    client = _sdk(edges)
+def test_image_to_image_through_the_sdk(edges, sdk):
+    client = sdk(edges)
     result = client.generate.image_to_image(request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7})
     [image] = result.image_response.images
     assert image.seed == 7 and image.nsfw is False
@@ -62,7 +72,7 @@ def test_image_to_image_through_the_sdk(edges):
     assert np.array_equal(out, decode_data_url(upscaled.image_response.images[0].url))
 
 
-def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges):
+def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges, sdk):
     body, content_type = _go_livepeer_multipart(
         {"prompt": "edges", "model_id": "", "strength": "0.000000", "seed": "7", "num_inference_steps": "100", "loras": ""},
         png(photo()),
@@ -71,22 +81,22 @@ def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges):
                         headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert answer.status_code == 200, answer.text
     [image] = answer.json()["images"]
-    client = _sdk(edges)
+    client = sdk(edges)
     same = client.generate.image_to_image(request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7})
     assert image["seed"] == 7
     assert np.array_equal(decode_data_url(image["url"]), decode_data_url(same.image_response.images[0].url))
 
 
-def test_several_images_get_consecutive_seeds_and_an_unset_seed_is_picked(edges):
-    client = _sdk(edges)
+def test_several_images_get_consecutive_seeds_and_an_unset_seed_is_picked(edges, sdk):
+    client = sdk(edges)
     result = client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "seed": 40, "num_images_per_prompt": 3})
     assert [i.seed for i in result.image_response.images] == [40, 41, 42]
     picked = client.generate.image_to_image(request={"prompt": "p", "image": _image_part()})
     assert isinstance(picked.image_response.images[0].seed, int)
 
 
-def test_sdk_error_paths(edges):
-    client, stranger = _sdk(edges), _sdk(edges, token="nope")
+def test_sdk_error_paths(edges, sdk):
+    client, stranger = sdk(edges), sdk(edges, token="nope")
     with pytest.raises(errors.HTTPError) as wrong_token:
         stranger.generate.image_to_image(request={"prompt": "p", "image": _image_part()})
     assert wrong_token.value.data.detail.msg == "Invalid bearer token."
@@ -109,9 +119,9 @@ def test_missing_fields_are_a_422_the_sdk_can_parse(edges):
     assert {tuple(d.loc) for d in parsed.detail} == {("body", "strength"), ("body", "prompt")}
 
 
-def test_loading_and_busy_are_503_sdk_errors(start_service):
+def test_loading_and_busy_are_503_sdk_errors(start_service, sdk):
     service = start_service(hold=True)
-    client, other = _sdk(service, token="unchecked"), _sdk(service, token="unchecked")
+    client, other = sdk(service, token="unchecked"), sdk(service, token="unchecked")
     with pytest.raises(errors.SDKError) as loading:
         client.generate.upscale(request={"prompt": "p", "image": _image_part()})
     assert loading.value.status_code == 503
@@ -134,29 +144,29 @@ def test_version_and_hardware_info(edges):
     assert info["pipeline"] == "image-to-image" and info["model_id"] == "edges-live" and isinstance(info["gpu_info"], dict)
 
 
-def test_text_to_image_on_tiny_sdxl(tiny_models, start_service):
+def test_text_to_image_on_tiny_sdxl(tiny_models, start_service, sdk):
     service = start_service(GRAPHS / "t2i_tiny.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
     service.wait_ready(timeout=120)
-    sdk = _sdk(service)
+    client = sdk(service)
     request = {"prompt": "a red cube", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3,
                "model_id": "stabilityai/stable-diffusion-xl-base-1.0"}
-    first = sdk.generate.text_to_image(request=request).image_response.images[0]
-    again = sdk.generate.text_to_image(request=request).image_response.images[0]
+    first = client.generate.text_to_image(request=request).image_response.images[0]
+    again = client.generate.text_to_image(request=request).image_response.images[0]
     assert first.seed == 3 and decode_data_url(first.url).shape == (64, 64, 3)
     assert first.url == again.url  # same seed, same image
-    other = sdk.generate.text_to_image(request=request | {"seed": 4}).image_response.images[0]
+    other = client.generate.text_to_image(request=request | {"seed": 4}).image_response.images[0]
     assert other.url != first.url
     with pytest.raises(errors.HTTPError) as empty:
-        sdk.generate.text_to_image(request=request | {"prompt": ""})
+        client.generate.text_to_image(request=request | {"prompt": ""})
     assert empty.value.data.detail.msg == "Prompt must be provided."
 
 
-def test_segment_anything_2_on_tiny_sam2(tiny_models, start_service):
+def test_segment_anything_2_on_tiny_sam2(tiny_models, start_service, sdk):
     section = {"routes": {"segment-anything-2": {"image": "image", "point_coords": "points", "box": "boxes",
                                                  "multimask_output": "sam.multimask_output", "masks": "masks"}}}
     service = start_service(ROOT / "graphs" / "segment.yaml", section=section)
     service.wait_ready(timeout=120)
-    client = _sdk(service, token="unchecked")
+    client = sdk(service, token="unchecked")
     result = client.generate.segment_anything2(
         request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1]", "multimask_output": True}
     )
@@ -175,12 +185,12 @@ def test_segment_anything_2_on_tiny_sam2(tiny_models, start_service):
     assert len(job.json()["outputs"]["masks"]["scores"]) == 3
 
 
-def test_segment_anything_2_prompts_as_node_params(tiny_models, start_service):
+def test_segment_anything_2_prompts_as_node_params(tiny_models, start_service, sdk):
     section = {"routes": {"segment-anything-2": {"image": "image", "point_coords": "sam.point_coords",
                                                  "point_labels": "sam.point_labels", "box": "sam.box"}}}
     service = start_service(ROOT / "graphs" / "segment.yaml", section=section)
     service.wait_ready(timeout=120)
-    client = _sdk(service, token="unchecked")
+    client = sdk(service, token="unchecked")
     result = client.generate.segment_anything2(
         request={"image": _image_part(), "point_coords": "[[80, 60], [20, 20]]", "point_labels": "[1, 0]", "box": "[10, 10, 150, 110]"})
     assert len(json.loads(result.masks_response.scores)) == 3
