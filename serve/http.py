@@ -126,7 +126,7 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
             continue
         kind = _kind(plan, name)
         if isinstance(value, bytes):
-            inputs[name] = _from_bytes(kind, value, f"inputs.{name}", max_pixels)
+            inputs[name] = decode_bytes(kind, value, f"inputs.{name}", max_pixels)
         else:
             inputs[name] = _from_text(kind, value, f"inputs.{name}", max_pixels)
     return inputs, params
@@ -139,8 +139,8 @@ def decode_value(plan: Plan, name: str, value: Any, max_pixels: int) -> Any:
     if kind in IMAGE_LIKE or kind is PortType.BYTES:
         if not isinstance(value, str):
             raise InputError(field, f"expected {ENCODINGS[kind]}, got {_json_type(value)}", 422)
-        return _from_bytes(kind, b64decode(value, field, max_pixels, kind), field, max_pixels)
-    _check_text(kind, value, field)
+        return decode_bytes(kind, b64decode(value, field, max_pixels, kind), field, max_pixels)
+    check_text(kind, value, field)
     return value
 
 
@@ -180,7 +180,8 @@ def _refuse_bombs(data: bytes, field: str, max_pixels: int) -> None:
         pass
 
 
-def _check_text(kind: PortType | None, value: Any, field: str) -> None:
+def check_text(kind: PortType | None, value: Any, field: str) -> None:
+    """A text input longer than `MAX_TEXT_CHARS` is a 422 naming `field`."""
     if kind is PortType.TEXT and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
         raise InputError(field, f"text of {len(value):,} characters is over the limit of {MAX_TEXT_CHARS:,}", 422)
 
@@ -215,7 +216,9 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None
                              f"capability's limit of {max_pixels:,} (a side set alone counts as a square)", 413)
 
 
-def _from_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int) -> Any:
+def decode_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int) -> Any:
+    """A file's bytes -> the port value: images checked for bombs and decoded under the
+    pixel limit, masks and depth maps as greyscale, segmentation maps as class ids."""
     if kind is PortType.BYTES or kind is None:  # unknown names are reported by check_inputs
         return data
     if kind not in IMAGE_LIKE:
@@ -238,8 +241,8 @@ def _from_text(kind: PortType | None, text: str, field: str, max_pixels: int) ->
             if exc.status != 400:
                 raise
             raise InputError(field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400) from None
-        return _from_bytes(kind, data, field, max_pixels)
-    _check_text(kind, text, field)
+        return decode_bytes(kind, data, field, max_pixels)
+    check_text(kind, text, field)
     try:
         if kind is PortType.TEXT or kind is None:
             return text

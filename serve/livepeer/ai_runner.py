@@ -25,6 +25,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,13 @@ from pydantic import TypeAdapter, ValidationError
 from engine.errors import InputError
 from engine.plan import Plan
 from engine.types import PortType
-from engine.values import decode_image
+from engine.values import MAX_PIXELS
 from nodes._shared import gray_to_rgb
-from serve.http import render_json
+from serve.http import check_params, check_text, decode_bytes, render_json
 from serve.livepeer.codec import data_url, png_data_url
 from serve.livepeer.routes import Guard, RunFn, error
 from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
+from serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -69,16 +71,20 @@ class _Invalid(Exception):
 
 
 def add_ai_runner_routes(router: APIRouter, plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings,
-                         job: Callable[[Request], Awaitable[Response]] | None = None) -> None:
+                         job: Callable[[Request], Awaitable[Response]] | None = None, *, max_pixels: int = MAX_PIXELS,
+                         max_body_bytes: int = MAX_BODY_BYTES) -> None:
     """Add each declared route (with its trailing-slash twin), `/version` and `/hardware/*`.
 
     A capability named like a route (`segment-anything-2`) shares its path with the BYOC
-    job route: `job` then takes the requests whose body is a native JSON job."""
+    job route: `job` then takes the requests whose body is a native JSON job. Bodies are
+    read under `max_body_bytes` and images decoded under `max_pixels`, as on every job route."""
+    limits = _Limits(max_pixels, max_body_bytes)
     for route, mapping in settings.routes.items():
-        handler = _handler(route, mapping, plan, run, guard, settings)
+        handler = _handler(route, mapping, plan, run, guard, settings, limits)
         if route == settings.name and job is not None:
-            handler = _shared_path(handler, job)
-        router.add_api_route(f"/{route}", handler, methods=["POST"], summary=f"ai-runner {route}")
+            handler = _shared_path(handler, job, limits.max_body_bytes)
+        router.add_api_route(f"/{route}", handler, methods=["POST"], summary=f"ai-runner {route}",
+                             openapi_extra={"requestBody": _request_body(route)})
         router.add_api_route(f"/{route}/", handler, methods=["POST"], include_in_schema=False)
     pipeline = next(iter(settings.routes))
 
@@ -95,7 +101,14 @@ def add_ai_runner_routes(router: APIRouter, plan: Plan, run: RunFn, guard: Guard
         return {"pipeline": pipeline, "model_id": settings.model_id, "gpu_stats": _gpus(stats=True)}
 
 
-def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings):
+@dataclass(frozen=True)
+class _Limits:
+    max_pixels: int
+    max_body_bytes: int
+
+
+def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings,
+             limits: _Limits):
     output = default_output(plan, route, settings)
     response_field = RESPONSE_FIELD[route]
     fields = {k: v for k, v in mapping.items() if k != response_field}
@@ -105,20 +118,20 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
         if refused is not None:
             return refused
         try:
-            values = await _read(route, request)
+            values = await _read(route, request, limits.max_body_bytes)
             model_id = values.get("model_id") or ""
             if model_id and model_id != settings.model_id:
-                return error(400, f"pipeline configured with {settings.model_id} but called with {model_id}.")
+                return error(400, f"pipeline configured with {settings.model_id} but called with {model_id}.", field="model_id")
             if route == "text-to-image" and not values.get("prompt"):
                 return error(400, "Prompt must be provided.")
             if route == "segment-anything-2":
-                return await _segment(values, fields, plan, run, output)
-            return await _images(values, fields, plan, run, output)
+                return await _segment(values, fields, plan, run, output, limits.max_pixels)
+            return await _images(values, fields, plan, run, output, limits.max_pixels)
         except _Invalid as exc:
             return JSONResponse({"detail": exc.detail}, status_code=422)
         except InputError as exc:
             status = exc.status if exc.status in (413, 415) else 400
-            return error(status, f"{exc.field}: {exc.message}")
+            return error(status, f"{exc.field}: {exc.message}", field=exc.field)
         except Exception as exc:
             if "out of memory" in str(exc).lower():
                 return error(500, "GPU out of memory.")
@@ -131,12 +144,15 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
     return handle
 
 
-def _shared_path(ai_runner: Callable[[Request], Awaitable[Response]], job: Callable[[Request], Awaitable[Response]]):
+def _shared_path(ai_runner: Callable[[Request], Awaitable[Response]], job: Callable[[Request], Awaitable[Response]],
+                 max_body_bytes: int):
     async def either(request: Request) -> Response:
         if not request.headers.get("content-type", "").startswith("multipart/"):
             try:
-                doc = json.loads(await request.body() or b"{}")
-            except ValueError:
+                doc = json.loads(await read_body(request, max_body_bytes) or b"{}")
+            except InputError:  # over the limit: the job route refuses it in its own words
+                return await job(request)
+            except (ValueError, RecursionError):
                 doc = None
             if isinstance(doc, dict) and doc.keys() <= {"inputs", "params"}:
                 return await job(request)
@@ -146,25 +162,46 @@ def _shared_path(ai_runner: Callable[[Request], Awaitable[Response]], job: Calla
     return either
 
 
+_SCHEMAS = {
+    "image": {"type": "string", "format": "binary"},
+    "text": {"type": "string"},
+    "integer": {"type": "integer"},
+    "number": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "points": {"type": "string", "description": "a JSON array of [x, y] pixel coordinates"},
+    "labels": {"type": "string", "description": "a JSON array of 1 (foreground) or 0 (background), one per point"},
+    "boxes": {"type": "string", "description": "a JSON array [x1, y1, x2, y2]"},
+}
+
+
+def _request_body(route: str) -> dict[str, Any]:
+    """The route's request body as ai-runner declares it, for the OpenAPI document (what
+    clients and fuzzers generate from): JSON for text-to-image, else a multipart form."""
+    properties = {name: dict(_SCHEMAS[kind]) for name, kind in ROUTE_FIELDS[route].items()}
+    schema = {"type": "object", "required": list(_REQUIRED[route]), "properties": properties}
+    media = "application/json" if route == "text-to-image" else "multipart/form-data"
+    return {"required": True, "content": {media: {"schema": schema}}}
+
+
 # -- reading a request ---------------------------------------------------------------------
 
 
-async def _read(route: str, request: Request) -> dict[str, Any]:
-    """The request's fields, typed; absent or empty fields are left out."""
+async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, Any]:
+    """The request's fields, typed; absent or empty fields are left out. The body is read
+    and a form parsed as on every job route (`serve.wire`): bounded, parts named."""
     kinds = ROUTE_FIELDS[route]
+    body = await read_body(request, max_body_bytes)
     if route == "text-to-image":
         try:
-            raw = json.loads(await request.body())
-        except ValueError:
+            raw = json.loads(body)
+        except (ValueError, RecursionError):
             raise _Invalid([{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error"}]) from None
         if not isinstance(raw, dict):
             raise _Invalid([{"type": "model_attributes_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
-    else:
-        try:
-            form = await request.form()
-        except Exception:  # not multipart at all: every required field is missing
-            form = {}
-        raw = {key: form.get(key) for key in form.keys()} if form else {}
+    elif media_type(request) == "multipart/form-data":
+        raw = await read_form(request, body, max_body_bytes, prefix="")
+    else:  # not multipart at all: every required field is missing
+        raw = {}
     values: dict[str, Any] = {}
     problems: list[dict[str, Any]] = []
     for name, value in raw.items():
@@ -175,13 +212,15 @@ async def _read(route: str, request: Request) -> dict[str, Any]:
             if isinstance(value, str):
                 problems.append({"type": "value_error", "loc": ["body", name], "msg": "Expected UploadFile, received: <class 'str'>"})
                 continue
-            values[name] = await value.read()
+            values[name] = value
         elif kind in _ADAPTERS:
             try:
                 values[name] = _ADAPTERS[kind].validate_python(value)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 problems.append({"type": first["type"], "loc": ["body", name], "msg": first["msg"], "input": value})
+        elif isinstance(value, bytes):  # a file part for a text field: FastAPI's Form refuses it too
+            problems.append({"type": "string_type", "loc": ["body", name], "msg": "Input should be a valid string"})
         else:  # JSON-in-a-string fields (SAM2 points and boxes) are parsed by the route
             values[name] = value
     for name in _REQUIRED[route]:
@@ -192,21 +231,34 @@ async def _read(route: str, request: Request) -> dict[str, Any]:
     return values
 
 
-def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Mapped request fields -> (graph inputs, `node.param` overrides)."""
+def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mapped request fields -> (graph inputs, `node.param` overrides), checked as `/v1`
+    checks them (params first, then images under the pixel limit); a fault names the
+    request's own field, not the graph's."""
     inputs: dict[str, Any] = {}
     params: dict[str, Any] = {}
+    named: dict[str, str] = {}
     for field, target in fields.items():
         if field not in values:
             continue
-        value = values[field]
         spec = plan.spec.inputs.get(target)
         if spec is None:
-            params[target] = value
-        elif spec.type is PortType.IMAGE and isinstance(value, bytes):
-            inputs[target] = decode_image(value, field)
-        else:
-            inputs[target] = value
+            params[target] = values[field]
+            named[f"params.{target}"] = field
+    try:
+        check_params(plan, params, max_pixels)
+        plan.params_for(params)
+    except InputError as exc:
+        if exc.field not in named:
+            raise
+        raise InputError(named[exc.field], f"{exc.message} (it sets the graph's {exc.field.removeprefix('params.')})", exc.status) from None
+    for field, target in fields.items():
+        spec = plan.spec.inputs.get(target)
+        if field not in values or spec is None:
+            continue
+        value = values[field]
+        check_text(spec.type, value, field)
+        inputs[target] = decode_bytes(spec.type, value, field, max_pixels) if isinstance(value, bytes) else value
     return inputs, params
 
 
@@ -220,7 +272,7 @@ def _json_field(values: Mapping[str, Any], name: str) -> Any:
 # -- answering -----------------------------------------------------------------------------
 
 
-async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str) -> Response:
+async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:
     count = values.get("num_images_per_prompt", 1)
     if not 1 <= count <= MAX_IMAGES:
         raise InputError("num_images_per_prompt", f"must be between 1 and {MAX_IMAGES}", 400)
@@ -230,7 +282,7 @@ async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan,
     kind = plan.output_type(output)
 
     async def one(index: int) -> dict[str, Any]:
-        inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed + index}, fields, plan)
+        inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed + index}, fields, plan, max_pixels)
         outputs, _ = await run(inputs, params)
         url = await asyncio.to_thread(_image_url, kind, outputs[output])
         return {"url": url, "seed": seed + index, "nsfw": False}
@@ -247,7 +299,7 @@ def _image_url(kind: PortType, value: Any) -> str:
     return png_data_url(value)
 
 
-async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str) -> Response:
+async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:
     """SAM2 prompts arrive as JSON strings. A Points/Boxes graph input gets them combined
     ([x, y, label] points, a list of boxes); a node param gets them as ai-runner sends them."""
     values = dict(values)
@@ -273,7 +325,7 @@ async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan
             raise InputError("box", "must be a length 4 array in XYXY format", 400)
         boxes = [[float(v) for v in b] for b in boxes]
         values["box"] = boxes if to_input["box"] else boxes[0]
-    inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan)
+    inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan, max_pixels)
     outputs, _ = await run(inputs, params)
     return Response(await asyncio.to_thread(lambda: render_json(_masks_answer(outputs[output]))), media_type="application/json")
 

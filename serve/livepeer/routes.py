@@ -9,7 +9,8 @@ adds, beside the ingress's own `/v1/{capability}` and `/health`:
   `health_url` and a container health check want this; `/health` answers 200 while loading.
 - `POST /{capability}`: a BYOC job. go-livepeer forwards only Content-Type, Content-Length
   and `Authorization: Bearer <token>` (when a token was registered), and passes the body
-  through verbatim, so the body is the native JSON job (see `serve.livepeer.codec`).
+  through verbatim, so the body is the native job, read exactly as `/v1/{capability}` reads
+  it (`serve.wire.read_job`: the same checks, the same messages, in the shape below).
 - the ai-runner routes the graph's `livepeer.routes` declares, plus `/version` and
   `/hardware/info` (see `serve.livepeer.ai_runner`);
 - `/stream/start|params|stop|status` when `livepeer.live` is set (see `serve.livepeer.live`).
@@ -38,9 +39,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InputError
 from engine.plan import Plan
-from serve.http import loads, render_json, request_schema
-from serve.livepeer.codec import encode_outputs, parse_job
+from engine.values import MAX_PIXELS
+from serve.http import render_json, request_schema
+from serve.livepeer.codec import encode_outputs
 from serve.livepeer.settings import LivepeerSettings, load_settings
+from serve.wire import MAX_BODY_BYTES, read_job
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -152,11 +155,13 @@ class Guard:
 
 
 def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings | None = None, *,
-                run_batch: RunBatchFn | None = None) -> APIRouter:
+                run_batch: RunBatchFn | None = None, max_pixels: int = MAX_PIXELS,
+                max_body_bytes: int = MAX_BODY_BYTES) -> APIRouter:
     """The Livepeer routes for one graph. `settings` come from `load_settings(plan, section)`;
     None reads the environment only (`CAPGRAPH_LIVEPEER__...`). `run_batch`, where the
     backend has one (the in-process executor), lets live frames that arrive together run
-    as one batch."""
+    as one batch. `max_pixels` and `max_body_bytes` bound every job route's request, as
+    they bound `/v1/{capability}`'s."""
     settings = settings if settings is not None else load_settings(plan)
     if settings.capability is None:  # built by hand rather than by load_settings
         settings = settings.model_copy(update={"capability": plan.capability})
@@ -197,18 +202,13 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         if refused is not None:
             return refused
         try:
-            # Image decoding and PNG encoding run in a thread, off the event loop.
-            body = await request.body()
-            inputs, params = await asyncio.to_thread(parse_job, body, plan)
-            await asyncio.to_thread(loads, body)  # NaN, Infinity, nesting past 32 levels: 400 naming where
+            inputs, params = await read_job(request, plan, max_pixels, max_body_bytes)
             outputs, timings = await run(inputs, params)
             answer = await asyncio.to_thread(lambda: render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": timings}))
             return Response(answer, media_type="application/json")
         except InputError as exc:
             status = exc.status if 400 <= exc.status < 500 else 400
             return error(status, exc.message, field=exc.field)
-        except RecursionError:  # json.loads on thousands of nested brackets
-            return error(400, "JSON nested too deeply", field="body")
         except TimeoutError as exc:
             return error(504, str(exc) or "timed out")
         except Exception as exc:  # 5xx: the gateway tries the next orchestrator
@@ -223,7 +223,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     if settings.routes:
         from serve.livepeer.ai_runner import add_ai_runner_routes
 
-        add_ai_runner_routes(router, plan, run, guard, settings, job)
+        add_ai_runner_routes(router, plan, run, guard, settings, job, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
     if settings.name not in settings.routes:
         body = {"required": True, "content": {"application/json": request_schema(plan)["application/json"]}}
         router.add_api_route(f"/{settings.name}", job, methods=["POST"], summary=f"BYOC job for capability '{settings.name}'",

@@ -6,7 +6,7 @@ import time
 import httpx
 import numpy as np
 
-from tests.livepeer.lp_support import TOKEN, data_url, decode_data_url, photo, wait_for
+from tests.livepeer.lp_support import TOKEN, data_url, decode_data_url, photo, png, wait_for
 
 
 def test_ready_is_503_until_every_node_is_warm_then_exactly_200(start_service):
@@ -42,7 +42,8 @@ def test_bad_jobs_get_the_detail_msg_shape(start_service):
     service.wait_ready()
     url = f"{service.url}/edges-live"
     bad_json = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
-    assert bad_json.status_code == 400 and "JSON object" in bad_json.json()["detail"]["msg"]
+    assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["detail"]["msg"]
+    assert bad_json.json()["detail"]["field"] == "body"
     missing = httpx.post(url, json={"inputs": {}})
     assert missing.status_code == 422
     assert missing.json()["detail"]["field"] == "inputs.image"
@@ -50,6 +51,24 @@ def test_bad_jobs_get_the_detail_msg_shape(start_service):
     assert bad_param.status_code == 422 and "fixed by the graph" in bad_param.json()["detail"]["msg"]
     not_an_image = httpx.post(url, json={"inputs": {"image": "aGVsbG8="}})
     assert not_an_image.status_code == 400 and not_an_image.json()["detail"]["field"] == "inputs.image"
+
+
+def test_the_job_route_reads_a_job_exactly_as_v1_does(start_service):
+    """One parser for every job route: the answers /v1 gives, in the Livepeer shape."""
+    import json
+
+    service = start_service()
+    service.wait_ready()
+    url = f"{service.url}/edges-live"
+    job = {"inputs": {"image": data_url()}, "params": {"blend.opacity": 0.0}}
+    as_text = httpx.post(url, content=json.dumps(job), headers={"Content-Type": "text/plain"})
+    assert as_text.status_code == 415 and as_text.json()["detail"]["field"] == "headers.content-type"
+    wrong_type = httpx.post(url, json={"inputs": {"image": data_url()}, "params": {"blend.opacity": "0.5"}})
+    assert wrong_type.status_code == 422 and wrong_type.json()["detail"]["field"] == "params.blend.opacity"
+    assert 'send 0.5, not "0.5"' in wrong_type.json()["detail"]["msg"]
+    form = httpx.post(url, files={"image": ("in.png", png(), "image/png")}, data={"params": '{"blend.opacity": 0.0}'}, timeout=30)
+    assert form.status_code == 200, form.text  # multipart, as /v1 takes it
+    assert form.json()["outputs"] == httpx.post(url, json=job, timeout=30).json()["outputs"]
 
 
 def test_bearer_token_is_checked_when_configured(start_service):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.sleepy import FAMILY, Sleepy
-from tests.reliability.support import (BODY_LIMIT, MAX_PIXELS, ORCH_SECRET, TOKEN, TOKEN_ENV, Cluster, deploy, hybrid_graph,
+from tests.reliability.support import (BODY_LIMIT, LIVEPEER, MAX_PIXELS, ORCH_SECRET, TOKEN, TOKEN_ENV, Cluster, deploy, hybrid_graph,
                                        nap_graph, wait_health)
 from tests.serve.support import free_port
 
@@ -66,7 +66,7 @@ def hybrid(cluster: Cluster) -> str:
     """The tiny hybrid graph at `/`, one replica per node: what the fuzz, the corpus, the
     soak, the kill and the update tests load."""
     start = time.monotonic()
-    deploy("hybrid", "/", hybrid_graph(), max_pixels=MAX_PIXELS, max_body_bytes=BODY_LIMIT)
+    deploy("hybrid", "/", hybrid_graph(), max_pixels=MAX_PIXELS, max_body_bytes=BODY_LIMIT, livepeer=LIVEPEER)
     wait_health(cluster.url, 120)
     print(f"\nhybrid graph healthy {time.monotonic() - start:.1f}s after serve.run")
     return cluster.url

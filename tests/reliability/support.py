@@ -13,6 +13,13 @@ from tests.serve.support import frame, png_b64, wait_health  # noqa: F401 (re-ex
 
 HYBRID = GRAPHS / "hybrid.yaml"
 ROUTE = "/v1/hybrid-depth-sdxl"
+BYOC_ROUTE = "/hybrid-depth-sdxl"
+AI_RUNNER_ROUTE = "/image-to-image"
+LIVEPEER = {"routes": {"image-to-image": {"image": "image", "prompt": "prompt", "negative_prompt": "generate.negative_prompt",
+                                          "seed": "generate.seed", "num_inference_steps": "generate.steps",
+                                          "guidance_scale": "generate.guidance", "images": "image"}}}
+"""The hybrid app's Livepeer section: ai-runner's image-to-image route beside the BYOC job
+route, so the bad-request corpus and the fuzz reach every route that takes a job."""
 MAX_PIXELS = 128 * 128
 BODY_LIMIT = 2 << 20
 """`max_body_bytes` of the hybrid app here: room for a 128 px image, small enough to exceed."""
@@ -68,6 +75,7 @@ def hybrid_graph(**changes: Any) -> dict[str, Any]:
     graph = {key: tree[key] for key in ("capability", "version", "description", "inputs", "nodes", "outputs")} | changes
     for node in graph["nodes"].values():
         node.update(replicas=1, resources={"cpu": CPU})
+    graph["nodes"]["generate"]["params"]["steps"] = 2  # a request that sets none (the fuzz's) stays quick too
     return graph
 
 

@@ -12,21 +12,22 @@ import json
 import struct
 import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import BAD_GRAPHS
-from tests.reliability.support import (BODY_LIMIT, FAST, ROUTE, assert_clean, error_of, field_of, frame, good_body, png_b64,
-                                       wait_health)
+from tests.reliability.support import (AI_RUNNER_ROUTE, BODY_LIMIT, BYOC_ROUTE, FAST, ROUTE, assert_clean, error_of, field_of, frame,
+                                       good_body, png_b64, wait_health)
 
 pytestmark = pytest.mark.slow
 
 PNG = base64.b64decode(png_b64(frame(32, 32)))
 IMAGE = png_b64(frame(32, 32))
+DEADLINE = "x-capgraph-timeout-s"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Bad:
     says: str
     """A fragment of the message, the words a person would look for."""
     json: Any = None
-    content: bytes | Iterator[bytes] | None = None
+    content: bytes | Iterable[bytes] | None = None
     files: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -71,10 +72,15 @@ def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "capgr
     return out + f"--{boundary}--\r\n".encode(), {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
-def chunks(total: int) -> Iterator[bytes]:
-    """A body sent chunked (no Content-Length), `total` bytes of it."""
-    for _ in range(total // 65536):
-        yield b" " * 65536
+@dataclass(frozen=True)
+class chunks:  # noqa: N801 (reads as the body it is)
+    """A body sent chunked (no Content-Length), `total` bytes of it; sendable more than once."""
+
+    total: int
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(self.total // 65536):
+            yield b" " * 65536
 
 
 no_filename, no_filename_headers = multipart([("image", None, PNG), ("prompt", None, b"a castle")])
@@ -220,6 +226,69 @@ def test_bad_request_gets_a_4xx_naming_the_field(hybrid, bad):
     assert took < 10, f"{bad.name} took {took:.1f}s to refuse"
 
 
+BYOC_CORPUS = [replace(bad, path=BYOC_ROUTE) for bad in CORPUS if bad.path == ROUTE and DEADLINE not in bad.headers]
+"""The corpus sent to the BYOC job route instead: every job route reads a job the same way
+(the deadline header is /v1's own)."""
+
+
+@pytest.mark.parametrize("bad", BYOC_CORPUS, ids=[b.name for b in BYOC_CORPUS])
+def test_the_byoc_job_route_answers_the_corpus_as_v1_does(hybrid, bad):
+    reply = send(hybrid, bad)
+    assert reply.status_code == bad.status, f"{bad.name}: {reply.status_code} {reply.text[:300]}"
+    assert "detail" in reply.json(), reply.text[:300]  # the Livepeer error shape
+    assert field_of(reply) == bad.field, reply.text[:300]
+    assert bad.says in error_of(reply)["msg"]
+    assert_clean(reply)
+
+
+def ai_runner(fields: dict[str, str] | None = None, image: bytes | None = PNG, **changes: Any) -> Bad:
+    """A bad ai-runner image-to-image request: a multipart form as the SDK sends it (with
+    a part the route ignores where there is no image, so it stays multipart)."""
+    files = {"image": ("in.png", image, "image/png")} if image is not None else {"note": ("note.txt", b"ignored", "text/plain")}
+    return Bad(path=AI_RUNNER_ROUTE, files=files, data={"prompt": "a castle", "num_inference_steps": "2"} | (fields or {}),
+               **changes)
+
+
+AI_RUNNER_CORPUS = [
+    ai_runner(name="no image", image=None, status=422, field="body.image", says="Field required"),
+    ai_runner({"image": "aGVsbG8="}, name="the image as a text field", image=None, status=422, field="body.image", says="UploadFile"),
+    ai_runner({"seed": "seven"}, name="a seed that is not a number", status=422, field="body.seed", says="valid integer"),
+    ai_runner({"guidance_scale": "NaN"}, name="guidance as NaN", status=400, field="guidance_scale", says="finite"),
+    ai_runner({"num_inference_steps": "0"}, name="zero steps", status=400, field="num_inference_steps", says="generate.steps"),
+    ai_runner({"num_inference_steps": "1000000"}, name="huge steps", status=400, field="num_inference_steps",
+              says="less than or equal to 100"),
+    ai_runner({"num_images_per_prompt": "0"}, name="no images asked for", status=400, field="num_images_per_prompt",
+              says="between 1 and 16"),
+    ai_runner({"num_images_per_prompt": "1000"}, name="a thousand images asked for", status=400, field="num_images_per_prompt",
+              says="between 1 and 16"),
+    ai_runner({"model_id": "timbrooks/instruct-pix2pix"}, name="another model", status=400, field="model_id",
+              says="pipeline configured with"),
+    ai_runner({"prompt": "a castle " * 11_400}, name="a 100 kB prompt", status=400, field="prompt", says="over the limit of 10,000"),
+    ai_runner(name="a truncated PNG", image=PNG[: len(PNG) // 2], status=400, field="image", says="not a decodable image"),
+    ai_runner(name="a header claiming 60000x60000 pixels", image=png_claiming(60000, 60000), status=413, field="image",
+              says="decompression bomb"),
+    ai_runner(name="an image over max_pixels", image=base64.b64decode(png_b64(frame(200, 100))), status=413, field="image",
+              says="over the limit"),
+    ai_runner(name="a body over max_body_bytes", image=PNG + b"\0" * BODY_LIMIT, status=413, field="body", says="over the limit"),
+    Bad("a JSON body instead of a form", 422, "body.prompt", "Field required", json=good_body(), path=AI_RUNNER_ROUTE),
+    Bad("a part sent twice", 400, "image", "more than once", content=twice, headers=twice_headers, path=AI_RUNNER_ROUTE),
+    Bad("multipart with no boundary", 400, "body", "multipart", content=b"--x\r\n\r\n", headers={"content-type": "multipart/form-data"},
+        path=AI_RUNNER_ROUTE),
+    Bad("GET on the route", 405, "method", "use POST", method="GET", path=AI_RUNNER_ROUTE),
+]
+"""Bad requests to ai-runner's image-to-image route: each a 4xx in ai-runner's shape
+(`detail.msg`, or FastAPI's `detail` list where ai-runner answers 422) naming the field."""
+
+
+@pytest.mark.parametrize("bad", AI_RUNNER_CORPUS, ids=[b.name for b in AI_RUNNER_CORPUS])
+def test_the_ai_runner_route_refuses_bad_requests_naming_the_field(hybrid, bad):
+    reply = send(hybrid, bad)
+    assert reply.status_code == bad.status, f"{bad.name}: {reply.status_code} {reply.text[:300]}"
+    assert field_of(reply) == bad.field, reply.text[:300]
+    assert bad.says in error_of(reply)["msg"], reply.text[:300]
+    assert_clean(reply)
+
+
 @pytest.mark.parametrize("param", sorted(FORBIDDEN))
 def test_no_request_can_set_what_loads_a_model_or_reads_a_file(hybrid, param):
     reply = httpx.post(hybrid + ROUTE, json=params(**{param: FORBIDDEN[param]}), timeout=60)
@@ -241,12 +310,17 @@ def test_the_livepeer_job_route_refuses_the_same_json(hybrid):
 
 
 def test_still_healthy_and_serving_after_the_corpus(hybrid):
-    """Runs after the corpus (file order): nothing it sent hurt the capability."""
-    for bad in CORPUS[:5]:
+    """Runs after the corpora (file order): nothing they sent hurt the capability, and every
+    job route still serves."""
+    for bad in CORPUS[:5] + AI_RUNNER_CORPUS[:5]:
         send(hybrid, bad)  # and once more, back to back
     wait_health(hybrid, 10)
     reply = httpx.post(hybrid + ROUTE, json=good_body(), timeout=60)
     assert reply.status_code == 200, reply.text
+    byoc = httpx.post(hybrid + BYOC_ROUTE, json=good_body(), timeout=60)
+    assert byoc.status_code == 200 and byoc.json()["outputs"]["image"].startswith("data:image/png;base64,"), byoc.text[:300]
+    ai = send(hybrid, ai_runner(name="good", status=200, field="", says="", fields={"seed": "7"}))
+    assert ai.status_code == 200 and ai.json()["images"][0]["seed"] == 7, ai.text[:300]
     text = png_b64(frame())
     wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))  # base64's default output: accepted
     again = httpx.post(hybrid + ROUTE, json={"inputs": {"image": wrapped, "prompt": "a castle"}, "params": FAST}, timeout=60)
@@ -274,4 +348,5 @@ def test_the_corpus_is_what_the_issue_lists():
                    "deeply nested", "unknown param", "text/plain body", "GET on the run route"):
         assert wanted in names, wanted
     assert len(CORPUS) + len(FORBIDDEN) >= 80
+    assert len(BYOC_CORPUS) >= len(CORPUS) - 10 and len(AI_RUNNER_CORPUS) >= 15
 

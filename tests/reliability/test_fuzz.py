@@ -1,5 +1,6 @@
 """Property-based fuzz of every route in the capability's own OpenAPI document, with
-schemathesis, against the tiny hybrid graph served on Ray.
+schemathesis, against the tiny hybrid graph served on Ray: `/v1/{capability}`, the BYOC job
+route and ai-runner's image-to-image route among them (each declares its request body).
 
 Schemathesis reads /openapi.json (the request body there is the graph's own JSON Schema,
 per media type) and generates requests that break it (negative) and requests that fit it
@@ -19,14 +20,14 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.reliability.support import ROUTE, TRACEBACK_MARKERS, good_body
+from tests.reliability.support import AI_RUNNER_ROUTE, BYOC_ROUTE, ROUTE, TRACEBACK_MARKERS, good_body
 
 schemathesis = pytest.importorskip("schemathesis", reason="the fuzz needs the test extra's schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402 (schemathesis brings hypothesis)
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = {"negative": 90, "positive": 60}
+EXAMPLES = {"negative": 160, "positive": 100}
 DEADLINE_HEADER = "x-capgraph-timeout-s"
 
 
@@ -107,6 +108,8 @@ def test_fuzz_every_route_from_the_openapi_schema(hybrid):
     assert not findings.problems, "\n".join(findings.problems[:20])
     refused = sum(1 for status in findings.distinct.values() if 400 <= status < 500)
     assert refused >= 100, f"only {refused} distinct requests were refused; the fuzz is not reaching the checks"
+    for route in (ROUTE, BYOC_ROUTE, AI_RUNNER_ROUTE):  # every route that takes a job, each in its own shape
+        assert any(m == "POST" and p == route and 400 <= s < 500 for m, p, s in findings.statuses), f"the fuzz never reached {route}"
     assert httpx.get(hybrid + "/health", timeout=10).status_code == 200
     reply = httpx.post(hybrid + ROUTE, json=good_body(), timeout=60)
     assert reply.status_code == 200, reply.text

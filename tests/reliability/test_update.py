@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.soak import run_load
-from tests.reliability.support import BODY_LIMIT, MAX_PIXELS, ROUTE, deploy, good_body, hybrid_graph, wait_health
+from tests.reliability.support import BODY_LIMIT, LIVEPEER, MAX_PIXELS, ROUTE, deploy, good_body, hybrid_graph, wait_health
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,8 @@ def test_redeploying_a_new_version_under_load_fails_nothing(hybrid):
         async def update():
             await asyncio.sleep(3)
             timeline["update"] = time.monotonic() - start
-            await asyncio.to_thread(deploy, "hybrid", "/", new, max_pixels=MAX_PIXELS, max_body_bytes=BODY_LIMIT)
+            await asyncio.to_thread(deploy, "hybrid", "/", new, max_pixels=MAX_PIXELS, max_body_bytes=BODY_LIMIT,
+                                    livepeer=LIVEPEER)
             timeline["running"] = time.monotonic() - start
             await asyncio.sleep(3)
             stop.set()
