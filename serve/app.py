@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import RayServeException
 
 from engine.errors import GraphError, GraphInvalid
@@ -40,10 +41,11 @@ from engine.values import MAX_PIXELS
 from engine.yamlload import YamlProblem, load_yaml
 from serve import preflight
 from serve.compiler import INGRESS, Compiled, compile_plan
-from serve.ingress import Capability, Settings
+from serve.ingress import RETRY_AFTER_S, Capability, Settings
 from serve.planner import machine_for
-from serve.replica import NodeGroup
+from serve.replica import NodeGroup, stuck_after
 from serve.tune import find_overlay
+from serve.wire import MAX_BODY_BYTES
 
 log = logging.getLogger("ray.serve")
 
@@ -63,13 +65,26 @@ class CapabilityArgs(BaseModel):
     preflight: Literal["fail", "warn", "off"] = Field("fail", description="what to do when the graph does not fit the cluster")
     gpu_memory_gib: float | None = Field(None, gt=0, le=1024, description="GPU memory for deriving unset GPU fractions")
     max_pixels: int = Field(MAX_PIXELS, ge=64, le=1 << 28, description="largest image a request may send")
-    max_body_bytes: int = Field(64 << 20, ge=1024, le=1 << 31, description="largest request body")
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1024, le=1 << 31, description="largest request body")
     request_timeout_s: float = Field(60.0, gt=0, le=3600, description="answer 504 past this")
     ingress_replicas: int = Field(1, ge=1, le=1024)
     ingress_cpus: float = Field(0.25, gt=0, le=64)
     max_concurrency: int = Field(256, ge=1, le=100_000, description="requests one ingress replica holds at once")
+    max_queued_requests: int = Field(256, ge=1, le=100_000, description="requests Ray's HTTP proxy queues for the ingress "
+                                     "once every ingress replica holds max_concurrency; the next gets 503 with Retry-After")
     health_check_period_s: float = Field(10.0, gt=0, le=3600, description="how often Ray calls each replica's check_health")
+    stuck_after_s: float | None = Field(None, gt=0, le=86_400, description="a node replica whose batch runs longer than this "
+                                        "fails its health check and Ray replaces it (a hung node); default: max(3 x "
+                                        "request_timeout_s, request_timeout_s + 30)")
     livepeer: dict[str, Any] | None = Field(None, description="the Livepeer section; read from the graph file when `graph` is a path")
+
+    @model_validator(mode="after")
+    def _stuck_after_the_timeout(self) -> "CapabilityArgs":
+        """A batch still inside its deadline is not hung: replacing its replica would fail it."""
+        if self.stuck_after_s is not None and self.stuck_after_s < self.request_timeout_s:
+            raise ValueError(f"stuck_after_s ({self.stuck_after_s:g}) must be at least request_timeout_s "
+                             f"({self.request_timeout_s:g})")
+        return self
 
 
 class BuildRefused(RayServeException):
@@ -178,16 +193,22 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     # A redeploy starts the new replicas before it stops the old ones (surge), and an old
     # replica finishes what it holds before it goes: an update under load fails nothing.
     rollover = {"max_surge_percent": 100, "graceful_shutdown_timeout_s": args.request_timeout_s + 5.0}
+    stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
     for unit in compiled.units:
         options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s} | rollover
-        handles[unit.name] = serve.deployment(NodeGroup).options(**options).bind(compiled.plan, unit)
+        handles[unit.name] = serve.deployment(NodeGroup).options(**options).bind(compiled.plan, unit, stuck_after_s)
         log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
                  ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
                  "; ".join(unit.why))
     settings = Settings(max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
-                        request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args))
+                        request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args),
+                        health_check_period_s=args.health_check_period_s)
+    # Ray's proxy queues without bound by default: past `max_queued_requests` it answers
+    # 503 with Retry-After itself, as the ingress's own admission limit does.
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S)
     ingress = serve.deployment(Capability).options(
         name=INGRESS, num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_concurrency,
+        max_queued_requests=args.max_queued_requests, backpressure_config=backpressure,
         ray_actor_options={"num_cpus": args.ingress_cpus}, **rollover)
     return ingress.bind(compiled, handles, settings)
 

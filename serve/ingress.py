@@ -19,7 +19,11 @@ What a gateway can count on (tests/reliability proves each):
   instead of queueing without bound;
 - past `request_timeout_s` (or a caller's shorter `x-capgraph-timeout-s`) the answer is 504;
 - with a bearer token configured (the Livepeer section's `token_env`), every route but
-  `/health` and `/ready` needs it.
+  `/health` and `/ready` needs it;
+- a node that hangs is not left holding its replica: past `stuck_after_s` the replica
+  fails Ray's health check and Ray replaces it; /health turns 503 naming the node, and its
+  `replaced` object says which node's replica was replaced, why and when, for an hour
+  after (`serve.incidents` keeps that record, one per ingress replica).
 """
 
 import asyncio
@@ -35,13 +39,14 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from engine.errors import InputError
 from engine.executor import check_inputs
 from engine.values import MAX_PIXELS
 from serve import http
 from serve.compiler import Compiled
+from serve.incidents import RayStatus, Replacements, unusable
+from serve.wire import MAX_BODY_BYTES, read_job
 
 log = logging.getLogger("ray.serve")
 
@@ -49,20 +54,21 @@ READY = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
 """Ray deployment statuses in which every replica the deployment wants is running."""
 RETRY_AFTER_S = 1
 """What a retryable 503 (a replica died, the capability is full) tells the caller to wait."""
-MAX_FORM_PARTS = 64
-"""Most parts a multipart request may have: a graph has a handful of inputs."""
 
 
 @dataclass(frozen=True)
 class Settings:
     max_pixels: int = MAX_PIXELS
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int = MAX_BODY_BYTES
     request_timeout_s: float = 60.0
     livepeer: Mapping[str, Any] | None = None
     max_in_flight: int | None = None
     """Graph requests one ingress replica runs at once; the next one gets 503 with
     `Retry-After` at once. None: three quarters of the replica's `max_ongoing_requests`
     (`max_concurrency`), which keeps the last quarter free for /health and for refusing."""
+    health_check_period_s: float = 10.0
+    """How often Ray checks the node replicas: `watch` polls at least as often (5 s at
+    most), so it sees a hung replica report itself before Ray replaces it."""
 
 
 class NodeFault(RuntimeError):
@@ -81,6 +87,10 @@ class Capability:
         self.started = time.monotonic()
         self.healthy_since: float | None = None
         self._health_cache: tuple[float, bool, dict[str, Any]] | None = None
+        self._health_lock = asyncio.Lock()
+        """One refresh at a time: the incident record must see Ray's statuses in order."""
+        self.replacements = Replacements()
+        """Node replicas hung, broken or replaced of late: /health's `replaced`."""
         self.in_flight = 0
         """Graph requests running in this replica (counted in the event loop: no lock)."""
         try:
@@ -90,7 +100,7 @@ class Capability:
         except Exception:  # outside a replica (tests that build the app only)
             self.app_name, max_ongoing = "default", None
         self.max_in_flight = settings.max_in_flight or (max(1, max_ongoing * 3 // 4) if max_ongoing else None)
-        self.born_serving = any(running for name, (_, running) in self._ray_statuses().items() if name in handles)
+        self.born_serving = any(ray.running for name, ray in self._ray_statuses().items() if name in handles)
         """Whether node replicas were already running when this ingress started: it is a new
         version rolling out over a serving one, so a node without a warm replica is updating."""
 
@@ -172,16 +182,24 @@ class Capability:
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every unit's replicas have loaded and warmed their nodes (they report
-        it) and Ray has every replica it wants running. Cached for half a second."""
-        now = time.monotonic()
-        if self._health_cache and now - self._health_cache[0] < 0.5:
-            return self._health_cache[1], self._health_cache[2]
+        it) and Ray has every replica it wants running. Cached for half a second. Notes
+        replicas that are hung, broken or replaced on the way (`self.replacements`)."""
+        async with self._health_lock:  # a caller that waited finds the cache fresh
+            now = time.monotonic()
+            if self._health_cache and now - self._health_cache[0] < 0.5:
+                return self._health_cache[1], self._health_cache[2]
+            return await self._refresh_health(now)
+
+    async def _refresh_health(self, now: float) -> tuple[bool, dict[str, Any]]:
+        """Ask Ray and every unit afresh (under `_health_lock`)."""
         statuses = await asyncio.to_thread(self._ray_statuses)
         reports = await asyncio.gather(*(self._state(u.name, statuses.get(u.name)) for u in self.compiled.units))
         nodes: dict[str, Any] = {}
         ready = True
         for unit, report in zip(self.compiled.units, reports):
-            status = statuses.get(unit.name, (None, 0))[0]
+            ray = statuses.get(unit.name)
+            self.replacements.note(unit.name, unit.nodes, report, ray)
+            status = ray.status if ray else None
             for node_id in unit.nodes:
                 serving = _serving(report, node_id)
                 nodes[node_id] = _node_state(report, node_id, status, serving, self.healthy_since is not None or self.born_serving)
@@ -189,25 +207,29 @@ class Capability:
         self._health_cache = (now, ready, nodes)
         return ready, nodes
 
-    async def _state(self, unit: str, ray_status: tuple[str, int] | None) -> dict[str, Any] | None:
-        if ray_status is not None and ray_status[1] == 0:
+    async def _state(self, unit: str, ray_status: RayStatus | None) -> dict[str, Any] | None:
+        if ray_status is not None and ray_status.running == 0:
             return None  # no replica running: asking would wait for one
         try:
             return await asyncio.wait_for(self.handles[unit].state.remote(), 2.0)
         except Exception:  # no running replica yet, or it died: Ray's status says which
             return None
 
-    def _ray_statuses(self) -> dict[str, tuple[str, int]]:
-        """Ray's status of each deployment and how many of its replicas are running."""
+    def _ray_statuses(self) -> dict[str, RayStatus]:
+        """Ray's status of each deployment, how many of its replicas are running, and why."""
         try:
             app = serve.status().applications.get(self.app_name)
         except Exception:
             return {}
-        return {name: (_value(d.status), sum(n for s, n in d.replica_states.items() if _value(s) == "RUNNING"))
+        return {name: RayStatus(_value(d.status), sum(n for s, n in d.replica_states.items() if _value(s) == "RUNNING"),
+                                d.message or "")
                 for name, d in (app.deployments if app else {}).items()}
 
     async def watch(self) -> None:
-        """Log when the graph turns healthy, and every change after that."""
+        """Log when the graph turns healthy, and every change after that. Polls every
+        second while unhealthy, else every `health_check_period_s` (1 to 5 s): a hung
+        replica reports itself for at least two of Ray's check periods before Ray replaces
+        it, so the ingress sees which node it was even when no one asks /health."""
         was: bool | None = None
         while True:
             ready, nodes = await self.health()
@@ -220,7 +242,7 @@ class Capability:
                 elif was is not None:
                     log.warning("capgraph: capability '%s' is no longer healthy: %s", self.plan.capability, nodes)
                 was = ready
-            await asyncio.sleep(1.0 if not ready else 5.0)
+            await asyncio.sleep(1.0 if not ready else max(1.0, min(5.0, self.settings.health_check_period_s)))
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -247,7 +269,7 @@ class Capability:
             try:
                 with self.admitted():  # before the body is read: refusing costs next to nothing
                     deadline = _timeout(request)
-                    inputs, params = await self._parse(request)
+                    inputs, params = await read_job(request, plan, settings.max_pixels, settings.max_body_bytes)
                     outputs, timings, batches = await self.execute(inputs, params, deadline)
                     content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings)
             except InputError as exc:
@@ -268,21 +290,25 @@ class Capability:
         async def health() -> JSONResponse:
             ready, nodes = await self.health()
             updating = "updating" in nodes.values()
+            replaced = self.replacements.recent()
+            extra = {"replaced": replaced} if replaced else {}
             if ready:
-                return JSONResponse({"status": "updating" if updating else "ok", "nodes": nodes})
+                return JSONResponse({"status": "updating" if updating else "ok", "nodes": nodes} | extra)
             if updating:
                 status = "updating"
             elif self.healthy_since is not None or {"unhealthy", "failed"} & set(nodes.values()):
                 status = "unhealthy"
             else:
                 status = "loading"
-            return JSONResponse({"status": status, "nodes": nodes}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+            return JSONResponse({"status": status, "nodes": nodes} | extra, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
 
         livepeer_paths: set[str] = set()
         if livepeer is not None:
             from serve.livepeer.routes import BearerAuth, make_router
 
-            router = make_router(plan, self.run, self.is_ready, livepeer)
+            router = make_router(plan, self.run, self.is_ready, livepeer, max_pixels=settings.max_pixels,
+                                 max_body_bytes=settings.max_body_bytes)
             livepeer_paths = {r.path for r in router.routes if hasattr(r, "path")}
             app.include_router(router)
             token = livepeer.token()
@@ -290,32 +316,6 @@ class Capability:
                 app.add_middleware(BearerAuth, token=token)
         _json_errors(app, livepeer_paths)
         return app
-
-    async def _parse(self, request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in ("", "application/json", "multipart/form-data") and not media.endswith("+json"):
-            raise InputError("headers.content-type", f"'{media[:60]}' is not a body this route reads; "
-                             "send application/json or multipart/form-data", 415)
-        raw = await self._body(request)
-        if media == "multipart/form-data":
-            fields = await _form(request, raw, self.settings.max_body_bytes)
-            return await asyncio.to_thread(http.parse_form, self.plan, fields, self.settings.max_pixels)
-        return await asyncio.to_thread(http.parse_json_body, self.plan, raw, self.settings.max_pixels)
-
-    async def _body(self, request: Request) -> bytes:
-        """The body, refused with 413 as soon as it passes `max_body_bytes`, whether or not
-        it said its length (a chunked upload is cut off, not buffered whole)."""
-        limit = self.settings.max_body_bytes
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limit:
-            raise InputError("body", f"request of {int(size):,} bytes is over the limit of {limit:,}", 413)
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise InputError("body", f"request of more than {limit:,} bytes is over the limit", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 TIMEOUT_HEADER = "x-capgraph-timeout-s"
@@ -332,30 +332,6 @@ def _timeout(request: Request) -> float | None:
     if seconds is not None and not 0 < seconds < 1e6:
         raise InputError(f"headers.{TIMEOUT_HEADER}", "must be a positive number of seconds", 400)
     return seconds
-
-
-async def _form(request: Request, raw: bytes, max_part_bytes: int) -> dict[str, Any]:
-    """A multipart body already read -> {name: bytes for a file part, str for a text part}."""
-
-    async def once() -> Any:
-        yield raw
-
-    try:
-        form = await MultiPartParser(request.headers, once(), max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS,
-                                     max_part_size=max_part_bytes).parse()
-    except MultiPartException as exc:
-        raise InputError("body", f"not a valid multipart form ({exc.message})", 400) from None
-    fields: dict[str, Any] = {}
-    try:
-        for name, value in form.multi_items():
-            if not name:
-                raise InputError("body", "a multipart part has no name; name each part after the input it carries", 400)
-            if name in fields:
-                raise InputError("params" if name == "params" else f"inputs.{name}", "sent more than once", 400)
-            fields[name] = await value.read() if hasattr(value, "read") else value
-    finally:
-        await form.close()
-    return fields
 
 
 def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
@@ -392,7 +368,7 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
 def _serving(report: Mapping[str, Any] | None, node_id: str) -> bool:
     """Whether a running replica says it has the node loaded and warm."""
     node = (report or {}).get("nodes", {}).get(node_id)
-    return bool(node and node.get("loaded") and node.get("warm") and not (report or {}).get("fatal"))
+    return bool(node and node.get("loaded") and node.get("warm") and not unusable(report))
 
 
 def _node_state(report: Mapping[str, Any] | None, node_id: str, ray_status: str | None, serving: bool, was_healthy: bool) -> str:
@@ -401,7 +377,7 @@ def _node_state(report: Mapping[str, Any] | None, node_id: str, ray_status: str 
     one replica of either version is warm."""
     if ray_status == "DEPLOY_FAILED":
         return "failed"
-    if ray_status == "UNHEALTHY" or (report and report.get("fatal")):
+    if ray_status == "UNHEALTHY" or unusable(report):
         return "unhealthy"
     if ray_status == "UPDATING" and (serving or was_healthy):
         return "updating"

@@ -16,6 +16,13 @@ What crosses the replica boundary is plain data (numpy arrays, pydantic params, 
 A call returns `{"values": {"node.port": value}, "meta": {node_id: {...}}}`, or
 `{"error": {...}}` for a frame that failed, which downstream units pass on untouched, so
 one bad frame never fails the other frames of its batch.
+
+A node that hangs cannot be stopped: its worker thread holds the batch, and every frame
+routed to the replica later waits behind it, long after the ingress answered 504. So the
+replica records when its running batch started and which node runs it; once the batch has
+run `stuck_after_s` (far past the request timeout, see `stuck_after`) `check_health`
+raises, Ray replaces the replica (the hung thread dies with the process), and `state()`
+says so meanwhile, so /health names the node before Ray acts.
 """
 
 import asyncio
@@ -40,6 +47,8 @@ log = logging.getLogger("ray.serve")
 FATAL_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cudaErrorLaunchFailure", "NCCL error")
 """Errors after which the process's GPU context is unusable: `check_health` then fails and
 Ray replaces the replica."""
+STUCK_FACTOR, STUCK_MARGIN_S = 3.0, 30.0
+"""A batch is stuck past max(3 x request_timeout_s, request_timeout_s + 30 s): see `stuck_after`."""
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -104,14 +113,31 @@ class Batcher:
                     f.done.set_result(result)
 
 
-class NodeGroup:
-    """Runs the nodes of one unit; the ingress calls it once per frame."""
+def stuck_after(request_timeout_s: float) -> float:
+    """How long one batch may run before its replica counts as hung: max(3 x the request
+    timeout, the timeout + 30 s). Every caller of a batch that long has had its 504
+    already, so its result is of no use; the margin keeps a short timeout (a 2 s one would
+    give 6 s) from replacing a replica over a pause that ends by itself (a swapped-in
+    process, a first-time kernel compile), since a replacement costs a model load."""
+    return max(STUCK_FACTOR * request_timeout_s, request_timeout_s + STUCK_MARGIN_S)
 
-    def __init__(self, plan: Plan, unit: Unit):
+
+class NodeGroup:
+    """Runs the nodes of one unit; the ingress calls it once per frame.
+
+    `stuck_after_s`: a batch running longer than this fails `check_health` (None: never)."""
+
+    def __init__(self, plan: Plan, unit: Unit, stuck_after_s: float | None = None):
         self.plan, self.unit = plan, unit
         self.device, self.dtype = _device(unit)
         self.capability = plan.capability
         self.fatal: str | None = None
+        self.stuck_after_s = stuck_after_s
+        self.batch_started: float | None = None
+        """`time.monotonic()` when the batch now in the worker thread started (None: idle)."""
+        self.running_node: str | None = None
+        """The node that batch is in; written by the worker thread, read by the event loop."""
+        self._stuck_logged = False
         self.report: dict[str, dict[str, Any]] = {}
         started = time.perf_counter()
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
@@ -166,7 +192,11 @@ class NodeGroup:
     async def _forward(self, frames: list[_Frame]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         self.queue_length.set(self.queued)
-        results = await asyncio.to_thread(self._run_isolated, frames)
+        self.batch_started, self._stuck_logged = time.monotonic(), False
+        try:
+            results = await asyncio.to_thread(self._run_isolated, frames)
+        finally:
+            self.batch_started = self.running_node = None
         for frame, result in zip(frames, results):
             if "meta" in result:
                 first = result["meta"][self.unit.nodes[0]]
@@ -193,6 +223,7 @@ class NodeGroup:
             batch = [{port: values[i][str(src)] for port, src in planned.inputs.items()} for i in range(count)]
             params = [f.params[node_id] for f in frames]
             step = chunks.get(node_id, count)
+            self.running_node = node_id
             start = time.perf_counter()
             try:
                 out = [o for i in range(0, count, step) for o in self.nodes[node_id].run_batch(batch[i : i + step], params[i : i + step])]
@@ -223,14 +254,36 @@ class NodeGroup:
         log.error("capgraph: %s", text)
         return {"error": {"status": 500, "node": node_id, "msg": text}}
 
+    def stuck(self) -> dict[str, Any] | None:
+        """The running batch, when it has run past `stuck_after_s`: the node it is in, for
+        how long, and the limit. None while no batch runs that long."""
+        started, node_id = self.batch_started, self.running_node  # the worker thread may clear them meanwhile
+        if started is None or self.stuck_after_s is None:
+            return None
+        running_s = time.monotonic() - started
+        if running_s <= self.stuck_after_s:
+            return None
+        return {"node": node_id or self.unit.nodes[0], "running_s": round(running_s, 1), "limit_s": self.stuck_after_s}
+
     def state(self) -> dict[str, Any]:
-        """What this replica reports to the ingress's /health: every node loaded and warm."""
-        return {"unit": self.unit.name, "nodes": self.report, "queued": self.queued, "fatal": self.fatal, "pid": os.getpid()}
+        """What this replica reports to the ingress's /health: every node loaded and warm,
+        and whether it is unusable (`fatal`: a device error; `stuck`: a hung batch)."""
+        return {"unit": self.unit.name, "nodes": self.report, "queued": self.queued, "fatal": self.fatal, "stuck": self.stuck(),
+                "pid": os.getpid()}
 
     def check_health(self) -> None:
-        """Called by Ray every `health_check_period_s`; raising makes Ray replace us."""
+        """Called by Ray every `health_check_period_s`; raising makes Ray replace us (after
+        3 failures in a row). A hung batch cannot be interrupted, only its process ended."""
         if self.fatal:
             raise RuntimeError(f"unit '{self.unit.name}' hit an unrecoverable device error: {self.fatal}")
+        stuck = self.stuck()
+        if stuck:
+            message = (f"unit '{self.unit.name}': node '{stuck['node']}' has run one batch for {stuck['running_s']:.1f} s, "
+                       f"past the {stuck['limit_s']:g} s limit; it is hung and this replica must be replaced")
+            if not self._stuck_logged:  # Ray logs every failed check; say it in our words once
+                log.error("capgraph: %s", message)
+                self._stuck_logged = True
+            raise RuntimeError(message)
 
 
 def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]]) -> dict[str, Node]:

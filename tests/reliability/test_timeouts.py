@@ -1,15 +1,23 @@
 """A node that hangs (the test-only `sleepy` family asked to sleep past the timeout) makes
 its requests answer 504 at the configured `request_timeout_s` (2 s here) or at the caller's
 shorter deadline, never later; the ingress stays responsive meanwhile, the node's other
-replica keeps serving, and once the hang ends every request succeeds again."""
+replica keeps serving, and once the hang ends every request succeeds again.
+
+A node that hangs far past its deadline (`stuck_after_s`) no longer holds its replica for
+ever: the replica fails Ray's health check, Ray replaces it (its process ends, the hung
+thread with it), /health names the node meanwhile and after, and the capability serves
+again long before the hang would have ended."""
 
 import asyncio
+import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.reliability.support import frame, png_b64, wait_health
+from tests.reliability.support import deploy, frame, nap_graph, png_b64, wait_health
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +79,86 @@ def test_every_request_succeeds_once_the_hang_is_over(nap):
     assert all(s == 200 and t < 2 for s, t, _ in answers), answers
     longer = httpx.post(nap + "/v1/nap", json=body(3.0), headers={"x-capgraph-timeout-s": "9999"}, timeout=30)
     assert longer.status_code == 504  # a caller's longer deadline never extends request_timeout_s
+
+
+STUCK_S = 3.0
+"""`stuck_after_s` of the `stuck` app: a batch running longer fails the health check."""
+FOREVER_S = 60.0
+"""How long the hung request's batch would sleep if nobody ended it."""
+
+
+def test_a_replica_hung_past_stuck_after_is_replaced_and_health_names_the_node(cluster):
+    from ray import serve
+
+    # Its own app (one replica, 1 s timeout, Ray checking every second), so the `nap` tests
+    # above keep their replicas.
+    deploy("stuck", "/stuck", nap_graph(capability="stuck"), request_timeout_s=1.0, stuck_after_s=STUCK_S,
+           health_check_period_s=1.0)
+    url = cluster.url + "/stuck"
+    try:
+        wait_health(url, 60)
+        node = serve.get_deployment_handle("nap", app_name="stuck")
+        old_pid = node.state.remote().result(timeout_s=30)["pid"]
+        start = time.monotonic()
+        hung = httpx.post(url + "/v1/stuck", json=body(FOREVER_S), timeout=30)
+        answered = time.monotonic() - start
+        assert hung.status_code == 504 and answered < 2.5, (hung.status_code, answered, hung.text)
+
+        def names_it(answer: dict[str, Any]) -> bool:
+            return answer["nodes"]["nap"] == "unhealthy" and "nap" in answer.get("replaced", {})
+
+        unhealthy, at = health_until(url, names_it, 30, start)
+        assert unhealthy["status"] == "unhealthy", unhealthy
+        back, back_at = health_until(url, lambda b: b["status"] == "ok", 60, start)
+        new_pid = node.state.remote().result(timeout_s=30)["pid"]
+        assert new_pid != old_pid
+        served = httpx.post(url + "/v1/stuck", json=body(), timeout=30)
+        served_at = time.monotonic() - start
+        assert served.status_code == 200, served.text
+        assert served_at < FOREVER_S - 15, served_at  # the hung batch still had this long to sleep
+        assert gone(old_pid, 10), f"the hung replica's process {old_pid} is still alive"
+
+        why = back["replaced"]["nap"]
+        assert f"past the {STUCK_S:g} s limit" in why and "Ray replaced its replica at" in why, back
+        later = httpx.get(url + "/health", timeout=10).json()
+        assert later["status"] == "ok" and later["replaced"]["nap"] == why  # still there for an operator
+        print(f"\nhung request: 504 after {answered:.2f}s; /health unhealthy naming 'nap' at {at:.1f}s, 200 again at "
+              f"{back_at:.1f}s, a request served at {served_at:.1f}s (the hang would have ended at {FOREVER_S:g}s); "
+              f"pid {old_pid} -> {new_pid}; replaced: {why!r}")
+    finally:
+        serve.delete("stuck")
+
+
+def health_until(url: str, wanted: Callable[[dict[str, Any]], bool], timeout_s: float,
+                 since: float | None = None) -> tuple[dict[str, Any], float]:
+    """Poll /health until its body is `wanted`; the body and when (seconds after `since`)."""
+    since = time.monotonic() if since is None else since
+    deadline = time.monotonic() + timeout_s
+    seen: list[tuple[int, str]] = []
+    while time.monotonic() < deadline:
+        try:
+            reply = httpx.get(url + "/health", timeout=5)
+            answer = reply.json()
+        except (httpx.HTTPError, ValueError):
+            answer = None
+        if answer is not None:
+            if wanted(answer):
+                return answer, time.monotonic() - since
+            if not seen or seen[-1] != (reply.status_code, answer.get("status")):
+                seen.append((reply.status_code, answer.get("status")))
+        time.sleep(0.25)
+    raise AssertionError(f"{url}/health never answered as wanted within {timeout_s:g}s; saw {seen}")
+
+
+def gone(pid: int, timeout_s: float) -> bool:
+    """Whether process `pid` (a replica on this machine) has ended within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                return True  # ended, not yet reaped
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.2)
+    return False
