@@ -1,12 +1,15 @@
 """The Livepeer routes inside the real Ray Serve ingress (`capgraph serve`), end to end:
 the graph is served in a subprocess with its own local Ray cluster, next to a fake
 orchestrator. Registration waits for warm-up, a BYOC job goes through the orchestrator,
-and stopping the service unregisters it."""
+and stopping the service (Ctrl-C, or SIGTERM as Docker and Kubernetes send it) unregisters
+it, stops its Ray and leaves no process behind."""
 
 import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -15,20 +18,27 @@ import pytest
 from tests.livepeer.lp_support import EDGES, ORCH_SECRET, TOKEN, data_url, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+MARK = "CAPGRAPH_TEST_MARK"  # in the service's environment, which every descendant inherits (but see `_ours`)
+STOP_BOUND_S = 90.0  # generous: draining and stopping Ray take ~5-15 s, more on a loaded machine
+STRAGGLERS_S = 10.0  # processes already told to stop may take a moment to go
 
 
 @pytest.mark.slow
-def test_served_on_ray_registers_when_warm_answers_jobs_and_unregisters(orchestrator, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orchestrator, tmp_path, stop):
     port = free_port()
+    mark = uuid.uuid4().hex
     env = dict(os.environ, LIVEPEER_ORCH_SECRET=ORCH_SECRET, CAPGRAPH_AUTH_TOKEN=TOKEN, RAY_ADDRESS="local",
                CAPGRAPH_LIVEPEER__URL=f"http://127.0.0.1:{port}", CAPGRAPH_LIVEPEER__BYOC__ORCHESTRATOR=orchestrator.url,
-               CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR=orchestrator.url, CAPGRAPH_LIVEPEER__PROBE_S="0.5")
+               CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR=orchestrator.url, CAPGRAPH_LIVEPEER__PROBE_S="0.5", **{MARK: mark})
     code = (f"from serve.run import serve_graph; raise SystemExit(serve_graph({str(EDGES)!r}, host='127.0.0.1', "
             f"port={port}, fuse='all', options={{'ingress_cpus': 0.1}}))")
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         service = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
+    stopped_in = None
+    left: list[str] = []
     try:
         seen = []
 
@@ -50,12 +60,83 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_unregisters(orchestr
         assert set(answer.json()["outputs"]) == {"image", "edges"}
         refused = httpx.post(f"http://127.0.0.1:{port}/edges-live", json={"inputs": {"image": data_url()}})
         assert refused.status_code == 401
+        # /ready can answer before serve.run returns in the service: stop it once it is serving (exit 0), not
+        # while it still deploys (exit 128 + the signal).
+        wait_for(lambda: "is healthy after" in log.read_text(), timeout=60)
+        # The scan below sees Ray's own processes, the agents the issue found orphaned included: "nothing left" means it.
+        running = _ours(service.pid, mark)
+        assert any(cmdline.startswith("ray::RuntimeEnvAgent") for cmdline in running.values()), running
+        assert any(cmdline.startswith("ray::ServeReplica") for cmdline in running.values()), running
     finally:
-        os.killpg(service.pid, signal.SIGINT)  # what Ctrl-C does: Serve shuts down, the lifespan unregisters
+        started = time.monotonic()
+        _send(service.pid, stop)
         try:
-            service.wait(90)
+            service.wait(STOP_BOUND_S)
+            stopped_in = time.monotonic() - started
         except subprocess.TimeoutExpired:
             os.killpg(service.pid, signal.SIGKILL)
             service.wait(30)
-    assert orchestrator.state.unregistrations == ["edges-live"], log.read_text()[-3000:]
+        left = _left_behind(service.pid, mark)
+        _kill_ours(service.pid, mark)  # whatever the outcome: a failing run must not leak Ray processes into the rest of the suite
+    text = log.read_text()
+    tail = text[-3000:]
+    assert stopped_in is not None, f"still running {STOP_BOUND_S:g} s after {stop.name}\n{tail}"
+    assert not left, f"left behind after {stop.name}: {left}\n{tail}"
+    assert service.returncode == 0, tail
+    assert orchestrator.state.unregistrations == ["edges-live"], tail
     assert len(orchestrator.state.runner_unregistrations) == 1
+    assert "shutting down: draining, unregistering, stopping the local Ray" in text, tail
+
+
+def _send(pid: int, stop: signal.Signals) -> None:
+    """Ctrl-C goes to the terminal's foreground process group; Docker and Kubernetes send
+    SIGTERM to the main process alone."""
+    if stop == signal.SIGINT:
+        os.killpg(pid, signal.SIGINT)
+    else:
+        os.kill(pid, signal.SIGTERM)
+
+
+def _ours(service: int, mark: str) -> dict[int, str]:
+    """pid -> command line of each live process the service started, however deep: its
+    environment holds `mark`, or it is in the service's session (`start_new_session`) with
+    its environment overwritten.
+
+    Ray's agents retitle themselves over their environment (`/proc/PID/environ` of
+    `ray::DashboardAgent` starts with zeros where the mark may have been), so the mark alone
+    misses them; the session alone would miss a process that left it (setsid), and could
+    take in strangers once the service's pid is reused. Zombies are left out: they are
+    gone but for an exit status.
+    """
+    needle = f"{MARK}={mark}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+            environ = (entry / "environ").read_bytes()
+            overwritten = environ[:1] in (b"", b"\0")  # an environment never starts with an empty entry
+            if state == "Z" or not (needle in environ.split(b"\0") or (int(session) == service and overwritten)):
+                continue
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+def _left_behind(service: int, mark: str) -> list[str]:
+    """The service's processes still running after a grace for stragglers, as 'pid cmdline'."""
+    deadline = time.monotonic() + STRAGGLERS_S
+    while (found := _ours(service, mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [f"{pid} {cmdline}" for pid, cmdline in found.items()]
+
+
+def _kill_ours(service: int, mark: str) -> None:
+    for pid in _ours(service, mark):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
