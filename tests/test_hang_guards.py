@@ -60,3 +60,13 @@ def test_a_run_that_hangs_outside_any_test_is_stopped_and_says_where(tmp_path: P
     assert "tests done" in run.stdout and "still running after 3s" in run.stdout
     assert "submit" in run.stdout and "left-behind" in run.stdout, run.stdout[-3000:]  # py-spy's stacks
     assert took < 60
+
+
+@pytest.mark.skipif(not (ROOT / ".ci" / "bounded").exists(), reason="needs the repository's .ci folder")
+def test_a_bounded_run_keeps_ctrl_c(tmp_path: Path):
+    """bash starts a background command with SIGINT ignored, and every process under it
+    would inherit that: tests that stop a `serve run` with Ctrl-C then wait for ever."""
+    probe = "import signal; print('ctrl-c:', signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "bounded"), "60", sys.executable, "-c", probe],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ctrl-c: True" in run.stdout, run.stdout + run.stderr
