@@ -1,8 +1,9 @@
 """Real servers on 127.0.0.1 for the Livepeer tests: the graph service (in-process executor
-behind `make_router`) and a fake orchestrator that behaves as go-livepeer does (see
-../shared/notes/livepeer-contract.md): it checks the secret, keeps registrations in memory,
-forwards `/process/request/{sub}` jobs with only the headers go-livepeer forwards, drops a
-capability on a connection error or a 401, and runs the Live Runner heartbeat registry.
+behind `make_router`) and a fake orchestrator that behaves as go-livepeer does (its
+`byoc/job_orchestrator.go` and `ai/runner/live_runner.go`, in
+https://github.com/livepeer/go-livepeer): it checks the secret, keeps registrations in
+memory, forwards `/process/request/{sub}` jobs with only the headers go-livepeer forwards,
+drops a capability on a connection error or a 401, and runs the Live Runner heartbeat registry.
 """
 
 import base64
