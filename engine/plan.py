@@ -63,30 +63,39 @@ class Plan:
         return self.nodes[src.node].family.outputs[src.port].type
 
     def request_params(self) -> dict[str, tuple[str, str]]:
-        """`node.param` names a request may set, mapped to (node id, param name)."""
-        return {
+        """Names a request may set, mapped to (node id, param name): the graph's own names
+        (its `params:` section) first, then every `node.param` its families allow."""
+        aliases = {name: _split(target) for name, target in self.spec.params.items()}
+        return aliases | {
             f"{node.id}.{name}": (node.id, name)
             for node in self.nodes.values()
             for name in sorted(node.family.request_params)
         }
 
     def params_for(self, overrides: Mapping[str, Any] | None) -> dict[str, NodeParams]:
-        """Each node's params with a request's `{"node.param": value}` overrides applied.
+        """Each node's params with a request's overrides applied, by the graph's own names
+        (`{"seed": 7}`) or as `{"node.param": value}`.
 
-        Raises InputError naming the param for anything the graph does not let a request
-        set (a model id, a device, an unknown name) or a value out of bounds.
+        Raises InputError naming the param as the request sent it for anything the graph
+        does not let a request set (a model id, a device, an unknown name), a param set
+        twice under two names, or a value out of bounds.
         """
         params = {node_id: node.params for node_id, node in self.nodes.items()}
         if not overrides:
             return params
         allowed = self.request_params()
         changes: dict[str, dict[str, Any]] = {}
+        sent_as: dict[tuple[str, str], str] = {}
         for key, value in overrides.items():
             if key not in allowed:
                 raise InputError(f"params.{key}", _not_settable(key, allowed, self.nodes))
             if isinstance(value, float) and not math.isfinite(value):
                 raise InputError(f"params.{key}", "must be a finite number")
             node_id, name = allowed[key]
+            if (node_id, name) in sent_as:
+                raise InputError(f"params.{key}", f"sets {node_id}.{name}, which this request already sets as "
+                                 f"'{sent_as[node_id, name]}'; send one of them")
+            sent_as[node_id, name] = key
             changes.setdefault(node_id, {})[name] = value
         for node_id, values in changes.items():
             base = self.nodes[node_id].params
@@ -96,9 +105,15 @@ class Plan:
                 first = exc.errors()[0]
                 # a cross-field rule has no location: name the request's param its message is about
                 loc = [str(p) for p in first["loc"]] or [n for n in values if n in first["msg"]][:1]
-                field = ".".join(["params", node_id, *loc])
+                key = sent_as.get((node_id, loc[0])) if loc else None
+                field = f"params.{key}" if key else ".".join(["params", node_id, *loc])
                 raise InputError(field, first["msg"]) from None
         return params
+
+
+def _split(target: str) -> tuple[str, str]:
+    node_id, _, name = target.partition(".")
+    return node_id, name
 
 
 def _not_settable(key: str, allowed: Mapping[str, Any], nodes: Mapping[str, PlannedNode]) -> str:

@@ -18,6 +18,8 @@ One YAML file is one graph and one capability:
         inputs: {image: fit.image}      # node.port is another node's output
     outputs:
       edges: edges.edges
+    params:                             # optional: what a request may set, by a name of the graph's own
+      low: edges.low_threshold          # -> {"params": {"low": 50}}; the node.param form works too
 
 `resources`, `batch`, `replicas` and `group` on a node are read by the Ray Serve
 compiler. Ray Serve's own top-level keys (`applications:` and friends) are allowed beside
@@ -25,9 +27,9 @@ the graph so that the same file is a `serve run` config.
 """
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from engine.types import PortType
 
@@ -115,6 +117,9 @@ class GraphSpec(_Strict):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
     outputs: dict[str, str]
+    params: dict[Annotated[str, StringConstraints(pattern=IDENT)], str] = Field(
+        default_factory=dict, description="request params by a name of the graph's own -> the node.param it sets "
+                                          "(one the node's family lets a request set), e.g. {seed: generate.seed}")
 
     def sections(self) -> dict[str, Any]:
         """The graph as plain data (what a Serve builder gets in its args)."""

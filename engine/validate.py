@@ -228,7 +228,38 @@ class _Validator:
                 outputs[name] = src
         if not spec.outputs and "outputs" in (self.tree or {}):
             self.report("no_outputs", "the graph declares no outputs; a capability must answer something.", ("outputs",))
+        self.resolve_params(spec, planned)
         return planned, outputs, graph
+
+    def resolve_params(self, spec: GraphSpec, planned: Mapping[str, PlannedNode]) -> None:
+        """Each graph-level request param names a node param its family lets a request set."""
+        for name, target in spec.params.items():
+            at = ("params", name)
+            if name in spec.inputs:
+                self.report("duplicate", f"'{name}' is both a graph input and a graph param; a route mapping could not "
+                            "tell them apart.", at)
+            parsed = parse_reference(target)
+            if parsed is None or parsed[0] is None:
+                self.report("bad_reference", f"param '{name}': '{target}' is not a 'node.param' reference.", at,
+                            hint="Name the node and its param, e.g. 'generate.seed'.")
+                continue
+            node_id, param = parsed
+            if node_id in self.broken or "*nodes" in self.broken:
+                continue  # the node is reported already
+            if node_id not in spec.nodes:
+                self.report("bad_reference", f"param '{name}': no node named '{node_id}'.", at,
+                            hint=did_you_mean(node_id, spec.nodes, allowed_label="Nodes"))
+                continue
+            node = planned.get(node_id)
+            if node is None:
+                continue  # its type or params are reported already
+            settable = sorted(node.family.request_params)
+            if param not in node.family.Params.model_fields:
+                self.report("bad_reference", f"param '{name}': node '{node_id}' ({node.family.type}) has no param '{param}'.", at,
+                            node=node_id, hint=did_you_mean(param, settable, allowed_label=f"Settable params of {node.family.type}"))
+            elif param not in node.family.request_params:
+                self.report("fixed_param", f"param '{name}': '{target}' is fixed by the graph; a request may not set it "
+                            f"(a {node.family.type} node lets a request set {', '.join(settable) or 'nothing'}).", at, node=node_id)
 
     def resolve_ref(self, ref: str, spec: GraphSpec, families: Mapping[str, Any], at: tuple[Any, ...], what: str,
                     node_id: str | None, port_name: str | None) -> Source | None:

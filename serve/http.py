@@ -206,7 +206,7 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None
             raise InputError(f"params.{key}", f"expected {' or '.join(sorted(allowed))}, got {kind}{hint}")
     resolved = plan.params_for(params)
     for node_id, node_params in resolved.items():
-        asked = {f"{node_id}.width", f"{node_id}.height"} & params.keys()
+        asked = {key for key in params if settable.get(key) in ((node_id, "width"), (node_id, "height"))}
         width, height = getattr(node_params, "width", None), getattr(node_params, "height", None)
         if not asked or not isinstance(width or height, int):
             continue
@@ -390,6 +390,8 @@ def schema(plan: Plan) -> dict[str, Any]:
         node = plan.nodes[node_id]
         prop = dict(_param_schemas(node.family.Params).get(name, {}))
         prop["default"] = _plain(getattr(node.params, name))
+        if key != f"{node_id}.{name}":  # the graph's own name for it
+            prop["description"] = f"sets {node_id}.{name}" + (f": {prop['description']}" if prop.get("description") else "")
         params[key] = prop
     outputs = {}
     for name in plan.outputs:
@@ -415,7 +417,7 @@ def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
         "properties": {
             "inputs": {"type": "object", "additionalProperties": False, "required": required, "properties": inputs},
             "params": {"type": "object", "additionalProperties": False, "properties": params,
-                       "description": "per-request params as 'node.param': value"},
+                       "description": "per-request params, by the graph's own names or as 'node.param': value"},
         },
     }
     form = {name: {"type": "string", "format": "binary"} if spec.type in IMAGE_LIKE or spec.type is PortType.BYTES

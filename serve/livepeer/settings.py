@@ -6,7 +6,7 @@
       capacity: 2                     # in-flight jobs; one more gets 503 {"detail":{"msg":"busy"}}
       byoc: {orchestrator: "https://orch:8935", price_per_unit: 0}
       runner: {orchestrator: "https://orch:8935", app: myorg/depth-live, price: 0.01}
-      routes:                         # ai-runner routes: request field -> graph input or node.param
+      routes:                         # ai-runner routes: request field -> graph input, graph param or node.param
         image-to-image: {image: image, prompt: sdxl.prompt, strength: sdxl.strength, images: image}
       live: {input: image, output: depth_image, params: {prompt: sdxl.prompt}}
 
@@ -111,7 +111,7 @@ class LiveSettings(_Strict):
 
     input: str = Field(description="graph input (Image) each video frame goes to")
     output: str = Field(description="graph output (Image, DepthMap or Mask) published as the frame")
-    params: dict[str, str] = Field(default_factory=dict, description="stream param name -> graph input or node.param")
+    params: dict[str, str] = Field(default_factory=dict, description="stream param name -> graph input, graph param or node.param")
     max_batch: int = Field(4, ge=1, le=64, description="most frames run together when they arrive together")
 
 
@@ -299,12 +299,12 @@ def _check_target(where: str, target: str, types: set[PortType], plan: Plan, *, 
         if inputs[target].type not in types:
             return [f"{where}: graph input '{target}' is {inputs[target].type.title}; this field needs {_titles(types)}."]
         return []
-    if "." in target and allow_params:
-        if target not in plan.request_params():
-            settable = ", ".join(plan.request_params()) or "(none)"
-            return [f"{where}: '{target}' is not a param a request may set; settable: {settable}."]
+    if allow_params and target in plan.request_params():  # a graph-level param or a settable node.param
         return []
-    kinds = "a graph input or a settable node.param" if allow_params else "a graph input"
+    if "." in target and allow_params:
+        settable = ", ".join(plan.request_params()) or "(none)"
+        return [f"{where}: '{target}' is not a param a request may set; settable: {settable}."]
+    kinds = "a graph input, a graph param or a settable node.param" if allow_params else "a graph input"
     return [f"{where}: '{target}' is not {kinds}; inputs are {', '.join(inputs) or '(none)'}."]
 
 
