@@ -5,28 +5,16 @@ measured against. Each node is built and loaded once; a batch of frames goes thr
 nodes in topological order, every node called once per batch.
 """
 
-import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import InputError
 from engine.node import Node, NodeParams
-from engine.plan import Plan, PlannedNode
+from engine.plan import Plan
+from engine.runloop import NodeFailed, load_nodes, release_schedule, run_nodes
 from engine.values import coerce
-
-log = logging.getLogger("capgraph")
-
-
-class NodeFailed(RuntimeError):
-    """A node raised while running: names the node, its family and what it was given."""
-
-    def __init__(self, node: PlannedNode, batch: Sequence[Mapping[str, Any]], cause: BaseException):
-        shapes = ", ".join(f"{k}={_shape(v)}" for k, v in (batch[0].items() if batch else ()))
-        super().__init__(f"node '{node.id}' ({node.family.type}) failed on a batch of {len(batch)} [{shapes}]: {type(cause).__name__}: {cause}")
-        self.node_id = node.id
 
 
 @dataclass(frozen=True)
@@ -73,21 +61,16 @@ class Executor:
         self.dtype = dtype or (auto_dtype if device is None else ("float16" if self.device.startswith("cuda") else "float32"))
         self.nodes: dict[str, Node] = {}
         self.load_s: dict[str, float] = {}
-        self.release_after = _release_schedule(plan)
+        self.release_after = release_schedule(plan)
 
     def load(self, warmup: bool = True) -> dict[str, float]:
-        """Build, load and warm every node once. Returns seconds per node."""
-        for node_id, planned in self.plan.nodes.items():
-            if node_id in self.nodes:
-                continue
-            start = time.perf_counter()
-            node = planned.build()
-            node.load(self.device, self.dtype)
-            if warmup:
-                node.warmup()
-            self.nodes[node_id] = node
-            self.load_s[node_id] = time.perf_counter() - start
-            log.info("loaded %s (%s) in %.2fs, %d bytes of weights", node_id, planned.family.type, self.load_s[node_id], node.weight_bytes)
+        """Build, load and warm every node once (in parallel). Returns seconds per node."""
+        missing = [node_id for node_id in self.plan.nodes if node_id not in self.nodes]
+        report: dict[str, dict[str, Any]] = {}
+        self.nodes.update(load_nodes(self.plan, missing, self.device, self.dtype, report, warmup))
+        self.nodes = {node_id: self.nodes[node_id] for node_id in self.plan.nodes}  # plan order
+        for node_id, entry in report.items():
+            self.load_s[node_id] = entry["load_s"] + entry["warmup_s"]
         return self.load_s
 
     def run(self, frames: Sequence[Mapping[str, Any]], params: Mapping[str, Any] | None = None) -> RunResult:
@@ -103,52 +86,7 @@ class Executor:
 
     def run_checked(self, frames: Sequence[Mapping[str, Any]], params: Sequence[Mapping[str, NodeParams]]) -> RunResult:
         """The hot loop: frames already checked, per-frame params already resolved."""
-        results: dict[str, list[dict[str, Any]]] = {}
-        timings: dict[str, float] = {}
-        count = len(frames)
-        for node_id, planned in self.plan.nodes.items():
-            wires = planned.inputs.items()
-            batch = [
-                {port: (frames[i][src.port] if src.node is None else results[src.node][i][src.port]) for port, src in wires}
-                for i in range(count)
-            ]
-            start = time.perf_counter()
-            try:
-                out = self.nodes[node_id].run_batch(batch, [p[node_id] for p in params])
-            except InputError:
-                raise
-            except Exception as exc:
-                raise NodeFailed(planned, batch, exc) from exc
-            timings[node_id] = (time.perf_counter() - start) * 1000.0
-            if len(out) != count:
-                raise NodeFailed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
-            results[node_id] = out
-            for done in self.release_after[node_id]:  # frames are large: free each one as soon as
-                del results[done]  # its last reader is done, so the allocator can reuse it
-        outputs = [
-            {name: (frames[i][src.port] if src.node is None else results[src.node][i][src.port]) for name, src in self.plan.outputs.items()}
-            for i in range(count)
-        ]
+        values = [dict(frame) for frame in frames]
+        timings = run_nodes(self.plan, self.nodes, list(self.plan.nodes), values, params, release=self.release_after)
+        outputs = [{name: frame[str(src)] for name, src in self.plan.outputs.items()} for frame in values]
         return RunResult(outputs, timings)
-
-
-def _release_schedule(plan: Plan) -> dict[str, list[str]]:
-    """For each node, the nodes whose results nobody needs once it has run."""
-    kept = {src.node for src in plan.outputs.values() if src.node}
-    last_reader: dict[str, str] = {}
-    for node_id, node in plan.nodes.items():  # topological order: the last write wins
-        for src in node.inputs.values():
-            if src.node is not None:
-                last_reader[src.node] = node_id
-    schedule: dict[str, list[str]] = {node_id: [] for node_id in plan.nodes}
-    for producer, reader in last_reader.items():
-        if producer not in kept:
-            schedule[reader].append(producer)
-    return schedule
-
-
-def _shape(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return f"{getattr(value, 'dtype', '')}{list(shape)}"
-    return type(value).__name__

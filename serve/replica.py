@@ -30,16 +30,15 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from engine.errors import InputError
-from engine.executor import NodeFailed
 from engine.node import Node, NodeParams
 from engine.plan import Plan
+from engine.runloop import NodeFailed, load_nodes, run_nodes
 from serve.compiler import Unit
 
 log = logging.getLogger("ray.serve")
@@ -214,34 +213,21 @@ class NodeGroup:
             return [self._error(exc)]
 
     def _run(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:
-        count = len(frames)
         values = [dict(f.values) for f in frames]
         meta: dict[str, dict[str, float]] = {}
-        chunks = dict(self.unit.chunks)
-        for node_id in self.unit.nodes:
-            planned = self.plan.nodes[node_id]
-            batch = [{port: values[i][str(src)] for port, src in planned.inputs.items()} for i in range(count)]
-            params = [f.params[node_id] for f in frames]
-            step = chunks.get(node_id, count)
+
+        def started(node_id: str) -> None:
             self.running_node = node_id
-            start = time.perf_counter()
-            try:
-                out = [o for i in range(0, count, step) for o in self.nodes[node_id].run_batch(batch[i : i + step], params[i : i + step])]
-            except InputError:
-                raise
-            except Exception as exc:
-                raise NodeFailed(planned, batch, exc) from exc
-            if len(out) != count:
-                raise NodeFailed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
-            ms = (time.perf_counter() - start) * 1000.0
+
+        def done(node_id: str, ms: float, batch: int) -> None:
             self.latency.observe(ms, tags={"node": node_id})
-            self.batch_size.observe(min(step, count), tags={"node": node_id})
-            meta[node_id] = {"ms": round(ms, 3), "batch": min(step, count)}
-            for i in range(count):
-                for port, value in out[i].items():
-                    values[i][f"{node_id}.{port}"] = value
+            self.batch_size.observe(batch, tags={"node": node_id})
+            meta[node_id] = {"ms": round(ms, 3), "batch": batch}
+
+        run_nodes(self.plan, self.nodes, self.unit.nodes, values, [f.params for f in frames], chunks=dict(self.unit.chunks),
+                  on_start=started, on_done=done)
         wanted = [str(s) for s in self.unit.exports]
-        return [{"values": {k: values[i][k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for i in range(count)]
+        return [{"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values]
 
     def _error(self, exc: Exception) -> dict[str, Any]:
         if isinstance(exc, InputError):
@@ -284,31 +270,6 @@ class NodeGroup:
                 log.error("capgraph: %s", message)
                 self._stuck_logged = True
             raise RuntimeError(message)
-
-
-def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]]) -> dict[str, Node]:
-    """Build, load and warm the nodes, one thread each: imports, weight reads and the
-    first kernels of one node overlap another's. Returns them in plan order and fills
-    `report` (what /health shows) as each one becomes ready."""
-
-    def one(node_id: str) -> Node:
-        planned = plan.nodes[node_id]
-        log.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, device, dtype)
-        start = time.perf_counter()
-        node = planned.build()
-        node.load(device, dtype)
-        loaded = time.perf_counter()
-        node.warmup()
-        warm = time.perf_counter()
-        report[node_id] = {"loaded": True, "warm": True, "device": device, "dtype": dtype, "weight_bytes": node.weight_bytes,
-                           "load_s": round(loaded - start, 3), "warmup_s": round(warm - loaded, 3)}
-        return node
-
-    if len(node_ids) == 1:
-        return {node_ids[0]: one(node_ids[0])}
-    with ThreadPoolExecutor(max_workers=len(node_ids), thread_name_prefix="capgraph-load") as pool:
-        loaded = list(pool.map(one, node_ids))  # re-raises the first failure
-    return dict(zip(node_ids, loaded))
 
 
 def _set_threads(threads: int) -> None:

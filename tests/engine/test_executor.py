@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.executor import Executor, NodeFailed, check_inputs
+from engine.executor import Executor, check_inputs
+from engine.runloop import NodeFailed
 from engine.validate import load_plan, plan_from_data
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

@@ -1,0 +1,127 @@
+"""Loading nodes and running a batch through them: the one loader and the one run loop that
+the in-process executor and a Ray Serve replica share.
+
+    nodes = load_nodes(plan, node_ids, "cpu", "float32", report)
+    timings = run_nodes(plan, nodes, node_ids, values, params)
+
+A frame travels as one dict of values by wire name: graph inputs by their name, node
+outputs as `node.port` (what `str(Source)` gives). `run_nodes` adds each node's outputs to
+it, so a replica running part of a graph starts from what the units before it exported.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from engine.errors import InputError
+from engine.node import Node, NodeParams
+from engine.plan import Plan, PlannedNode
+
+log = logging.getLogger("capgraph")
+
+
+class NodeFailed(RuntimeError):
+    """A node raised while running: names the node, its family and what it was given."""
+
+    def __init__(self, node: PlannedNode, batch: Sequence[Mapping[str, Any]], cause: BaseException):
+        shapes = ", ".join(f"{k}={_shape(v)}" for k, v in (batch[0].items() if batch else ()))
+        super().__init__(f"node '{node.id}' ({node.family.type}) failed on a batch of {len(batch)} [{shapes}]: {type(cause).__name__}: {cause}")
+        self.node_id = node.id
+
+
+def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]] | None = None,
+               warmup: bool = True) -> dict[str, Node]:
+    """Build, load and warm the nodes, one thread each: imports, weight reads and the first
+    kernels of one node overlap another's. Returns them in the order given and fills
+    `report` (what /health and `capgraph run` show) as each one becomes ready."""
+    report = report if report is not None else {}
+
+    def one(node_id: str) -> Node:
+        planned = plan.nodes[node_id]
+        log.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, device, dtype)
+        start = time.perf_counter()
+        node = planned.build()
+        node.load(device, dtype)
+        loaded = time.perf_counter()
+        if warmup:
+            node.warmup()
+        warm = time.perf_counter()
+        report[node_id] = {"loaded": True, "warm": warmup, "device": device, "dtype": dtype, "weight_bytes": node.weight_bytes,
+                           "load_s": round(loaded - start, 3), "warmup_s": round(warm - loaded, 3)}
+        return node
+
+    if len(node_ids) <= 1:
+        return {node_id: one(node_id) for node_id in node_ids}
+    with ThreadPoolExecutor(max_workers=len(node_ids), thread_name_prefix="capgraph-load") as pool:
+        loaded = list(pool.map(one, node_ids))  # re-raises the first failure
+    return dict(zip(node_ids, loaded))
+
+
+def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], values: Sequence[dict[str, Any]],
+              params: Sequence[Mapping[str, NodeParams]], *, chunks: Mapping[str, int] | None = None,
+              release: Mapping[str, Sequence[str]] | None = None, on_start: Callable[[str], None] | None = None,
+              on_done: Callable[[str, float, int], None] | None = None) -> dict[str, float]:
+    """Run `node_ids` (in plan order) over a batch: `values[i]` holds frame i's values by
+    wire name and gets each node's outputs; `params[i]` frame i's params by node id. Each
+    node's `run_batch` runs once for the batch, or in `chunks[node_id]`-frame pieces.
+    `release[node_id]` names nodes whose outputs no one reads once `node_id` has run: they
+    are dropped then, so the allocator can reuse frames. `on_start(node_id)` and
+    `on_done(node_id, ms, batch_size)` let a caller follow along. Returns ms per node.
+
+    InputError passes through; anything else a node raises is a NodeFailed naming it."""
+    count = len(values)
+    timings: dict[str, float] = {}
+    for node_id in node_ids:
+        planned = plan.nodes[node_id]
+        wires = [(port, str(src)) for port, src in planned.inputs.items()]
+        batch = [{port: frame[key] for port, key in wires} for frame in values]
+        own = [p[node_id] for p in params]
+        step = (chunks or {}).get(node_id) or count or 1
+        if on_start is not None:
+            on_start(node_id)
+        start = time.perf_counter()
+        try:
+            out = [o for i in range(0, count, step) for o in nodes[node_id].run_batch(batch[i : i + step], own[i : i + step])]
+        except InputError:
+            raise
+        except Exception as exc:
+            raise NodeFailed(planned, batch, exc) from exc
+        ms = (time.perf_counter() - start) * 1000.0
+        if len(out) != count:
+            raise NodeFailed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
+        timings[node_id] = ms
+        for frame, produced in zip(values, out):
+            for port, value in produced.items():
+                frame[f"{node_id}.{port}"] = value
+        for done in (release or {}).get(node_id, ()):
+            keys = [f"{done}.{port}" for port in plan.nodes[done].family.outputs]
+            for frame in values:
+                for key in keys:
+                    frame.pop(key, None)
+        if on_done is not None:
+            on_done(node_id, ms, min(step, count))
+    return timings
+
+
+def release_schedule(plan: Plan) -> dict[str, list[str]]:
+    """For each node, the nodes whose results nobody needs once it has run."""
+    kept = {src.node for src in plan.outputs.values() if src.node}
+    last_reader: dict[str, str] = {}
+    for node_id, node in plan.nodes.items():  # topological order: the last write wins
+        for src in node.inputs.values():
+            if src.node is not None:
+                last_reader[src.node] = node_id
+    schedule: dict[str, list[str]] = {node_id: [] for node_id in plan.nodes}
+    for producer, reader in last_reader.items():
+        if producer not in kept:
+            schedule[reader].append(producer)
+    return schedule
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{getattr(value, 'dtype', '')}{list(shape)}"
+    return type(value).__name__
