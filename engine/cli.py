@@ -299,8 +299,8 @@ def prepare(
     """Download every model the graphs name, so serving starts warm with HF_HUB_OFFLINE=1.
     Only the files the nodes load: no ONNX/OpenVINO/Flax exports, no single-file
     checkpoints beside a diffusers pipeline, one precision of each weight file."""
-    from nodes._prepare import prepare as fetch
-    from nodes._weights import MODEL_DIR_ENV
+    from nodes.prepare import prepare as fetch
+    from nodes.weights import MODEL_DIR_ENV
 
     if variant not in (None, "fp16", "fp32", "all"):
         raise typer.BadParameter(f"'{variant}' is not fp16, fp32 or all", param_hint="--variant")
@@ -339,7 +339,7 @@ def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="wh
     """Write the tiny random-initialised model of every family (real repo layouts), for
     offline runs and tests. CAPGRAPH_MODELS=tiny uses them automatically."""
     from engine.registry import catalogue
-    from nodes._weights import tiny_model
+    from nodes.weights import tiny_model
 
     written = {}
     for family in catalogue().values():
@@ -503,7 +503,7 @@ def _known_failure(exc: Exception) -> str | None:
     """Failures that are the environment's, not capgraph's: say them plainly."""
     from engine.executor import NodeFailed
     from engine.render import GraphvizMissing
-    from nodes._weights import ModelMissing
+    from nodes.weights import ModelMissing
 
     if isinstance(exc, (ModelMissing, GraphvizMissing, NodeFailed)):
         return str(exc)

@@ -398,7 +398,7 @@ def write_random_models(folder: Path | str, keys: Iterable[str] | None = None) -
     under `folder`, where `CAPGRAPH_RANDOM_DIR=folder` finds them; key -> model folder.
     Models already there are kept. What `capgraph random-models DIR` runs."""
     from engine.registry import catalogue
-    from nodes._weights import random_model, random_root
+    from nodes.weights import random_model, random_root
 
     builders = {key: build for family in catalogue().values() for key, build in family.random_models().items()}
     wanted = list(builders) if keys is None else list(keys)

@@ -22,7 +22,7 @@ from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _random, _tiny_vision
 from nodes._shared import gray_to_rgb, module_bytes, no_progress_bars
-from nodes._weights import resolve
+from nodes.weights import resolve
 
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 METRIC_MODEL_TYPES = frozenset({"zoedepth", "depth_pro"})

@@ -26,7 +26,7 @@ from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _random, _tiny_vision
 from nodes._shared import module_bytes, no_progress_bars
-from nodes._weights import resolve
+from nodes.weights import resolve
 
 DEFAULT_MODEL = "facebook/sam2-hiera-large"
 Coordinate = Annotated[float, Field(ge=0, le=16384)]

@@ -43,7 +43,7 @@ from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
 from nodes import _random, _tiny_sd
 from nodes._shared import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
-from nodes._weights import resolve
+from nodes.weights import resolve
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 CONTROL_PORTS = ("control_image", "control_image_2", "control_image_3")

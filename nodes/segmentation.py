@@ -25,7 +25,7 @@ from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _random, _tiny_vision
 from nodes._shared import module_bytes, no_progress_bars
-from nodes._weights import resolve
+from nodes.weights import resolve
 
 DEFAULT_MODEL = "nvidia/segformer-b0-finetuned-ade-512-512"
 

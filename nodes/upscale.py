@@ -26,7 +26,7 @@ from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
 from nodes import _random, _tiny_sd
 from nodes._shared import module_bytes
-from nodes._weights import WEIGHT_SUFFIXES, models_mode, resolve, split_weights
+from nodes.weights import WEIGHT_SUFFIXES, models_mode, resolve, split_weights
 from nodes._shared import fp16_variant, no_progress_bars
 
 DEFAULT_MODELS = {

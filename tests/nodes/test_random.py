@@ -16,7 +16,7 @@ import torch
 
 from engine.registry import catalogue
 from nodes import _random
-from nodes._weights import random_model, random_root, resolve, tiny_model
+from nodes.weights import random_model, random_root, resolve, tiny_model
 from nodes.depth import Depth, DepthParams
 from nodes.segmentation import Segmentation, SegmentationParams
 from nodes.upscale import Upscale, UpscaleParams
