@@ -3,13 +3,14 @@ VRAM of a served graph on a GPU machine that has no hub access.
 
 Each model key of the tiny builders (`depth-anything`, `segformer`, `sam2`, `sdxl`,
 `sdxl-vae`, `sdxl-controlnet`, `sd-x4-upscaler`, `esrgan-x4`) has here the architecture of
-the family's default checkpoint at its real size, from the published hub configs typed in
-by hand (/work/shared/notes/offline-models.md, section 2, where the parameter counts are
-checked). A builder writes the same files as the tiny builder of its key (same classes,
-same `save_pretrained` layout) with fp16 weights, so the node loads it through the same
-`from_pretrained` path as the real checkpoint. Tokenizers stay the tiny byte-level CLIP one
-(the real vocabulary cannot be fetched); the text encoders keep the real 49 408-token
-embedding, so their size and cost are the real ones.
+the family's default checkpoint at its real size, typed in by hand from the `config.json`
+files of the Hugging Face repos named beside the configs below (tests/nodes/test_random.py
+checks the parameter counts against the published ones). A builder writes the same files
+as the tiny builder of its key (same classes, same `save_pretrained` layout) with fp16
+weights, so the node loads it through the same `from_pretrained` path as the real
+checkpoint. Tokenizers stay the tiny byte-level CLIP one (the real vocabulary cannot be
+fetched); the text encoders keep the real 49 408-token embedding, so their size and cost
+are the real ones.
 
 Weights are random: images are noise and masks meaningless; timings and memory are real.
 Models are built directly on the GPU (else the CPU) in fp16, so SDXL's 2.6 B-parameter

@@ -22,7 +22,7 @@ from nodes.segmentation import Segmentation, SegmentationParams
 from nodes.upscale import Upscale, UpscaleParams
 
 MILLION = 1e6
-PUBLISHED = {  # millions of parameters, /work/shared/notes/offline-models.md section 2
+PUBLISHED = {  # millions of parameters, as published for each default repo (its model card or paper)
     ("depth-anything", "model"): 24.8,
     ("segformer", "model"): 3.75,
     ("sam2", "model"): 224.4,  # the video checkpoint; its image model is checked below
