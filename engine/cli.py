@@ -362,10 +362,11 @@ def random_models(
 ) -> None:
     """Write every family's model at its real full size with random fp16 weights (on CUDA
     when present), for measuring speed and VRAM with no hub: CAPGRAPH_MODELS=random."""
-    from nodes._random import write_random_models
+    from engine.registry import catalogue
+    from nodes.weights import write_random_models
 
     try:
-        written = write_random_models(folder, only or None)
+        written = write_random_models(folder, catalogue().values(), only or None)
     except KeyError as exc:
         raise InputError("--only", str(exc.args[0])) from None
     if as_json:

@@ -21,11 +21,13 @@ Each key is data (`CONFIGS[key]`, sections of hyperparameters) plus two function
 builds the torch modules from a config (on whatever device is current, `meta` in tests),
 one writes them with their tokenizers, processors and schedulers. Builders take an
 optional config so tests write deliberately shrunk variants through the same code.
+Families name these builders in their `Weights` entries (`nodes.weights`);
+`nodes.weights.write_random_models` writes them ahead of time.
 """
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -393,18 +395,3 @@ def esrgan_x4(folder: Path, config: Config | None = None, device: str | None = N
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, folder / "model.pth")
 
-
-def write_random_models(folder: Path | str, keys: Iterable[str] | None = None) -> dict[str, str]:
-    """Write the full-size random model of every family in the catalogue (or only `keys`)
-    under `folder`, where `CAPGRAPH_RANDOM_DIR=folder` finds them; key -> model folder.
-    Models already there are kept. What `capgraph random-models DIR` runs."""
-    from engine.registry import catalogue
-    from nodes.weights import random_model, random_root
-
-    builders = {key: build for family in catalogue().values() for key, build in family.random_models().items()}
-    wanted = list(builders) if keys is None else list(keys)
-    unknown = sorted(set(wanted) - set(builders))
-    if unknown:
-        raise KeyError(f"no random model for {unknown}; known keys: {sorted(builders)}")
-    root = random_root(folder)
-    return {key: str(random_model(key, builders[key], root=root)) for key in wanted}
