@@ -20,6 +20,7 @@ A family that loads models declares each one once, as a `Weights` entry (`nodes.
 
     class Depth(Node):
         weights = {"model": MODEL}                # the param `model` holds its id
+        cost_ms = 12.0                            # what the planner assumes a frame costs
 
         def load(self, device, dtype):
             path = self.resolve_weights("model")  # local folder, cache, tiny or random model
@@ -73,6 +74,12 @@ class Node:
     """Whether the family runs a model that benefits from a GPU."""
     max_batch: ClassVar[int] = 8
     """Default `batch.max_size` when the graph sets none."""
+    cost_ms: ClassVar[float | None] = None
+    """Milliseconds a frame the planner assumes for this family until `capgraph tune`
+    measures the node; None: the planner's default for a model or a weightless family.
+    Only the ratios between a graph's nodes matter: the built-in figures are the tiny
+    hybrid chain's on 2 CPUs (generation 126 ms, upscale 35, depth 12), rounded, with the
+    other model families estimated beside them."""
     weights: ClassVar[Mapping[str, Weights]] = {}
     """The models the family loads, by name: the name of the param that holds the model's
     id (`"model"`), or a name of the family's choosing where the id lives elsewhere (in a

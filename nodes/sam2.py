@@ -75,6 +75,7 @@ class Sam2(Node):
     uses_gpu = True
     max_batch = 4
     weights = {"model": MODEL}
+    cost_ms = 30.0
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)

@@ -132,6 +132,7 @@ class Sdxl(Node):
     uses_gpu = True
     max_batch = 4
     weights = {"model": BASE, "vae": VAE, "controlnets": CONTROLNET}
+    cost_ms = 120.0
 
     def models(self) -> list[str]:
         """The base model, the VAE when one is set, then each ControlNet's."""

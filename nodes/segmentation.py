@@ -58,6 +58,7 @@ class Segmentation(Node):
     uses_gpu = True
     max_batch = 8
     weights = {"model": MODEL}
+    cost_ms = 12.0
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)

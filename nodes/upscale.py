@@ -80,6 +80,7 @@ class Upscale(Node):
     uses_gpu = True
     max_batch = 4
     weights = WEIGHTS  # by method, not by param: `model` holds the id of whichever method runs
+    cost_ms = 35.0
 
     def models(self) -> list[str]:
         return [self.params.model_id]  # owner/repo/file.pth for ESRGAN: `capgraph prepare` fetches that file alone
