@@ -299,8 +299,8 @@ def prepare(
     """Download every model the graphs name, so serving starts warm with HF_HUB_OFFLINE=1.
     Only the files the nodes load: no ONNX/OpenVINO/Flax exports, no single-file
     checkpoints beside a diffusers pipeline, one precision of each weight file."""
-    from nodes._prepare import prepare as fetch
-    from nodes._weights import MODEL_DIR_ENV
+    from nodes.prepare import prepare as fetch
+    from nodes.weights import MODEL_DIR_ENV
 
     if variant not in (None, "fp16", "fp32", "all"):
         raise typer.BadParameter(f"'{variant}' is not fp16, fp32 or all", param_hint="--variant")
@@ -339,7 +339,7 @@ def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="wh
     """Write the tiny random-initialised model of every family (real repo layouts), for
     offline runs and tests. CAPGRAPH_MODELS=tiny uses them automatically."""
     from engine.registry import catalogue
-    from nodes._weights import tiny_model
+    from nodes.weights import tiny_model
 
     written = {}
     for family in catalogue().values():
@@ -362,10 +362,11 @@ def random_models(
 ) -> None:
     """Write every family's model at its real full size with random fp16 weights (on CUDA
     when present), for measuring speed and VRAM with no hub: CAPGRAPH_MODELS=random."""
-    from nodes._random import write_random_models
+    from engine.registry import catalogue
+    from nodes.weights import write_random_models
 
     try:
-        written = write_random_models(folder, only or None)
+        written = write_random_models(folder, catalogue().values(), only or None)
     except KeyError as exc:
         raise InputError("--only", str(exc.args[0])) from None
     if as_json:
@@ -503,7 +504,7 @@ def _known_failure(exc: Exception) -> str | None:
     """Failures that are the environment's, not capgraph's: say them plainly."""
     from engine.executor import NodeFailed
     from engine.render import GraphvizMissing
-    from nodes._weights import ModelMissing
+    from nodes.weights import ModelMissing
 
     if isinstance(exc, (ModelMissing, GraphvizMissing, NodeFailed)):
         return str(exc)

@@ -13,12 +13,27 @@ read without loading anything (`Params`, `inputs`, `outputs`); its methods do th
         def load(self, device, dtype): ...        # heavy imports and weights, once
         def run_batch(self, inputs, params): ...  # list of frames in, list out
 
+A family that loads models declares each one once, as a `Weights` entry (`nodes.weights`):
+
+    MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
+                    _tiny_vision.depth_anything, _random.depth_anything)
+
+    class Depth(Node):
+        weights = {"model": MODEL}                # the param `model` holds its id
+        cost_ms = 12.0                            # what the planner assumes a frame costs
+
+        def load(self, device, dtype):
+            path = self.resolve_weights("model")  # local folder, cache, tiny or random model
+
+and the base class derives what `capgraph prepare` fetches (`models()`) and what tiny and
+random modes build (`tiny_models()`, `random_models()`).
+
 Building a node only validates params (cheap, done often); `load` runs once per process
 or Ray replica; `warmup` runs one small batch so the first real request pays nothing.
 """
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from engine.types import Port, PortType
+from nodes.weights import Weights, resolve
 
 FAMILY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -58,6 +74,16 @@ class Node:
     """Whether the family runs a model that benefits from a GPU."""
     max_batch: ClassVar[int] = 8
     """Default `batch.max_size` when the graph sets none."""
+    cost_ms: ClassVar[float | None] = None
+    """Milliseconds a frame the planner assumes for this family until `capgraph tune`
+    measures the node; None: the planner's default for a model or a weightless family.
+    Only the ratios between a graph's nodes matter: the built-in figures are the tiny
+    hybrid chain's on 2 CPUs (generation 126 ms, upscale 35, depth 12), rounded, with the
+    other model families estimated beside them."""
+    weights: ClassVar[Mapping[str, Weights]] = {}
+    """The models the family loads, by name: the name of the param that holds the model's
+    id (`"model"`), or a name of the family's choosing where the id lives elsewhere (in a
+    list of ControlNets, or picked by a method). Weightless families declare none."""
 
     def __init__(self, params: NodeParams, node_id: str = "") -> None:
         self.params = params
@@ -72,21 +98,32 @@ class Node:
         return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
 
     def models(self) -> list[str]:
-        """Model ids or paths this node loads (what `capgraph prepare` fetches)."""
-        return []
+        """Model ids or paths this node loads (what `capgraph prepare` fetches): the value of
+        each param `weights` names, where it holds an id. Families whose ids live elsewhere
+        (a list of ControlNets, an id picked by a method) extend or replace this."""
+        fields = type(self.params).model_fields
+        ids = [getattr(self.params, name) for name in self.weights if name in fields]
+        return list(dict.fromkeys(i for i in ids if isinstance(i, str)))
 
     @classmethod
     def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
         """Tiny model builders by key: `build(folder)` writes a random-initialised model in
         the real repo's layout (what `capgraph tiny-models` and CAPGRAPH_MODELS=tiny use)."""
-        return {}
+        return {w.key: w.tiny for w in cls.weights.values()}
 
     @classmethod
     def random_models(cls) -> dict[str, Callable[[Path], None]]:
         """Full-size random builders, same keys as `tiny_models()`: the default checkpoint's
         architecture at its real size with random fp16 weights, in the same layout (what
         CAPGRAPH_MODELS=random uses to measure latency and VRAM with no hub access)."""
-        return {}
+        return {w.key: w.random for w in cls.weights.values() if w.random is not None}
+
+    def resolve_weights(self, name: str, model: str | None = None) -> str:
+        """What `from_pretrained` should load for the weights `name`: `model` (default: the
+        param called `name`) as a local folder, a cached hub snapshot or, online and not
+        cached, the id itself; in tiny and random modes that entry's own model, whatever
+        the id. A missing model raises `nodes.weights.ModelMissing` naming this node."""
+        return resolve(getattr(self.params, name) if model is None else model, self.node_id, self.weights[name])
 
     @classmethod
     def check_wiring(cls, params: NodeParams, wired: frozenset[str]) -> list[tuple[str, str]]:

@@ -3,13 +3,14 @@ VRAM of a served graph on a GPU machine that has no hub access.
 
 Each model key of the tiny builders (`depth-anything`, `segformer`, `sam2`, `sdxl`,
 `sdxl-vae`, `sdxl-controlnet`, `sd-x4-upscaler`, `esrgan-x4`) has here the architecture of
-the family's default checkpoint at its real size, from the published hub configs typed in
-by hand (/work/shared/notes/offline-models.md, section 2, where the parameter counts are
-checked). A builder writes the same files as the tiny builder of its key (same classes,
-same `save_pretrained` layout) with fp16 weights, so the node loads it through the same
-`from_pretrained` path as the real checkpoint. Tokenizers stay the tiny byte-level CLIP one
-(the real vocabulary cannot be fetched); the text encoders keep the real 49 408-token
-embedding, so their size and cost are the real ones.
+the family's default checkpoint at its real size, typed in by hand from the `config.json`
+files of the Hugging Face repos named beside the configs below (tests/nodes/test_random.py
+checks the parameter counts against the published ones). A builder writes the same files
+as the tiny builder of its key (same classes, same `save_pretrained` layout) with fp16
+weights, so the node loads it through the same `from_pretrained` path as the real
+checkpoint. Tokenizers stay the tiny byte-level CLIP one (the real vocabulary cannot be
+fetched); the text encoders keep the real 49 408-token embedding, so their size and cost
+are the real ones.
 
 Weights are random: images are noise and masks meaningless; timings and memory are real.
 Models are built directly on the GPU (else the CPU) in fp16, so SDXL's 2.6 B-parameter
@@ -20,11 +21,13 @@ Each key is data (`CONFIGS[key]`, sections of hyperparameters) plus two function
 builds the torch modules from a config (on whatever device is current, `meta` in tests),
 one writes them with their tokenizers, processors and schedulers. Builders take an
 optional config so tests write deliberately shrunk variants through the same code.
+Families name these builders in their `Weights` entries (`nodes.weights`);
+`nodes.weights.write_random_models` writes them ahead of time.
 """
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -392,18 +395,3 @@ def esrgan_x4(folder: Path, config: Config | None = None, device: str | None = N
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, folder / "model.pth")
 
-
-def write_random_models(folder: Path | str, keys: Iterable[str] | None = None) -> dict[str, str]:
-    """Write the full-size random model of every family in the catalogue (or only `keys`)
-    under `folder`, where `CAPGRAPH_RANDOM_DIR=folder` finds them; key -> model folder.
-    Models already there are kept. What `capgraph random-models DIR` runs."""
-    from engine.registry import catalogue
-    from nodes._weights import random_model, random_root
-
-    builders = {key: build for family in catalogue().values() for key, build in family.random_models().items()}
-    wanted = list(builders) if keys is None else list(keys)
-    unknown = sorted(set(wanted) - set(builders))
-    if unknown:
-        raise KeyError(f"no random model for {unknown}; known keys: {sorted(builders)}")
-    root = random_root(folder)
-    return {key: str(random_model(key, builders[key], root=root)) for key in wanted}

@@ -69,7 +69,7 @@ def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
     prepare` on a GPU machine fetches only those): they load upcast."""
     import torch
 
-    from nodes._weights import FP16_FILE
+    from nodes.weights import FP16_FILE
 
     folder = Path(path)
     if not folder.is_dir():

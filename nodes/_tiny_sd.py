@@ -2,8 +2,12 @@
 
 The `sdxl` and `upscale` families save these in the real hub repos' folder layout
 (`pipeline.save_pretrained`), so `CAPGRAPH_MODELS=tiny` loads them through the very
-`from_pretrained` path production uses. Sizes follow /work/shared/notes/offline-models.md
-(sections 1 and 3): every value below is one a library check depends on, not a taste.
+`from_pretrained` path production uses. Sizes are the smallest the libraries accept, and
+every value below is one a library check depends on, not a taste: GroupNorm groups divide
+every channel count, a VAE downsamples by 2 ** (blocks - 1), SDXL's UNet cross-attends to
+both text encoders' widths side by side, a ControlNet's conditioning embedding downsamples
+by the VAE's factor, the x4 upscaler's UNet takes 7 channels and has more noise-level
+classes than the pipeline's max noise level, and the tokenizer's `model_max_length` is 77.
 Seeded, so two builds of the same model hold the same weights.
 """
 

@@ -3,8 +3,10 @@ offline tests and `CAPGRAPH_MODELS=tiny`.
 
 Each builder writes the model and its processor with `save_pretrained`, in the folder
 layout of the family's default hub repo, so the node loads it through the same
-`from_pretrained` calls production uses. Sizes follow /work/shared/notes/offline-models.md
-(sections 1 and 3): every value below is one a library check depends on, not a taste.
+`from_pretrained` calls production uses. Sizes are small ones the libraries accept, and
+every value below is one a library check depends on, not a taste: Depth Anything's sides
+are a multiple of its patch size 14, Mask2Former's widths multiples of 32, and SAM 2's
+Hiera and processor sizes follow the rules stated at `sam2`.
 Seeded, so two builds of a model hold the same weights.
 """
 

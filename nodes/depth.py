@@ -11,8 +11,7 @@ models were trained on; metric models (ZoeDepth, Depth Pro, Depth Anything metri
 distance, so their maps are flipped. Either way each frame's map is stretched to [0, 1].
 """
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -22,9 +21,9 @@ from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _random, _tiny_vision
 from nodes._shared import gray_to_rgb, module_bytes, no_progress_bars
-from nodes._weights import resolve
+from nodes.weights import Weights
 
-DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf", _tiny_vision.depth_anything, _random.depth_anything)
 METRIC_MODEL_TYPES = frozenset({"zoedepth", "depth_pro"})
 """Model types whose output is distance (far = large) whatever their config says."""
 
@@ -38,7 +37,7 @@ INFERNO = np.array(
 
 
 class DepthParams(NodeParams):
-    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=512,
+    model: str = Field(MODEL.default, min_length=1, max_length=512,
                        description="Hugging Face id or local folder of a transformers depth-estimation model")
     resolution: int | None = Field(None, ge=64, le=2048,
                                    description="side the model sees (a multiple of 14 for Depth Anything); unset = the checkpoint's own (518)")
@@ -59,17 +58,8 @@ class Depth(Node):
     request_params = frozenset({"colormap"})
     uses_gpu = True
     max_batch = 8
-
-    def models(self) -> list[str]:
-        return [self.params.model]
-
-    @classmethod
-    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"depth-anything": _tiny_vision.depth_anything}
-
-    @classmethod
-    def random_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"depth-anything": _random.depth_anything}
+    weights = {"model": MODEL}
+    cost_ms = 12.0
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -77,7 +67,7 @@ class Depth(Node):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         no_progress_bars()
-        path = resolve(self.params.model, self.node_id, "depth-anything", _tiny_vision.depth_anything)
+        path = self.resolve_weights("model")
         self.torch_dtype = getattr(torch, dtype)
         self.processor = AutoImageProcessor.from_pretrained(path)
         self.model = AutoModelForDepthEstimation.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()

@@ -14,8 +14,7 @@ The image encoder runs once per batch; the cheap prompt decoder runs once per gr
 frames whose prompts have the same shape (once per batch for a stream).
 """
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,16 +25,16 @@ from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _random, _tiny_vision
 from nodes._shared import module_bytes, no_progress_bars
-from nodes._weights import resolve
+from nodes.weights import Weights
 
-DEFAULT_MODEL = "facebook/sam2-hiera-large"
+MODEL = Weights("sam2", "facebook/sam2-hiera-large", _tiny_vision.sam2, _random.sam2)
 Coordinate = Annotated[float, Field(ge=0, le=16384)]
 Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
 Box = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
 
 
 class Sam2Params(NodeParams):
-    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=512,
+    model: str = Field(MODEL.default, min_length=1, max_length=512,
                        description="Hugging Face id or local folder of a SAM 2 checkpoint in transformers layout")
     point_coords: list[Point] | None = Field(None, max_length=64, description="prompt points [[x, y], ...] in frame pixels")
     point_labels: list[int] | None = Field(None, max_length=64,
@@ -75,17 +74,8 @@ class Sam2(Node):
     request_params = frozenset({"point_coords", "point_labels", "box", "multimask_output"})
     uses_gpu = True
     max_batch = 4
-
-    def models(self) -> list[str]:
-        return [self.params.model]
-
-    @classmethod
-    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"sam2": _tiny_vision.sam2}
-
-    @classmethod
-    def random_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"sam2": _random.sam2}
+    weights = {"model": MODEL}
+    cost_ms = 30.0
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -93,7 +83,7 @@ class Sam2(Node):
         from transformers import AutoConfig, Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
         no_progress_bars()
-        path = resolve(self.params.model, self.node_id, "sam2", _tiny_vision.sam2)
+        path = self.resolve_weights("model")
         config = AutoConfig.from_pretrained(path)
         if config.model_type != "sam2":  # a video checkpoint: keep the image model's part of its config
             parts = ("vision_config", "prompt_encoder_config", "mask_decoder_config")

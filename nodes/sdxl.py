@@ -31,8 +31,7 @@ architectures, not measured). Pipelines and schedulers keep per-call state: one
 
 import logging
 import weakref
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -43,9 +42,11 @@ from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
 from nodes import _random, _tiny_sd
 from nodes._shared import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
-from nodes._weights import resolve
+from nodes.weights import Weights
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+BASE = Weights("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", _tiny_sd.save_sdxl, _random.sdxl)
+VAE = Weights("sdxl-vae", None, _tiny_sd.save_vae, _random.sdxl_vae)
+CONTROLNET = Weights("sdxl-controlnet", None, _tiny_sd.save_sdxl_controlnet, _random.sdxl_controlnet)
 CONTROL_PORTS = ("control_image", "control_image_2", "control_image_3")
 DEFAULT_SIDE = 1024
 """Text-to-image size when neither params nor a wired image give one: SDXL's native size."""
@@ -82,7 +83,7 @@ class ControlNetSpec(NodeParams):
 
 
 class SdxlParams(NodeParams):
-    model: Model = Field(DEFAULT_MODEL, description="Hugging Face id or local folder of an SDXL checkpoint (diffusers layout)")
+    model: Model = Field(BASE.default, description="Hugging Face id or local folder of an SDXL checkpoint (diffusers layout)")
     vae: Model | None = Field(None, description="replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (decodes in fp16 with no fp32 upcast)")
     controlnets: tuple[ControlNetSpec, ...] = Field(
         (), max_length=len(CONTROL_PORTS), description="ControlNets, entry i conditioned on port control_image, control_image_2, ..."
@@ -130,18 +131,12 @@ class Sdxl(Node):
     )
     uses_gpu = True
     max_batch = 4
+    weights = {"model": BASE, "vae": VAE, "controlnets": CONTROLNET}
+    cost_ms = 120.0
 
     def models(self) -> list[str]:
-        p = self.params
-        return list(dict.fromkeys([p.model, *([p.vae] if p.vae else []), *(c.model for c in p.controlnets)]))
-
-    @classmethod
-    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"sdxl": _tiny_sd.save_sdxl, "sdxl-vae": _tiny_sd.save_vae, "sdxl-controlnet": _tiny_sd.save_sdxl_controlnet}
-
-    @classmethod
-    def random_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"sdxl": _random.sdxl, "sdxl-vae": _random.sdxl_vae, "sdxl-controlnet": _random.sdxl_controlnet}
+        """The base model, the VAE when one is set, then each ControlNet's."""
+        return list(dict.fromkeys([*super().models(), *(c.model for c in self.params.controlnets)]))
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -153,9 +148,9 @@ class Sdxl(Node):
         p = self.params
         self.torch_dtype = torch_dtype = getattr(torch, dtype)
         # resolve every id first: a missing ControlNet fails before gigabytes of base model load
-        base_path = resolve(p.model, self.node_id, "sdxl", _tiny_sd.save_sdxl)
-        vae_path = resolve(p.vae, self.node_id, "sdxl-vae", _tiny_sd.save_vae) if p.vae else None
-        net_paths = [resolve(c.model, self.node_id, "sdxl-controlnet", _tiny_sd.save_sdxl_controlnet) for c in p.controlnets]
+        base_path = self.resolve_weights("model")
+        vae_path = self.resolve_weights("vae") if p.vae else None
+        net_paths = [self.resolve_weights("controlnets", c.model) for c in p.controlnets]
         self.base = _base_pipeline(base_path, vae_path, device, torch_dtype)
         loaded: dict[str, Any] = {}  # the same ControlNet twice is loaded once
         for path in net_paths:

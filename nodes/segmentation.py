@@ -13,8 +13,7 @@ task token (untested here: its processor fetches class metadata from the hub).
 """
 
 import re
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
@@ -25,9 +24,9 @@ from engine.node import Frame, Node, NodeParams
 from engine.types import PortType, port
 from nodes import _random, _tiny_vision
 from nodes._shared import module_bytes, no_progress_bars
-from nodes._weights import resolve
+from nodes.weights import Weights
 
-DEFAULT_MODEL = "nvidia/segformer-b0-finetuned-ade-512-512"
+MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", _tiny_vision.segformer, _random.segformer)
 
 
 class UnknownClass(ValueError):
@@ -36,7 +35,7 @@ class UnknownClass(ValueError):
 
 
 class SegmentationParams(NodeParams):
-    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=512,
+    model: str = Field(MODEL.default, min_length=1, max_length=512,
                        description="Hugging Face id or local folder of a transformers semantic-segmentation model")
     classes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(["person"], min_length=1, max_length=64,
                                description="label names whose pixels form `mask` (the model's id2label names, any case)")
@@ -58,17 +57,8 @@ class Segmentation(Node):
     request_params = frozenset({"classes", "preview_opacity"})
     uses_gpu = True
     max_batch = 8
-
-    def models(self) -> list[str]:
-        return [self.params.model]
-
-    @classmethod
-    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"segformer": _tiny_vision.segformer}
-
-    @classmethod
-    def random_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"segformer": _random.segformer}
+    weights = {"model": MODEL}
+    cost_ms = 12.0
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -77,7 +67,7 @@ class Segmentation(Node):
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
         no_progress_bars()
-        path = resolve(self.params.model, self.node_id, "segformer", _tiny_vision.segformer)
+        path = self.resolve_weights("model")
         config = AutoConfig.from_pretrained(path)
         semantic = config.model_type in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
         auto = AutoModelForSemanticSegmentation if semantic else AutoModelForUniversalSegmentation

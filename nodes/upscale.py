@@ -15,7 +15,7 @@
 path, or `owner/repo/file.pth` for a file in a Hugging Face repo.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,15 +25,28 @@ from pydantic import Field
 from engine.node import Frame, Node, NodeParams, example_value
 from engine.types import PortType, port
 from nodes import _random, _tiny_sd
-from nodes._shared import module_bytes
-from nodes._weights import WEIGHT_SUFFIXES, models_mode, resolve, split_weights
-from nodes._shared import fp16_variant, no_progress_bars
+from nodes._shared import fp16_variant, module_bytes, no_progress_bars
+from nodes.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
 
-DEFAULT_MODELS = {
-    "sd_x4": "stabilityai/stable-diffusion-x4-upscaler",
-    "esrgan": "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth",
-}
 WARMUP_SIDE = 32
+
+
+def _save_tiny_esrgan(path: Path) -> None:
+    """A tiny ESRGAN x4 (8 filters, 1 RRDB block, 226 k params) saved as a plain `.pth`
+    state dict, which spandrel recognises as it does Real-ESRGAN's files."""
+    import torch
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), path / "model.pth")
+
+
+WEIGHTS = {
+    "sd_x4": Weights("sd-x4-upscaler", "stabilityai/stable-diffusion-x4-upscaler", _tiny_sd.save_x4_upscaler, _random.x4_upscaler),
+    "esrgan": Weights("esrgan-x4", "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth", _save_tiny_esrgan, _random.esrgan_x4),
+}
+"""The weights of each method, whose default is the model when `model` is unset."""
 
 
 class UpscaleParams(NodeParams):
@@ -49,7 +62,7 @@ class UpscaleParams(NodeParams):
 
     @property
     def model_id(self) -> str:
-        return self.model or DEFAULT_MODELS[self.method]
+        return self.model or WEIGHTS[self.method].default  # type: ignore[return-value]  # both methods have one
 
 
 class Upscale(Node):
@@ -66,17 +79,11 @@ class Upscale(Node):
     request_params = frozenset({"prompt", "negative_prompt", "steps", "guidance", "noise_level", "seed"})
     uses_gpu = True
     max_batch = 4
+    weights = WEIGHTS  # by method, not by param: `model` holds the id of whichever method runs
+    cost_ms = 35.0
 
     def models(self) -> list[str]:
         return [self.params.model_id]  # owner/repo/file.pth for ESRGAN: `capgraph prepare` fetches that file alone
-
-    @classmethod
-    def tiny_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"sd-x4-upscaler": _tiny_sd.save_x4_upscaler, "esrgan-x4": _save_tiny_esrgan}
-
-    @classmethod
-    def random_models(cls) -> dict[str, Callable[[Path], None]]:
-        return {"sd-x4-upscaler": _random.x4_upscaler, "esrgan-x4": _random.esrgan_x4}
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -87,7 +94,7 @@ class Upscale(Node):
             from diffusers import StableDiffusionUpscalePipeline
 
             no_progress_bars(diffusers=True)
-            path = resolve(self.params.model_id, self.node_id, "sd-x4-upscaler", _tiny_sd.save_x4_upscaler)
+            path = self.resolve_weights("sd_x4", self.params.model_id)
             pipe = StableDiffusionUpscalePipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype))
             self.pipe = pipe.to(device)
             self.pipe.set_progress_bar_config(disable=True)
@@ -110,7 +117,7 @@ class Upscale(Node):
         repo, filename = split_weights(model)
         if not models_mode() and filename is None and not Path(repo).expanduser().exists():
             raise FileNotFoundError(f"node '{self.node_id}': weights file '{model}' does not exist; give a local path or owner/repo/file.pth")
-        found = Path(resolve(repo, self.node_id, "esrgan-x4", _save_tiny_esrgan))
+        found = Path(self.resolve_weights("esrgan", repo))
         if found.is_file():
             return found
         if filename and (found / filename).is_file():
@@ -168,13 +175,3 @@ class Upscale(Node):
             ).images
         return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
 
-
-def _save_tiny_esrgan(path: Path) -> None:
-    """A tiny ESRGAN x4 (8 filters, 1 RRDB block, 226 k params) saved as a plain `.pth`
-    state dict, which spandrel recognises as it does Real-ESRGAN's files."""
-    import torch
-    from spandrel.architectures.ESRGAN import ESRGAN
-
-    torch.manual_seed(0)
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), path / "model.pth")

@@ -8,8 +8,7 @@ Where a setting comes from, first match wins:
 1. the graph file: a node's own `group`, `batch`, `resources` and `replicas`;
 2. the tuned overlay `capgraph tune` wrote for this graph on this machine (same fields);
 3. this planner, from each node's cost: measured by `capgraph tune` (milliseconds per
-   batch at batch sizes 1..N), else declared by its family (`cost_ms`, or the estimates
-   in `DECLARED_MS`).
+   batch at batch sizes 1..N), else declared by its family (`Node.cost_ms`).
 
 The rules, each with the reason it is printed with (`capgraph plan` shows them):
 
@@ -76,10 +75,6 @@ DEFAULT_NODE_CPUS = 0.25
 """Per deployment where the cluster is unknown: Ray's default of 1 would leave a 2-core
 laptop able to start only two."""
 
-DECLARED_MS: dict[str, float] = {"sdxl": 120.0, "upscale": 35.0, "sam2": 30.0, "depth": 12.0, "segmentation": 12.0}
-"""Milliseconds a frame for built-in model families that declare no `cost_ms`: the issue's
-figures for the tiny hybrid chain on 2 CPUs (generation 126, upscale 35, depth 12 ms),
-rounded. Only their ratios matter, and `capgraph tune` replaces them with measurements."""
 MODEL_MS = 30.0
 """A model family with no declared cost."""
 LIGHT_MS = 1.0
@@ -112,9 +107,9 @@ class Cost:
 
 
 def declared_cost(node: PlannedNode) -> Cost:
-    """A family's own `cost_ms`, else the built-in estimate, else light or model defaults."""
+    """A family's own `cost_ms`, else light or model defaults."""
     family = node.family
-    ms = getattr(family, "cost_ms", None) or DECLARED_MS.get(family.type) or (MODEL_MS if family.uses_gpu else LIGHT_MS)
+    ms = family.cost_ms or (MODEL_MS if family.uses_gpu else LIGHT_MS)
     return Cost({1: float(ms)}, "declared")
 
 

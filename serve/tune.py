@@ -109,7 +109,7 @@ def find_overlay(plan: Plan, tuned: str | bool | None, device: str) -> tuple[Ove
     what the cluster will run on. A named file that cannot be read is a GraphInvalid."""
     if tuned is False or (isinstance(tuned, str) and tuned.lower() in ("false", "off", "no", "none")):
         return None, []
-    from nodes._weights import models_mode
+    from nodes.weights import models_mode
 
     path = Path(tuned) if isinstance(tuned, str) else default_path(plan.capability)
     if tuned is None and not path.exists():
@@ -246,7 +246,7 @@ def tune_graph(
 
     from engine.errors import InputError
     from engine.validate import load_plan
-    from nodes._weights import ModelMissing, models_mode
+    from nodes.weights import ModelMissing, models_mode
 
     out, err = out or sys.stdout, err or sys.stderr
     if not 1 <= max_batch <= 256:

@@ -11,7 +11,7 @@ from engine.executor import Executor
 from engine.types import check_value
 from engine.validate import load_plan
 from nodes import _tiny_vision
-from nodes._weights import ModelMissing, tiny_model
+from nodes.weights import ModelMissing, tiny_model
 from nodes.depth import Depth, DepthParams, colorize
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from nodes import _tiny_sd
-from nodes._prepare import wanted_files
+from nodes.prepare import wanted_files
 from nodes._shared import fp16_variant
-from nodes._weights import split_weights, tiny_model
+from nodes.weights import split_weights, tiny_model
 
 SDXL_BASE = [  # stabilityai/stable-diffusion-xl-base-1.0, about 70 GB whole
     ".gitattributes", "01.png", "LICENSE.md", "README.md", "comparison.png", "model_index.json", "pipeline.png",

@@ -14,7 +14,7 @@ from engine.executor import Executor
 from engine.types import PortType, check_value
 from engine.validate import load_plan
 from nodes import _tiny_vision
-from nodes._weights import ModelMissing, tiny_model
+from nodes.weights import ModelMissing, tiny_model
 from nodes.sam2 import Sam2, Sam2Params
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

@@ -16,7 +16,7 @@ from engine.node import example_value
 from engine.types import PortType, check_value
 from engine.validate import load_plan
 from nodes import _tiny_sd
-from nodes._weights import ModelMissing, tiny_model
+from nodes.weights import ModelMissing, tiny_model
 from nodes.sdxl import SCHEDULERS, Sdxl, SdxlParams
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

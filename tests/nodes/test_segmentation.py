@@ -13,7 +13,7 @@ from engine.executor import Executor
 from engine.types import check_value
 from engine.validate import plan_from_text
 from nodes import _tiny_vision
-from nodes._weights import ModelMissing, tiny_model
+from nodes.weights import ModelMissing, tiny_model
 from nodes.segmentation import Segmentation, SegmentationParams, UnknownClass
 
 GRAPH = """

@@ -12,7 +12,7 @@ from engine.executor import Executor
 from engine.types import PortType, check_value
 from engine.validate import load_plan
 from nodes import _tiny_sd
-from nodes._weights import ModelMissing, split_weights, tiny_model
+from nodes.weights import ModelMissing, split_weights, tiny_model
 from nodes.upscale import Upscale, UpscaleParams, _save_tiny_esrgan
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

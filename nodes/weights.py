@@ -1,25 +1,32 @@
 """Where a model node's weights come from: a local folder, the Hugging Face cache, or the
 tiny random-initialised models capgraph builds itself.
 
+A family declares each model it loads once, as a `Weights` entry on its class
+(`Node.weights`): the key naming it in tiny and random modes, the param's default id, and
+the builders of its tiny and full-size random models. The node base class derives from
+it what `capgraph prepare` fetches (`Node.models()`), what `capgraph tiny-models` and
+`capgraph random-models` write (`Node.tiny_models()`, `Node.random_models()`), and what
+`load` reads (`Node.resolve_weights(name)`, which calls `resolve` here).
+
 `CAPGRAPH_MODELS` picks the source for every model node at once:
 
 - unset (production): `model` is a local path or a Hugging Face id. Ids resolve to the
   local cache (`HF_HOME`, or `CAPGRAPH_MODEL_DIR` / `capgraph prepare --model-dir`) and,
   with `HF_HUB_OFFLINE=1`, a model that is not there is a `ModelMissing` error at load
   time naming the node, the id and the command that fixes it.
-- `tiny`: each family's tiny model, built from a config on first use, saved in the real
+- `tiny`: each entry's tiny model, built from a config on first use, saved in the real
   repo's folder layout under `CAPGRAPH_TINY_DIR` (default `~/.cache/capgraph/tiny`) and
   loaded back through the same `from_pretrained` path. Any graph runs on a fresh CPU
   machine with no downloads.
-- `random`: each family's default architecture at its real size with random fp16 weights
-  (`nodes/_random.py`), written once under `CAPGRAPH_RANDOM_DIR` (default
-  `~/.cache/capgraph/random`) in the same layout, built on the GPU when there is one. For
-  measuring latency and VRAM of a served graph where the hub cannot be reached; prepare
-  them ahead with `nodes._random.write_random_models(dir)` (`capgraph random-models DIR`).
+- `random`: each entry's default architecture at its real size with random fp16 weights,
+  written once under `CAPGRAPH_RANDOM_DIR` (default `~/.cache/capgraph/random`) in the
+  same layout, built on the GPU when there is one. For measuring latency and VRAM of a
+  served graph where the hub cannot be reached; prepare them ahead with
+  `write_random_models(dir, families)` (`capgraph random-models DIR`).
 
-In `tiny` and `random` modes the node's `model` is ignored: the model key decides.
-Families declare a builder per model key: `build(path)` writes a model to `path`
-(`Node.tiny_models()`, `Node.random_models()`).
+In `tiny` and `random` modes the node's `model` is ignored: the entry's key decides.
+This module imports nothing of the engine: whatever needs every family (the catalogue)
+is handed the families by its caller.
 """
 
 import fcntl
@@ -29,8 +36,13 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.node import Node
 
 MODELS_ENV = "CAPGRAPH_MODELS"
 TINY_DIR_ENV = "CAPGRAPH_TINY_DIR"
@@ -44,6 +56,21 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 """Weight files, in the order loaders prefer them within a folder."""
 FP16_FILE = re.compile(r"\.fp16(-\d+-of-\d+)?\.safetensors$")
 """A diffusers fp16 variant file: `x.fp16.safetensors`, or a shard `x.fp16-00001-of-00002.safetensors`."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One model a family loads, declared once on the class (`Node.weights`)."""
+
+    key: str
+    """Names the model in tiny and random modes: its folder under the tiny and random roots."""
+    default: str | None
+    """The hub id the param defaults to; None where the param has no default."""
+    tiny: Callable[[Path], None]
+    """`tiny(folder)` writes a tiny random-initialised model in the real repo's layout."""
+    random: Callable[[Path], None] | None = None
+    """`random(folder)` writes the default's architecture at full size with random fp16
+    weights, in the same layout; None: CAPGRAPH_MODELS=random cannot run this model."""
 
 
 class ModelMissing(RuntimeError):
@@ -129,25 +156,17 @@ def random_model(key: str, build: Callable[[Path], None], root: Path | None = No
     return folder
 
 
-def random_builder(key: str) -> Callable[[Path], None]:
-    """The full-size random builder some catalogue family declares for `key`."""
-    from engine.registry import catalogue
-
-    for family in catalogue().values():
-        build = family.random_models().get(key)
-        if build is not None:
-            return build
-    raise KeyError(f"{MODELS_ENV}=random: no node family declares a full-size random model '{key}' (Node.random_models)")
-
-
-def resolve(model: str, node_id: str, tiny_key: str, build_tiny: Callable[[Path], None]) -> str:
-    """The local folder (or, online, the id) that `from_pretrained` should load for a node.
-    `tiny_key` names the model in tiny and random modes, whose builders write the same layout."""
+def resolve(model: str, node_id: str, weights: Weights) -> str:
+    """The local folder (or, online, the id) that `from_pretrained` should load for a node's
+    `model`; in tiny and random modes the folder of `weights`' own model, whatever `model` is."""
     mode = models_mode()
     if mode == "tiny":
-        return str(tiny_model(tiny_key, build_tiny))
+        return str(tiny_model(weights.key, weights.tiny))
     if mode == "random":
-        return str(random_model(tiny_key, random_builder(tiny_key)))
+        if weights.random is None:
+            raise KeyError(f"node '{node_id}': {MODELS_ENV}=random, but no node family declares a full-size random "
+                           f"model '{weights.key}' (Weights.random)")
+        return str(random_model(weights.key, weights.random))
     if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
     from huggingface_hub import snapshot_download
@@ -171,3 +190,16 @@ def split_weights(model: str) -> tuple[str, str | None]:
     if not local and len(parts) > 2 and model.endswith(WEIGHT_SUFFIXES):
         return "/".join(parts[:2]), "/".join(parts[2:])
     return model, None
+
+
+def write_random_models(folder: Path | str, families: Iterable["type[Node]"], keys: Iterable[str] | None = None) -> dict[str, str]:
+    """Write the full-size random model of every one of `families` (the catalogue's, say),
+    or only those of `keys`, under `folder`, where `CAPGRAPH_RANDOM_DIR=folder` finds them;
+    key -> model folder. Models already there are kept. What `capgraph random-models DIR` runs."""
+    builders = {key: build for family in families for key, build in family.random_models().items()}
+    wanted = list(builders) if keys is None else list(keys)
+    unknown = sorted(set(wanted) - set(builders))
+    if unknown:
+        raise KeyError(f"no random model for {unknown}; known keys: {sorted(builders)}")
+    root = random_root(folder)
+    return {key: str(random_model(key, builders[key], root=root)) for key in wanted}
