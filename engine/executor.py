@@ -64,7 +64,7 @@ class Executor:
         self.release_after = release_schedule(plan)
 
     def load(self, warmup: bool = True) -> dict[str, float]:
-        """Build, load and warm every node once (in parallel). Returns seconds per node."""
+        """Build, load and warm every node once. Returns seconds per node."""
         missing = [node_id for node_id in self.plan.nodes if node_id not in self.nodes]
         report: dict[str, dict[str, Any]] = {}
         self.nodes.update(load_nodes(self.plan, missing, self.device, self.dtype, report, warmup))

@@ -12,7 +12,6 @@ it, so a replica running part of a graph starts from what the units before it ex
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine.errors import InputError
@@ -33,9 +32,12 @@ class NodeFailed(RuntimeError):
 
 def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]] | None = None,
                warmup: bool = True) -> dict[str, Node]:
-    """Build, load and warm the nodes, one thread each: imports, weight reads and the first
-    kernels of one node overlap another's. Returns them in the order given and fills
-    `report` (what /health and `capgraph run` show) as each one becomes ready."""
+    """Build, load and warm the nodes, one after another. Returns them in the order given
+    and fills `report` (what /health and `capgraph run` show) as each one becomes ready.
+
+    Not in parallel threads: diffusers loads through accelerate's `init_empty_weights`,
+    which patches `torch.nn.Module` for the whole process, so a transformers model built
+    in another thread meanwhile gets its parameters on the meta device and fails."""
     report = report if report is not None else {}
 
     def one(node_id: str) -> Node:
@@ -52,11 +54,7 @@ def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, rep
                            "load_s": round(loaded - start, 3), "warmup_s": round(warm - loaded, 3)}
         return node
 
-    if len(node_ids) <= 1:
-        return {node_id: one(node_id) for node_id in node_ids}
-    with ThreadPoolExecutor(max_workers=len(node_ids), thread_name_prefix="capgraph-load") as pool:
-        loaded = list(pool.map(one, node_ids))  # re-raises the first failure
-    return dict(zip(node_ids, loaded))
+    return {node_id: one(node_id) for node_id in node_ids}
 
 
 def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], values: Sequence[dict[str, Any]],

@@ -1,7 +1,7 @@
 """A node deployment: one Ray Serve replica running one unit (a node, or a fused group).
 
-The replica sets its torch threads to the planner's share, loads its nodes (in parallel,
-one thread each: imports and weight reads overlap) and runs one warm-up batch per node in
+The replica sets its torch threads to the planner's share, loads its nodes (one after
+another, `engine.runloop.load_nodes` says why) and runs one warm-up batch per node in
 `__init__`, so Ray marks it RUNNING, and routes traffic to it, only once its weights are
 in memory and warm; a new replica added by autoscaling never takes a request cold.
 

@@ -16,13 +16,13 @@ import torch
 
 from engine.registry import catalogue
 from nodes import _random
-from nodes._weights import random_model, random_root, resolve, tiny_model
+from nodes.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
 from nodes.depth import Depth, DepthParams
 from nodes.segmentation import Segmentation, SegmentationParams
 from nodes.upscale import Upscale, UpscaleParams
 
 MILLION = 1e6
-PUBLISHED = {  # millions of parameters, as the models' authors publish them (model cards and papers)
+PUBLISHED = {  # millions of parameters, as published for each default repo (its model card or paper)
     ("depth-anything", "model"): 24.8,
     ("segformer", "model"): 3.75,
     ("sam2", "model"): 224.4,  # the video checkpoint; its image model is checked below
@@ -197,9 +197,10 @@ def test_resolve_in_random_mode_uses_the_random_folder_whatever_the_model(
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     monkeypatch.setenv("CAPGRAPH_RANDOM_DIR", str(shrunk_root))
-    assert resolve("Intel/dpt-large", "depth", "depth-anything", no_tiny) == str(shrunk_root / "v1" / "depth-anything")
+    depth = Weights("depth-anything", None, no_tiny, _random.depth_anything)
+    assert resolve("Intel/dpt-large", "depth", depth) == str(shrunk_root / "v1" / "depth-anything")
     with pytest.raises(KeyError, match="no node family declares a full-size random model 'nope'"):
-        resolve("x", "n", "nope", no_tiny)
+        resolve("x", "n", Weights("nope", None, no_tiny))
 
 
 def test_random_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -212,9 +213,9 @@ def test_random_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tm
 
 def test_write_random_models_refuses_unknown_keys_and_keeps_what_is_there(shrunk_root: Path) -> None:
     with pytest.raises(KeyError, match="no random model for \\['nope'\\]"):
-        _random.write_random_models(shrunk_root, ["nope"])
+        write_random_models(shrunk_root, catalogue().values(), ["nope"])
     before = (shrunk_root / "v1" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
-    written = _random.write_random_models(shrunk_root, ["sdxl"])
+    written = write_random_models(shrunk_root, catalogue().values(), ["sdxl"])
     assert written == {"sdxl": str(shrunk_root / "v1" / "sdxl")}
     assert (shrunk_root / "v1" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
 
@@ -223,7 +224,7 @@ def test_write_random_models_refuses_unknown_keys_and_keeps_what_is_there(shrunk
 def full_size_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three small full-size models (98 MB of fp16 weights), written as `capgraph random-models` does."""
     base = tmp_path_factory.mktemp("random-full")
-    written = _random.write_random_models(base, ["depth-anything", "segformer", "esrgan-x4"])
+    written = write_random_models(base, catalogue().values(), ["depth-anything", "segformer", "esrgan-x4"])
     assert set(written) == {"depth-anything", "segformer", "esrgan-x4"}
     return base
 
