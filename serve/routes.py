@@ -91,15 +91,10 @@ def capability_app(capability: "Capability") -> FastAPI:
 
     livepeer_paths: set[str] = set()
     if livepeer is not None:
-        from serve.livepeer.routes import BearerAuth, make_router
+        from serve.livepeer.routes import mount
 
-        router = make_router(plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
-                             max_body_bytes=settings.max_body_bytes)
-        livepeer_paths = {r.path for r in router.routes if hasattr(r, "path")}
-        app.include_router(router)
-        token = livepeer.token()
-        if token is not None:
-            app.add_middleware(BearerAuth, token=token)
+        livepeer_paths = mount(app, plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
+                               max_body_bytes=settings.max_body_bytes)
     _json_errors(app, livepeer_paths)
     return app
 
@@ -120,7 +115,7 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
     `{"error": {"field", "msg"}}`, or `{"detail": {"msg", "field"}}` on a Livepeer route.
     Never a traceback: an unexpected exception is logged and answered in one line."""
     if livepeer_paths:
-        from serve.livepeer.routes import route_path
+        from serve.livepeer.guard import route_path
 
     def answer(request: Request, status: int, field: str | None, msg: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
         if livepeer_paths and route_path(request.scope) in livepeer_paths:
