@@ -9,7 +9,7 @@ with nothing else to copy; `serve run serve.app:build graph=FILE` and `capgraph 
 1. validate the graph, with the same checks and messages as `capgraph validate`;
 2. compile it into deployment units (`serve.compiler`): the planner (`serve.planner`)
    chooses fusion, batching, threads and CPUs from the nodes' costs, measured by
-   `capgraph tune` where its overlay matches (`serve.tune`), the graph's own fields first;
+   `capgraph tune` where its overlay matches (`serve.overlay`), the graph's own fields first;
 3. pre-flight it against the cluster (`serve.preflight`): on a cluster with no GPU every
    node falls back to the CPU with one warning; what does not fit is named;
 4. bind one `NodeGroup` deployment per unit and the `Capability` ingress.
@@ -42,9 +42,9 @@ from engine.yamlload import YamlProblem, load_yaml
 from serve import preflight
 from serve.compiler import INGRESS, Compiled, compile_plan
 from serve.ingress import RETRY_AFTER_S, Capability, Settings
+from serve.overlay import find_overlay
 from serve.planner import machine_for
 from serve.replica import NodeGroup, stuck_after
-from serve.tune import find_overlay
 from serve.wire import MAX_BODY_BYTES
 
 log = logging.getLogger("ray.serve")

@@ -131,7 +131,7 @@ def compile_plan(
 
     `machine` is the cluster as the planner sees it (None: unknown, every unit asks for
     0.25 CPU and one thread). `tuned` holds the tuned overlay's node settings and
-    `measured` its measured costs (`serve.tune`). `weight_bytes(node)` estimates a model
+    `measured` its measured costs (`serve.overlay`). `weight_bytes(node)` estimates a model
     node's weights before loading (None: unknown); it is only called for model nodes
     without a GPU fraction. Raises GraphInvalid when groups would make the units depend
     on each other in a circle.

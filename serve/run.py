@@ -341,7 +341,7 @@ def deployments(plan: Any) -> dict[str, tuple[str, ...]]:
     (`capgraph render`), where only the grouping matters."""
     from serve import preflight
     from serve.compiler import compile_plan
-    from serve.tune import find_overlay
+    from serve.overlay import find_overlay
 
     cluster = preflight.local_cluster(probe_gpus=False)
     overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")

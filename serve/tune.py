@@ -11,126 +11,25 @@
 3. Hand the measured costs to the planner (`serve.planner`) and print a table: each
    node's milliseconds per batch, and the deployment, batch, wait, threads and GPU
    fraction chosen for it.
-4. Write the chosen settings as a *tuned overlay*, or print them as YAML to paste into
-   the graph's nodes (`print_yaml`).
+4. Write the chosen settings as a *tuned overlay* (`serve.overlay`), or print them as
+   YAML to paste into the graph's nodes (`print_yaml`).
 
-The overlay is a YAML file of graph-node fields (`group`, `batch`, `resources`,
-`replicas`) plus the measured profile. By default it goes to
-`$CAPGRAPH_TUNED_DIR/<capability>.yaml` (default `~/.cache/capgraph/tuned`): it describes
-this machine, not the graph, so it lives with the machine. The builder (`serve run`,
-`capgraph serve`, `capgraph plan`) reads it when it matches the graph (same nodes, params
-and wiring: a fingerprint), the models (tiny or real) and the device kind (CPU or GPU);
-otherwise it says why it is ignored. Fields written in the graph file still win.
-`args.tuned` names another file, or `false` ignores it.
+The overlay's format, where it goes and how the builder reads it back: `serve.overlay`.
 """
 
-import hashlib
-import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.errors import GraphError, GraphInvalid
+from engine.errors import GraphInvalid
 from engine.plan import Plan
-from serve.planner import Cost
+from serve.overlay import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
 
-TUNED_DIR_ENV = "CAPGRAPH_TUNED_DIR"
-OVERLAY_FORMAT = 1
 INGRESS_CPUS = 0.25
 """What the ingress is assumed to take when tuning (CapabilityArgs.ingress_cpus's default)."""
-PLACEMENT_FIELDS = ("group", "batch", "resources", "replicas")
-
-
-def tuned_dir() -> Path:
-    return Path(os.environ.get(TUNED_DIR_ENV) or Path.home() / ".cache" / "capgraph" / "tuned")
-
-
-def default_path(capability: str) -> Path:
-    return tuned_dir() / f"{capability}.yaml"
-
-
-def fingerprint(plan: Plan) -> str:
-    """What the measurements depend on: families, params and wiring (placement fields
-    excluded, so pasting the tuned settings into the graph keeps the overlay valid)."""
-    shape = {
-        "nodes": {n.id: {"type": n.family.type, "params": n.params.model_dump(mode="json"),
-                         "inputs": {port: str(src) for port, src in n.inputs.items()}} for n in plan.nodes.values()},
-        "outputs": {name: str(src) for name, src in plan.outputs.items()},
-    }
-    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Overlay:
-    """A tuned overlay file, read back."""
-
-    path: str
-    capability: str
-    fingerprint: str
-    machine: Mapping[str, Any]
-    """cpus, gpus, accelerator, device (cpu or cuda) and models (tiny or real) it was measured on."""
-    profile: Mapping[str, Mapping[int, float]]
-    """Milliseconds per batch, by node and batch size."""
-    nodes: Mapping[str, Mapping[str, Any]]
-    """The chosen settings as graph-node fields."""
-    request: Mapping[str, Any] = field(default_factory=dict)
-
-    def costs(self) -> dict[str, Cost]:
-        return {node: Cost({int(b): float(ms) for b, ms in sizes.items()}, "measured") for node, sizes in self.profile.items() if sizes}
-
-
-def read_overlay(path: str | Path) -> Overlay:
-    """Raises ValueError naming what is wrong with the file."""
-    import yaml
-
-    try:
-        tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read tuned overlay {path}: {exc}") from None
-    if not isinstance(tree, dict) or tree.get("format") != OVERLAY_FORMAT:
-        raise ValueError(f"{path} is not a capgraph tuned overlay (format {OVERLAY_FORMAT}); re-run capgraph tune")
-    nodes = tree.get("nodes") or {}
-    for node_id, fields in nodes.items():
-        unknown = set(fields or {}) - set(PLACEMENT_FIELDS)
-        if unknown:
-            raise ValueError(f"{path}: node '{node_id}' has {', '.join(sorted(unknown))}; an overlay sets only {', '.join(PLACEMENT_FIELDS)}")
-    return Overlay(str(path), str(tree.get("capability", "")), str(tree.get("fingerprint", "")), tree.get("machine") or {},
-                   tree.get("profile") or {}, nodes, tree.get("request") or {})
-
-
-def find_overlay(plan: Plan, tuned: str | bool | None, device: str) -> tuple[Overlay | None, list[str]]:
-    """The overlay to apply, and notes saying which one or why none. `tuned`: a path, False
-    to ignore overlays, None for this machine's own (`default_path`). `device`: cpu or cuda,
-    what the cluster will run on. A named file that cannot be read is a GraphInvalid."""
-    if tuned is False or (isinstance(tuned, str) and tuned.lower() in ("false", "off", "no", "none")):
-        return None, []
-    from nodes.weights import models_mode
-
-    path = Path(tuned) if isinstance(tuned, str) else default_path(plan.capability)
-    if tuned is None and not path.exists():
-        return None, []
-    try:
-        overlay = read_overlay(path)
-    except ValueError as exc:
-        if tuned is None:
-            return None, [f"{exc}; serving with the planner's defaults"]
-        raise GraphInvalid([GraphError("tuned", str(exc), plan.file)]) from None
-    models = models_mode() or "real"
-    problems = []
-    if overlay.fingerprint != fingerprint(plan):
-        problems.append("the graph's nodes, params or wiring changed since")
-    if overlay.machine.get("models") != models:
-        problems.append(f"it was measured on {overlay.machine.get('models')} models, this runs {models} ones")
-    if overlay.machine.get("device") != device:
-        problems.append(f"it was measured on {overlay.machine.get('device')}, this runs on {device}")
-    if problems:
-        return None, [f"tuned overlay {path} ignored: {'; '.join(problems)}. Re-run: capgraph tune {plan.file}"]
-    return overlay, [f"tuned overlay {path} applied (measured {overlay.machine.get('when', '?')}); the graph's own fields still win"]
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -278,7 +177,7 @@ def tune_graph(
     overlay = _overlay(plan, timings, peaks, device, models, side, params)
     compiled = _compile(plan, overlay)
     _print_table(plan, timings, compiled, device, models, side, Console(file=out, width=max(120, Console(file=out).width)))
-    text = _yaml(overlay, plan)
+    text = overlay_yaml(overlay, plan)
     if print_yaml:
         print(_paste_text(overlay, plan), file=out)
         return 0
@@ -362,16 +261,6 @@ def _print_table(plan: Plan, timings: Mapping[str, Mapping[int, float]], compile
     console.print(table)
     for unit in compiled.units:
         console.print(f"[b]{unit.name}[/b]: " + "; ".join(unit.why), highlight=False)
-
-
-def _yaml(overlay: Mapping[str, Any], plan: Plan) -> str:
-    import yaml
-
-    head = (f"# capgraph tune {plan.file}: serving settings for '{plan.capability}' on this machine.\n"
-            "# Read by serve run / capgraph serve / capgraph plan while the graph's nodes, params and wiring,\n"
-            "# the models (tiny or real) and the device kind match; the graph file's own fields win.\n"
-            "# profile: milliseconds per batch, by batch size. nodes: the chosen graph-node fields.\n")
-    return head + yaml.safe_dump(dict(overlay), sort_keys=False, default_flow_style=None, width=120)
 
 
 def _paste_text(overlay: Mapping[str, Any], plan: Plan) -> str:

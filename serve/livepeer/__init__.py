@@ -3,8 +3,9 @@ ai-runner-compatible routes and pytrickle live frames.
 
 Entry points (each module imports its heavy pieces only when used):
 
-- `serve.livepeer.routes.make_router(plan, run, is_ready, settings)`: the FastAPI router the
-  ingress includes (`/ready`, `POST /{capability}`, ai-runner routes, `/stream/*`).
+- `serve.livepeer.routes.mount(app, plan, run, is_ready, settings)`: adds the Livepeer routes
+  (`/ready`, `POST /{capability}`, ai-runner routes, `/stream/*`) to the ingress's app, or
+  to `local_app`'s; `serve.livepeer.guard` holds what they share (error shape, token, gate).
 - `serve.livepeer.settings.load_settings(plan, section)` and `check_livepeer_section(raw, plan)`:
   the graph file's `livepeer:` section.
 - `serve.livepeer.registrar.register_graph(path)` and `runners_json(path)`: what

@@ -40,7 +40,7 @@ from engine.values import MAX_PIXELS
 from nodes._shared import gray_to_rgb
 from serve.http import check_params, check_text, decode_bytes, render_json
 from serve.livepeer.codec import data_url, png_data_url
-from serve.livepeer.routes import Guard, RunFn, error
+from serve.livepeer.guard import Guard, RunFn, error
 from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
 from serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
 

@@ -46,7 +46,7 @@ from engine.errors import InputError
 from engine.plan import Plan
 from engine.values import coerce
 from nodes._shared import gray_to_rgb
-from serve.livepeer.routes import Guard, ReadyFn, RunBatchFn, RunFn, error
+from serve.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
 from serve.livepeer.settings import LiveSettings, LivepeerSettings
 
 log = logging.getLogger("capgraph.livepeer")

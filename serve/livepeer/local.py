@@ -1,5 +1,5 @@
 """The Livepeer surface without Ray: the in-process executor behind the same `run`/`is_ready`
-contract the Ray Serve ingress gives `make_router`.
+contract the Ray Serve ingress gives `mount`.
 
 For tests, for a one-GPU container that needs no Ray, and as the baseline the Ray version
 is measured against:
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from engine.executor import Executor
 from engine.plan import Plan
-from serve.livepeer.routes import make_router
+from serve.livepeer.routes import mount
 from serve.livepeer.settings import LivepeerSettings
 
 
@@ -78,5 +78,5 @@ def local_app(plan: Plan, settings: LivepeerSettings, backend: ExecutorBackend |
         status = "ERROR" if backend.error is not None else "IDLE" if await backend.is_ready() else "LOADING"
         return JSONResponse({"status": status})
 
-    app.include_router(make_router(plan, backend.run, backend.is_ready, settings, run_batch=backend.run_batch))
+    mount(app, plan, backend.run, backend.is_ready, settings, run_batch=backend.run_batch, bearer_auth=False)
     return app

@@ -1,9 +1,9 @@
-"""The Livepeer surface of a served graph, as one FastAPI router the ingress includes.
+"""The Livepeer surface of a served graph, as one FastAPI router that `mount` adds to an
+app (the Ray ingress's, or `serve.livepeer.local`'s, over the in-process executor):
 
-    router = make_router(plan, run, is_ready, settings)
-    app.include_router(router)
+    paths = mount(app, plan, run, is_ready, settings)
 
-adds, beside the ingress's own `/v1/{capability}` and `/health`:
+adds, beside the app's own routes (the ingress's `/v1/{capability}` and `/health`):
 
 - `GET /ready`: exactly 200 once every node is warm, else 503. A static Live Runner's
   `health_url` and a container health check want this; `/health` answers 200 while loading.
@@ -19,139 +19,45 @@ Every error is `{"detail": {"msg": ...}}`, the shape go-livepeer and the livepee
 read. Jobs beyond `capacity` get 503 busy at once, with `Retry-After`: BYOC does not enforce
 capacity itself, and a 5xx is what makes a gateway try the next orchestrator. The router's
 lifespan runs the registrar (BYOC registration, Live Runner heartbeats) when the section
-configures one.
-
-`BearerAuth` guards a whole app: with a token configured, every route but `/health` and
-`/ready` needs `Authorization: Bearer <token>`, compared in constant time; a missing or
-wrong one is 401 in the shape above. The token is never logged nor echoed.
+configures one. What the routes share (the error shape, `Guard`, `BearerAuth`) is
+`serve.livepeer.guard`'s; with a token configured, `mount` guards the whole app with
+`BearerAuth`.
 """
 
 import asyncio
-import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InputError
 from engine.plan import Plan
 from engine.values import MAX_PIXELS
 from serve.http import render_json, request_schema
+from serve.livepeer.ai_runner import add_ai_runner_routes
 from serve.livepeer.codec import encode_outputs
+from serve.livepeer.guard import LOADING, RETRY_AFTER_S, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, error
 from serve.livepeer.settings import LivepeerSettings, load_settings
 from serve.wire import MAX_BODY_BYTES, read_job
 
 log = logging.getLogger("capgraph.livepeer")
 
-RunFn = Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
-"""One frame's graph inputs and `node.param` overrides -> (graph outputs, timings_ms)."""
-RunBatchFn = Callable[[list[dict[str, Any]], dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-"""Frames sharing one set of overrides -> one dict of graph outputs per frame."""
-ReadyFn = Callable[[], Awaitable[bool]]
 
-
-def error(status: int, msg: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    """The one error shape: `{"detail": {"msg": ...}}` (FastAPI's `{"detail": "..."}` breaks the SDK)."""
-    return JSONResponse({"detail": {"msg": msg, **extra}}, status_code=status, headers=headers)
-
-
-BUSY = "busy"
-LOADING = "loading"
-UNAUTHORIZED = "Invalid bearer token."
-RETRY_AFTER_S = 1
-"""What a 503 busy or loading tells a gateway to wait before trying again."""
-OPEN_PATHS = frozenset({"/health", "/ready"})
-"""Routes a health check reaches without a token."""
-
-
-def bearer_ok(header: str, token: str) -> bool:
-    """Whether an Authorization header carries `Bearer <token>`; constant time in the token."""
-    scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
-
-
-def unauthorized() -> JSONResponse:
-    return error(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
-
-
-def retry_later(msg: str) -> JSONResponse:
-    """503 with `Retry-After`: a gateway retries, here or at the next orchestrator."""
-    return error(503, msg, headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
-class BearerAuth:
-    """ASGI middleware: every HTTP and websocket route but `open_paths` needs the token.
-
-    Paths are compared below the app's mount point, so `/health` stays open under any
-    Serve `route_prefix`. Nothing about the request or the token is logged."""
-
-    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = OPEN_PATHS):
-        self.app, self.token, self.open_paths = app, token, open_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or route_path(scope) in self.open_paths:
-            return await self.app(scope, receive, send)
-        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
-        if bearer_ok(header, self.token):
-            return await self.app(scope, receive, send)
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await unauthorized()(scope, receive, send)
-
-
-def route_path(scope: Scope) -> str:
-    """The request path below the app's mount point (Serve's `route_prefix`), no trailing slash."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
-    return path.rstrip("/") or "/"
-
-
-class Gate:
-    """Admits at most `capacity` jobs at once; the next one is refused, never queued.
-
-    Counted in the event loop, so no lock is needed. One gate is shared by every job route
-    of the router (BYOC and ai-runner), per ingress process."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.in_flight = 0
-
-    def try_enter(self) -> bool:
-        if self.in_flight >= self.capacity:
-            return False
-        self.in_flight += 1
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-
-
-class Guard:
-    """Auth, readiness and capacity, checked in that order before any job runs."""
-
-    def __init__(self, settings: LivepeerSettings, is_ready: ReadyFn):
-        self.token = settings.token()
-        self.is_ready = is_ready
-        self.gate = Gate(settings.capacity)
-
-    def authorized(self, request: Request) -> bool:
-        return self.token is None or bearer_ok(request.headers.get("authorization", ""), self.token)
-
-    async def admit(self, request: Request) -> JSONResponse | None:
-        """None when the job may run (and then holds a slot: call `gate.leave()`), else the refusal."""
-        if not self.authorized(request):
-            return unauthorized()
-        if not await self.is_ready():
-            return retry_later(LOADING)
-        if not self.gate.try_enter():
-            return retry_later(BUSY)
-        return None
+def mount(app: FastAPI, plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings, *,
+          run_batch: RunBatchFn | None = None, max_pixels: int = MAX_PIXELS, max_body_bytes: int = MAX_BODY_BYTES,
+          bearer_auth: bool = True) -> set[str]:
+    """Add the Livepeer routes (`make_router`, same arguments) to `app`; with a token
+    configured and `bearer_auth`, `BearerAuth` guards every route of the app but `/health`
+    and `/ready` (without it, only the job and stream routes check the token, as
+    `serve.livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
+    router = make_router(plan, run, is_ready, settings, run_batch=run_batch, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
+    app.include_router(router)
+    token = settings.token()
+    if bearer_auth and token is not None:
+        app.add_middleware(BearerAuth, token=token)
+    return {r.path for r in router.routes if hasattr(r, "path")}
 
 
 def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings | None = None, *,
@@ -221,8 +127,6 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
             guard.gate.leave()
 
     if settings.routes:
-        from serve.livepeer.ai_runner import add_ai_runner_routes
-
         add_ai_runner_routes(router, plan, run, guard, settings, job, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
     if settings.name not in settings.routes:
         body = {"required": True, "content": {"application/json": request_schema(plan)["application/json"]}}

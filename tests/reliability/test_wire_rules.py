@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from engine.errors import InputError
 from engine.validate import load_plan
 from serve import http
-from serve.livepeer.routes import BearerAuth, bearer_ok
+from serve.livepeer.guard import BearerAuth, bearer_ok
 from tests.reliability.support import HYBRID, MAX_PIXELS, TOKEN, frame, png_b64
 
 

@@ -12,7 +12,8 @@ from engine.errors import GraphInvalid
 from engine.validate import load_plan
 from serve import preflight
 from serve.app import CapabilityArgs, plan_app
-from serve.tune import TUNED_DIR_ENV, batch_sizes, find_overlay, fingerprint, parse_params, read_overlay, tune_graph
+from serve.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, read_overlay
+from serve.tune import batch_sizes, parse_params, tune_graph
 from tests.conftest import GRAPHS
 
 HYBRID = str(GRAPHS / "hybrid.yaml")

@@ -1,0 +1,127 @@
+"""What every Livepeer route shares: the backend's `run`/`is_ready` contract, the one error
+shape, the bearer token and the job gate.
+
+Every error is `{"detail": {"msg": ...}}`, the shape go-livepeer and the livepeer-ai SDK
+read. `Guard` checks a job route's request: the token, then readiness, then capacity
+(`Gate`: jobs beyond `capacity` get 503 busy at once, with `Retry-After`).
+
+`BearerAuth` guards a whole app: with a token configured, every route but `/health` and
+`/ready` needs `Authorization: Bearer <token>`, compared in constant time; a missing or
+wrong one is 401 in the shape above. The token is never logged nor echoed.
+"""
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve.livepeer.settings import LivepeerSettings
+
+RunFn = Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
+"""One frame's graph inputs and `node.param` overrides -> (graph outputs, timings_ms)."""
+RunBatchFn = Callable[[list[dict[str, Any]], dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+"""Frames sharing one set of overrides -> one dict of graph outputs per frame."""
+ReadyFn = Callable[[], Awaitable[bool]]
+
+
+def error(status: int, msg: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """The one error shape: `{"detail": {"msg": ...}}` (FastAPI's `{"detail": "..."}` breaks the SDK)."""
+    return JSONResponse({"detail": {"msg": msg, **extra}}, status_code=status, headers=headers)
+
+
+BUSY = "busy"
+LOADING = "loading"
+UNAUTHORIZED = "Invalid bearer token."
+RETRY_AFTER_S = 1
+"""What a 503 busy or loading tells a gateway to wait before trying again."""
+OPEN_PATHS = frozenset({"/health", "/ready"})
+"""Routes a health check reaches without a token."""
+
+
+def bearer_ok(header: str, token: str) -> bool:
+    """Whether an Authorization header carries `Bearer <token>`; constant time in the token."""
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def unauthorized() -> JSONResponse:
+    return error(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def retry_later(msg: str) -> JSONResponse:
+    """503 with `Retry-After`: a gateway retries, here or at the next orchestrator."""
+    return error(503, msg, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP and websocket route but `open_paths` needs the token.
+
+    Paths are compared below the app's mount point, so `/health` stays open under any
+    Serve `route_prefix`. Nothing about the request or the token is logged."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = OPEN_PATHS):
+        self.app, self.token, self.open_paths = app, token, open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or route_path(scope) in self.open_paths:
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
+        if bearer_ok(header, self.token):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await unauthorized()(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request path below the app's mount point (Serve's `route_prefix`), no trailing slash."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"
+
+
+class Gate:
+    """Admits at most `capacity` jobs at once; the next one is refused, never queued.
+
+    Counted in the event loop, so no lock is needed. One gate is shared by every job route
+    of the router (BYOC and ai-runner), per ingress process."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_flight = 0
+
+    def try_enter(self) -> bool:
+        if self.in_flight >= self.capacity:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class Guard:
+    """Auth, readiness and capacity, checked in that order before any job runs."""
+
+    def __init__(self, settings: LivepeerSettings, is_ready: ReadyFn):
+        self.token = settings.token()
+        self.is_ready = is_ready
+        self.gate = Gate(settings.capacity)
+
+    def authorized(self, request: Request) -> bool:
+        return self.token is None or bearer_ok(request.headers.get("authorization", ""), self.token)
+
+    async def admit(self, request: Request) -> JSONResponse | None:
+        """None when the job may run (and then holds a slot: call `gate.leave()`), else the refusal."""
+        if not self.authorized(request):
+            return unauthorized()
+        if not await self.is_ready():
+            return retry_later(LOADING)
+        if not self.gate.try_enter():
+            return retry_later(BUSY)
+        return None

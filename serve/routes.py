@@ -1,0 +1,152 @@
+"""The capability's HTTP app: the FastAPI app the ingress serves, its routes and its
+error handlers.
+
+Routes: `POST /v1/{capability}` (JSON or multipart), `GET /v1/{capability}/schema`,
+`GET /health`, OpenAPI docs at `/docs`; plus the Livepeer routes where `serve.livepeer`
+is installed. Every answer is JSON, errors included (`_json_errors`).
+"""
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from engine.errors import InputError
+from engine.plan import Plan
+from serve import http
+from serve.errors import RETRY_AFTER_S, NodeFault, first_line
+from serve.wire import read_job
+
+if TYPE_CHECKING:
+    from serve.ingress import Capability
+
+log = logging.getLogger("ray.serve")
+
+TIMEOUT_HEADER = "x-capgraph-timeout-s"
+"""A caller's own deadline in seconds (a gateway's remaining budget); never longer than
+the configured `request_timeout_s`."""
+
+
+def capability_app(capability: "Capability") -> FastAPI:
+    """The app of one ingress replica; its lifespan runs the health watcher."""
+    plan, settings, health_state = capability.plan, capability.settings, capability.health
+    watcher: list[asyncio.Task] = []
+
+    async def lifespan(_: FastAPI):
+        watcher.append(asyncio.get_running_loop().create_task(health_state.watch()))
+        yield
+        watcher[0].cancel()
+
+    app = FastAPI(title=plan.capability, version=plan.spec.version, description=plan.spec.description or plan.capability,
+                  lifespan=lifespan)
+    route = f"/v1/{plan.capability}"
+    livepeer = livepeer_settings(plan, settings.livepeer)
+
+    @app.post(route, summary=f"Run {plan.capability} on one frame",
+              openapi_extra={"requestBody": {"required": True, "content": http.request_schema(plan)},
+                             "parameters": [{"name": TIMEOUT_HEADER, "in": "header", "required": False,
+                                             "description": "the caller's deadline in seconds; never extends request_timeout_s",
+                                             "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}}]})
+    async def infer(request: Request) -> JSONResponse:
+        try:
+            with capability.admitted():  # before the body is read: refusing costs next to nothing
+                deadline = _timeout(request)
+                inputs, params = await read_job(request, plan, settings.max_pixels, settings.max_body_bytes)
+                outputs, timings, batches = await capability.execute(inputs, params, deadline)
+                content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings)
+        except InputError as exc:
+            return JSONResponse(http.error_body(exc), status_code=exc.status)
+        except TimeoutError as exc:
+            return JSONResponse({"error": {"msg": str(exc)}}, status_code=504)
+        except NodeFault as exc:
+            retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+            return JSONResponse({"error": {"node": exc.node, "msg": str(exc)}}, status_code=exc.status, headers=retry)
+        headers = {"x-capgraph-batch-sizes": ",".join(f"{k}={v}" for k, v in batches.items())}
+        return Response(content, media_type="application/json", headers=headers)
+
+    @app.get(f"{route}/schema", summary="Inputs, request params and outputs of the capability")
+    async def schema() -> dict[str, Any]:
+        return http.schema(plan)
+
+    @app.get("/health", summary="200 once every node is loaded and warm (or still serving while it updates), else 503")
+    async def health() -> JSONResponse:
+        ready, nodes = await health_state.check()
+        updating = "updating" in nodes.values()
+        replaced = health_state.replacements.recent()
+        extra = {"replaced": replaced} if replaced else {}
+        if ready:
+            return JSONResponse({"status": "updating" if updating else "ok", "nodes": nodes} | extra)
+        if updating:
+            status = "updating"
+        elif health_state.healthy_since is not None or {"unhealthy", "failed"} & set(nodes.values()):
+            status = "unhealthy"
+        else:
+            status = "loading"
+        return JSONResponse({"status": status, "nodes": nodes} | extra, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    livepeer_paths: set[str] = set()
+    if livepeer is not None:
+        from serve.livepeer.routes import mount
+
+        livepeer_paths = mount(app, plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
+                               max_body_bytes=settings.max_body_bytes)
+    _json_errors(app, livepeer_paths)
+    return app
+
+
+def _timeout(request: Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        raise InputError(f"headers.{TIMEOUT_HEADER}", f"'{value[:20]}' is not a number of seconds", 400) from None
+    if seconds is not None and not 0 < seconds < 1e6:
+        raise InputError(f"headers.{TIMEOUT_HEADER}", "must be a positive number of seconds", 400)
+    return seconds
+
+
+def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
+    """Unknown routes, wrong methods and the unexpected answer JSON too: capgraph's
+    `{"error": {"field", "msg"}}`, or `{"detail": {"msg", "field"}}` on a Livepeer route.
+    Never a traceback: an unexpected exception is logged and answered in one line."""
+    if livepeer_paths:
+        from serve.livepeer.guard import route_path
+
+    def answer(request: Request, status: int, field: str | None, msg: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        if livepeer_paths and route_path(request.scope) in livepeer_paths:
+            body: dict[str, Any] = {"detail": {"msg": msg} | ({"field": field} if field else {})}
+        else:
+            body = {"error": ({"field": field} if field else {}) | {"msg": msg}}
+        return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return answer(request, 404, "path", f"no route {request.method} {request.url.path[:200]}; see /docs for the routes")
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            return answer(request, 405, "method", f"{request.method} is not allowed here; use {allowed or 'another method'}",
+                          exc.headers)
+        field = "body" if exc.status_code in (400, 413, 415, 422) else None
+        return answer(request, exc.status_code, field, str(exc.detail)[:300], exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("capgraph: %s %s failed: %s: %s", request.method, request.url.path[:200], type(exc).__name__, first_line(exc))
+        return answer(request, 500, None, "internal error; the capability logged it")
+
+
+def livepeer_settings(plan: Plan, section: Mapping[str, Any] | None) -> Any:
+    """The Livepeer section's settings (bearer token, routes), or None where `serve.livepeer`
+    is not installed. Read here, in the ingress replica, so secrets given as environment
+    variables stay on the cluster."""
+    try:
+        from serve.livepeer.settings import load_settings
+    except ImportError:
+        return None
+    return load_settings(plan, section)
