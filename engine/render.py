@@ -8,7 +8,7 @@ the Serve compiler chose (deployment name -> node ids), each one is a box around
 
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from engine.plan import Plan, Source
 
@@ -51,19 +51,28 @@ def _boxes(plan: Plan, deployments: Deployments | None) -> list[tuple[str | None
     return [(name, [n for n in plan.nodes if n in members]) for name, members in deployments.items()]
 
 
+def _boxed(plan: Plan, deployments: Deployments | None, open_box: Callable[[str], str], close_box: str,
+           node: Callable[[str], str]) -> list[str]:
+    """Every node's line, those of one deployment between its box's opening and closing lines."""
+    lines = []
+    for box, members in _boxes(plan, deployments):
+        if box is not None:
+            lines.append(open_box(box))
+        lines += [("  " if box is None else "    ") + node(node_id) for node_id in members]
+        if box is not None:
+            lines.append(close_box)
+    return lines
+
+
 def mermaid(plan: Plan, deployments: Deployments | None = None) -> str:
     lines = ["flowchart LR"]
     for name, spec in plan.spec.inputs.items():
         lines.append(f'  in_{name}[/"{name}<br/><i>{spec.type.title}</i>"/]')
-    for box, members in _boxes(plan, deployments):
-        indent = "  " if box is None else "    "
-        if box is not None:
-            lines.append(f'  subgraph dep_{box}["deployment {box}"]')
-        for node_id in members:
-            title, sub = _node_label(plan, node_id)
-            lines.append(f'{indent}{node_id}["<b>{title}</b><br/>{sub}"]')
-        if box is not None:
-            lines.append("  end")
+    def node(node_id: str) -> str:
+        title, sub = _node_label(plan, node_id)
+        return f'{node_id}["<b>{title}</b><br/>{sub}"]'
+
+    lines += _boxed(plan, deployments, lambda box: f'  subgraph dep_{box}["deployment {box}"]', "  end", node)
     for name in plan.outputs:
         lines.append(f'  out_{name}[\\"{name}"\\]')
     for src, dst, label in _edges(plan):
@@ -80,16 +89,13 @@ def dot(plan: Plan, deployments: Deployments | None = None) -> str:
     ]
     for name, spec in plan.spec.inputs.items():
         lines.append(f'  in_{name} [shape=parallelogram, style=filled, fillcolor="#e8f0fe", label="{name}\\n{spec.type.title}"];')
-    for box, members in _boxes(plan, deployments):
-        indent = "  " if box is None else "    "
-        if box is not None:
-            lines.append(f'  subgraph cluster_{box} {{ label="deployment {box}"; style="dashed"; color="#888888";')
-        for node_id in members:
-            title, sub = _node_label(plan, node_id)
-            fill = "#fde7e7" if plan.nodes[node_id].family.uses_gpu else "#eef7ee"
-            lines.append(f'{indent}{node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];')
-        if box is not None:
-            lines.append("  }")
+    def node(node_id: str) -> str:
+        title, sub = _node_label(plan, node_id)
+        fill = "#fde7e7" if plan.nodes[node_id].family.uses_gpu else "#eef7ee"
+        return f'{node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];'
+
+    lines += _boxed(plan, deployments, lambda box: f'  subgraph cluster_{box} {{ label="deployment {box}"; style="dashed"; color="#888888";',
+                    "  }", node)
     for name in plan.outputs:
         lines.append(f'  out_{name} [shape=invhouse, style=filled, fillcolor="#fff4d6", label="{name}"];')
     for src, dst, label in _edges(plan):

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.plan import Plan
 from engine.spec import CAPABILITY
 from engine.types import PortType
+from engine.yamlload import plain
 
 ENV_PREFIX = "CAPGRAPH_LIVEPEER__"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -153,7 +154,7 @@ def with_env(raw: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
     import json
 
     environ = os.environ if environ is None else environ
-    section = _plain(raw or {})
+    section = plain(raw or {})
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -202,7 +203,7 @@ def read_section(path: str | Path) -> dict[str, Any]:
 
     tree = load_yaml(Path(path).read_text(encoding="utf-8"))
     section = tree.get("livepeer") if isinstance(tree, Mapping) else None
-    return _plain(section) if isinstance(section, Mapping) else {}
+    return plain(section) if isinstance(section, Mapping) else {}
 
 
 def settings_from_file(path: str | Path, plan: Plan, environ: Mapping[str, str] | None = None) -> LivepeerSettings:
@@ -225,7 +226,7 @@ def check_livepeer_section(raw: Any, plan: Plan | None = None) -> list[str]:
         return ["livepeer: must be a mapping of settings."]
     problems: list[str] = []
     try:
-        settings = LivepeerSettings.model_validate(_plain(raw))
+        settings = LivepeerSettings.model_validate(plain(raw))
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(["livepeer", *(str(p) for p in err["loc"] if p != "[key]")])
@@ -314,15 +315,6 @@ def _outputs_of(plan: Plan, types: set[PortType]) -> list[str]:
 
 def _titles(types: set[PortType]) -> str:
     return " or ".join(sorted(t.title for t in types)) or "a node param, not a graph input"
-
-
-def _plain(value: Any) -> Any:
-    """Located YAML mappings (and any Mapping) as plain dicts, recursively."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def default_output(plan: Plan, route: str, settings: LivepeerSettings) -> str:
