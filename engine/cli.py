@@ -109,7 +109,7 @@ def run(
 ) -> None:
     """Run a graph in this process on one frame and write its outputs to a folder."""
     from engine.executor import Executor
-    from engine.values import parse_text
+    from engine.codecs import from_arg
 
     plan = _load(graph, sets)
     frame: dict[str, Any] = {}
@@ -120,7 +120,7 @@ def run(
         spec = plan.spec.inputs.get(name)
         if spec is None:
             raise InputError(f"--input {name}", f"the graph has no input '{name}'; its inputs are {', '.join(plan.spec.inputs) or '(none)'}")
-        frame[name] = parse_text(spec.type, value, f"--input {name}")
+        frame[name] = from_arg(spec.type, value, f"--input {name}")
     executor = Executor(plan, device=device)
     with err.status(f"loading {len(plan.nodes)} nodes on {executor.device}…", spinner="dots"):
         load_s = executor.load()

@@ -14,7 +14,7 @@ from engine.errors import InputError
 from engine.node import Node, NodeParams
 from engine.plan import Plan
 from engine.runloop import NodeFailed, load_nodes, release_schedule, run_nodes
-from engine.values import coerce
+from engine.codecs import coerce
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.values import gray_to_rgb  # noqa: F401  (nodes import it from here)
+
 
 def resize(array: np.ndarray, width: int, height: int, *, smooth: bool = True) -> np.ndarray:
     """Resize an (H, W) or (H, W, C) array to (height, width), keeping its dtype.
@@ -29,12 +31,6 @@ def resize(array: np.ndarray, width: int, height: int, *, smooth: bool = True) -
 def to_multiple(value: float, multiple: int) -> int:
     """Round down to a multiple (at least one multiple): SDXL wants sides divisible by 8."""
     return max(multiple, int(value) // multiple * multiple)
-
-
-def gray_to_rgb(values: np.ndarray) -> np.ndarray:
-    """A float map in [0, 1] as a grey uint8 RGB image (what ControlNet control images are)."""
-    gray = (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def module_bytes(*modules: Any) -> int:

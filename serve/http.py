@@ -2,51 +2,35 @@
 
 No Ray and no FastAPI here, so the rules can be tested on their own:
 
-- request: `{"inputs": {...}, "params": {"node.param": value}}`; an image input is base64
-  PNG/JPEG/WebP or a `data:` URL (a Mask or DepthMap input is a greyscale image); a
-  multipart form carries image files under the input's name and other inputs as text
-  fields, with `params` as a JSON text field.
-- answer: `{"outputs": {...}, "timings_ms": {...}}`; images, masks and depth maps as base64
-  PNG, segmentation maps as 8- or 16-bit PNG of class ids, bytes as base64.
+- request: `{"inputs": {...}, "params": {"node.param": value}}`; a multipart form carries
+  image files under the input's name and other inputs as text fields, with `params` as a
+  JSON text field.
+- answer: `{"outputs": {...}, "timings_ms": {...}}`.
+
+Each input and output is decoded and encoded by its port type's codec (`engine.codecs`):
+base64 images, greyscale masks, the pixel limit, text booleans are the same as on the CLI
+and the Livepeer routes.
 
 Every fault in a request is an `InputError` naming the field, found before any node runs:
 the JSON itself (NaN, Infinity, nesting past `MAX_DEPTH`), then the params (JSON types as
 the family declares them, bounds, fixed params, a requested size over the pixel limit),
-then the inputs (base64, `data:` URL types, text length, then decoding through
-`engine.values.decode_image`, so the pixel limit is the same as everywhere else).
+then the inputs (base64, `data:` URL types, text length, then decoding).
 `request_schema` describes the same rules as JSON Schema for the OpenAPI document.
 """
 
-import base64
-import binascii
 import functools
-import io
 import json
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
+from engine.codecs import ENCODINGS, codec, encode_outputs, json_type, plain
+from engine.codecs import encode_value  # noqa: F401  (what `/v1` answers a value as)
 from engine.errors import InputError
 from engine.plan import Plan
 from engine.types import PortType
-from engine.values import decode_image, encode_image
 
-IMAGE_LIKE = (PortType.IMAGE, PortType.MASK, PortType.DEPTH_MAP, PortType.SEGMENTATION_MAP)
-ENCODINGS = {
-    PortType.IMAGE: "base64 PNG/JPEG/WebP, or a data: URL",
-    PortType.MASK: "base64 greyscale image (white = 1)",
-    PortType.DEPTH_MAP: "base64 greyscale image (white = near)",
-    PortType.SEGMENTATION_MAP: "base64 PNG of class ids (8 or 16 bit)",
-    PortType.BYTES: "base64",
-    PortType.MASKS: "{masks: [base64 PNG], scores: [float]}",
-}
 MAX_DEPTH = 32
 """Deepest JSON nesting a request may send: a graph's inputs and params need a handful."""
-MAX_TEXT_CHARS = 10_000
-"""Longest text input; prompts are cut to 77 tokens anyway, so longer is a mistake or an attack."""
-IMAGE_MIME = ("image/png", "image/jpeg", "image/webp", "image/bmp")
-JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
 
 class _NonFinite:
@@ -125,65 +109,19 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
         if name == "params":
             continue
         kind = _kind(plan, name)
-        if isinstance(value, bytes):
-            inputs[name] = decode_bytes(kind, value, f"inputs.{name}", max_pixels)
+        if kind is None:  # unknown names are reported by check_inputs
+            inputs[name] = value
+        elif isinstance(value, bytes):
+            inputs[name] = codec(kind).from_bytes(value, f"inputs.{name}", max_pixels)
         else:
-            inputs[name] = _from_text(kind, value, f"inputs.{name}", max_pixels)
+            inputs[name] = codec(kind).from_text(value, f"inputs.{name}", max_pixels)
     return inputs, params
 
 
 def decode_value(plan: Plan, name: str, value: Any, max_pixels: int) -> Any:
     """One JSON input value -> the port value (images decoded, the rest as sent)."""
     kind = _kind(plan, name)
-    field = f"inputs.{name}"
-    if kind in IMAGE_LIKE or kind is PortType.BYTES:
-        if not isinstance(value, str):
-            raise InputError(field, f"expected {ENCODINGS[kind]}, got {_json_type(value)}", 422)
-        return decode_bytes(kind, b64decode(value, field, max_pixels, kind), field, max_pixels)
-    check_text(kind, value, field)
-    return value
-
-
-def b64decode(text: str, field: str, max_pixels: int, kind: PortType | None = None) -> bytes:
-    """base64 or a data: URL -> bytes, refusing payloads larger than any allowed image.
-
-    Whitespace is ignored, as in MIME's 76-column lines (what `base64` prints by default).
-    A data: URL for an image must say an image type."""
-    if text.startswith("data:"):
-        head, _, text = text.partition(",")
-        if ";base64" not in head:
-            raise InputError(field, "data: URLs must be base64 encoded (data:image/png;base64,...)", 400)
-        mime = head[5:].split(";")[0].strip().lower()
-        if kind in IMAGE_LIKE and mime and mime not in IMAGE_MIME:
-            raise InputError(field, f"the data: URL says '{mime[:40]}'; send {', '.join(IMAGE_MIME[:3])}", 415)
-    limit = max_pixels * 4 + (1 << 20)  # an uncompressed RGBA frame and a header is the most a file can need
-    if len(text) * 3 // 4 > limit:
-        raise InputError(field, f"payload of about {len(text) * 3 // 4:,} bytes is larger than any image under the pixel limit", 413)
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InputError(field, "not valid base64", 400) from None
-
-
-def _refuse_bombs(data: bytes, field: str, max_pixels: int) -> None:
-    """A header claiming so many pixels that Pillow will not even open it (twice its
-    MAX_IMAGE_PIXELS) is a 413 like any image over the limit, not an undecodable file."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)):
-            pass
-    except Image.DecompressionBombError:
-        raise InputError(field, f"the image header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
-                         f"bomb?); this capability takes at most {max_pixels:,}", 413) from None
-    except Exception:  # anything else undecodable: decode_image says what
-        pass
-
-
-def check_text(kind: PortType | None, value: Any, field: str) -> None:
-    """A text input longer than `MAX_TEXT_CHARS` is a 422 naming `field`."""
-    if kind is PortType.TEXT and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-        raise InputError(field, f"text of {len(value):,} characters is over the limit of {MAX_TEXT_CHARS:,}", 422)
+    return value if kind is None else codec(kind).from_json(value, f"inputs.{name}", max_pixels)
 
 
 def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None:
@@ -196,7 +134,7 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None
             continue  # params_for says why, with a suggestion
         node_id, name = settable[key]
         allowed = _json_types(_param_schemas(plan.nodes[node_id].family.Params).get(name, {}))
-        kind = _json_type(value)
+        kind = json_type(value)
         if kind == "integer" and "number" in allowed or kind == "number" and "integer" in allowed and float(value).is_integer():
             continue  # JSON has one number type: 20 and 20.0 are the same number
         if allowed and kind not in allowed:
@@ -216,56 +154,9 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None
                              f"capability's limit of {max_pixels:,} (a side set alone counts as a square)", 413)
 
 
-def decode_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int) -> Any:
-    """A file's bytes -> the port value: images checked for bombs and decoded under the
-    pixel limit, masks and depth maps as greyscale, segmentation maps as class ids."""
-    if kind is PortType.BYTES or kind is None:  # unknown names are reported by check_inputs
-        return data
-    if kind not in IMAGE_LIKE:
-        raise InputError(field, f"a file was sent for a {kind.title} input", 422)
-    _refuse_bombs(data, field, max_pixels)
-    image = decode_image(data, field, max_pixels)
-    if kind is PortType.IMAGE:
-        return image
-    if kind is PortType.SEGMENTATION_MAP:
-        return image[..., 0].astype(np.int32)
-    return (image.mean(axis=2) / 255.0).astype(np.float32)
-
-
-def _from_text(kind: PortType | None, text: str, field: str, max_pixels: int) -> Any:
-    """A multipart text field. Never a file path: images come as files or base64."""
-    if kind in IMAGE_LIKE or kind is PortType.BYTES:
-        try:
-            data = b64decode(text, field, max_pixels, kind)
-        except InputError as exc:
-            if exc.status != 400:
-                raise
-            raise InputError(field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400) from None
-        return decode_bytes(kind, data, field, max_pixels)
-    check_text(kind, text, field)
-    try:
-        if kind is PortType.TEXT or kind is None:
-            return text
-        if kind is PortType.NUMBER:
-            return float(text)
-        if kind is PortType.INTEGER:
-            return int(text)
-        if kind is PortType.BOOL:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        return json.loads(text)
-    except ValueError:
-        raise InputError(field, f"'{text[:40]}' is not a valid {kind.title}", 422) from None
-
-
 def _kind(plan: Plan, name: str) -> PortType | None:
     spec = plan.spec.inputs.get(name)
     return spec.type if spec else None  # unknown names are reported by check_inputs
-
-
-def _json_type(value: Any) -> str:
-    return next((name for kind, name in JSON_TYPES.items() if type(value) is kind), type(value).__name__)
 
 
 def _numeric(text: str) -> bool:
@@ -282,9 +173,9 @@ def _json_types(prop: Mapping[str, Any]) -> set[str]:
         kind = prop["type"]
         return set(kind) if isinstance(kind, list) else {kind}
     if "enum" in prop:
-        return {_json_type(v) for v in prop["enum"]}
+        return {json_type(v) for v in prop["enum"]}
     if "const" in prop:
-        return {_json_type(prop["const"])}
+        return {json_type(prop["const"])}
     found: set[str] = set()
     for key in ("anyOf", "oneOf"):
         for option in prop.get(key, ()):
@@ -313,35 +204,6 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
     return node
 
 
-def encode_outputs(plan: Plan, outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Graph outputs -> JSON-ready values."""
-    return {name: encode_value(plan.output_type(name), value) for name, value in outputs.items()}
-
-
-def encode_value(kind: PortType, value: Any) -> Any:
-    if kind in (PortType.IMAGE, PortType.MASK, PortType.DEPTH_MAP):
-        return _b64(encode_image(np.asarray(value)))
-    if kind is PortType.SEGMENTATION_MAP:
-        return _b64(_label_png(np.asarray(value)))
-    if kind is PortType.BYTES:
-        return _b64(bytes(value))
-    if kind is PortType.MASKS:
-        return {"masks": [_b64(encode_image(m.astype(np.float32))) for m in value["masks"]],
-                "scores": [float(s) for s in value["scores"]]}
-    return _plain(value)
-
-
-def _label_png(labels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    if labels.size and (labels.min() < 0 or labels.max() > 65535):
-        raise ValueError(f"segmentation ids out of the 16-bit range ({labels.min()}..{labels.max()})")
-    image = Image.fromarray(labels.astype(np.uint8)) if labels.size == 0 or labels.max() < 256 else Image.fromarray(labels.astype(np.uint16))
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def render_json(body: Any) -> bytes:
     """An answer as JSON bytes, as Starlette's JSONResponse writes it. Called in a worker
     thread with the images already encoded: a 4096 px frame is tens of MB of base64, and
@@ -359,22 +221,6 @@ def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, 
     return parse_json(plan, loads(raw), max_pixels)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def schema(plan: Plan) -> dict[str, Any]:
     """What `GET /v1/{capability}/schema` answers: inputs, request params, outputs."""
     inputs = {}
@@ -389,7 +235,7 @@ def schema(plan: Plan) -> dict[str, Any]:
     for key, (node_id, name) in plan.request_params().items():
         node = plan.nodes[node_id]
         prop = dict(_param_schemas(node.family.Params).get(name, {}))
-        prop["default"] = _plain(getattr(node.params, name))
+        prop["default"] = plain(getattr(node.params, name))
         if key != f"{node_id}.{name}":  # the graph's own name for it
             prop["description"] = f"sets {node_id}.{name}" + (f": {prop['description']}" if prop.get("description") else "")
         params[key] = prop
@@ -405,7 +251,7 @@ def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
     """The request body as JSON Schema, per media type, for the OpenAPI document: every
     input with its encoding, every settable param with its bounds, nothing else allowed.
     Fuzzers generate from it; `parse_json` and `parse_form` enforce the same rules."""
-    inputs = {name: _input_schema(spec.type) | {"description": spec.description or spec.type.doc}
+    inputs = {name: codec(spec.type).json_schema() | {"description": spec.description or spec.type.doc}
               for name, spec in plan.spec.inputs.items()}
     required = [name for name, spec in plan.spec.inputs.items() if spec.required]
     params = {key: _param_schemas(plan.nodes[node_id].family.Params).get(name, {})
@@ -420,25 +266,10 @@ def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
                        "description": "per-request params, by the graph's own names or as 'node.param': value"},
         },
     }
-    form = {name: {"type": "string", "format": "binary"} if spec.type in IMAGE_LIKE or spec.type is PortType.BYTES
-            else {"type": "string"} for name, spec in plan.spec.inputs.items()}
+    form = {name: codec(spec.type).form_schema() for name, spec in plan.spec.inputs.items()}
     form["params"] = {"type": "string", "description": "a JSON object of 'node.param': value"}
     multipart = {"type": "object", "required": required, "properties": form}
     return {"application/json": {"schema": body}, "multipart/form-data": {"schema": multipart}}
-
-
-def _input_schema(kind: PortType) -> dict[str, Any]:
-    if kind in IMAGE_LIKE or kind is PortType.BYTES:
-        return {"type": "string", "contentEncoding": "base64"}
-    number = {"type": "number"}
-    return {
-        PortType.TEXT: {"type": "string", "maxLength": MAX_TEXT_CHARS},
-        PortType.NUMBER: number,
-        PortType.INTEGER: {"type": "integer"},
-        PortType.BOOL: {"type": "boolean"},
-        PortType.POINTS: {"type": "array", "items": {"type": "array", "items": number, "minItems": 3, "maxItems": 3}},
-        PortType.BOXES: {"type": "array", "items": {"type": "array", "items": number, "minItems": 4, "maxItems": 4}},
-    }.get(kind, {"type": "object"})
 
 
 def error_body(exc: InputError) -> dict[str, Any]:

@@ -33,13 +33,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 
+from engine.codecs import codec, image_url
 from engine.errors import InputError
 from engine.plan import Plan
-from engine.types import PortType
 from engine.values import MAX_PIXELS
-from nodes._shared import gray_to_rgb
-from serve.http import check_params, check_text, decode_bytes, render_json
-from serve.livepeer.codec import data_url, png_data_url
+from serve.http import check_params, render_json
 from serve.livepeer.guard import Guard, RunFn, error
 from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
 from serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
@@ -256,9 +254,8 @@ def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, 
         spec = plan.spec.inputs.get(target)
         if field not in values or spec is None:
             continue
-        value = values[field]
-        check_text(spec.type, value, field)
-        inputs[target] = decode_bytes(spec.type, value, field, max_pixels) if isinstance(value, bytes) else value
+        value, port = values[field], codec(spec.type)
+        inputs[target] = port.from_bytes(value, field, max_pixels) if isinstance(value, bytes) else port.from_json(value, field, max_pixels)
     return inputs, params
 
 
@@ -284,19 +281,11 @@ async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan,
     async def one(index: int) -> dict[str, Any]:
         inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed + index}, fields, plan, max_pixels)
         outputs, _ = await run(inputs, params)
-        url = await asyncio.to_thread(_image_url, kind, outputs[output])
+        url = await asyncio.to_thread(image_url, kind, outputs[output])
         return {"url": url, "seed": seed + index, "nsfw": False}
 
     images = await asyncio.gather(*(one(i) for i in range(count)))
     return Response(await asyncio.to_thread(render_json, {"images": list(images)}), media_type="application/json")
-
-
-def _image_url(kind: PortType, value: Any) -> str:
-    if kind is PortType.BYTES:
-        return data_url(bytes(value))
-    if kind in (PortType.DEPTH_MAP, PortType.MASK):
-        return png_data_url(gray_to_rgb(value))
-    return png_data_url(value)
 
 
 async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:

@@ -44,8 +44,8 @@ from pytrickle.frames import AudioFrame, VideoFrame
 
 from engine.errors import InputError
 from engine.plan import Plan
-from engine.values import coerce
-from nodes._shared import gray_to_rgb
+from engine.codecs import coerce
+from engine.values import gray_to_rgb
 from serve.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
 from serve.livepeer.settings import LiveSettings, LivepeerSettings
 
