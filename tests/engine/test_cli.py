@@ -15,7 +15,7 @@ SAMPLE = ROOT / "examples" / "sample.png"
 
 
 def capgraph(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=180, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
 def test_run_writes_outputs_and_prints_per_node_timings(tmp_path: Path) -> None:

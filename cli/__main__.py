@@ -1,0 +1,5 @@
+"""`python -m cli`: the capgraph command."""
+
+from cli import main
+
+main()
