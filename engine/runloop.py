@@ -31,9 +31,10 @@ class NodeFailed(RuntimeError):
 
 
 def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]] | None = None,
-               warmup: bool = True) -> dict[str, Node]:
+               warmup: bool = True, logger: logging.Logger = log) -> dict[str, Node]:
     """Build, load and warm the nodes, one after another. Returns them in the order given
-    and fills `report` (what /health and `capgraph run` show) as each one becomes ready.
+    and fills `report` (what /health and `capgraph run` show) as each one becomes ready;
+    says what it loads on `logger` (a Serve replica passes Ray's, whose lines reach `serve run`).
 
     Not in parallel threads: diffusers loads through accelerate's `init_empty_weights`,
     which patches `torch.nn.Module` for the whole process, so a transformers model built
@@ -42,7 +43,7 @@ def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, rep
 
     def one(node_id: str) -> Node:
         planned = plan.nodes[node_id]
-        log.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, device, dtype)
+        logger.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, device, dtype)
         start = time.perf_counter()
         node = planned.build()
         node.load(device, dtype)

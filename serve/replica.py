@@ -142,7 +142,7 @@ class NodeGroup:
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
             _set_threads(unit.threads)  # before any model runs: torch sizes its pool once
         self.memory_cap = _cap_gpu_memory(unit, self.device)
-        self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report)
+        self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report, logger=log)
         self._log_loaded(time.perf_counter() - started)
         self.batcher = Batcher(self._forward, unit.max_batch_size, unit.batch_wait_s)
         tags = {"capability": self.capability, "unit": unit.name}
