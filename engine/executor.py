@@ -13,7 +13,7 @@ from typing import Any
 from engine.errors import InputError
 from engine.node import Node, NodeParams
 from engine.plan import Plan
-from engine.runloop import NodeFailed, load_nodes, release_schedule, run_nodes
+from engine.runloop import load_nodes, release_schedule, run_nodes
 from engine.values import coerce
 
 

@@ -439,8 +439,3 @@ def _input_schema(kind: PortType) -> dict[str, Any]:
         PortType.POINTS: {"type": "array", "items": {"type": "array", "items": number, "minItems": 3, "maxItems": 3}},
         PortType.BOXES: {"type": "array", "items": {"type": "array", "items": number, "minItems": 4, "maxItems": 4}},
     }.get(kind, {"type": "object"})
-
-
-def error_body(exc: InputError) -> dict[str, Any]:
-    """The JSON of a 4xx: `{"error": {"field": ..., "msg": ...}}`."""
-    return {"error": exc.to_dict()}

@@ -37,11 +37,11 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from engine.errors import InputError
+from engine.errors import NodeFailed, from_dict
 from engine.executor import check_inputs
 from engine.values import MAX_PIXELS
 from serve.compiler import Compiled
-from serve.errors import RETRY_AFTER_S, NodeFault, first_line
+from serve.errors import RETRY_AFTER_S, first_line
 from serve.health import Health
 from serve.routes import capability_app
 from serve.wire import MAX_BODY_BYTES
@@ -80,8 +80,9 @@ class Capability:
     # -- the shared entry points ------------------------------------------------------------
 
     async def run(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One frame through the graph. Raises InputError on bad input, NodeFault when a
-        node failed, TimeoutError past the request timeout."""
+        """One frame through the graph. Raises InputError on bad input, NodeFailed when the
+        graph could not answer (a node failed: 500; a replica is gone or the capability is
+        full: 503; past the request timeout: 504)."""
         with self.admitted():
             outputs, timings, _ = await self.execute(inputs, params)
         return outputs, timings
@@ -91,8 +92,8 @@ class Capability:
         """Hold one of the `max_in_flight` slots for a graph request, or refuse it at once
         with a retryable 503: a queue without bound only turns overload into timeouts."""
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-            raise NodeFault(f"the capability is running {self.in_flight} requests, its limit; retry in {RETRY_AFTER_S} s "
-                            "or at another replica", status=503)
+            raise NodeFailed(f"the capability is running {self.in_flight} requests, its limit; retry in {RETRY_AFTER_S} s "
+                             "or at another replica", status=503, retry_after=RETRY_AFTER_S)
         self.in_flight += 1
         try:
             yield
@@ -116,10 +117,7 @@ class Capability:
         meta: dict[str, dict[str, float]] = {}
         for result in results:
             if "error" in result:
-                error = result["error"]
-                if error.get("field"):
-                    raise InputError(error["field"], error["msg"], error.get("status", 422))
-                raise NodeFault(error["msg"], error.get("node"), error.get("status", 500))
+                raise from_dict(result["error"])
             values.update(result["values"])
             meta.update(result["meta"])
         outputs = {name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()}
@@ -145,11 +143,11 @@ class Capability:
             return await asyncio.wait_for(asyncio.gather(*awaited), timeout)
         except asyncio.TimeoutError:
             _cancel(responses.values())
-            raise TimeoutError(f"the graph did not answer within {timeout:g} s") from None
+            raise NodeFailed(f"the graph did not answer within {timeout:g} s", status=504) from None
         except Exception as exc:  # a replica died or none is reachable: fail now, the caller retries
             _cancel(responses.values())
-            raise NodeFault(f"a node replica died or cannot be reached ({type(exc).__name__}: {first_line(exc)}); "
-                            f"retry in {RETRY_AFTER_S} s", status=503) from exc
+            raise NodeFailed(f"a node replica died or cannot be reached ({type(exc).__name__}: {first_line(exc)}); "
+                             f"retry in {RETRY_AFTER_S} s", status=503, retry_after=RETRY_AFTER_S) from exc
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from engine.values import MAX_PIXELS
 from nodes._shared import gray_to_rgb
 from serve.http import check_params, check_text, decode_bytes, render_json
 from serve.livepeer.codec import data_url, png_data_url
-from serve.livepeer.guard import Guard, RunFn, error
+from serve.livepeer.guard import Guard, RunFn, error, failure
 from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
 from serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
 
@@ -136,7 +136,7 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
             if "out of memory" in str(exc).lower():
                 return error(500, "GPU out of memory.")
             log.exception("%s on '%s' failed", route, settings.name)
-            return error(500, f"{route_name(route)} pipeline error.")
+            return failure(exc, f"{route_name(route)} pipeline error.")  # a NodeFailed keeps its 503 or 504
         finally:
             guard.gate.leave()
 
