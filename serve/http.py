@@ -15,6 +15,8 @@ the family declares them, bounds, fixed params, a requested size over the pixel 
 then the inputs (base64, `data:` URL types, text length, then decoding through
 `engine.values.decode_image`, so the pixel limit is the same as everywhere else).
 `request_schema` describes the same rules as JSON Schema for the OpenAPI document.
+A request's params come back resolved per node (`check_params`, once per request), as the
+capability's `run` takes them.
 """
 
 import base64
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InputError
+from engine.node import NodeParams
 from engine.plan import Plan
 from engine.types import PortType
 from engine.values import decode_image, encode_image
@@ -93,9 +96,10 @@ def check_body_keys(body: Mapping[str, Any], what: str) -> None:
         raise InputError(field, f"unknown field; {what} has 'inputs' and 'params'", 400)
 
 
-def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A JSON request body (parsed by `loads`) -> (graph inputs decoded, `node.param`
-    overrides). Params are checked before any image is decoded."""
+def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """A JSON request body (parsed by `loads`) -> (graph inputs decoded, each node's params
+    with the request's overrides, `check_params`'s). Params are checked before any image is
+    decoded."""
     if not isinstance(body, Mapping):
         raise InputError("body", "expected a JSON object with 'inputs' and optionally 'params'", 400)
     check_body_keys(body, "a request")
@@ -104,12 +108,12 @@ def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], 
         raise InputError("inputs", "expected an object of graph inputs", 400)
     if not isinstance(params, Mapping):
         raise InputError("params", "expected an object of 'node.param': value", 400)
-    check_params(plan, params, max_pixels)
-    return {name: decode_value(plan, name, value, max_pixels) for name, value in inputs.items()}, dict(params)
+    node_params = check_params(plan, params, max_pixels)
+    return {name: decode_value(plan, name, value, max_pixels) for name, value in inputs.items()}, node_params
 
 
-def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Multipart fields (bytes for files, str for text) -> (graph inputs, overrides)."""
+def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """Multipart fields (bytes for files, str for text) -> (graph inputs, each node's params)."""
     params: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
     if "params" in fields:
@@ -120,7 +124,7 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
             raise InputError(field, f"must be a JSON object of 'node.param': value ({exc.message})", 400) from None
         if not isinstance(params, dict):
             raise InputError("params", "must be a JSON object of 'node.param': value", 400)
-        check_params(plan, params, max_pixels)
+    node_params = check_params(plan, params, max_pixels)
     for name, value in fields.items():
         if name == "params":
             continue
@@ -129,7 +133,7 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
             inputs[name] = decode_bytes(kind, value, f"inputs.{name}", max_pixels)
         else:
             inputs[name] = _from_text(kind, value, f"inputs.{name}", max_pixels)
-    return inputs, params
+    return inputs, node_params
 
 
 def decode_value(plan: Plan, name: str, value: Any, max_pixels: int) -> Any:
@@ -186,10 +190,13 @@ def check_text(kind: PortType | None, value: Any, field: str) -> None:
         raise InputError(field, f"text of {len(value):,} characters is over the limit of {MAX_TEXT_CHARS:,}", 422)
 
 
-def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None:
+def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> dict[str, NodeParams]:
     """Everything about a request's params that can be known before a node runs: each is
     settable, of the JSON type its family declares (`"20"` is not a number), within its
-    bounds, and a width x height it asks for fits the pixel limit. Raises InputError."""
+    bounds, and a width x height it asks for fits the pixel limit. Raises InputError.
+
+    Returns each node's params with the request's applied (`Plan.params_for`): resolved
+    here, once per request, and passed on to `run` as they are."""
     settable = plan.request_params()
     for key, value in params.items():
         if key not in settable:
@@ -214,6 +221,7 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None
         if width * height > max_pixels:
             raise InputError(f"params.{sorted(asked)[-1]}", f"a {width}x{height} frame is {width * height:,} pixels, over this "
                              f"capability's limit of {max_pixels:,} (a side set alone counts as a square)", 413)
+    return resolved
 
 
 def decode_bytes(kind: PortType | None, data: bytes, field: str, max_pixels: int) -> Any:
@@ -354,7 +362,7 @@ def render_outputs(plan: Plan, outputs: Mapping[str, Any], timings: Mapping[str,
     return render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": dict(timings)})
 
 
-def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
     """`loads` then `parse_json`: the whole JSON request in one call, for one thread hop."""
     return parse_json(plan, loads(raw), max_pixels)
 

@@ -8,7 +8,8 @@ store without passing through the ingress; the ingress awaits only the units nob
 reads from.
 
 `run(inputs, params)` and `is_ready()` are the two entry points other front-ends (the
-Livepeer routes) share with HTTP: decoded values in, numpy values and timings out.
+Livepeer routes) share with HTTP: decoded values and each node's params in (resolved once
+per request by the front end, `serve.http.check_params`), numpy values and timings out.
 
 What a gateway can count on (tests/reliability proves each):
 
@@ -39,6 +40,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from engine.errors import NodeFailed, from_dict
 from engine.executor import check_inputs
+from engine.node import NodeParams
 from engine.values import MAX_PIXELS
 from serve.compiler import Compiled
 from serve.errors import RETRY_AFTER_S, first_line
@@ -79,10 +81,11 @@ class Capability:
 
     # -- the shared entry points ------------------------------------------------------------
 
-    async def run(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One frame through the graph. Raises InputError on bad input, NodeFailed when the
-        graph could not answer (a node failed: 500; a replica is gone or the capability is
-        full: 503; past the request timeout: 504)."""
+    async def run(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]) -> tuple[dict[str, Any], dict[str, float]]:
+        """One frame through the graph, with each node's params as `check_params` resolved
+        them (a node left out runs with the graph's). Raises InputError on bad input,
+        NodeFailed when the graph could not answer (a node failed: 500; a replica is gone
+        or the capability is full: 503; past the request timeout: 504)."""
         with self.admitted():
             outputs, timings, _ = await self.execute(inputs, params)
         return outputs, timings
@@ -104,14 +107,13 @@ class Capability:
         ready, _ = await self.health.check()
         return ready
 
-    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, Any],
+    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams],
                       timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
         """`run`, plus each node's batch size; `timeout_s` may shorten the configured timeout."""
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
-        resolved = self.plan.params_for(params)
-        overrides = {k: v for k, v in resolved.items() if v is not self.plan.nodes[k].params}
+        overrides = {k: v for k, v in params.items() if v is not self.plan.nodes[k].params}
         results = await self._dispatch(checked, overrides, timeout)
         values: dict[str, Any] = {}
         meta: dict[str, dict[str, float]] = {}
@@ -131,7 +133,7 @@ class Capability:
         batches = {node_id: int(m["batch"]) for node_id, m in meta.items()}
         return outputs, timings, batches
 
-    async def _dispatch(self, checked: Mapping[str, Any], overrides: Mapping[str, Any], timeout: float) -> list[dict[str, Any]]:
+    async def _dispatch(self, checked: Mapping[str, Any], overrides: Mapping[str, NodeParams], timeout: float) -> list[dict[str, Any]]:
         """Send the frame to every unit at once; the results of the units nobody reads from."""
         responses: dict[str, DeploymentResponse] = {}
         for unit in self.compiled.units:

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 
 from engine.errors import InputError
+from engine.node import NodeParams
 from engine.plan import Plan
 from engine.types import PortType
 from engine.values import MAX_PIXELS
@@ -231,8 +232,8 @@ async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, 
     return values
 
 
-def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Mapped request fields -> (graph inputs, `node.param` overrides), checked as `/v1`
+def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """Mapped request fields -> (graph inputs, each node's params), checked as `/v1`
     checks them (params first, then images under the pixel limit); a fault names the
     request's own field, not the graph's."""
     inputs: dict[str, Any] = {}
@@ -246,8 +247,7 @@ def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, 
             params[target] = values[field]
             named[f"params.{target}"] = field
     try:
-        check_params(plan, params, max_pixels)
-        plan.params_for(params)
+        node_params = check_params(plan, params, max_pixels)
     except InputError as exc:
         if exc.field not in named:
             raise
@@ -259,7 +259,7 @@ def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, 
         value = values[field]
         check_text(spec.type, value, field)
         inputs[target] = decode_bytes(spec.type, value, field, max_pixels) if isinstance(value, bytes) else value
-    return inputs, params
+    return inputs, node_params
 
 
 def _json_field(values: Mapping[str, Any], name: str) -> Any:

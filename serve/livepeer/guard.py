@@ -11,7 +11,7 @@ wrong one is 401 in the shape above. The token is never logged nor echoed.
 """
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import Request
@@ -19,13 +19,16 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InputError, NodeFailed
+from engine.node import NodeParams
 from serve.errors import RETRY_AFTER_S, retry_headers
 from serve.livepeer.settings import LivepeerSettings
 
-RunFn = Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
-"""One frame's graph inputs and `node.param` overrides -> (graph outputs, timings_ms)."""
-RunBatchFn = Callable[[list[dict[str, Any]], dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-"""Frames sharing one set of overrides -> one dict of graph outputs per frame."""
+RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
+"""One frame's graph inputs and each node's params, resolved once per request by the route
+(`serve.http.check_params` or `Plan.params_for`; a node left out runs with the graph's)
+-> (graph outputs, timings_ms)."""
+RunBatchFn = Callable[[list[dict[str, Any]], Mapping[str, NodeParams]], Awaitable[list[dict[str, Any]]]]
+"""Frames sharing one set of node params -> one dict of graph outputs per frame."""
 ReadyFn = Callable[[], Awaitable[bool]]
 
 
