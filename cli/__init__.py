@@ -51,7 +51,7 @@ def main() -> None:
 
 def _known_failure(exc: Exception) -> str | None:
     """Failures that are the environment's, not capgraph's: say them plainly."""
-    from engine.runloop import NodeFailed
+    from engine.errors import NodeFailed
     from engine.render import GraphvizMissing
     from nodes.weights import ModelMissing
 

@@ -3,10 +3,15 @@
 A `GraphError` says where (file:line:col), which node and port, what is wrong and, where
 one exists, what to do instead. Validation collects every problem before raising
 `GraphInvalid`, so an author fixes a file in one pass.
+
+A request that cannot be answered fails in one of two ways, each one type from where it
+happens to the answer: `InputError`, the caller's mistake (a 4xx naming the field), and
+`NodeFailed`, the graph could not answer (a 5xx naming the node where one is to blame).
+Both cross a process boundary as `to_dict()` and come back with `from_dict`.
 """
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -80,4 +85,31 @@ class InputError(ValueError):
         self.field, self.message, self.status = field, message, status
 
     def to_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "msg": self.message}
+        """What crosses a process boundary (a Serve replica's answer); `from_dict` rebuilds it."""
+        return {"field": self.field, "msg": self.message, "status": self.status}
+
+
+class NodeFailed(RuntimeError):
+    """The graph could not answer a frame, through no fault of the caller's. `status` says
+    how, as HTTP does: 500, a node raised on it (`node` names it); 503, a replica of a node
+    died or cannot be reached, or the capability runs all the requests it may (retry in
+    `retry_after` seconds); 504, no answer within the request's time.
+
+    Raised by the run loop and by the Serve ingress; every front end (the CLI, `/v1`, the
+    Livepeer routes) answers it as it answers an `InputError`, in its own words.
+    """
+
+    def __init__(self, message: str, node: str | None = None, status: int = 500, retry_after: float | None = None):
+        super().__init__(message)
+        self.message, self.node, self.status, self.retry_after = message, node, status, retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        """What crosses a process boundary (a Serve replica's answer); `from_dict` rebuilds it."""
+        return {"node": self.node, "msg": self.message, "status": self.status, "retry_after": self.retry_after}
+
+
+def from_dict(error: Mapping[str, Any]) -> InputError | NodeFailed:
+    """The error an `InputError.to_dict()` or a `NodeFailed.to_dict()` describes."""
+    if "field" in error:
+        return InputError(error["field"], error["msg"], error["status"])
+    return NodeFailed(error["msg"], error.get("node"), error["status"], error.get("retry_after"))

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.codecs import coerce
 from engine.errors import InputError
 from engine.node import Node, NodeParams
 from engine.plan import Plan
-from engine.runloop import NodeFailed, load_nodes, release_schedule, run_nodes
-from engine.codecs import coerce
+from engine.runloop import load_nodes, release_schedule, run_nodes
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,16 @@ class Executor:
 
         `params` are request overrides `{"node.param": value}` applied to every frame.
         """
+        return self.run_resolved(frames, self.plan.params_for(params))
+
+    def run_resolved(self, frames: Sequence[Mapping[str, Any]], node_params: Mapping[str, NodeParams]) -> RunResult:
+        """`run` with each node's params already resolved (`Plan.params_for`, as a front end
+        that checked a request has them); a node left out runs with the graph's params."""
         if not self.nodes:
             self.load()
         checked = [check_inputs(self.plan, f, "inputs" if len(frames) == 1 else f"inputs[{i}]") for i, f in enumerate(frames)]
-        node_params = self.plan.params_for(params)
-        return self.run_checked(checked, [node_params] * len(checked))
+        resolved = {node_id: node_params.get(node_id, node.params) for node_id, node in self.plan.nodes.items()}
+        return self.run_checked(checked, [resolved] * len(checked))
 
     def run_checked(self, frames: Sequence[Mapping[str, Any]], params: Sequence[Mapping[str, NodeParams]]) -> RunResult:
         """The hot loop: frames already checked, per-frame params already resolved."""

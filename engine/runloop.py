@@ -14,20 +14,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from engine.errors import InputError
+from engine.errors import InputError, NodeFailed
 from engine.node import Node, NodeParams
 from engine.plan import Plan, PlannedNode
 
 log = logging.getLogger("capgraph")
-
-
-class NodeFailed(RuntimeError):
-    """A node raised while running: names the node, its family and what it was given."""
-
-    def __init__(self, node: PlannedNode, batch: Sequence[Mapping[str, Any]], cause: BaseException):
-        shapes = ", ".join(f"{k}={_shape(v)}" for k, v in (batch[0].items() if batch else ()))
-        super().__init__(f"node '{node.id}' ({node.family.type}) failed on a batch of {len(batch)} [{shapes}]: {type(cause).__name__}: {cause}")
-        self.node_id = node.id
 
 
 def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]] | None = None,
@@ -86,10 +77,10 @@ def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], va
         except InputError:
             raise
         except Exception as exc:
-            raise NodeFailed(planned, batch, exc) from exc
+            raise _failed(planned, batch, exc) from exc
         ms = (time.perf_counter() - start) * 1000.0
         if len(out) != count:
-            raise NodeFailed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
+            raise _failed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
         timings[node_id] = ms
         for frame, produced in zip(values, out):
             for port, value in produced.items():
@@ -117,6 +108,13 @@ def release_schedule(plan: Plan) -> dict[str, list[str]]:
         if producer not in kept:
             schedule[reader].append(producer)
     return schedule
+
+
+def _failed(node: PlannedNode, batch: Sequence[Mapping[str, Any]], cause: BaseException) -> NodeFailed:
+    """A node raised while running: the error names the node, its family and what it was given."""
+    shapes = ", ".join(f"{k}={_shape(v)}" for k, v in (batch[0].items() if batch else ()))
+    return NodeFailed(f"node '{node.id}' ({node.family.type}) failed on a batch of {len(batch)} [{shapes}]: "
+                      f"{type(cause).__name__}: {cause}", node.id)
 
 
 def _shape(value: Any) -> str:

@@ -1,18 +1,32 @@
-"""What the capability's run path raises beside `engine.errors.InputError`, shared by the
-ingress and its HTTP app: `NodeFault`, the wait a retryable 503 asks for, and the one line
-of an exception an answer shows."""
+"""How the capability answers a request it cannot: `engine.errors.InputError` (the caller's
+mistake) and `engine.errors.NodeFailed` (the graph could not answer) in capgraph's own
+JSON shape, the wait a retryable 503 asks for, and the one line of an exception an answer
+shows. The Livepeer routes answer the same two errors in their shape
+(`serve.livepeer.guard.failure`)."""
+
+from collections.abc import Mapping
+
+from fastapi.responses import JSONResponse
+
+from engine.errors import InputError, NodeFailed
 
 RETRY_AFTER_S = 1
 """What a retryable 503 (a replica died, the capability is full) tells the caller to wait."""
 
 
-class NodeFault(RuntimeError):
-    """A node failed on a frame (capgraph's own fault: HTTP 500), or none of its replicas
-    could be reached or the capability is full (503, worth retrying)."""
+def error_answer(exc: InputError | NodeFailed, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """`{"error": {"field": ..., "msg": ...}}` for a caller's mistake, `{"error": {"node": ...,
+    "msg": ...}}` when the graph could not answer (`node` where one is to blame), with the
+    error's status and `Retry-After` where it asks for one."""
+    where = {"field": exc.field} if isinstance(exc, InputError) else {"node": exc.node} if exc.node else {}
+    return JSONResponse({"error": where | {"msg": exc.message}}, status_code=exc.status, headers=retry_headers(exc) | dict(headers or {}))
 
-    def __init__(self, message: str, node: str | None = None, status: int = 500):
-        super().__init__(message)
-        self.node, self.status = node, status
+
+def retry_headers(exc: BaseException) -> dict[str, str]:
+    """`Retry-After` for a NodeFailed that says when to try again; none otherwise."""
+    if isinstance(exc, NodeFailed) and exc.retry_after is not None:
+        return {"Retry-After": f"{exc.retry_after:g}"}
+    return {}
 
 
 def first_line(exc: BaseException) -> str:

@@ -16,6 +16,8 @@ the JSON itself (NaN, Infinity, nesting past `MAX_DEPTH`), then the params (JSON
 the family declares them, bounds, fixed params, a requested size over the pixel limit),
 then the inputs (base64, `data:` URL types, text length, then decoding).
 `request_schema` describes the same rules as JSON Schema for the OpenAPI document.
+A request's params come back resolved per node (`check_params`, once per request), as the
+capability's `run` takes them.
 """
 
 import functools
@@ -26,6 +28,7 @@ from typing import Any
 from engine.codecs import ENCODINGS, codec, encode_outputs, json_type, plain
 from engine.codecs import encode_value  # noqa: F401  (what `/v1` answers a value as)
 from engine.errors import InputError
+from engine.node import NodeParams
 from engine.plan import Plan
 from engine.types import PortType
 
@@ -77,9 +80,10 @@ def check_body_keys(body: Mapping[str, Any], what: str) -> None:
         raise InputError(field, f"unknown field; {what} has 'inputs' and 'params'", 400)
 
 
-def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A JSON request body (parsed by `loads`) -> (graph inputs decoded, `node.param`
-    overrides). Params are checked before any image is decoded."""
+def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """A JSON request body (parsed by `loads`) -> (graph inputs decoded, each node's params
+    with the request's overrides, `check_params`'s). Params are checked before any image is
+    decoded."""
     if not isinstance(body, Mapping):
         raise InputError("body", "expected a JSON object with 'inputs' and optionally 'params'", 400)
     check_body_keys(body, "a request")
@@ -88,12 +92,12 @@ def parse_json(plan: Plan, body: Any, max_pixels: int) -> tuple[dict[str, Any], 
         raise InputError("inputs", "expected an object of graph inputs", 400)
     if not isinstance(params, Mapping):
         raise InputError("params", "expected an object of 'node.param': value", 400)
-    check_params(plan, params, max_pixels)
-    return {name: decode_value(plan, name, value, max_pixels) for name, value in inputs.items()}, dict(params)
+    node_params = check_params(plan, params, max_pixels)
+    return {name: decode_value(plan, name, value, max_pixels) for name, value in inputs.items()}, node_params
 
 
-def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Multipart fields (bytes for files, str for text) -> (graph inputs, overrides)."""
+def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """Multipart fields (bytes for files, str for text) -> (graph inputs, each node's params)."""
     params: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
     if "params" in fields:
@@ -104,7 +108,7 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
             raise InputError(field, f"must be a JSON object of 'node.param': value ({exc.message})", 400) from None
         if not isinstance(params, dict):
             raise InputError("params", "must be a JSON object of 'node.param': value", 400)
-        check_params(plan, params, max_pixels)
+    node_params = check_params(plan, params, max_pixels)
     for name, value in fields.items():
         if name == "params":
             continue
@@ -115,7 +119,7 @@ def parse_form(plan: Plan, fields: Mapping[str, Any], max_pixels: int) -> tuple[
             inputs[name] = codec(kind).from_bytes(value, f"inputs.{name}", max_pixels)
         else:
             inputs[name] = codec(kind).from_text(value, f"inputs.{name}", max_pixels)
-    return inputs, params
+    return inputs, node_params
 
 
 def decode_value(plan: Plan, name: str, value: Any, max_pixels: int) -> Any:
@@ -124,10 +128,13 @@ def decode_value(plan: Plan, name: str, value: Any, max_pixels: int) -> Any:
     return value if kind is None else codec(kind).from_json(value, f"inputs.{name}", max_pixels)
 
 
-def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None:
+def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> dict[str, NodeParams]:
     """Everything about a request's params that can be known before a node runs: each is
     settable, of the JSON type its family declares (`"20"` is not a number), within its
-    bounds, and a width x height it asks for fits the pixel limit. Raises InputError."""
+    bounds, and a width x height it asks for fits the pixel limit. Raises InputError.
+
+    Returns each node's params with the request's applied (`Plan.params_for`): resolved
+    here, once per request, and passed on to `run` as they are."""
     settable = plan.request_params()
     for key, value in params.items():
         if key not in settable:
@@ -152,6 +159,7 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> None
         if width * height > max_pixels:
             raise InputError(f"params.{sorted(asked)[-1]}", f"a {width}x{height} frame is {width * height:,} pixels, over this "
                              f"capability's limit of {max_pixels:,} (a side set alone counts as a square)", 413)
+    return resolved
 
 
 def _kind(plan: Plan, name: str) -> PortType | None:
@@ -216,7 +224,7 @@ def render_outputs(plan: Plan, outputs: Mapping[str, Any], timings: Mapping[str,
     return render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": dict(timings)})
 
 
-def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
     """`loads` then `parse_json`: the whole JSON request in one call, for one thread hop."""
     return parse_json(plan, loads(raw), max_pixels)
 
@@ -272,6 +280,3 @@ def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
     return {"application/json": {"schema": body}, "multipart/form-data": {"schema": multipart}}
 
 
-def error_body(exc: InputError) -> dict[str, Any]:
-    """The JSON of a 4xx: `{"error": {"field": ..., "msg": ...}}`."""
-    return {"error": exc.to_dict()}

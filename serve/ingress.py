@@ -8,7 +8,8 @@ store without passing through the ingress; the ingress awaits only the units nob
 reads from.
 
 `run(inputs, params)` and `is_ready()` are the two entry points other front-ends (the
-Livepeer routes) share with HTTP: decoded values in, numpy values and timings out.
+Livepeer routes) share with HTTP: decoded values and each node's params in (resolved once
+per request by the front end, `serve.http.check_params`), numpy values and timings out.
 
 What a gateway can count on (tests/reliability proves each):
 
@@ -37,11 +38,12 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from engine.errors import InputError
+from engine.errors import NodeFailed, from_dict
 from engine.executor import check_inputs
+from engine.node import NodeParams
 from engine.values import MAX_PIXELS
 from serve.compiler import Compiled
-from serve.errors import RETRY_AFTER_S, NodeFault, first_line
+from serve.errors import RETRY_AFTER_S, first_line
 from serve.health import Health
 from serve.routes import capability_app
 from serve.wire import MAX_BODY_BYTES
@@ -79,9 +81,11 @@ class Capability:
 
     # -- the shared entry points ------------------------------------------------------------
 
-    async def run(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One frame through the graph. Raises InputError on bad input, NodeFault when a
-        node failed, TimeoutError past the request timeout."""
+    async def run(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]) -> tuple[dict[str, Any], dict[str, float]]:
+        """One frame through the graph, with each node's params as `check_params` resolved
+        them (a node left out runs with the graph's). Raises InputError on bad input,
+        NodeFailed when the graph could not answer (a node failed: 500; a replica is gone
+        or the capability is full: 503; past the request timeout: 504)."""
         with self.admitted():
             outputs, timings, _ = await self.execute(inputs, params)
         return outputs, timings
@@ -91,8 +95,8 @@ class Capability:
         """Hold one of the `max_in_flight` slots for a graph request, or refuse it at once
         with a retryable 503: a queue without bound only turns overload into timeouts."""
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-            raise NodeFault(f"the capability is running {self.in_flight} requests, its limit; retry in {RETRY_AFTER_S} s "
-                            "or at another replica", status=503)
+            raise NodeFailed(f"the capability is running {self.in_flight} requests, its limit; retry in {RETRY_AFTER_S} s "
+                             "or at another replica", status=503, retry_after=RETRY_AFTER_S)
         self.in_flight += 1
         try:
             yield
@@ -103,23 +107,19 @@ class Capability:
         ready, _ = await self.health.check()
         return ready
 
-    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, Any],
+    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams],
                       timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
         """`run`, plus each node's batch size; `timeout_s` may shorten the configured timeout."""
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
-        resolved = self.plan.params_for(params)
-        overrides = {k: v for k, v in resolved.items() if v is not self.plan.nodes[k].params}
+        overrides = {k: v for k, v in params.items() if v is not self.plan.nodes[k].params}
         results = await self._dispatch(checked, overrides, timeout)
         values: dict[str, Any] = {}
         meta: dict[str, dict[str, float]] = {}
         for result in results:
             if "error" in result:
-                error = result["error"]
-                if error.get("field"):
-                    raise InputError(error["field"], error["msg"], error.get("status", 422))
-                raise NodeFault(error["msg"], error.get("node"), error.get("status", 500))
+                raise from_dict(result["error"])
             values.update(result["values"])
             meta.update(result["meta"])
         outputs = {name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()}
@@ -133,7 +133,7 @@ class Capability:
         batches = {node_id: int(m["batch"]) for node_id, m in meta.items()}
         return outputs, timings, batches
 
-    async def _dispatch(self, checked: Mapping[str, Any], overrides: Mapping[str, Any], timeout: float) -> list[dict[str, Any]]:
+    async def _dispatch(self, checked: Mapping[str, Any], overrides: Mapping[str, NodeParams], timeout: float) -> list[dict[str, Any]]:
         """Send the frame to every unit at once; the results of the units nobody reads from."""
         responses: dict[str, DeploymentResponse] = {}
         for unit in self.compiled.units:
@@ -145,11 +145,11 @@ class Capability:
             return await asyncio.wait_for(asyncio.gather(*awaited), timeout)
         except asyncio.TimeoutError:
             _cancel(responses.values())
-            raise TimeoutError(f"the graph did not answer within {timeout:g} s") from None
+            raise NodeFailed(f"the graph did not answer within {timeout:g} s", status=504) from None
         except Exception as exc:  # a replica died or none is reachable: fail now, the caller retries
             _cancel(responses.values())
-            raise NodeFault(f"a node replica died or cannot be reached ({type(exc).__name__}: {first_line(exc)}); "
-                            f"retry in {RETRY_AFTER_S} s", status=503) from exc
+            raise NodeFailed(f"a node replica died or cannot be reached ({type(exc).__name__}: {first_line(exc)}); "
+                             f"retry in {RETRY_AFTER_S} s", status=503, retry_after=RETRY_AFTER_S) from exc
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ previous batch still runs, which kept batches at a third of their size under loa
 
 What crosses the replica boundary is plain data (numpy arrays, pydantic params, dicts).
 A call returns `{"values": {"node.port": value}, "meta": {node_id: {...}}}`, or
-`{"error": {...}}` for a frame that failed, which downstream units pass on untouched, so
-one bad frame never fails the other frames of its batch.
+`{"error": exc.to_dict()}` for a frame that failed (an `InputError` or a `NodeFailed`),
+which downstream units pass on untouched and the ingress raises again, so one bad frame
+never fails the other frames of its batch.
 
 A node that hangs cannot be stopped: its worker thread holds the batch, and every frame
 routed to the replica later waits behind it, long after the ingress answered 504. So the
@@ -35,10 +36,10 @@ from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from engine.errors import InputError
+from engine.errors import InputError, NodeFailed
 from engine.node import Node, NodeParams
 from engine.plan import Plan
-from engine.runloop import NodeFailed, load_nodes, run_nodes
+from engine.runloop import load_nodes, run_nodes
 from serve.compiler import Unit
 
 log = logging.getLogger("ray.serve")
@@ -229,16 +230,15 @@ class NodeGroup:
         wanted = [str(s) for s in self.unit.exports]
         return [{"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values]
 
-    def _error(self, exc: Exception) -> dict[str, Any]:
-        if isinstance(exc, InputError):
-            return {"error": {"status": exc.status, "field": exc.field, "msg": exc.message}}
-        node_id = getattr(exc, "node_id", self.unit.nodes[0])
-        self.failures.inc(tags={"node": node_id})
-        text = str(exc)
-        if any(marker in text for marker in FATAL_MARKERS):
-            self.fatal = text
-        log.error("capgraph: %s", text)
-        return {"error": {"status": 500, "node": node_id, "msg": text}}
+    def _error(self, exc: InputError | NodeFailed) -> dict[str, Any]:
+        """A frame's failure as it crosses back to the ingress: `{"error": exc.to_dict()}`,
+        which the units after this one pass on and the ingress raises again (`from_dict`)."""
+        if isinstance(exc, NodeFailed):
+            self.failures.inc(tags={"node": exc.node or self.unit.nodes[0]})
+            if any(marker in exc.message for marker in FATAL_MARKERS):
+                self.fatal = exc.message
+            log.error("capgraph: %s", exc.message)
+        return {"error": exc.to_dict()}
 
     def stuck(self) -> dict[str, Any] | None:
         """The running batch, when it has run past `stuck_after_s`: the node it is in, for

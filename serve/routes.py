@@ -15,10 +15,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from engine.errors import InputError
+from engine.errors import InputError, NodeFailed
 from engine.plan import Plan
 from serve import http
-from serve.errors import RETRY_AFTER_S, NodeFault, first_line
+from serve.errors import RETRY_AFTER_S, error_answer, first_line
 from serve.wire import read_job
 
 if TYPE_CHECKING:
@@ -58,13 +58,8 @@ def capability_app(capability: "Capability") -> FastAPI:
                 inputs, params = await read_job(request, plan, settings.max_pixels, settings.max_body_bytes)
                 outputs, timings, batches = await capability.execute(inputs, params, deadline)
                 content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings)
-        except InputError as exc:
-            return JSONResponse(http.error_body(exc), status_code=exc.status)
-        except TimeoutError as exc:
-            return JSONResponse({"error": {"msg": str(exc)}}, status_code=504)
-        except NodeFault as exc:
-            retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
-            return JSONResponse({"error": {"node": exc.node, "msg": str(exc)}}, status_code=exc.status, headers=retry)
+        except (InputError, NodeFailed) as exc:
+            return error_answer(exc)
         headers = {"x-capgraph-batch-sizes": ",".join(f"{k}={v}" for k, v in batches.items())}
         return Response(content, media_type="application/json", headers=headers)
 
@@ -115,30 +110,30 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
     `{"error": {"field", "msg"}}`, or `{"detail": {"msg", "field"}}` on a Livepeer route.
     Never a traceback: an unexpected exception is logged and answered in one line."""
     if livepeer_paths:
-        from serve.livepeer.guard import route_path
+        from serve.livepeer.guard import failure, route_path
 
-    def answer(request: Request, status: int, field: str | None, msg: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    def answer(request: Request, exc: InputError | NodeFailed, headers: Mapping[str, str] | None = None) -> JSONResponse:
         if livepeer_paths and route_path(request.scope) in livepeer_paths:
-            body: dict[str, Any] = {"detail": {"msg": msg} | ({"field": field} if field else {})}
-        else:
-            body = {"error": ({"field": field} if field else {}) | {"msg": msg}}
-        return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+            return failure(exc, headers=dict(headers or {}))
+        return error_answer(exc, headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return answer(request, 404, "path", f"no route {request.method} {request.url.path[:200]}; see /docs for the routes")
+            return answer(request, InputError("path", f"no route {request.method} {request.url.path[:200]}; see /docs for the routes", 404))
         if exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
-            return answer(request, 405, "method", f"{request.method} is not allowed here; use {allowed or 'another method'}",
+            return answer(request, InputError("method", f"{request.method} is not allowed here; use {allowed or 'another method'}", 405),
                           exc.headers)
-        field = "body" if exc.status_code in (400, 413, 415, 422) else None
-        return answer(request, exc.status_code, field, str(exc.detail)[:300], exc.headers)
+        if exc.status_code >= 500:
+            return answer(request, NodeFailed(str(exc.detail)[:300], status=exc.status_code), exc.headers)
+        field = "body" if exc.status_code in (400, 413, 415, 422) else "request"
+        return answer(request, InputError(field, str(exc.detail)[:300], exc.status_code), exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("capgraph: %s %s failed: %s: %s", request.method, request.url.path[:200], type(exc).__name__, first_line(exc))
-        return answer(request, 500, None, "internal error; the capability logged it")
+        return answer(request, NodeFailed("internal error; the capability logged it"))
 
 
 def livepeer_settings(plan: Plan, section: Mapping[str, Any] | None) -> Any:

@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from engine.errors import InputError
+from engine.node import NodeParams
 from engine.plan import Plan
 from serve import http
 
@@ -32,8 +33,9 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_job(request: Request, plan: Plan, max_pixels: int, max_body_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A native job request -> (graph inputs decoded, `node.param` overrides checked).
+async def read_job(request: Request, plan: Plan, max_pixels: int, max_body_bytes: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """A native job request -> (graph inputs decoded, each node's params with the request's
+    overrides, resolved once here for `run`).
     Parsing and image decoding run in a worker thread, off the event loop."""
     media = media_type(request)
     if media not in ("", "application/json", "multipart/form-data") and not media.endswith("+json"):

@@ -35,10 +35,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from engine.codecs import codec, image_url
 from engine.errors import InputError
+from engine.node import NodeParams
 from engine.plan import Plan
 from engine.values import MAX_PIXELS
 from serve.http import check_params, render_json
-from serve.livepeer.guard import Guard, RunFn, error
+from serve.livepeer.guard import Guard, RunFn, error, failure
 from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
 from serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
 
@@ -134,7 +135,7 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
             if "out of memory" in str(exc).lower():
                 return error(500, "GPU out of memory.")
             log.exception("%s on '%s' failed", route, settings.name)
-            return error(500, f"{route_name(route)} pipeline error.")
+            return failure(exc, f"{route_name(route)} pipeline error.")  # a NodeFailed keeps its 503 or 504
         finally:
             guard.gate.leave()
 
@@ -229,8 +230,8 @@ async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, 
     return values
 
 
-def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Mapped request fields -> (graph inputs, `node.param` overrides), checked as `/v1`
+def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+    """Mapped request fields -> (graph inputs, each node's params), checked as `/v1`
     checks them (params first, then images under the pixel limit); a fault names the
     request's own field, not the graph's."""
     inputs: dict[str, Any] = {}
@@ -244,8 +245,7 @@ def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, 
             params[target] = values[field]
             named[f"params.{target}"] = field
     try:
-        check_params(plan, params, max_pixels)
-        plan.params_for(params)
+        node_params = check_params(plan, params, max_pixels)
     except InputError as exc:
         if exc.field not in named:
             raise
@@ -256,7 +256,7 @@ def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, 
             continue
         value, port = values[field], codec(spec.type)
         inputs[target] = port.from_bytes(value, field, max_pixels) if isinstance(value, bytes) else port.from_json(value, field, max_pixels)
-    return inputs, params
+    return inputs, node_params
 
 
 def _json_field(values: Mapping[str, Any], name: str) -> Any:

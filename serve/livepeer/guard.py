@@ -11,19 +11,24 @@ wrong one is 401 in the shape above. The token is never logged nor echoed.
 """
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from engine.errors import InputError, NodeFailed
+from engine.node import NodeParams
+from serve.errors import RETRY_AFTER_S, retry_headers
 from serve.livepeer.settings import LivepeerSettings
 
-RunFn = Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
-"""One frame's graph inputs and `node.param` overrides -> (graph outputs, timings_ms)."""
-RunBatchFn = Callable[[list[dict[str, Any]], dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-"""Frames sharing one set of overrides -> one dict of graph outputs per frame."""
+RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
+"""One frame's graph inputs and each node's params, resolved once per request by the route
+(`serve.http.check_params` or `Plan.params_for`; a node left out runs with the graph's)
+-> (graph outputs, timings_ms)."""
+RunBatchFn = Callable[[list[dict[str, Any]], Mapping[str, NodeParams]], Awaitable[list[dict[str, Any]]]]
+"""Frames sharing one set of node params -> one dict of graph outputs per frame."""
 ReadyFn = Callable[[], Awaitable[bool]]
 
 
@@ -32,11 +37,19 @@ def error(status: int, msg: str, headers: dict[str, str] | None = None, **extra:
     return JSONResponse({"detail": {"msg": msg, **extra}}, status_code=status, headers=headers)
 
 
+def failure(exc: Exception, msg: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error in that shape: an InputError with its 4xx and `field`, a NodeFailed with its
+    5xx and `Retry-After` where it asks for one, anything else as a 500 (a 5xx makes a
+    gateway try the next orchestrator). `msg` words it the route's way."""
+    known = isinstance(exc, (InputError, NodeFailed))
+    extra = {"field": exc.field} if isinstance(exc, InputError) else {}
+    text = msg if msg is not None else exc.message if known else str(exc)
+    return error(exc.status if known else 500, text, headers=retry_headers(exc) | (headers or {}), **extra)
+
+
 BUSY = "busy"
 LOADING = "loading"
 UNAUTHORIZED = "Invalid bearer token."
-RETRY_AFTER_S = 1
-"""What a 503 busy or loading tells a gateway to wait before trying again."""
 OPEN_PATHS = frozenset({"/health", "/ready"})
 """Routes a health check reaches without a token."""
 

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -43,6 +43,7 @@ from pytrickle import FrameProcessor, StreamServer
 from pytrickle.frames import AudioFrame, VideoFrame
 
 from engine.errors import InputError
+from engine.node import NodeParams
 from engine.plan import Plan
 from engine.codecs import coerce
 from engine.values import gray_to_rgb
@@ -79,11 +80,11 @@ class _Batcher:
 
     def __init__(self, run_batch: RunBatchFn, max_batch: int):
         self.run_batch, self.max_batch = run_batch, max_batch
-        self.pending: list[tuple[dict[str, Any], dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self.pending: list[tuple[dict[str, Any], Mapping[str, NodeParams], asyncio.Future[dict[str, Any]]]] = []
         self.worker: asyncio.Task[None] | None = None
         self.sizes: deque[int] = deque(maxlen=256)
 
-    async def submit(self, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, inputs: dict[str, Any], params: Mapping[str, NodeParams]) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending.append((inputs, params, future))
         if self.worker is None or self.worker.done():
@@ -124,6 +125,8 @@ class GraphFrameProcessor(FrameProcessor):
         """Graph inputs set by stream params (everything but the frame)."""
         self.overrides: dict[str, Any] = {}
         """`node.param` overrides set by stream params; replaced, never mutated."""
+        self.params: Mapping[str, NodeParams] = plan.params_for(None)
+        """Each node's params with `overrides` applied, resolved once per update, not per frame."""
         self.latency_ms: deque[float] = deque(maxlen=512)
         self.frames = 0
         self.failures = 0
@@ -141,9 +144,9 @@ class GraphFrameProcessor(FrameProcessor):
         inputs = {**self.inputs, self.live.input: frame_to_image(frame.tensor)}
         try:
             if self.batcher is not None:
-                outputs = await self.batcher.submit(inputs, self.overrides)
+                outputs = await self.batcher.submit(inputs, self.params)
             else:
-                outputs, _ = await self.run(inputs, self.overrides)
+                outputs, _ = await self.run(inputs, self.params)
         except Exception as exc:  # keep the stream flowing: gateways kill a stream after 30 s without output
             self.failures += 1
             if self.failures == 1 or self.failures % 100 == 0:
@@ -172,13 +175,13 @@ class GraphFrameProcessor(FrameProcessor):
             else:
                 inputs[target] = value
         try:
-            self.plan.params_for(overrides)
+            node_params = self.plan.params_for(overrides)
             checked = {n: coerce(self.plan.spec.inputs[n].type, v, f"params.{n}") for n, v in inputs.items()}
         except InputError as exc:
             log.warning("stream params ignored: %s: %s", exc.field, exc.message)
             return
         self.inputs = {**self.inputs, **checked}
-        self.overrides = overrides
+        self.overrides, self.params = overrides, node_params
 
     async def on_stream_start(self, params: dict[str, Any]) -> None:
         await self.update_params(params or {})

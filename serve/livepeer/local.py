@@ -13,7 +13,7 @@ Runs are serialised through one lock: an executor's nodes are not shared between
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from engine.executor import Executor
+from engine.node import NodeParams
 from engine.plan import Plan
 from serve.livepeer.routes import mount
 from serve.livepeer.settings import LivepeerSettings
@@ -47,16 +48,16 @@ class ExecutorBackend:
     async def is_ready(self) -> bool:
         return self._ready
 
-    async def run(self, inputs: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    async def run(self, inputs: dict[str, Any], params: Mapping[str, NodeParams]) -> tuple[dict[str, Any], dict[str, float]]:
         result = await asyncio.to_thread(self._run, [inputs], params)
         return result.outputs[0], result.timings_ms
 
-    async def run_batch(self, frames: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def run_batch(self, frames: list[dict[str, Any]], params: Mapping[str, NodeParams]) -> list[dict[str, Any]]:
         return (await asyncio.to_thread(self._run, frames, params)).outputs
 
-    def _run(self, frames: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+    def _run(self, frames: list[dict[str, Any]], params: Mapping[str, NodeParams]) -> Any:
         with self._lock:
-            return self.executor.run(frames, params)
+            return self.executor.run_resolved(frames, params)
 
 
 def local_app(plan: Plan, settings: LivepeerSettings, backend: ExecutorBackend | None = None) -> FastAPI:

@@ -38,7 +38,8 @@ from engine.values import MAX_PIXELS
 from serve.http import render_json, request_schema
 from serve.livepeer.ai_runner import add_ai_runner_routes
 from serve.livepeer.codec import encode_outputs
-from serve.livepeer.guard import LOADING, RETRY_AFTER_S, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, error
+from serve.errors import RETRY_AFTER_S
+from serve.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
 from serve.livepeer.settings import LivepeerSettings, load_settings
 from serve.wire import MAX_BODY_BYTES, read_job
 
@@ -113,16 +114,10 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
             answer = await asyncio.to_thread(lambda: render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": timings}))
             return Response(answer, media_type="application/json")
         except InputError as exc:
-            status = exc.status if 400 <= exc.status < 500 else 400
-            return error(status, exc.message, field=exc.field)
-        except TimeoutError as exc:
-            return error(504, str(exc) or "timed out")
+            return failure(exc)
         except Exception as exc:  # 5xx: the gateway tries the next orchestrator
             log.exception("BYOC job on '%s' failed", settings.name)
-            status = getattr(exc, "status", 500)
-            status = status if isinstance(status, int) and 500 <= status < 600 else 500
-            headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-            return error(status, f"{settings.name} pipeline error: {str(exc)[:300]}", headers=headers)
+            return failure(exc, f"{settings.name} pipeline error: {str(exc)[:300]}")
         finally:
             guard.gate.leave()
 

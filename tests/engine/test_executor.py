@@ -7,7 +7,7 @@ import pytest
 
 from engine.errors import InputError
 from engine.executor import Executor, check_inputs
-from engine.runloop import NodeFailed
+from engine.errors import NodeFailed
 from engine.validate import load_plan, plan_from_data
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
