@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.executor import Executor  # noqa: E402
-from engine.node import Frame, Node, NodeParams  # noqa: E402
-from engine.registry import register  # noqa: E402
-from engine.types import PortType, port  # noqa: E402
-from engine.validate import plan_from_data  # noqa: E402
+from capgraph.engine.executor import Executor  # noqa: E402
+from capgraph.engine.node import Frame, Node, NodeParams  # noqa: E402
+from capgraph.engine.registry import register  # noqa: E402
+from capgraph.engine.types import PortType, port  # noqa: E402
+from capgraph.engine.validate import plan_from_data  # noqa: E402
 
 
 def work(image: np.ndarray) -> np.ndarray:

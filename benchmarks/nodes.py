@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from engine.node import Node, example_value  # noqa: E402
-from engine.registry import catalogue  # noqa: E402
-from engine.types import PortType  # noqa: E402
+from capgraph.engine.node import Node, example_value  # noqa: E402
+from capgraph.engine.registry import catalogue  # noqa: E402
+from capgraph.engine.types import PortType  # noqa: E402
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "depth": ("depth", {}),

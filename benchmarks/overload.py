@@ -52,8 +52,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from engine.registry import register
-    from serve.app import CapabilityArgs, build
+    from capgraph.engine.registry import register
+    from capgraph.serve.app import CapabilityArgs, build
 
     register(Sleepy)
     graph = nap_graph(capability="busy", seconds=FRAME_S)

@@ -105,9 +105,9 @@ def load_average() -> float:
 
 
 def executor_baseline(graph: str, requests: int) -> dict[str, dict[str, float]]:
-    from engine.executor import Executor
-    from engine.validate import load_plan
-    from engine.values import decode_image, encode_image
+    from capgraph.engine.executor import Executor
+    from capgraph.engine.validate import load_plan
+    from capgraph.engine.values import decode_image, encode_image
 
     plan = load_plan(graph)
     executor = Executor(plan)
@@ -154,8 +154,8 @@ def handwritten_app(graph: str) -> Any:
     from fastapi.responses import JSONResponse
     from ray import serve
 
-    from engine.validate import load_plan
-    from engine.values import decode_image, encode_image
+    from capgraph.engine.validate import load_plan
+    from capgraph.engine.values import decode_image, encode_image
 
     plan = load_plan(graph)
     web = FastAPI()
@@ -240,8 +240,8 @@ def serve_runs(graph: str, requests: int, scenarios: tuple = SCENARIOS) -> tuple
     import ray
     from ray import serve
 
-    from engine.validate import load_plan
-    from serve.app import CapabilityArgs, build, plan_app
+    from capgraph.engine.validate import load_plan
+    from capgraph.serve.app import CapabilityArgs, build, plan_app
 
     capability = load_plan(graph).capability
     port = free_port()
@@ -325,7 +325,7 @@ def main() -> None:
     json_out = _claim_stdout() if args.json else None
     scenarios = SCENARIOS
     if args.tune:
-        from serve.tune import tune_graph
+        from capgraph.serve.tune import tune_graph
 
         print("capgraph tune…", file=sys.stderr, flush=True)
         overlay = str(Path(NO_OVERLAY) / "tuned.yaml")

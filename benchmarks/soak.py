@@ -172,7 +172,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import CapabilityArgs, build
+    from capgraph.serve.app import CapabilityArgs, build
 
     port = _free_port()
     ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="soak", runtime_env={"env_vars": env})

@@ -11,9 +11,9 @@ import sys
 import typer
 from rich.markup import escape
 
-from cli import graph, serving, weights
-from cli.common import err, print_problems
-from engine.errors import GraphInvalid, InputError
+from capgraph.cli import graph, serving, weights
+from capgraph.cli.common import err, print_problems
+from capgraph.engine.errors import GraphInvalid, InputError
 
 app = typer.Typer(
     name="capgraph",
@@ -51,9 +51,9 @@ def main() -> None:
 
 def _known_failure(exc: Exception) -> str | None:
     """Failures that are the environment's, not capgraph's: say them plainly."""
-    from engine.errors import NodeFailed
-    from engine.render import GraphvizMissing
-    from nodes.weights import ModelMissing
+    from capgraph.engine.errors import NodeFailed
+    from capgraph.engine.render import GraphvizMissing
+    from capgraph.nodes.weights import ModelMissing
 
     if isinstance(exc, (ModelMissing, GraphvizMissing, NodeFailed)):
         return str(exc)

@@ -11,8 +11,8 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from engine.errors import GraphError, GraphInvalid, InputError
-from engine.plan import Plan
+from capgraph.engine.errors import GraphError, GraphInvalid, InputError
+from capgraph.engine.plan import Plan
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each: greppable
@@ -33,8 +33,8 @@ def print_problems(problems: list[GraphError]) -> None:
 
 def load_graph(path: Path, sets: list[str] | None = None) -> Plan:
     """Validate a graph file (with `--set` edits applied); exit 1 with every problem."""
-    from engine.validate import load_plan, plan_from_data
-    from engine.yamlload import YamlProblem, load_yaml
+    from capgraph.engine.validate import load_plan, plan_from_data
+    from capgraph.engine.yamlload import YamlProblem, load_yaml
 
     if not sets:
         return load_plan(path)

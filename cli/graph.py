@@ -9,18 +9,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, out, print_problems
-from engine.errors import GraphInvalid, InputError
-from engine.plan import Plan
-from engine.types import PortType
+from capgraph.cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, out, print_problems
+from capgraph.engine.errors import GraphInvalid, InputError
+from capgraph.engine.plan import Plan
+from capgraph.engine.types import PortType
 
 
 def validate(graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="graph files")], as_json: JsonOpt = False) -> None:
     """Check graph files: YAML, node types, params, wiring, port types, cycles."""
-    from engine.validate import load_plan
+    from capgraph.engine.validate import load_plan
 
-    from engine.yamlload import load_yaml
-    from serve.config_check import check_deployment_sections
+    from capgraph.engine.yamlload import load_yaml
+    from capgraph.serve.config_check import check_deployment_sections
 
     report, failed = [], False
     for path in graphs:
@@ -53,8 +53,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a graph in this process on one frame and write its outputs to a folder."""
-    from engine.executor import Executor
-    from engine.codecs import from_arg
+    from capgraph.engine.executor import Executor
+    from capgraph.engine.codecs import from_arg
 
     plan = load_graph(graph, sets)
     frame: dict[str, Any] = {}
@@ -91,7 +91,7 @@ def write_outputs(plan: Plan, values: dict[str, Any], folder: Path) -> dict[str,
     """Write each output as a file a person can open (PNG, NPY) and the rest as JSON."""
     import numpy as np
 
-    from engine.values import encode_image
+    from capgraph.engine.values import encode_image
 
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
@@ -125,8 +125,8 @@ def nodes(
     as_json: JsonOpt = False,
 ) -> None:
     """The node catalogue: every family's ports, types and params."""
-    from engine.errors import did_you_mean
-    from engine.registry import catalogue
+    from capgraph.engine.errors import did_you_mean
+    from capgraph.engine.registry import catalogue
 
     families = catalogue()
     if family is not None and family not in families:
@@ -181,8 +181,8 @@ def describe_family(family: Any) -> dict[str, Any]:
 
 def schema(output: Annotated[Path | None, typer.Option("--output", "-o", help="write to a file")] = None) -> None:
     """The JSON Schema of graph files, for editors (YAML language server) and CI."""
-    from engine.registry import catalogue
-    from engine.spec import json_schema_for
+    from capgraph.engine.registry import catalogue
+    from capgraph.engine.spec import json_schema_for
 
     text = json.dumps(json_schema_for(catalogue()), indent=2) + "\n"
     if output:
@@ -200,12 +200,12 @@ def render(
 ) -> None:
     """Draw a graph: Mermaid text always, SVG/PNG through Graphviz's `dot`; nodes boxed by
     the deployment the Serve compiler puts them in (`capgraph plan` says why)."""
-    from engine.render import dot, dot_to, mermaid
+    from capgraph.engine.render import dot, dot_to, mermaid
 
     plan = load_graph(graph)
     boxes = None
     if deployments:
-        from serve.run import deployments as compiled_deployments
+        from capgraph.serve.run import deployments as compiled_deployments
 
         boxes = compiled_deployments(plan)
     suffix = output.suffix.lower().lstrip(".") if output else "mmd"

@@ -9,8 +9,8 @@ import typer
 import yaml
 from rich.markup import escape
 
-from cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, out
-from engine.errors import InputError
+from capgraph.cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, out
+from capgraph.engine.errors import InputError
 
 
 def serve_cmd(
@@ -22,7 +22,7 @@ def serve_cmd(
     preflight: Annotated[str, typer.Option(help="fail, warn or off when the graph does not fit the cluster")] = "fail",
 ) -> None:
     """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`)."""
-    from serve.run import serve_graph
+    from capgraph.serve.run import serve_graph
 
     load_graph(graph)  # the same messages and exit code as `capgraph validate`
     raise typer.Exit(serve_graph(str(graph), host=host, port=port, fuse=fuse, address=address, preflight=preflight))  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ def plan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Ray Serve deployments a graph compiles to, and whether it fits the cluster."""
-    from serve.run import serve_graph
+    from capgraph.serve.run import serve_graph
 
     load_graph(graph)
     raise typer.Exit(serve_graph(str(graph), fuse=fuse, dry_run=True, as_json=as_json, preflight="warn"))  # type: ignore[arg-type]
@@ -52,7 +52,7 @@ def tune(
     """Profile each node on this machine at batch sizes 1..N and write the serving settings
     (batch sizes and waits, groups, GPU fractions, replicas) as an overlay that `serve run`,
     `capgraph serve` and `capgraph plan` pick up."""
-    from serve.tune import tune_graph
+    from capgraph.serve.tune import tune_graph
 
     load_graph(graph)
     overrides = {}
@@ -74,7 +74,7 @@ def register(
 ) -> None:
     """Register the graph's capability with the Livepeer orchestrator(s) of its `livepeer:`
     section (secrets come from the environment) and print what each answered."""
-    from serve.livepeer.registrar import register_graph
+    from capgraph.serve.livepeer.registrar import register_graph
 
     load_graph(graph)
     try:
@@ -95,7 +95,7 @@ def runners_json_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="runners.json to write (merged if it exists)")] = None,
 ) -> None:
     """Write the static Live Runner entry (runners.json) for this graph."""
-    from serve.livepeer.registrar import runners_json
+    from capgraph.serve.livepeer.registrar import runners_json
 
     load_graph(graph)
     existing = json.loads(output.read_text()) if output and output.exists() else None

@@ -6,8 +6,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.common import JsonOpt, emit_json, err, load_graph, out
-from engine.errors import InputError
+from capgraph.cli.common import JsonOpt, emit_json, err, load_graph, out
+from capgraph.engine.errors import InputError
 
 
 def prepare(
@@ -21,8 +21,8 @@ def prepare(
     """Download every model the graphs name, so serving starts warm with HF_HUB_OFFLINE=1.
     Only the files the nodes load: no ONNX/OpenVINO/Flax exports, no single-file
     checkpoints beside a diffusers pipeline, one precision of each weight file."""
-    from nodes.prepare import prepare as fetch
-    from nodes.weights import MODEL_DIR_ENV
+    from capgraph.nodes.prepare import prepare as fetch
+    from capgraph.nodes.weights import MODEL_DIR_ENV
 
     if variant not in (None, "fp16", "fp32", "all"):
         raise typer.BadParameter(f"'{variant}' is not fp16, fp32 or all", param_hint="--variant")
@@ -59,8 +59,8 @@ def prepare(
 def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="where to write them")], as_json: JsonOpt = False) -> None:
     """Write the tiny random-initialised model of every family (real repo layouts), for
     offline runs and tests. CAPGRAPH_MODELS=tiny uses them automatically."""
-    from engine.registry import catalogue
-    from nodes.weights import tiny_model
+    from capgraph.engine.registry import catalogue
+    from capgraph.nodes.weights import tiny_model
 
     written = {}
     for family in catalogue().values():
@@ -82,8 +82,8 @@ def random_models(
 ) -> None:
     """Write every family's model at its real full size with random fp16 weights (on CUDA
     when present), for measuring speed and VRAM with no hub: CAPGRAPH_MODELS=random."""
-    from engine.registry import catalogue
-    from nodes.weights import write_random_models
+    from capgraph.engine.registry import catalogue
+    from capgraph.nodes.weights import write_random_models
 
     try:
         written = write_random_models(folder, catalogue().values(), only or None)

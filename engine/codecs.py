@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import InputError
-from engine.types import PortType, check_value
-from engine.values import MAX_PIXELS, decode_image, encode_image, gray_to_rgb
+from capgraph.engine.errors import InputError
+from capgraph.engine.types import PortType, check_value
+from capgraph.engine.values import MAX_PIXELS, decode_image, encode_image, gray_to_rgb
 
 if TYPE_CHECKING:
-    from engine.plan import Plan
+    from capgraph.engine.plan import Plan
 
 MAX_TEXT_CHARS = 10_000
 """Longest text input; prompts are cut to 77 tokens anyway, so longer is a mistake or an attack."""

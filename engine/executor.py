@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.codecs import coerce
-from engine.errors import InputError
-from engine.node import Node, NodeParams
-from engine.plan import Plan
-from engine.runloop import load_nodes, release_schedule, run_nodes
+from capgraph.engine.codecs import coerce
+from capgraph.engine.errors import InputError
+from capgraph.engine.node import Node, NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.engine.runloop import load_nodes, release_schedule, run_nodes
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from engine.types import Port, PortType
-from nodes.weights import Weights, resolve
+from capgraph.engine.types import Port, PortType
+from capgraph.nodes.weights import Weights, resolve
 
 FAMILY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -13,10 +13,10 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from engine.errors import GraphError, InputError, did_you_mean
-from engine.node import Node, NodeParams
-from engine.spec import GraphSpec, NodeSpec
-from engine.types import PortType
+from capgraph.engine.errors import GraphError, InputError, did_you_mean
+from capgraph.engine.node import Node, NodeParams
+from capgraph.engine.spec import GraphSpec, NodeSpec
+from capgraph.engine.types import PortType
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import logging
 import os
 from importlib.metadata import entry_points
 
-from engine.node import FAMILY_ID, Node
+from capgraph.engine.node import FAMILY_ID, Node
 
 ENTRY_POINT_GROUP = "capgraph.nodes"
 EXTRA_ENV = "CAPGRAPH_NODES"
@@ -40,7 +40,7 @@ def _check(family: object, source: str) -> type[Node]:
 @functools.cache
 def catalogue() -> dict[str, type[Node]]:
     """Every node family by id, built-ins first; third-party ids may not shadow them."""
-    from nodes import BUILTIN
+    from capgraph.nodes import BUILTIN
 
     families: dict[str, type[Node]] = {}
     for target in BUILTIN:

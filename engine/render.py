@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
-from engine.plan import Plan, Source
+from capgraph.engine.plan import Plan, Source
 
 
 def _node_label(plan: Plan, node_id: str) -> tuple[str, str]:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from engine.errors import InputError, NodeFailed
-from engine.node import Node, NodeParams
-from engine.plan import Plan, PlannedNode
+from capgraph.engine.errors import InputError, NodeFailed
+from capgraph.engine.node import Node, NodeParams
+from capgraph.engine.plan import Plan, PlannedNode
 
 log = logging.getLogger("capgraph")
 

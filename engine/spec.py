@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from engine.types import PortType
+from capgraph.engine.types import PortType
 
 CAPABILITY = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 IDENT = r"^[a-z_][a-z0-9_]*$"

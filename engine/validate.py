@@ -13,12 +13,12 @@ from typing import Any
 import networkx as nx
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import GraphError, GraphInvalid, did_you_mean
-from engine.plan import Plan, PlannedNode, Source
-from engine.registry import catalogue
-from engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
-from engine.types import PortType, check_value, compatible
-from engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
+from capgraph.engine.errors import GraphError, GraphInvalid, did_you_mean
+from capgraph.engine.plan import Plan, PlannedNode, Source
+from capgraph.engine.registry import catalogue
+from capgraph.engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
+from capgraph.engine.types import PortType, check_value, compatible
+from capgraph.engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
 
 _IDENT = re.compile(IDENT)
 EXTRA_KEYS = RAY_KEYS | {"livepeer"}

@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 
-from engine.errors import InputError
+from capgraph.engine.errors import InputError
 
 MAX_PIXELS = 4096 * 4096
 """Largest image accepted by default (16.7 MP): bigger headers are refused before decoding."""

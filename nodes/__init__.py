@@ -6,15 +6,15 @@ imported inside `load`.
 """
 
 BUILTIN: tuple[str, ...] = (
-    "nodes.codec:Decode",
-    "nodes.codec:Encode",
-    "nodes.resize:Resize",
-    "nodes.canny:Canny",
-    "nodes.depth_control:DepthControl",
-    "nodes.depth:Depth",
-    "nodes.segmentation:Segmentation",
-    "nodes.sam2:Sam2",
-    "nodes.composite:Composite",
-    "nodes.sdxl:Sdxl",
-    "nodes.upscale:Upscale",
+    "capgraph.nodes.codec:Decode",
+    "capgraph.nodes.codec:Encode",
+    "capgraph.nodes.resize:Resize",
+    "capgraph.nodes.canny:Canny",
+    "capgraph.nodes.depth_control:DepthControl",
+    "capgraph.nodes.depth:Depth",
+    "capgraph.nodes.segmentation:Segmentation",
+    "capgraph.nodes.sam2:Sam2",
+    "capgraph.nodes.composite:Composite",
+    "capgraph.nodes.sdxl:Sdxl",
+    "capgraph.nodes.upscale:Upscale",
 )

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nodes import _tiny_sd, _tiny_vision
-from nodes._shared import no_progress_bars
+from capgraph.nodes import _tiny_sd, _tiny_vision
+from capgraph.nodes._shared import no_progress_bars
 
 Config = dict[str, dict[str, Any]]
 """Hyperparameters by section: a model's constructor kwargs, or a processor's settings."""

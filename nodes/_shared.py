@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.values import gray_to_rgb  # noqa: F401  (nodes import it from here)
+from capgraph.engine.values import gray_to_rgb  # noqa: F401  (nodes import it from here)
 
 
 def resize(array: np.ndarray, width: int, height: int, *, smooth: bool = True) -> np.ndarray:
@@ -65,7 +65,7 @@ def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
     prepare` on a GPU machine fetches only those): they load upcast."""
     import torch
 
-    from nodes.weights import FP16_FILE
+    from capgraph.nodes.weights import FP16_FILE
 
     folder = Path(path)
     if not folder.is_dir():

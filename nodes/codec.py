@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from engine.node import Frame, Node, NodeParams, example_value
-from engine.types import PortType, port
-from engine.values import MAX_PIXELS, decode_image, encode_image
+from capgraph.engine.node import Frame, Node, NodeParams, example_value
+from capgraph.engine.types import PortType, port
+from capgraph.engine.values import MAX_PIXELS, decode_image, encode_image
 
 
 class DecodeParams(NodeParams):

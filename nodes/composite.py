@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from engine.node import Frame, Node, NodeParams
-from engine.types import PortType, port
-from nodes._shared import resize
+from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.types import PortType, port
+from capgraph.nodes._shared import resize
 
 
 class CompositeParams(NodeParams):

@@ -11,9 +11,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from engine.node import Frame, Node, NodeParams
-from engine.types import PortType, port
-from nodes._shared import resize, to_multiple
+from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.types import PortType, port
+from capgraph.nodes._shared import resize, to_multiple
 
 
 class ResizeParams(NodeParams):

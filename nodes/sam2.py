@@ -20,12 +20,12 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from engine.errors import InputError
-from engine.node import Frame, Node, NodeParams
-from engine.types import PortType, port
-from nodes import _random, _tiny_vision
-from nodes._shared import module_bytes, no_progress_bars
-from nodes.weights import Weights
+from capgraph.engine.errors import InputError
+from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.types import PortType, port
+from capgraph.nodes import _random, _tiny_vision
+from capgraph.nodes._shared import module_bytes, no_progress_bars
+from capgraph.nodes.weights import Weights
 
 MODEL = Weights("sam2", "facebook/sam2-hiera-large", _tiny_vision.sam2, _random.sam2)
 Coordinate = Annotated[float, Field(ge=0, le=16384)]

@@ -19,12 +19,12 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from engine.errors import InputError, did_you_mean
-from engine.node import Frame, Node, NodeParams
-from engine.types import PortType, port
-from nodes import _random, _tiny_vision
-from nodes._shared import module_bytes, no_progress_bars
-from nodes.weights import Weights
+from capgraph.engine.errors import InputError, did_you_mean
+from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.types import PortType, port
+from capgraph.nodes import _random, _tiny_vision
+from capgraph.nodes._shared import module_bytes, no_progress_bars
+from capgraph.nodes.weights import Weights
 
 MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", _tiny_vision.segformer, _random.segformer)
 

@@ -22,11 +22,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from engine.node import Frame, Node, NodeParams, example_value
-from engine.types import PortType, port
-from nodes import _random, _tiny_sd
-from nodes._shared import fp16_variant, module_bytes, no_progress_bars
-from nodes.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
+from capgraph.engine.node import Frame, Node, NodeParams, example_value
+from capgraph.engine.types import PortType, port
+from capgraph.nodes import _random, _tiny_sd
+from capgraph.nodes._shared import fp16_variant, module_bytes, no_progress_bars
+from capgraph.nodes.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
 
 WARMUP_SIDE = 32
 

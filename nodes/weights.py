@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.node import Node
+    from capgraph.engine.node import Node
 
 MODELS_ENV = "CAPGRAPH_MODELS"
 TINY_DIR_ENV = "CAPGRAPH_TINY_DIR"

@@ -1,9 +1,9 @@
-"""The Ray Serve application builder: `import_path: serve.app:build`.
+"""The Ray Serve application builder: `import_path: capgraph.serve.app:build`.
 
 A graph file is also a Serve config file. Its `applications:` entry names this builder
 and carries the graph in `args` (YAML aliases of the file's own sections), so the same
 file works with `serve run FILE` locally and `serve deploy FILE` on a remote cluster
-with nothing else to copy; `serve run serve.app:build graph=FILE` and `capgraph serve`
+with nothing else to copy; `serve run capgraph.serve.app:build graph=FILE` and `capgraph serve`
 (`serve.run.serve_graph`) go through the same steps:
 
 1. validate the graph, with the same checks and messages as `capgraph validate`;
@@ -34,18 +34,18 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import RayServeException
 
-from engine.errors import GraphError, GraphInvalid
-from engine.plan import Plan
-from engine.validate import load_plan, plan_from_data
-from engine.values import MAX_PIXELS
-from engine.yamlload import YamlProblem, load_yaml
-from serve import preflight
-from serve.compiler import INGRESS, Compiled, compile_plan
-from serve.ingress import RETRY_AFTER_S, Capability, Settings
-from serve.overlay import find_overlay
-from serve.planner import machine_for
-from serve.replica import NodeGroup, stuck_after
-from serve.wire import MAX_BODY_BYTES
+from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.plan import Plan
+from capgraph.engine.validate import load_plan, plan_from_data
+from capgraph.engine.values import MAX_PIXELS
+from capgraph.engine.yamlload import YamlProblem, load_yaml
+from capgraph.serve import preflight
+from capgraph.serve.compiler import INGRESS, Compiled, compile_plan
+from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
+from capgraph.serve.overlay import find_overlay
+from capgraph.serve.planner import machine_for
+from capgraph.serve.replica import NodeGroup, stuck_after
+from capgraph.serve.wire import MAX_BODY_BYTES
 
 log = logging.getLogger("ray.serve")
 
@@ -177,7 +177,7 @@ def livepeer_section(args: CapabilityArgs) -> dict[str, Any] | None:
 def _check_livepeer(plan: Plan, section: dict[str, Any] | None) -> None:
     """The Livepeer section must be valid before anything starts (where that package is)."""
     try:
-        from serve.livepeer.settings import load_settings
+        from capgraph.serve.livepeer.settings import load_settings
     except ImportError:
         return
     try:

@@ -31,11 +31,11 @@ from typing import Any
 
 import networkx as nx
 
-from engine.errors import GraphError, GraphInvalid
-from engine.plan import Plan, PlannedNode, Source
-from engine.spec import Autoscale
-from serve import planner
-from serve.planner import DEFAULT_NODE_CPUS, Cost, Fuse, Machine, NodeSettings
+from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.plan import Plan, PlannedNode, Source
+from capgraph.engine.spec import Autoscale
+from capgraph.serve import planner
+from capgraph.serve.planner import DEFAULT_NODE_CPUS, Cost, Fuse, Machine, NodeSettings
 
 GIB = 1 << 30
 UNKNOWN_FRACTION = 0.25

@@ -9,7 +9,7 @@ entry hands them to the builder as aliases:
     applications:
       - name: canny-edges
         route_prefix: /
-        import_path: serve.app:build
+        import_path: capgraph.serve.app:build
         args: {graph: {capability: *capability, nodes: *nodes, ...}}
 
 `check_applications` reports an entry whose `args.graph` is not the file's own graph (a
@@ -21,11 +21,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from engine.errors import GraphError
-from engine.spec import GRAPH_KEYS
-from engine.yamlload import locate
+from capgraph.engine.errors import GraphError
+from capgraph.engine.spec import GRAPH_KEYS
+from capgraph.engine.yamlload import locate
 
-BUILDER = "serve.app:build"
+BUILDER = "capgraph.serve.app:build"
 SECTIONS = (*GRAPH_KEYS, "livepeer")
 
 
@@ -66,7 +66,7 @@ def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
 def check_deployment_sections(tree: Any, plan: Any, file: str = "<graph>") -> list[GraphError]:
     """What `capgraph validate` adds to the graph checks for a file that is also a Serve
     config: the `applications:` entries and the `livepeer:` section, with their lines."""
-    from serve.livepeer.settings import check_livepeer_section
+    from capgraph.serve.livepeer.settings import check_livepeer_section
 
     problems = check_applications(tree, file)
     raw = tree.get("livepeer") if isinstance(tree, Mapping) else None

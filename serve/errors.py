@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from fastapi.responses import JSONResponse
 
-from engine.errors import InputError, NodeFailed
+from capgraph.engine.errors import InputError, NodeFailed
 
 RETRY_AFTER_S = 1
 """What a retryable 503 (a replica died, the capability is full) tells the caller to wait."""

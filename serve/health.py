@@ -11,8 +11,8 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.compiler import Compiled
-from serve.incidents import RayStatus, Replacements, unusable
+from capgraph.serve.compiler import Compiled
+from capgraph.serve.incidents import RayStatus, Replacements, unusable
 
 log = logging.getLogger("ray.serve")
 

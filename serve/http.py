@@ -25,12 +25,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from engine.codecs import ENCODINGS, codec, encode_outputs, json_type, plain
-from engine.codecs import encode_value  # noqa: F401  (what `/v1` answers a value as)
-from engine.errors import InputError
-from engine.node import NodeParams
-from engine.plan import Plan
-from engine.types import PortType
+from capgraph.engine.codecs import ENCODINGS, codec, encode_outputs, json_type, plain
+from capgraph.engine.codecs import encode_value  # noqa: F401  (what `/v1` answers a value as)
+from capgraph.engine.errors import InputError
+from capgraph.engine.node import NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.engine.types import PortType
 
 MAX_DEPTH = 32
 """Deepest JSON nesting a request may send: a graph's inputs and params need a handful."""

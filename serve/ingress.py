@@ -38,15 +38,15 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from engine.errors import NodeFailed, from_dict
-from engine.executor import check_inputs
-from engine.node import NodeParams
-from engine.values import MAX_PIXELS
-from serve.compiler import Compiled
-from serve.errors import RETRY_AFTER_S, first_line
-from serve.health import Health
-from serve.routes import capability_app
-from serve.wire import MAX_BODY_BYTES
+from capgraph.engine.errors import NodeFailed, from_dict
+from capgraph.engine.executor import check_inputs
+from capgraph.engine.node import NodeParams
+from capgraph.engine.values import MAX_PIXELS
+from capgraph.serve.compiler import Compiled
+from capgraph.serve.errors import RETRY_AFTER_S, first_line
+from capgraph.serve.health import Health
+from capgraph.serve.routes import capability_app
+from capgraph.serve.wire import MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)

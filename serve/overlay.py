@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import GraphError, GraphInvalid
-from engine.plan import Plan
-from serve.planner import Cost
+from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.plan import Plan
+from capgraph.serve.planner import Cost
 
 TUNED_DIR_ENV = "CAPGRAPH_TUNED_DIR"
 OVERLAY_FORMAT = 1
@@ -91,7 +91,7 @@ def find_overlay(plan: Plan, tuned: str | bool | None, device: str) -> tuple[Ove
     what the cluster will run on. A named file that cannot be read is a GraphInvalid."""
     if tuned is False or (isinstance(tuned, str) and tuned.lower() in ("false", "off", "no", "none")):
         return None, []
-    from nodes.weights import models_mode
+    from capgraph.nodes.weights import models_mode
 
     path = Path(tuned) if isinstance(tuned, str) else default_path(plan.capability)
     if tuned is None and not path.exists():

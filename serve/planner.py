@@ -50,8 +50,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.plan import Plan, PlannedNode
-from engine.spec import Autoscale, Batch
+from capgraph.engine.plan import Plan, PlannedNode
+from capgraph.engine.spec import Autoscale, Batch
 
 Fuse = Literal["auto", "groups", "all", "none"]
 Source = Literal["graph", "tuned", "planner"]

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.plan import PlannedNode
-from serve.compiler import GIB, Compiled, Unit
+from capgraph.engine.plan import PlannedNode
+from capgraph.serve.compiler import GIB, Compiled, Unit
 
 log = logging.getLogger("capgraph.serve")
 
@@ -120,7 +120,7 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
     smaller) and prefers safetensors over other formats in a folder, as loaders do.
     Tiny models count as 0: they take a few MB.
     """
-    from nodes.weights import model_dir, models_mode, split_weights
+    from capgraph.nodes.weights import model_dir, models_mode, split_weights
 
     if models_mode() == "tiny":
         return 0
@@ -144,7 +144,7 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
 
 
 def _folder_weight_bytes(path: Path) -> int:
-    from nodes.weights import WEIGHT_SUFFIXES
+    from capgraph.nodes.weights import WEIGHT_SUFFIXES
     if path.is_file():
         return path.stat().st_size
     by_folder: dict[Path, list[Path]] = {}

@@ -36,11 +36,11 @@ from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from engine.errors import InputError, NodeFailed
-from engine.node import Node, NodeParams
-from engine.plan import Plan
-from engine.runloop import load_nodes, run_nodes
-from serve.compiler import Unit
+from capgraph.engine.errors import InputError, NodeFailed
+from capgraph.engine.node import Node, NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.engine.runloop import load_nodes, run_nodes
+from capgraph.serve.compiler import Unit
 
 log = logging.getLogger("ray.serve")
 

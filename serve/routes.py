@@ -15,14 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from engine.errors import InputError, NodeFailed
-from engine.plan import Plan
-from serve import http
-from serve.errors import RETRY_AFTER_S, error_answer, first_line
-from serve.wire import read_job
+from capgraph.engine.errors import InputError, NodeFailed
+from capgraph.engine.plan import Plan
+from capgraph.serve import http
+from capgraph.serve.errors import RETRY_AFTER_S, error_answer, first_line
+from capgraph.serve.wire import read_job
 
 if TYPE_CHECKING:
-    from serve.ingress import Capability
+    from capgraph.serve.ingress import Capability
 
 log = logging.getLogger("ray.serve")
 
@@ -86,7 +86,7 @@ def capability_app(capability: "Capability") -> FastAPI:
 
     livepeer_paths: set[str] = set()
     if livepeer is not None:
-        from serve.livepeer.routes import mount
+        from capgraph.serve.livepeer.routes import mount
 
         livepeer_paths = mount(app, plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
                                max_body_bytes=settings.max_body_bytes)
@@ -110,7 +110,7 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
     `{"error": {"field", "msg"}}`, or `{"detail": {"msg", "field"}}` on a Livepeer route.
     Never a traceback: an unexpected exception is logged and answered in one line."""
     if livepeer_paths:
-        from serve.livepeer.guard import failure, route_path
+        from capgraph.serve.livepeer.guard import failure, route_path
 
     def answer(request: Request, exc: InputError | NodeFailed, headers: Mapping[str, str] | None = None) -> JSONResponse:
         if livepeer_paths and route_path(request.scope) in livepeer_paths:
@@ -141,7 +141,7 @@ def livepeer_settings(plan: Plan, section: Mapping[str, Any] | None) -> Any:
     is not installed. Read here, in the ingress replica, so secrets given as environment
     variables stay on the cluster."""
     try:
-        from serve.livepeer.settings import load_settings
+        from capgraph.serve.livepeer.settings import load_settings
     except ImportError:
         return None
     return load_settings(plan, section)

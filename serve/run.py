@@ -1,6 +1,6 @@
 """`capgraph serve GRAPH`: the same builder as `serve run`, with checks before Ray starts.
 
-    from serve.run import serve_graph
+    from capgraph.serve.run import serve_graph
     raise SystemExit(serve_graph("graphs/hybrid.yaml", host="127.0.0.1", port=8000))
 
 The graph is validated before Ray is started, and pre-flighted against the cluster before
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from engine.errors import GraphInvalid
+from capgraph.engine.errors import GraphInvalid
 
 EXIT_INVALID = 2
 EXIT_DOES_NOT_FIT = 3
@@ -62,7 +62,7 @@ def serve_graph(
     further `CapabilityArgs` fields (e.g. `{"request_timeout_s": 30}`). Blocking, it
     serves until Ctrl-C or SIGTERM, then drains and stops what it started.
     """
-    from serve.app import CapabilityArgs, load_graph, plan_app
+    from capgraph.serve.app import CapabilityArgs, load_graph, plan_app
 
     out = out or sys.stdout
     args = CapabilityArgs(graph=str(path), fuse=fuse, batching=batching, preflight=preflight, tuned=tuned, **(options or {}))
@@ -105,7 +105,7 @@ def _deploy(capability: str, args: Any, host: str, port: int, out: TextIO) -> in
     """Plan against the cluster, pre-flight, start Serve and deploy; 0 once healthy."""
     from ray import serve
 
-    from serve.app import _fit_report, bind, plan_app
+    from capgraph.serve.app import _fit_report, bind, plan_app
 
     try:
         blueprint = plan_app(args)
@@ -339,9 +339,9 @@ def deployments(plan: Any) -> dict[str, tuple[str, ...]]:
     """Deployment name -> its nodes, as the builder would compile `plan` here (this
     machine's tuned overlay included, when it matches). No Ray, no torch: for pictures
     (`capgraph render`), where only the grouping matters."""
-    from serve import preflight
-    from serve.compiler import compile_plan
-    from serve.overlay import find_overlay
+    from capgraph.serve import preflight
+    from capgraph.serve.compiler import compile_plan
+    from capgraph.serve.overlay import find_overlay
 
     cluster = preflight.local_cluster(probe_gpus=False)
     overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")

@@ -1,6 +1,6 @@
 """`capgraph tune GRAPH`: fit a graph's serving settings to this machine.
 
-    from serve.tune import tune_graph
+    from capgraph.serve.tune import tune_graph
     raise SystemExit(tune_graph("graphs/hybrid.yaml", max_batch=16, params={"generate.steps": 4}))
 
 1. Load every node of the graph on this machine's device, on the weights `CAPGRAPH_MODELS`
@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.errors import GraphInvalid
-from engine.plan import Plan
-from serve.overlay import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
+from capgraph.engine.errors import GraphInvalid
+from capgraph.engine.plan import Plan
+from capgraph.serve.overlay import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
 
 INGRESS_CPUS = 0.25
 """What the ingress is assumed to take when tuning (CapabilityArgs.ingress_cpus's default)."""
@@ -46,7 +46,7 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 def example_frame(plan: Plan, size: int) -> dict[str, Any]:
     """One frame of graph inputs: each input's default, else a small example of its type."""
-    from engine.node import example_value
+    from capgraph.engine.node import example_value
 
     return {name: spec.default if spec.default is not None else example_value(spec.type, size) for name, spec in plan.spec.inputs.items()}
 
@@ -55,7 +55,7 @@ def profile(plan: Plan, *, max_batch: int = 16, size: int = 64, params: Mapping[
             progress: Any = None) -> tuple[dict[str, dict[int, float]], dict[str, int], str]:
     """Milliseconds per batch for every node and batch size, peak extra GPU bytes per node
     (CUDA only), and the device. `progress(description, advance)` reports each step."""
-    from engine.executor import check_inputs, pick_device
+    from capgraph.engine.executor import check_inputs, pick_device
 
     step = progress or (lambda description, advance=1: None)
     device, dtype = pick_device(plan)
@@ -143,9 +143,9 @@ def tune_graph(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from engine.errors import InputError
-    from engine.validate import load_plan
-    from nodes.weights import ModelMissing, models_mode
+    from capgraph.engine.errors import InputError
+    from capgraph.engine.validate import load_plan
+    from capgraph.nodes.weights import ModelMissing, models_mode
 
     out, err = out or sys.stdout, err or sys.stderr
     if not 1 <= max_batch <= 256:
@@ -191,7 +191,7 @@ def tune_graph(
 
 def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapping[str, int], device: str, models: str,
              side: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    from serve import preflight
+    from capgraph.serve import preflight
 
     cluster = preflight.local_cluster(probe_gpus=device.startswith("cuda"))
     machine = {"cpus": cluster.cpus, "gpus": cluster.gpus, "accelerator": cluster.accelerator, "device": device.split(":")[0],
@@ -217,9 +217,9 @@ def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapp
 
 
 def _compile(plan: Plan, overlay: Mapping[str, Any]) -> Any:
-    from serve import preflight
-    from serve.compiler import compile_plan
-    from serve.planner import machine_for
+    from capgraph.serve import preflight
+    from capgraph.serve.compiler import compile_plan
+    from capgraph.serve.planner import machine_for
 
     cluster = preflight.local_cluster(probe_gpus=overlay["machine"]["device"] == "cuda")
     read = Overlay("", plan.capability, overlay["fingerprint"], overlay["machine"], overlay["profile"], overlay["nodes"])

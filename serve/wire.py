@@ -17,10 +17,10 @@ from typing import Any
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from engine.errors import InputError
-from engine.node import NodeParams
-from engine.plan import Plan
-from serve import http
+from capgraph.engine.errors import InputError
+from capgraph.engine.node import NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.serve import http
 
 MAX_BODY_BYTES = 64 << 20
 """Default largest request body (`max_body_bytes`): a 4096 px PNG in base64 fits."""

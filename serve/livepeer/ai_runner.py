@@ -33,15 +33,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 
-from engine.codecs import codec, image_url
-from engine.errors import InputError
-from engine.node import NodeParams
-from engine.plan import Plan
-from engine.values import MAX_PIXELS
-from serve.http import check_params, render_json
-from serve.livepeer.guard import Guard, RunFn, error, failure
-from serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
-from serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
+from capgraph.engine.codecs import codec, image_url
+from capgraph.engine.errors import InputError
+from capgraph.engine.node import NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.engine.values import MAX_PIXELS
+from capgraph.serve.http import check_params, render_json
+from capgraph.serve.livepeer.guard import Guard, RunFn, error, failure
+from capgraph.serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
+from capgraph.serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
 
 log = logging.getLogger("capgraph.livepeer")
 

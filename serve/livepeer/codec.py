@@ -8,8 +8,8 @@ go-livepeer and the livepeer-ai SDK already decode, where `/v1` answers bare bas
 from collections.abc import Mapping
 from typing import Any
 
-from engine import codecs
-from engine.plan import Plan
+from capgraph.engine import codecs
+from capgraph.engine.plan import Plan
 
 
 def encode_outputs(plan: Plan, outputs: Mapping[str, Any]) -> dict[str, Any]:

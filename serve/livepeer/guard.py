@@ -18,10 +18,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine.errors import InputError, NodeFailed
-from engine.node import NodeParams
-from serve.errors import RETRY_AFTER_S, retry_headers
-from serve.livepeer.settings import LivepeerSettings
+from capgraph.engine.errors import InputError, NodeFailed
+from capgraph.engine.node import NodeParams
+from capgraph.serve.errors import RETRY_AFTER_S, retry_headers
+from capgraph.serve.livepeer.settings import LivepeerSettings
 
 RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
 """One frame's graph inputs and each node's params, resolved once per request by the route

@@ -42,13 +42,13 @@ from fastapi.responses import JSONResponse, Response
 from pytrickle import FrameProcessor, StreamServer
 from pytrickle.frames import AudioFrame, VideoFrame
 
-from engine.errors import InputError
-from engine.node import NodeParams
-from engine.plan import Plan
-from engine.codecs import coerce
-from engine.values import gray_to_rgb
-from serve.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
-from serve.livepeer.settings import LiveSettings, LivepeerSettings
+from capgraph.engine.errors import InputError
+from capgraph.engine.node import NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.engine.codecs import coerce
+from capgraph.engine.values import gray_to_rgb
+from capgraph.serve.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
+from capgraph.serve.livepeer.settings import LiveSettings, LivepeerSettings
 
 log = logging.getLogger("capgraph.livepeer")
 

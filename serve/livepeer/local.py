@@ -20,11 +20,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from engine.executor import Executor
-from engine.node import NodeParams
-from engine.plan import Plan
-from serve.livepeer.routes import mount
-from serve.livepeer.settings import LivepeerSettings
+from capgraph.engine.executor import Executor
+from capgraph.engine.node import NodeParams
+from capgraph.engine.plan import Plan
+from capgraph.serve.livepeer.routes import mount
+from capgraph.serve.livepeer.settings import LivepeerSettings
 
 
 class ExecutorBackend:

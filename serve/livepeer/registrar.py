@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from serve.livepeer.settings import LivepeerSettings
+from capgraph.serve.livepeer.settings import LivepeerSettings
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -338,8 +338,8 @@ class Registrar:
 
 
 def _settings_for(path: str | Path, environ: Mapping[str, str] | None) -> LivepeerSettings:
-    from engine.validate import load_plan
-    from serve.livepeer.settings import settings_from_file
+    from capgraph.engine.validate import load_plan
+    from capgraph.serve.livepeer.settings import settings_from_file
 
     return settings_from_file(path, load_plan(path), environ)
 

@@ -32,16 +32,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from engine.errors import InputError
-from engine.plan import Plan
-from engine.values import MAX_PIXELS
-from serve.http import render_json, request_schema
-from serve.livepeer.ai_runner import add_ai_runner_routes
-from serve.livepeer.codec import encode_outputs
-from serve.errors import RETRY_AFTER_S
-from serve.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
-from serve.livepeer.settings import LivepeerSettings, load_settings
-from serve.wire import MAX_BODY_BYTES, read_job
+from capgraph.engine.errors import InputError
+from capgraph.engine.plan import Plan
+from capgraph.engine.values import MAX_PIXELS
+from capgraph.serve.http import render_json, request_schema
+from capgraph.serve.livepeer.ai_runner import add_ai_runner_routes
+from capgraph.serve.livepeer.codec import encode_outputs
+from capgraph.serve.errors import RETRY_AFTER_S
+from capgraph.serve.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
+from capgraph.serve.livepeer.settings import LivepeerSettings, load_settings
+from capgraph.serve.wire import MAX_BODY_BYTES, read_job
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -76,7 +76,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     live = None
     if settings.live is not None:
         try:
-            from serve.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
+            from capgraph.serve.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
         except ImportError as exc:
             raise RuntimeError(f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]") from exc
 
@@ -86,7 +86,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if settings.byoc is not None or settings.runner is not None:
-                from serve.livepeer.registrar import Registrar
+                from capgraph.serve.livepeer.registrar import Registrar
 
                 registrar = Registrar(settings, is_ready)
                 await registrar.start()

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.plan import Plan
-from engine.spec import CAPABILITY
-from engine.types import PortType
-from engine.yamlload import plain
+from capgraph.engine.plan import Plan
+from capgraph.engine.spec import CAPABILITY
+from capgraph.engine.types import PortType
+from capgraph.engine.yamlload import plain
 
 ENV_PREFIX = "CAPGRAPH_LIVEPEER__"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -199,7 +199,7 @@ def load_settings(plan: Plan, raw: Mapping[str, Any] | None = None, environ: Map
 
 def read_section(path: str | Path) -> dict[str, Any]:
     """The raw `livepeer:` section of a graph file ({} when it has none)."""
-    from engine.yamlload import load_yaml
+    from capgraph.engine.yamlload import load_yaml
 
     tree = load_yaml(Path(path).read_text(encoding="utf-8"))
     section = tree.get("livepeer") if isinstance(tree, Mapping) else None

@@ -15,7 +15,7 @@ SAMPLE = ROOT / "examples" / "sample.png"
 
 
 def capgraph(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=180, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "capgraph", *args], capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
 def test_run_writes_outputs_and_prints_per_node_timings(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_prepare_reports_each_model_it_cannot_fetch_and_skips_weightless_graphs(
 
 
 def test_tiny_models_writes_every_family_in_real_repo_layouts() -> None:
-    from nodes.weights import tiny_root
+    from capgraph.nodes.weights import tiny_root
 
     done = capgraph("tiny-models", str(tiny_root()), "--json")
     assert done.returncode == 0, done.stderr

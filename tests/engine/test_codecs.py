@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import codecs
-from engine.errors import InputError
-from engine.types import PortType
-from engine.validate import plan_from_data
-from serve import http
-from serve.livepeer.codec import encode_outputs as livepeer_outputs
+from capgraph.engine import codecs
+from capgraph.engine.errors import InputError
+from capgraph.engine.types import PortType
+from capgraph.engine.validate import plan_from_data
+from capgraph.serve import http
+from capgraph.serve.livepeer.codec import encode_outputs as livepeer_outputs
 
 
 @pytest.fixture(scope="module")

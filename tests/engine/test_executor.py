@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import InputError
-from engine.executor import Executor, check_inputs
-from engine.errors import NodeFailed
-from engine.validate import load_plan, plan_from_data
+from capgraph.engine.errors import InputError
+from capgraph.engine.executor import Executor, check_inputs
+from capgraph.engine.errors import NodeFailed
+from capgraph.engine.validate import load_plan, plan_from_data
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 

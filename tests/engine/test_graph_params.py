@@ -6,13 +6,13 @@ takes the same names."""
 import numpy as np
 import pytest
 
-from engine.errors import GraphInvalid, InputError
-from engine.executor import Executor
-from engine.node import example_value
-from engine.types import PortType
-from engine.validate import plan_from_data
-from serve import http
-from serve.livepeer.settings import load_settings
+from capgraph.engine.errors import GraphInvalid, InputError
+from capgraph.engine.executor import Executor
+from capgraph.engine.node import example_value
+from capgraph.engine.types import PortType
+from capgraph.engine.validate import plan_from_data
+from capgraph.serve import http
+from capgraph.serve.livepeer.settings import load_settings
 
 GRAPH = {
     "capability": "edges-params",

@@ -1,6 +1,8 @@
-"""Who may import whom, read from the source: the engine imports neither the Serve layer nor
-the CLI; node families import neither, nor the catalogue (the engine finds them through the
-one list `nodes.BUILTIN`, never the other way round)."""
+"""Who may import whom, read from the source. Everything is imported under the `capgraph`
+namespace (a bare `engine` or `serve` would be a second copy of a module, and the name of
+someone else's package once installed); the engine imports neither the Serve layer nor the
+CLI; node families import neither, nor the catalogue (the engine finds them through the one
+list `capgraph.nodes.BUILTIN`, never the other way round)."""
 
 import ast
 from pathlib import Path
@@ -8,9 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+FOLDERS = ("engine", "nodes", "serve", "cli", "capgraph", "tests", "benchmarks")
+BARE = ("engine", "nodes", "serve", "cli")
 FORBIDDEN = {
-    "engine": ("serve", "cli"),
-    "nodes": ("serve", "cli", "engine.registry"),
+    "engine": ("capgraph.serve", "capgraph.cli"),
+    "nodes": ("capgraph.serve", "capgraph.cli", "capgraph.engine.registry"),
 }
 
 
@@ -24,11 +28,20 @@ def imported(path: Path) -> set[str]:
     return names
 
 
+def importing(folders: tuple[str, ...], banned: tuple[str, ...]) -> list[str]:
+    found = []
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(imported(path))
+                      if any(name == b or name.startswith(b + ".") for b in banned)]
+    return found
+
+
+def test_everything_is_imported_under_the_capgraph_namespace():
+    assert not importing(FOLDERS, BARE), "\n".join(importing(FOLDERS, BARE))
+
+
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_a_lower_layer_never_imports_a_higher_one(package: str):
-    found = []
-    for path in sorted((ROOT / package).rglob("*.py")):
-        for name in imported(path):
-            if any(name == banned or name.startswith(banned + ".") for banned in FORBIDDEN[package]):
-                found.append(f"{path.relative_to(ROOT)} imports {name}")
+    found = importing((package,), FORBIDDEN[package])
     assert not found, "\n".join(found)

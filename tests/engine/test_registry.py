@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 PLUGIN = '''
-from engine.node import Node
-from engine.types import PortType, port
+from capgraph.engine.node import Node
+from capgraph.engine.types import PortType, port
 
 
 class Invert(Node):
@@ -27,7 +27,7 @@ class Invert(Node):
 
 def catalogue_in_subprocess(site: Path, **env: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "nodes", "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [sys.executable, "-m", "capgraph", "nodes", "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), **env},
     )
     assert done.returncode == 0, done.stderr

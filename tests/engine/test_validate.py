@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import GraphInvalid
-from engine.validate import load_plan, plan_from_data, plan_from_text
+from capgraph.engine.errors import GraphInvalid
+from capgraph.engine.validate import load_plan, plan_from_data, plan_from_text
 
 BAD = Path(__file__).resolve().parent.parent / "graphs"
 BAD_FILES = sorted(BAD.glob("bad_*.yaml"))
@@ -80,12 +80,12 @@ def test_a_valid_graph_becomes_a_plan_in_topological_order() -> None:
 
 
 def test_ray_serve_keys_are_allowed_beside_the_graph() -> None:
-    text = (BAD / "warn_dead_end.yaml").read_text() + "applications:\n  - name: x\n    import_path: serve.app:build\n"
+    text = (BAD / "warn_dead_end.yaml").read_text() + "applications:\n  - name: x\n    import_path: capgraph.serve.app:build\n"
     assert plan_from_text(text).capability == "dead-end"
 
 
 def test_cli_validate_exits_1_and_lists_every_bad_file_as_json() -> None:
-    done = subprocess.run([sys.executable, "-m", "cli", "validate", "--json", *map(str, BAD_FILES)],
+    done = subprocess.run([sys.executable, "-m", "capgraph", "validate", "--json", *map(str, BAD_FILES)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
@@ -97,7 +97,7 @@ def test_cli_validate_exits_1_and_lists_every_bad_file_as_json() -> None:
 
 
 def test_cli_validate_prints_file_line_and_exits_1_without_traceback() -> None:
-    done = subprocess.run([sys.executable, "-m", "cli", "validate", str(BAD / "bad_type_mismatch.yaml")],
+    done = subprocess.run([sys.executable, "-m", "capgraph", "validate", str(BAD / "bad_type_mismatch.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert f"{BAD / 'bad_type_mismatch.yaml'}:13:7: cannot connect 'fit.image' (Image) to 'control.depth' (DepthMap)." in done.stderr
@@ -105,6 +105,6 @@ def test_cli_validate_prints_file_line_and_exits_1_without_traceback() -> None:
 
 
 def test_cli_validate_usage_error_exits_2() -> None:
-    done = subprocess.run([sys.executable, "-m", "cli", "validate", "no-such-graph.yaml"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "capgraph", "validate", "no-such-graph.yaml"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no-such-graph.yaml" in done.stderr

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.yamlload import MAX_BYTES, YamlProblem, load_yaml, locate, plain
+from capgraph.engine.yamlload import MAX_BYTES, YamlProblem, load_yaml, locate, plain
 
 
 def test_keys_and_items_keep_their_line_and_column() -> None:

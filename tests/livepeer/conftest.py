@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from engine.validate import load_plan
+from capgraph.engine.validate import load_plan
 from tests.livepeer.lp_support import EDGES, FakeOrchestrator, GatedBackend, ServerThread, Service, free_port
-from serve.livepeer.local import local_app
-from serve.livepeer.settings import load_settings, read_section
+from capgraph.serve.livepeer.local import local_app
+from capgraph.serve.livepeer.settings import load_settings, read_section
 
 
 @pytest.fixture

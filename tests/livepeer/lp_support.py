@@ -25,10 +25,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from engine.plan import Plan
-from engine.values import encode_image
-from serve.livepeer.local import ExecutorBackend
-from serve.livepeer.settings import LivepeerSettings
+from capgraph.engine.plan import Plan
+from capgraph.engine.values import encode_image
+from capgraph.serve.livepeer.local import ExecutorBackend
+from capgraph.serve.livepeer.settings import LivepeerSettings
 
 GRAPHS = Path(__file__).resolve().parent / "graphs"
 EDGES = GRAPHS / "edges_live.yaml"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.validate import load_plan
-from serve.livepeer.settings import check_livepeer_section, load_settings, read_section, with_env
+from capgraph.engine.validate import load_plan
+from capgraph.serve.livepeer.settings import check_livepeer_section, load_settings, read_section, with_env
 from tests.livepeer.lp_support import EDGES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,10 +4,10 @@ that every registered family must keep (ports typed, batch == frames one by one)
 import numpy as np
 import pytest
 
-from engine.node import Node
-from engine.registry import catalogue
-from engine.types import check_value
-from engine.values import decode_image, encode_image
+from capgraph.engine.node import Node
+from capgraph.engine.registry import catalogue
+from capgraph.engine.types import check_value
+from capgraph.engine.values import decode_image, encode_image
 
 WEIGHTLESS = [f for f in catalogue().values() if not f.uses_gpu]
 

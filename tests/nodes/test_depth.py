@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.executor import Executor
-from engine.types import check_value
-from engine.validate import load_plan
-from nodes import _tiny_vision
-from nodes.weights import ModelMissing, tiny_model
-from nodes.depth import Depth, DepthParams, colorize
+from capgraph.engine.executor import Executor
+from capgraph.engine.types import check_value
+from capgraph.engine.validate import load_plan
+from capgraph.nodes import _tiny_vision
+from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.nodes.depth import Depth, DepthParams, colorize
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydantic import Field
 
-from engine.node import Frame, Node, NodeParams
-from engine.types import PortType, port
-from nodes.weights import Weights
+from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.types import PortType, port
+from capgraph.nodes.weights import Weights
 
 # --- the family: what a newcomer's module holds -------------------------------------------
 
@@ -80,7 +80,7 @@ GRAPH = {
 @pytest.fixture
 def registered() -> Iterator[None]:
     """The family in this process's catalogue for one test (other tests read the built-in catalogue)."""
-    from engine.registry import catalogue, register
+    from capgraph.engine.registry import catalogue, register
 
     register(Classify)
     yield
@@ -90,9 +90,9 @@ def registered() -> Iterator[None]:
 def test_the_new_family_runs_through_the_executor_on_its_tiny_model(
     registered: None, tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.executor import Executor
-    from engine.validate import plan_from_data
-    from nodes.weights import tiny_root
+    from capgraph.engine.executor import Executor
+    from capgraph.engine.validate import plan_from_data
+    from capgraph.nodes.weights import tiny_root
 
     monkeypatch.setenv("CAPGRAPH_TINY_DIR", str(tmp_path))  # builds its tiny model here, not in the shared cache
     executor = Executor(plan_from_data(GRAPH), device="cpu")
@@ -103,8 +103,8 @@ def test_the_new_family_runs_through_the_executor_on_its_tiny_model(
 
 
 def test_prepare_tiny_random_and_the_planner_read_the_declaration(registered: None) -> None:
-    from engine.validate import plan_from_data
-    from serve.planner import declared_cost
+    from capgraph.engine.validate import plan_from_data
+    from capgraph.serve.planner import declared_cost
 
     assert Classify(ClassifyParams()).models() == ["google/vit-base-patch16-224"]  # what `capgraph prepare` fetches
     assert Classify(ClassifyParams(model="/models/mine")).models() == ["/models/mine"]
@@ -116,7 +116,7 @@ def test_prepare_tiny_random_and_the_planner_read_the_declaration(registered: No
 def test_without_a_random_builder_random_mode_says_so_and_a_missing_model_names_the_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from nodes.weights import ModelMissing
+    from capgraph.nodes.weights import ModelMissing
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     with pytest.raises(KeyError, match="no node family declares a full-size random model 'test-vit-classifier'"):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.registry import catalogue
-from nodes import _random
-from nodes.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
-from nodes.depth import Depth, DepthParams
-from nodes.segmentation import Segmentation, SegmentationParams
-from nodes.upscale import Upscale, UpscaleParams
+from capgraph.engine.registry import catalogue
+from capgraph.nodes import _random
+from capgraph.nodes.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
+from capgraph.nodes.depth import Depth, DepthParams
+from capgraph.nodes.segmentation import Segmentation, SegmentationParams
+from capgraph.nodes.upscale import Upscale, UpscaleParams
 
 MILLION = 1e6
 PUBLISHED = {  # millions of parameters, as published for each default repo (its model card or paper)
@@ -174,8 +174,8 @@ def test_random_folders_have_the_tiny_layout_and_fp16_weights(key: str, shrunk_r
 def test_random_mode_loads_and_runs_shrunk_sdxl_and_sam2_through_the_nodes(
     shrunk_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nodes.sam2 import Sam2, Sam2Params
-    from nodes.sdxl import Sdxl, SdxlParams
+    from capgraph.nodes.sam2 import Sam2, Sam2Params
+    from capgraph.nodes.sdxl import Sdxl, SdxlParams
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     monkeypatch.setenv("CAPGRAPH_RANDOM_DIR", str(shrunk_root))

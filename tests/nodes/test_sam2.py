@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engine.errors import InputError
-from engine.executor import Executor
-from engine.types import PortType, check_value
-from engine.validate import load_plan
-from nodes import _tiny_vision
-from nodes.weights import ModelMissing, tiny_model
-from nodes.sam2 import Sam2, Sam2Params
+from capgraph.engine.errors import InputError
+from capgraph.engine.executor import Executor
+from capgraph.engine.types import PortType, check_value
+from capgraph.engine.validate import load_plan
+from capgraph.nodes import _tiny_vision
+from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.nodes.sam2 import Sam2, Sam2Params
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 LOW_RES = _tiny_vision.SAM2_SIZE // 4

@@ -10,14 +10,14 @@ import torch
 import pytest
 from pydantic import ValidationError
 
-from engine.errors import InputError
-from engine.executor import Executor
-from engine.node import example_value
-from engine.types import PortType, check_value
-from engine.validate import load_plan
-from nodes import _tiny_sd
-from nodes.weights import ModelMissing, tiny_model
-from nodes.sdxl import SCHEDULERS, Sdxl, SdxlParams
+from capgraph.engine.errors import InputError
+from capgraph.engine.executor import Executor
+from capgraph.engine.node import example_value
+from capgraph.engine.types import PortType, check_value
+from capgraph.engine.validate import load_plan
+from capgraph.nodes import _tiny_sd
+from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.nodes.sdxl import SCHEDULERS, Sdxl, SdxlParams
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 DEPTH_CN = "diffusers/controlnet-depth-sdxl-1.0"

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import InputError
-from engine.executor import Executor
-from engine.types import check_value
-from engine.validate import plan_from_text
-from nodes import _tiny_vision
-from nodes.weights import ModelMissing, tiny_model
-from nodes.segmentation import Segmentation, SegmentationParams, UnknownClass
+from capgraph.engine.errors import InputError
+from capgraph.engine.executor import Executor
+from capgraph.engine.types import check_value
+from capgraph.engine.validate import plan_from_text
+from capgraph.nodes import _tiny_vision
+from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.nodes.segmentation import Segmentation, SegmentationParams, UnknownClass
 
 GRAPH = """
 capability: people-mask
@@ -84,7 +84,7 @@ def test_a_misspelt_class_fails_at_load_naming_node_and_close_labels(tiny_models
 
 
 def test_label_synonyms_each_name_the_class() -> None:
-    from nodes.segmentation import _label_ids
+    from capgraph.nodes.segmentation import _label_ids
 
     names = _label_ids({0: "wall", 12: "person;individual;someone", 20: "car, auto"})
     assert names["individual"] == [12] and names["auto"] == [20] and names["wall"] == [0]

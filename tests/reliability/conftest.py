@@ -38,7 +38,7 @@ def cluster() -> Iterator[Cluster]:
     import ray
     from ray import serve
 
-    from engine.registry import catalogue, register
+    from capgraph.engine.registry import catalogue, register
 
     register(Sleepy)  # the builder validates graphs in this process; replicas read CAPGRAPH_NODES
     env = ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from engine.node import Frame, Node, NodeParams
-from engine.types import PortType, port
+from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.types import PortType, port
 
 FAMILY = "tests.reliability.sleepy:Sleepy"
 """What `CAPGRAPH_NODES` names to add this family."""

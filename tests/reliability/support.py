@@ -44,7 +44,7 @@ def deploy(name: str, prefix: str, graph: dict[str, Any] | str, timeout_s: float
     (instead of waiting for ever) when it is not running within `timeout_s`."""
     from ray import serve
 
-    from serve.app import CapabilityArgs, build
+    from capgraph.serve.app import CapabilityArgs, build
 
     app = build(CapabilityArgs(graph=graph, tuned=False, **options))
     done, errors = threading.Event(), []
@@ -69,7 +69,7 @@ def hybrid_graph(**changes: Any) -> dict[str, Any]:
     has its own replica to kill or update (the planner would fuse this graph into one
     deployment) and every app of these tests fits the cluster at once. `changes` replace
     top-level sections (e.g. `version`)."""
-    from engine.yamlload import load_yaml, plain
+    from capgraph.engine.yamlload import load_yaml, plain
 
     tree = plain(load_yaml(HYBRID.read_text(encoding="utf-8")))
     graph = {key: tree[key] for key in ("capability", "version", "description", "inputs", "nodes", "outputs")} | changes

@@ -331,8 +331,8 @@ def test_still_healthy_and_serving_after_the_corpus(hybrid):
 def test_graph_files_load_with_safe_yaml_and_an_alias_bound():
     """What reaches the builder as a file: a billion-laughs file and a Python tag are refused
     in well under a second, with the reason, before Ray is asked for anything."""
-    from serve.app import CapabilityArgs, plan_app
-    from engine.errors import GraphInvalid
+    from capgraph.serve.app import CapabilityArgs, plan_app
+    from capgraph.engine.errors import GraphInvalid
 
     for name, says in (("bad_billion_laughs.yaml", "billion laughs"), ("bad_python_tag.yaml", "python")):
         start = time.monotonic()

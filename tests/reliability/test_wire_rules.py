@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from engine.errors import InputError
-from engine.validate import load_plan
-from serve import http
-from serve.livepeer.guard import BearerAuth, bearer_ok
+from capgraph.engine.errors import InputError
+from capgraph.engine.validate import load_plan
+from capgraph.serve import http
+from capgraph.serve.livepeer.guard import BearerAuth, bearer_ok
 from tests.reliability.support import HYBRID, MAX_PIXELS, TOKEN, frame, png_b64
 
 

@@ -3,9 +3,9 @@ replicas and threads, and which settings win. No Ray, no models, no timing."""
 
 import pytest
 
-from engine.validate import load_plan, plan_from_data
-from serve.compiler import compile_plan
-from serve.planner import (
+from capgraph.engine.validate import load_plan, plan_from_data
+from capgraph.serve.compiler import compile_plan
+from capgraph.serve.planner import (
     MAX_WAIT_MS,
     Cost,
     Machine,

@@ -91,10 +91,10 @@ def test_serve_run_graph_file(served):
 
 
 def test_serve_run_builder_refuses_an_invalid_graph():
-    """`serve run serve.app:build graph=...` runs the builder before Ray starts: exit 2 with
+    """`serve run capgraph.serve.app:build graph=...` runs the builder before Ray starts: exit 2 with
     the same message as `capgraph validate`, and nothing left running."""
     start = time.monotonic()
-    done = subprocess.run([SERVE, "run", "serve.app:build", "graph=tests/graphs/bad_param_range.yaml"], cwd=ROOT,
+    done = subprocess.run([SERVE, "run", "capgraph.serve.app:build", "graph=tests/graphs/bad_param_range.yaml"], cwd=ROOT,
                           env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "tests/graphs/bad_param_range.yaml:" in done.stderr and "error" in done.stderr

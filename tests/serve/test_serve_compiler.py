@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine.errors import GraphInvalid
-from engine.validate import load_plan, plan_from_data
-from serve.compiler import GIB, compile_plan, gpu_fraction
+from capgraph.engine.errors import GraphInvalid
+from capgraph.engine.validate import load_plan, plan_from_data
+from capgraph.serve.compiler import GIB, compile_plan, gpu_fraction
 from tests.conftest import GRAPHS
 
 

@@ -8,11 +8,11 @@ from ray.serve import Application
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
-from engine.spec import GRAPH_KEYS
-from engine.validate import load_plan, plan_from_data
-from engine.yamlload import load_yaml
-from serve.app import build
-from serve.config_check import BUILDER, check_applications, with_applications
+from capgraph.engine.spec import GRAPH_KEYS
+from capgraph.engine.validate import load_plan, plan_from_data
+from capgraph.engine.yamlload import load_yaml
+from capgraph.serve.app import build
+from capgraph.serve.config_check import BUILDER, check_applications, with_applications
 from tests.conftest import BAD_GRAPHS, GRAPHS, ROOT
 
 GRAPH_FILES = sorted(GRAPHS.glob("*.yaml"))
@@ -50,7 +50,7 @@ def test_with_applications_is_idempotent_and_carries_livepeer():
 
 
 def test_builder_takes_serve_run_arguments():
-    """`serve run serve.app:build graph=FILE` hands the builder strings; Ray validates them
+    """`serve run capgraph.serve.app:build graph=FILE` hands the builder strings; Ray validates them
     into CapabilityArgs through the annotation."""
     app = call_user_app_builder_with_args_if_necessary(build, {"graph": str(GRAPHS / "edges.yaml"), "fuse": "all", "batching": "false"})
     assert isinstance(app, Application)

@@ -3,9 +3,9 @@ boundary as dicts and come back whole; each HTTP shape renders both. No Ray, no 
 
 import json
 
-from engine.errors import InputError, NodeFailed, from_dict
-from serve.errors import error_answer
-from serve.livepeer.guard import failure
+from capgraph.engine.errors import InputError, NodeFailed, from_dict
+from capgraph.serve.errors import error_answer
+from capgraph.serve.livepeer.guard import failure
 
 
 def test_errors_cross_a_process_boundary_and_come_back_whole():

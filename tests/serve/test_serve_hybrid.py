@@ -31,7 +31,7 @@ def request(url: str, image: np.ndarray | None = None, params: dict | None = Non
 def deploy(name: str, prefix: str, **options) -> None:
     from ray import serve
 
-    from serve.app import CapabilityArgs, build
+    from capgraph.serve.app import CapabilityArgs, build
 
     serve.run(build(CapabilityArgs(graph=HYBRID, max_pixels=MAX_PIXELS, **options)), name=name, route_prefix=prefix)
 

@@ -22,7 +22,7 @@ def graph(count: int) -> dict:
 def test_four_quarter_gpu_nodes_share_one_gpu(serve_url: str):
     from ray import serve
 
-    from serve.app import CapabilityArgs, bind, plan_app
+    from capgraph.serve.app import CapabilityArgs, bind, plan_app
 
     for name in ("hybrid", "hybrid-fused"):  # left by another module: its fractions hold the GPU
         if name in serve.status().applications:
@@ -43,7 +43,7 @@ def test_four_quarter_gpu_nodes_share_one_gpu(serve_url: str):
 
 
 def test_a_fifth_quarter_does_not_fit(serve_url: str, capsys: pytest.CaptureFixture[str]):
-    from serve.app import CapabilityArgs, build, plan_app
+    from capgraph.serve.app import CapabilityArgs, build, plan_app
 
     blueprint = plan_app(CapabilityArgs(graph=graph(5)))
     assert len(blueprint.problems) == 1

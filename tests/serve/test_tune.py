@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.errors import GraphInvalid
-from engine.validate import load_plan
-from serve import preflight
-from serve.app import CapabilityArgs, plan_app
-from serve.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, read_overlay
-from serve.tune import batch_sizes, parse_params, tune_graph
+from capgraph.engine.errors import GraphInvalid
+from capgraph.engine.validate import load_plan
+from capgraph.serve import preflight
+from capgraph.serve.app import CapabilityArgs, plan_app
+from capgraph.serve.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, read_overlay
+from capgraph.serve.tune import batch_sizes, parse_params, tune_graph
 from tests.conftest import GRAPHS
 
 HYBRID = str(GRAPHS / "hybrid.yaml")

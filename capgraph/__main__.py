@@ -1,0 +1,5 @@
+"""`python -m capgraph`: the capgraph command."""
+
+from capgraph.cli import main
+
+main()

@@ -1,5 +1,0 @@
-"""`python -m cli`: the capgraph command."""
-
-from cli import main
-
-main()
