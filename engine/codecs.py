@@ -85,7 +85,7 @@ class Codec:
         return value
 
     def encode(self, value: Any, data_url: bool = False) -> Any:
-        return plain(value)
+        return jsonable(value)
 
     def json_schema(self) -> dict[str, Any]:
         return {"type": "object"}
@@ -341,16 +341,16 @@ def json_type(value: Any) -> str:
     return next((name for kind, name in JSON_TYPES.items() if type(value) is kind), type(value).__name__)
 
 
-def plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """numpy scalars and arrays, nested in lists, tuples and dicts, as plain JSON values."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     return value
 
 

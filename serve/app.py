@@ -12,7 +12,7 @@ with nothing else to copy; `serve run capgraph.serve.app:build graph=FILE` and `
    `capgraph tune` where its overlay matches (`serve.overlay`), the graph's own fields first;
 3. pre-flight it against the cluster (`serve.preflight`): on a cluster with no GPU every
    node falls back to the CPU with one warning; what does not fit is named;
-4. bind one `NodeGroup` deployment per unit and the `Capability` ingress.
+4. bind one `UnitReplica` deployment per unit and the `Capability` ingress.
 
 A graph that fails step 1 or 3 never reaches Ray: where the builder runs in the `serve
 run` process it prints the errors and exits with status 2. Where it runs inside the
@@ -44,7 +44,7 @@ from capgraph.serve.compiler import INGRESS, Compiled, compile_plan
 from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
 from capgraph.serve.overlay import find_overlay
 from capgraph.serve.planner import machine_for
-from capgraph.serve.replica import NodeGroup, stuck_after
+from capgraph.serve.replica import UnitReplica, stuck_after
 from capgraph.serve.wire import MAX_BODY_BYTES
 
 log = logging.getLogger("ray.serve")
@@ -187,7 +187,7 @@ def _check_livepeer(plan: Plan, section: dict[str, Any] | None) -> None:
 
 
 def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
-    """One NodeGroup deployment per unit, and the ingress holding their handles."""
+    """One UnitReplica deployment per unit, and the ingress holding their handles."""
     compiled = blueprint.compiled
     handles = {}
     # A redeploy starts the new replicas before it stops the old ones (surge), and an old
@@ -196,7 +196,7 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
     for unit in compiled.units:
         options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s} | rollover
-        handles[unit.name] = serve.deployment(NodeGroup).options(**options).bind(compiled.plan, unit, stuck_after_s)
+        handles[unit.name] = serve.deployment(UnitReplica).options(**options).bind(compiled.plan, unit, stuck_after_s)
         log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
                  ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
                  "; ".join(unit.why))

@@ -25,7 +25,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from capgraph.engine.codecs import ENCODINGS, codec, encode_outputs, json_type, plain
+from capgraph.engine.codecs import ENCODINGS, codec, encode_outputs, json_type, jsonable
 from capgraph.engine.codecs import encode_value  # noqa: F401  (what `/v1` answers a value as)
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
@@ -243,7 +243,7 @@ def schema(plan: Plan) -> dict[str, Any]:
     for key, (node_id, name) in plan.request_params().items():
         node = plan.nodes[node_id]
         prop = dict(_param_schemas(node.family.Params).get(name, {}))
-        prop["default"] = plain(getattr(node.params, name))
+        prop["default"] = jsonable(getattr(node.params, name))
         if key != f"{node_id}.{name}":  # the graph's own name for it
             prop["description"] = f"sets {node_id}.{name}" + (f": {prop['description']}" if prop.get("description") else "")
         params[key] = prop

@@ -54,7 +54,7 @@ from capgraph.engine.plan import Plan, PlannedNode
 from capgraph.engine.spec import Autoscale, Batch
 
 Fuse = Literal["auto", "groups", "all", "none"]
-Source = Literal["graph", "tuned", "planner"]
+Origin = Literal["graph", "tuned", "planner"]
 
 HEAVY_SHARE = 0.5
 HOP_MS = 5.0
@@ -122,7 +122,7 @@ class NodeSettings:
     gpu: float | None = None
     cpu: float | None = None
     replicas: int | Autoscale | None = None
-    source: Mapping[str, Source] = field(default_factory=dict)
+    source: Mapping[str, Origin] = field(default_factory=dict)
     """Where each set field came from ('graph' or 'tuned')."""
 
     @property

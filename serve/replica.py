@@ -122,7 +122,7 @@ def stuck_after(request_timeout_s: float) -> float:
     return max(STUCK_FACTOR * request_timeout_s, request_timeout_s + STUCK_MARGIN_S)
 
 
-class NodeGroup:
+class UnitReplica:
     """Runs the nodes of one unit; the ingress calls it once per frame.
 
     `stuck_after_s`: a batch running longer than this fails `check_health` (None: never)."""

@@ -165,10 +165,10 @@ class Registrar:
         try:
             return bool(await self.is_ready())
         except Exception as exc:  # a readiness probe that fails means not ready
-            self._once(f"ready:{type(exc).__name__}", "livepeer: readiness check failed: %s", exc)
+            self._log_once(f"ready:{type(exc).__name__}", "livepeer: readiness check failed: %s", exc)
             return False
 
-    def _once(self, key: str, message: str, *args: Any) -> None:
+    def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a recurring problem once until it clears, not every few seconds."""
         if key not in self._reasons:
             self._reasons.add(key)
@@ -227,7 +227,7 @@ class Registrar:
                     response = await self.byoc_register()
                 except httpx.HTTPError as exc:
                     self.byoc_registered = False
-                    self._once("byoc:down", "livepeer: orchestrator %s unreachable (%s); retrying", orchestrator, type(exc).__name__)
+                    self._log_once("byoc:down", "livepeer: orchestrator %s unreachable (%s); retrying", orchestrator, type(exc).__name__)
                     await asyncio.sleep(s.probe_s)
                     continue
                 if response.status_code == 200:
@@ -235,7 +235,7 @@ class Registrar:
                     log.info("livepeer: BYOC capability '%s' registered with %s at %s", s.name, orchestrator, s.url)
                     next_at = time.monotonic() + s.byoc.interval_s
                 else:  # a wrong secret answers 400: retry slowly, the operator has to fix it
-                    self._once(f"byoc:{response.status_code}", "livepeer: %s refused the registration: %d %s",
+                    self._log_once(f"byoc:{response.status_code}", "livepeer: %s refused the registration: %d %s",
                                orchestrator, response.status_code, response.text[:200])
                     next_at = time.monotonic() + s.byoc.interval_s
                     await self._sleep_until(next_at)
@@ -244,7 +244,7 @@ class Registrar:
             if self.byoc_registered and not await self._alive(orchestrator):
                 # Down now; whether it restarted or not, register again as soon as it answers.
                 self.byoc_registered = False
-                self._once("byoc:down", "livepeer: orchestrator %s stopped answering; will register again", orchestrator)
+                self._log_once("byoc:down", "livepeer: orchestrator %s stopped answering; will register again", orchestrator)
 
     async def _alive(self, orchestrator: str) -> bool:
         """Whether the orchestrator answers HTTP at all (any status counts)."""
@@ -310,7 +310,7 @@ class Registrar:
             try:
                 response = await self.heartbeat(status)
             except httpx.HTTPError as exc:
-                self._once("runner:down", "livepeer: orchestrator %s unreachable (%s); retrying", orchestrator, type(exc).__name__)
+                self._log_once("runner:down", "livepeer: orchestrator %s unreachable (%s); retrying", orchestrator, type(exc).__name__)
                 response = None
             if response is not None:
                 if response.status_code == 200:
@@ -324,7 +324,7 @@ class Registrar:
                     log.info("livepeer: %s forgot this runner (restarted?); registering again", orchestrator)
                     continue  # heartbeat again at once with the orchestrator secret
                 else:
-                    self._once(f"runner:{response.status_code}", "livepeer: %s refused the heartbeat: %d %s",
+                    self._log_once(f"runner:{response.status_code}", "livepeer: %s refused the heartbeat: %d %s",
                                orchestrator, response.status_code, response.text[:200])
             # Wait for the next beat, but announce a change of readiness at once.
             deadline = time.monotonic() + interval
@@ -361,10 +361,10 @@ def register_graph(path: str | Path, *, unregister: bool = False, follow: bool =
         raise ValueError(f"set the orchestrator secret in the environment variable {settings.secret_env}")
     if follow:
         return asyncio.run(_follow(settings, environ))
-    return asyncio.run(_once(settings, environ, unregister))
+    return asyncio.run(_register_once(settings, environ, unregister))
 
 
-async def _once(settings: LivepeerSettings, environ: Mapping[str, str] | None, unregister: bool) -> list[dict[str, Any]]:
+async def _register_once(settings: LivepeerSettings, environ: Mapping[str, str] | None, unregister: bool) -> list[dict[str, Any]]:
     registrar = Registrar(settings, _always_ready, environ)
     registrar._client = httpx.AsyncClient(verify=settings.verify_tls, timeout=TIMEOUT_S)
     answers: list[dict[str, Any]] = []
