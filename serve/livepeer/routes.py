@@ -32,12 +32,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from capgraph.engine.codecs import encode_outputs
 from capgraph.engine.errors import InputError
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.serve.http import render_json, request_schema
 from capgraph.serve.livepeer.ai_runner import add_ai_runner_routes
-from capgraph.serve.livepeer.codec import encode_outputs
 from capgraph.serve.errors import RETRY_AFTER_S
 from capgraph.serve.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
 from capgraph.serve.livepeer.settings import LivepeerSettings, load_settings
@@ -111,7 +111,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         try:
             inputs, params = await read_job(request, plan, max_pixels, max_body_bytes)
             outputs, timings = await run(inputs, params)
-            answer = await asyncio.to_thread(lambda: render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": timings}))
+            answer = await asyncio.to_thread(lambda: render_json({"outputs": encode_outputs(plan, outputs, data_url=True), "timings_ms": timings}))
             return Response(answer, media_type="application/json")
         except InputError as exc:
             return failure(exc)

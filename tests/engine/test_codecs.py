@@ -14,7 +14,6 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.types import PortType
 from capgraph.engine.validate import plan_from_data
 from capgraph.serve import http
-from capgraph.serve.livepeer.codec import encode_outputs as livepeer_outputs
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_segmentation_maps_round_trip_through_16_bit_png(echo):
 def test_livepeer_answers_are_the_same_pngs_as_data_urls(echo):
     outputs = {"flag": np.bool_(True), "labels": np.array([[0, 7]], np.int32), "depth": np.ones((2, 2), np.float32),
                "image": np.zeros((2, 2, 3), np.uint8)}
-    bare, urls = http.encode_outputs(echo, outputs), livepeer_outputs(echo, outputs)
+    bare, urls = http.encode_outputs(echo, outputs), codecs.encode_outputs(echo, outputs, data_url=True)
     assert bare["flag"] is urls["flag"] is True
     for name in ("labels", "depth", "image"):
         assert urls[name] == "data:image/png;base64," + bare[name]
