@@ -234,29 +234,36 @@ def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, 
     """Mapped request fields -> (graph inputs, each node's params), checked as `/v1`
     checks them (params first, then images under the pixel limit); a fault names the
     request's own field, not the graph's."""
-    inputs: dict[str, Any] = {}
+    node_params = _params(values, fields, plan, max_pixels)
+    return _inputs(values, fields, plan, max_pixels), node_params
+
+
+def _params(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> dict[str, NodeParams]:
+    """The mapped fields that set params -> each node's params, checked."""
     params: dict[str, Any] = {}
     named: dict[str, str] = {}
     for field, target in fields.items():
-        if field not in values:
-            continue
-        spec = plan.spec.inputs.get(target)
-        if spec is None:
+        if field in values and target not in plan.spec.inputs:
             params[target] = values[field]
             named[f"params.{target}"] = field
     try:
-        node_params = check_params(plan, params, max_pixels)
+        return check_params(plan, params, max_pixels)
     except InputError as exc:
         if exc.field not in named:
             raise
         raise InputError(named[exc.field], f"{exc.message} (it sets the graph's {exc.field.removeprefix('params.')})", exc.status) from None
+
+
+def _inputs(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> dict[str, Any]:
+    """The mapped fields that feed graph inputs -> the inputs, decoded."""
+    inputs: dict[str, Any] = {}
     for field, target in fields.items():
         spec = plan.spec.inputs.get(target)
         if field not in values or spec is None:
             continue
         value, port = values[field], codec(spec.type)
         inputs[target] = port.from_bytes(value, field, max_pixels) if isinstance(value, bytes) else port.from_json(value, field, max_pixels)
-    return inputs, node_params
+    return inputs
 
 
 def _json_field(values: Mapping[str, Any], name: str) -> Any:
@@ -277,10 +284,15 @@ async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan,
     if seed is None:
         seed = random.randint(0, 2**31 - 1)  # ai-runner picks one and reports it
     kind = plan.output_type(output)
+    inputs, first = await asyncio.to_thread(_to_graph, {**values, "seed": seed}, fields, plan, max_pixels)
+    seed_input = fields.get("seed") if fields.get("seed") in plan.spec.inputs else None
 
     async def one(index: int) -> dict[str, Any]:
-        inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed + index}, fields, plan, max_pixels)
-        outputs, _ = await run(inputs, params)
+        # Only the seed differs between the images: the image is decoded once, not per image.
+        seeded = {**values, "seed": seed + index}
+        params = first if index == 0 else await asyncio.to_thread(_params, seeded, fields, plan, max_pixels)
+        frame = inputs if seed_input is None else inputs | _inputs(seeded, {"seed": seed_input}, plan, max_pixels)
+        outputs, _ = await run(frame, params)
         url = await asyncio.to_thread(image_url, kind, outputs[output])
         return {"url": url, "seed": seed + index, "nsfw": False}
 
