@@ -76,9 +76,11 @@ class Weights:
 class ModelMissing(RuntimeError):
     """A model a node needs is not on this machine and the hub may not be used."""
 
-    def __init__(self, node_id: str, model: str, detail: str = "", offline: bool = True):
+    def __init__(self, node_id: str, model: str, detail: str = "", offline: bool = True, unreachable: str | None = None):
         self.node_id, self.model = node_id, model
         where = "is not in the local cache and HF_HUB_OFFLINE is set" if offline else "cannot be found"
+        if unreachable:
+            where = f"is not in the local cache and the Hugging Face hub cannot be reached from this machine ({unreachable})"
         fix = "Fetch it first with: capgraph prepare <graph.yaml>" if offline else "Fix the path or id in the graph"
         super().__init__(
             f"node '{node_id}': model '{model}' {where}{detail}. "
@@ -179,7 +181,27 @@ def resolve(model: str, node_id: str, weights: Weights) -> str:
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
         if offline():
             raise ModelMissing(node_id, model) from exc
+        unreachable = hub_unreachable()
+        if unreachable:  # else from_pretrained retries for minutes, and Ray retries the replica after it
+            raise ModelMissing(node_id, model, unreachable=unreachable) from exc
         return model  # online and not cached: from_pretrained downloads it
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub (`HF_ENDPOINT`) cannot be reached from here, or None
+    where a TCP connection to it opens within `timeout_s`."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def split_weights(model: str) -> tuple[str, str | None]:

@@ -12,7 +12,8 @@ with nothing else to copy; `serve run capgraph.serve.app:build graph=FILE` and `
    `capgraph tune` where its overlay matches (`serve.overlay`), the graph's own fields first;
 3. pre-flight it against the cluster (`serve.preflight`): on a cluster with no GPU every
    node falls back to the CPU with one warning; what does not fit is named;
-4. bind one `UnitReplica` deployment per unit and the `Capability` ingress.
+4. bind one `UnitReplica` deployment per unit and the `Capability` ingress, each with
+   the settings its replicas need wherever they run (`serve.environment`).
 
 A graph that fails step 1 or 3 never reaches Ray: where the builder runs in the `serve
 run` process it prints the errors and exits with status 2. Where it runs inside the
@@ -39,7 +40,7 @@ from capgraph.engine.plan import Plan
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.engine.yamlload import YamlProblem, load_yaml
-from capgraph.serve import preflight
+from capgraph.serve import environment, preflight
 from capgraph.serve.compiler import INGRESS, Compiled, compile_plan
 from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
 from capgraph.serve.overlay import find_overlay
@@ -196,6 +197,7 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
     for unit in compiled.units:
         options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s} | rollover
+        options["ray_actor_options"] = environment.with_forwarded(options["ray_actor_options"])
         handles[unit.name] = serve.deployment(UnitReplica).options(**options).bind(compiled.plan, unit, stuck_after_s)
         log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
                  ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
@@ -209,7 +211,7 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     ingress = serve.deployment(Capability).options(
         name=INGRESS, num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_concurrency,
         max_queued_requests=args.max_queued_requests, backpressure_config=backpressure,
-        ray_actor_options={"num_cpus": args.ingress_cpus}, **rollover)
+        ray_actor_options=environment.with_forwarded({"num_cpus": args.ingress_cpus}), **rollover)
     return ingress.bind(compiled, handles, settings)
 
 
