@@ -13,31 +13,43 @@ from capgraph.cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, o
 from capgraph.engine.errors import InputError
 
 
+GraphsArg = Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                 help="graph file(s) (YAML); several are served together, sharing their models")]
+
+
 def serve_cmd(
-    graph: GraphArg,
+    graph: GraphsArg,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
     fuse: Annotated[str, typer.Option(help="auto: the planner chooses (default); groups: only nodes sharing a group; all: one deployment; none: one per node")] = "auto",
-    address: Annotated[str | None, typer.Option(help="join a running Ray cluster (default: start a local one)")] = None,
+    address: Annotated[str | None, typer.Option(help="join a running Ray cluster: auto (the one `ray start` left here) or "
+                                                     "HOST:PORT of its head (default: start a local Ray of its own)")] = None,
     preflight: Annotated[str, typer.Option(help="fail, warn or off when the graph does not fit the cluster")] = "fail",
 ) -> None:
-    """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`)."""
+    """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`).
+    Several graphs are each a capability at /<capability>, and a model their nodes load
+    alike runs once for all of them."""
     from capgraph.serve.run import serve_graph
 
-    load_graph(graph)  # the same messages and exit code as `capgraph validate`
-    raise typer.Exit(serve_graph(str(graph), host=host, port=port, fuse=fuse, address=address, preflight=preflight))  # type: ignore[arg-type]
+    for path in graph:
+        load_graph(path)  # the same messages and exit code as `capgraph validate`
+    raise typer.Exit(serve_graph([str(p) for p in graph], host=host, port=port, fuse=fuse, address=address, preflight=preflight))  # type: ignore[arg-type]
 
 
 def plan_cmd(
-    graph: GraphArg,
+    graph: GraphsArg,
     fuse: Annotated[str, typer.Option(help="auto (the planner), groups, all or none")] = "auto",
+    address: Annotated[str | None, typer.Option(help="plan against a running Ray cluster (auto or HOST:PORT) and show "
+                                                     "which machine each replica would land on (default: this machine)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the Ray Serve deployments a graph compiles to, and whether it fits the cluster."""
+    """Print the Ray Serve deployments a graph compiles to, where each replica would go, and
+    whether it fits the cluster."""
     from capgraph.serve.run import serve_graph
 
-    load_graph(graph)
-    raise typer.Exit(serve_graph(str(graph), fuse=fuse, dry_run=True, as_json=as_json, preflight="warn"))  # type: ignore[arg-type]
+    for path in graph:
+        load_graph(path)
+    raise typer.Exit(serve_graph([str(p) for p in graph], fuse=fuse, dry_run=True, as_json=as_json, preflight="warn", address=address))  # type: ignore[arg-type]
 
 
 def tune(

@@ -77,9 +77,17 @@ class Batch(_Strict):
 
 
 class Autoscale(_Strict):
+    """`replicas: {min, max}`: Ray Serve's autoscaler keeps each replica near
+    `target_ongoing_requests` frames. Unset, it is two of the node's batches (one running,
+    one filling): Ray's default of 2 would add a replica before a batch could ever fill."""
+
     min: int = Field(1, ge=0, le=1024)
     max: int = Field(1, ge=1, le=1024)
-    target_ongoing_requests: float = Field(2.0, gt=0)
+    target_ongoing_requests: float | None = Field(None, gt=0, le=100_000, description="frames a replica holds before "
+                                                  "another is added; default: two batches")
+    upscale_delay_s: float = Field(10.0, ge=0, le=3600, description="load must stay high this long before a replica is added")
+    downscale_delay_s: float = Field(120.0, ge=0, le=86_400, description="load must stay low this long before a replica goes")
+    look_back_period_s: float = Field(10.0, gt=0, le=3600, description="the window the load is averaged over")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscale":

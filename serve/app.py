@@ -40,8 +40,8 @@ from capgraph.engine.plan import Plan
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.engine.yamlload import YamlProblem, load_yaml
-from capgraph.serve import environment, preflight
-from capgraph.serve.compiler import INGRESS, Compiled, compile_plan
+from capgraph.serve import environment, preflight, sharing
+from capgraph.serve.compiler import INGRESS, Compiled, Remote, Unit, compile_plan
 from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
 from capgraph.serve.overlay import find_overlay
 from capgraph.serve.planner import machine_for
@@ -78,6 +78,8 @@ class CapabilityArgs(BaseModel):
                                         "fails its health check and Ray replaces it (a hung node); default: max(3 x "
                                         "request_timeout_s, request_timeout_s + 30)")
     livepeer: dict[str, Any] | None = Field(None, description="the Livepeer section; read from the graph file when `graph` is a path")
+    shared: dict[str, str] = Field(default_factory=dict, description="node id -> the application running its model for "
+                                   "several graphs (`capgraph serve A B` sets it; serve.sharing): no copy of it is deployed here")
 
     @model_validator(mode="after")
     def _stuck_after_the_timeout(self) -> "CapabilityArgs":
@@ -102,6 +104,8 @@ class Blueprint:
     """Warnings and decisions to show the user (CPU fallback, derived fractions)."""
     problems: tuple[str, ...]
     """What does not fit the cluster."""
+    placed: tuple[preflight.Placed, ...] = ()
+    """Where each replica would go, machine by machine (empty with preflight off)."""
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary (what `capgraph serve --dry-run --json` prints)."""
@@ -114,9 +118,12 @@ class Blueprint:
                  "replicas": u.replicas if isinstance(u.replicas, int) else u.replicas.model_dump(),
                  "max_batch_size": u.max_batch_size, "batch_wait_s": u.batch_wait_s,
                  "max_ongoing_requests": u.max_ongoing_requests, "reads_from": list(u.upstream), "gpu": u.gpu_note,
-                 "why": list(u.why)}
+                 "why": list(u.why), "runs_in": u.remote.app if u.remote else None}
                 for u in self.compiled.units
             ],
+            "placement": [{"replica": p.replica, "deployment": p.deployment, "machine": p.machine,
+                           "gpus": [{"index": i, "fraction": f} for i, f in p.gpus], "num_cpus": p.cpus, "where": p.describe()}
+                          for p in self.placed],
             "notes": list(self.notes),
             "problems": list(self.problems),
         }
@@ -133,17 +140,20 @@ def build(args: CapabilityArgs) -> Application:
     return bind(blueprint, args)
 
 
-def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> Blueprint:
+def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, ingress: bool = True) -> Blueprint:
     """Validate, compile and pre-flight; raises GraphInvalid for an invalid graph.
-    `cluster` defaults to the connected Ray cluster, else this machine."""
+    `cluster` defaults to the connected Ray cluster, else this machine. `ingress=False`:
+    an application with no HTTP ingress of its own (a shared model's)."""
     plan = load_graph(args.graph)
     _check_livepeer(plan, livepeer_section(args))
-    cluster = cluster or _cluster()
+    cluster = cluster or current_cluster()
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
     overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
-    machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, args.ingress_cpus * args.ingress_replicas)
+    ingress_replicas = args.ingress_replicas if ingress else 0
+    machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, args.ingress_cpus * ingress_replicas)
     compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory,
-                            machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
+                            machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None,
+                            remote=_remotes(plan, args.shared))
     notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
     wanted = [u for u in compiled.units if u.num_gpus > 0]
     if wanted and cluster.gpus == 0:
@@ -151,10 +161,43 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
         compiled = compiled.on_cpu("no GPU in the cluster: CPU fallback")
         notes.append(f"no GPU in the cluster ({cluster.describe()}): running {names} on the CPU in float32; "
                      "the same graph uses the GPU where there is one.")
-    problems = preflight.check_fit(compiled, cluster, args.ingress_cpus, args.ingress_replicas) if args.preflight != "off" else []
+    fit = preflight.place(compiled, cluster, args.ingress_cpus, ingress_replicas) if args.preflight != "off" else None
     for note in notes:
         log.warning("capgraph: %s", note)
-    return Blueprint(compiled, cluster, tuple(notes), tuple(problems))
+    return Blueprint(compiled, cluster, tuple(notes), fit.problems if fit else (), fit.placed if fit else ())
+
+
+def _remotes(plan: Plan, shared: dict[str, str]) -> dict[str, Remote]:
+    """The nodes whose model another application runs; a node that would load something
+    else than that application's model is refused (its load-time params differ)."""
+    remotes = {}
+    for node_id, app in shared.items():
+        if node_id not in plan.nodes:
+            raise GraphInvalid([GraphError("shared", f"args.shared names node '{node_id}', which the graph does not have", plan.file)])
+        key = sharing.share_key(plan.nodes[node_id])
+        if key is None or sharing.MODEL_APP_PREFIX + key != app:
+            raise GraphInvalid([GraphError("shared", f"node '{node_id}' does not load the model application '{app}' runs "
+                                           f"(its family or load-time params differ)", plan.file, node=node_id)])
+        remotes[node_id] = Remote(app, plan.nodes[node_id].family.type, sharing.alias(plan, node_id))
+    return remotes
+
+
+def build_model(args: CapabilityArgs) -> Application:
+    """The builder of a model shared by several graphs (`serve.sharing`): the one node of
+    `args.graph` as a deployment with no HTTP route, called by those graphs' ingresses."""
+    try:
+        blueprint = plan_app(args, ingress=False)
+    except GraphInvalid as exc:
+        _refuse(exc.render())
+    if blueprint.problems and args.preflight == "fail":
+        _refuse(_fit_report(blueprint))
+    return bind_model(blueprint, args)
+
+
+def bind_model(blueprint: Blueprint, args: CapabilityArgs) -> Application:
+    """A shared model's one deployment, as its application's ingress (it has no route)."""
+    (unit,) = blueprint.compiled.units
+    return _bind_unit(blueprint.compiled, unit, args)
 
 
 def load_graph(graph: dict[str, Any] | str) -> Plan:
@@ -190,18 +233,7 @@ def _check_livepeer(plan: Plan, section: dict[str, Any] | None) -> None:
 def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     """One UnitReplica deployment per unit, and the ingress holding their handles."""
     compiled = blueprint.compiled
-    handles = {}
-    # A redeploy starts the new replicas before it stops the old ones (surge), and an old
-    # replica finishes what it holds before it goes: an update under load fails nothing.
-    rollover = {"max_surge_percent": 100, "graceful_shutdown_timeout_s": args.request_timeout_s + 5.0}
-    stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
-    for unit in compiled.units:
-        options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s} | rollover
-        options["ray_actor_options"] = environment.with_forwarded(options["ray_actor_options"])
-        handles[unit.name] = serve.deployment(UnitReplica).options(**options).bind(compiled.plan, unit, stuck_after_s)
-        log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
-                 ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
-                 "; ".join(unit.why))
+    handles = {unit.name: _bind_unit(compiled, unit, args) for unit in compiled.units if unit.remote is None}
     settings = Settings(max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
                         request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args),
                         health_check_period_s=args.health_check_period_s)
@@ -211,11 +243,28 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     ingress = serve.deployment(Capability).options(
         name=INGRESS, num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_concurrency,
         max_queued_requests=args.max_queued_requests, backpressure_config=backpressure,
-        ray_actor_options=environment.with_forwarded({"num_cpus": args.ingress_cpus}), **rollover)
+        ray_actor_options=environment.with_forwarded({"num_cpus": args.ingress_cpus}), **_rollover(args))
     return ingress.bind(compiled, handles, settings)
 
 
-def _cluster() -> preflight.Cluster:
+def _rollover(args: CapabilityArgs) -> dict[str, Any]:
+    """A redeploy starts the new replicas before it stops the old ones (surge), and an old
+    replica finishes what it holds before it goes: an update under load fails nothing."""
+    return {"max_surge_percent": 100, "graceful_shutdown_timeout_s": args.request_timeout_s + 5.0}
+
+
+def _bind_unit(compiled: Compiled, unit: Unit, args: CapabilityArgs) -> Application:
+    options = unit.deployment_options() | {"health_check_period_s": args.health_check_period_s} | _rollover(args)
+    options["ray_actor_options"] = environment.with_forwarded(options["ray_actor_options"])
+    log.info("capgraph: deployment '%s' runs %s (%s GPU, %s CPU, %d threads, batch %d, wait %.1f ms): %s", unit.name,
+             ", ".join(unit.nodes), unit.num_gpus, unit.num_cpus, unit.threads, unit.max_batch_size, unit.batch_wait_s * 1000,
+             "; ".join(unit.why))
+    stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
+    return serve.deployment(UnitReplica).options(**options).bind(compiled.plan, unit, stuck_after_s)
+
+
+def current_cluster() -> preflight.Cluster:
+    """The connected Ray cluster, else this machine as a local Ray would see it."""
     import ray
 
     if ray.is_initialized():

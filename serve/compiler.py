@@ -40,9 +40,20 @@ from capgraph.serve.planner import DEFAULT_NODE_CPUS, Cost, Fuse, Machine, NodeS
 GIB = 1 << 30
 UNKNOWN_FRACTION = 0.25
 DEFAULT_GPU_MEMORY_GIB = 24.0
+AUTOSCALE_BATCHES = 2
 INGRESS = "capgraph-ingress"
 """Name of the HTTP deployment; a hyphen keeps it apart from node ids and groups."""
 __all__ = ["DEFAULT_NODE_CPUS", "Compiled", "Fuse", "Unit", "compile_plan", "gpu_fraction"]
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A deployment of another Serve application that runs one of this graph's nodes."""
+
+    app: str
+    deployment: str
+    alias: Any
+    """`serve.sharing.Alias`: how this graph's frame maps onto that deployment's ports."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +82,21 @@ class Unit:
     """How `num_gpus` was chosen, for logs and `capgraph plan`."""
     why: tuple[str, ...] = ()
     """The planner's reasons for this unit's shape and settings, one line each."""
+    remote: "Remote | None" = None
+    """Where the unit runs when another application runs it (a model shared between graphs,
+    `serve.sharing`): this application deploys nothing for it and asks for no resources."""
 
     @property
     def min_replicas(self) -> int:
         return self.replicas.min if isinstance(self.replicas, Autoscale) else self.replicas
+
+    @property
+    def target_ongoing_requests(self) -> float | None:
+        """What the autoscaler keeps each replica near: as written, else `AUTOSCALE_BATCHES`
+        batches (one running, one filling), so that a batch can fill before a replica is added."""
+        if not isinstance(self.replicas, Autoscale):
+            return None
+        return self.replicas.target_ongoing_requests or float(AUTOSCALE_BATCHES * self.max_batch_size)
 
     def deployment_options(self) -> dict:
         """Keyword arguments for `Deployment.options`."""
@@ -84,10 +106,14 @@ class Unit:
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
         }
         if isinstance(self.replicas, Autoscale):
+            scale = self.replicas
             options["autoscaling_config"] = {
-                "min_replicas": self.replicas.min,
-                "max_replicas": self.replicas.max,
-                "target_ongoing_requests": self.replicas.target_ongoing_requests,
+                "min_replicas": scale.min,
+                "max_replicas": scale.max,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": scale.upscale_delay_s,
+                "downscale_delay_s": scale.downscale_delay_s,
+                "look_back_period_s": scale.look_back_period_s,
             }
         else:
             options["num_replicas"] = self.replicas
@@ -126,6 +152,7 @@ def compile_plan(
     machine: Machine | None = None,
     tuned: Mapping[str, Mapping[str, Any]] | None = None,
     measured: Mapping[str, Cost] | None = None,
+    remote: Mapping[str, Remote] | None = None,
 ) -> Compiled:
     """Group the plan's nodes into units and give each one its resources and batching.
 
@@ -138,13 +165,17 @@ def compile_plan(
     """
     if weight_bytes is not None:
         weight_bytes = _memo(weight_bytes)
-    settings = planner.node_settings(plan, tuned)
+    warnings: list[str] = []
+    remote = remote or {}
+    if remote and fuse == "all":  # one deployment holds the whole graph: a shared node in it would make a circle
+        warnings.append(f"fuse: all runs {', '.join(remote)} in this graph's own deployment, not shared with other graphs")
+        remote = {}
+    settings = planner.node_settings(plan, tuned, shared=frozenset(remote))
     costs = {n: (measured or {}).get(n) or planner.declared_cost(node) for n, node in plan.nodes.items()}
     placements = planner.place(plan, settings, costs, fuse)
     members = {p.name: list(p.nodes) for p in placements}
     order = _unit_order(plan, members)
     unit_of = {node_id: name for name, ids in members.items() for node_id in ids}
-    warnings: list[str] = []
     memory = gpu_memory_gib or DEFAULT_GPU_MEMORY_GIB
     fractions = {name: [_fraction(plan.nodes[n], settings[n], weight_bytes, memory, warnings) for n in ids] for name, ids in members.items()}
     gpus = {name: sum(f for f, _ in parts) for name, parts in fractions.items()}
@@ -175,13 +206,20 @@ def compile_plan(
                 max_ongoing_requests=size.max_ongoing_requests,
                 chunks=tuple(size.chunks.items()),
                 gpu_note="; ".join(note for _, note in fractions[name] if note),
-                why=size.why,
+                why=size.why + _autoscale_why(name, size.replicas, size.max_batch_size, size.max_ongoing_requests, warnings),
             )
         )
+    units = [_remote(u, remote[u.nodes[0]]) if u.nodes[0] in remote else u for u in units]
     read = {u for unit in units for u in unit.upstream}
     giving = {unit_of[s.node] for s in plan.outputs.values() if s.node is not None}
     awaited = tuple(u.name for u in units if u.name not in read or u.name in giving)
     return Compiled(plan, tuple(units), awaited, tuple(warnings))
+
+
+def _remote(unit: Unit, remote: Remote) -> Unit:
+    """A unit another application runs: no resources or replicas of this application's."""
+    return replace(unit, remote=remote, num_gpus=0.0, num_cpus=0.0, replicas=0, gpu_note="",
+                   why=(f"runs in application '{remote.app}' (deployment '{remote.deployment}'), shared with other graphs",))
 
 
 def gpu_fraction(weight_bytes: int, gpu_memory_gib: float) -> float:
@@ -231,6 +269,18 @@ def _unit_weights(plan: Plan, ids: Sequence[str], weight_bytes: Callable[[Planne
             return None
         total += size
     return total
+
+
+def _autoscale_why(name: str, replicas: int | Autoscale, batch: int, ongoing: int, warnings: list[str]) -> tuple[str, ...]:
+    if not isinstance(replicas, Autoscale):
+        return ()
+    target = replicas.target_ongoing_requests or AUTOSCALE_BATCHES * batch
+    if target > ongoing:
+        warnings.append(f"deployment '{name}': target_ongoing_requests {target:g} is more than a replica may hold "
+                        f"(max_ongoing_requests {ongoing}): it would never scale out. Lower it or raise the batch size.")
+    written = "as written" if replicas.target_ongoing_requests else f"{AUTOSCALE_BATCHES} batches of {batch}: one running, one filling"
+    return (f"autoscaling {replicas.min}..{replicas.max} replicas at {target:g} frames a replica ({written}), "
+            f"up after {replicas.upscale_delay_s:g} s, down after {replicas.downscale_delay_s:g} s",)
 
 
 def _check_replicas(plan: Plan, placement: planner.Placement, settings: Mapping[str, NodeSettings], warnings: list[str]) -> None:

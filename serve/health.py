@@ -11,7 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from capgraph.serve.compiler import Compiled
+from capgraph.serve.compiler import Compiled, Unit
 from capgraph.serve.incidents import RayStatus, Replacements, unusable
 
 log = logging.getLogger("ray.serve")
@@ -33,7 +33,8 @@ class Health:
         """One refresh at a time: the incident record must see Ray's statuses in order."""
         self.replacements = Replacements()
         """Node replicas hung, broken or replaced of late: /health's `replaced`."""
-        self.born_serving = any(ray.running for name, ray in self.ray_statuses().items() if name in handles)
+        own = {u.name for u in compiled.units if u.remote is None}  # a shared model runs before this graph's own units
+        self.born_serving = any(ray.running for name, ray in self.ray_statuses().items() if name in own)
         """Whether node replicas were already running when this ingress started: it is a new
         version rolling out over a serving one, so a node without a warm replica is updating."""
 
@@ -50,7 +51,7 @@ class Health:
     async def _refresh(self, now: float) -> tuple[bool, dict[str, Any]]:
         """Ask Ray and every unit afresh (under `_lock`)."""
         statuses = await asyncio.to_thread(self.ray_statuses)
-        reports = await asyncio.gather(*(self._state(u.name, statuses.get(u.name)) for u in self.compiled.units))
+        reports = await asyncio.gather(*(self._state(u, statuses.get(u.name)) for u in self.compiled.units))
         nodes: dict[str, Any] = {}
         ready = True
         for unit, report in zip(self.compiled.units, reports):
@@ -64,23 +65,38 @@ class Health:
         self._cache = (now, ready, nodes)
         return ready, nodes
 
-    async def _state(self, unit: str, ray_status: RayStatus | None) -> dict[str, Any] | None:
+    async def _state(self, unit: Unit, ray_status: RayStatus | None) -> dict[str, Any] | None:
         if ray_status is not None and ray_status.running == 0:
             return None  # no replica running: asking would wait for one
         try:
-            return await asyncio.wait_for(self.handles[unit].state.remote(), 2.0)
+            report = await asyncio.wait_for(self.handles[unit.name].state.remote(), 2.0)
         except Exception:  # no running replica yet, or it died: Ray's status says which
             return None
+        if unit.remote is not None:  # a shared model reports its node under its own id
+            report = report | {"nodes": {unit.remote.alias.node: next(iter(report["nodes"].values()), None)}}
+        return report
 
     def ray_statuses(self) -> dict[str, RayStatus]:
-        """Ray's status of each deployment, how many of its replicas are running, and why."""
+        """Ray's status of each deployment, how many of its replicas are running, and why;
+        a unit another application runs (a shared model) under the unit's name."""
         try:
-            app = serve.status().applications.get(self.app_name)
+            apps = serve.status().applications
         except Exception:
             return {}
-        return {name: RayStatus(_value(d.status), sum(n for s, n in d.replica_states.items() if _value(s) == "RUNNING"),
-                                d.message or "")
-                for name, d in (app.deployments if app else {}).items()}
+
+        def status(app_name: str, deployment: str) -> RayStatus | None:
+            app = apps.get(app_name)
+            d = app.deployments.get(deployment) if app else None
+            if d is None:
+                return None
+            return RayStatus(_value(d.status), sum(n for s, n in d.replica_states.items() if _value(s) == "RUNNING"), d.message or "")
+
+        own = apps.get(self.app_name)
+        found = {name: status(self.app_name, name) for name in (own.deployments if own else {})}
+        for unit in self.compiled.units:
+            if unit.remote is not None:
+                found[unit.name] = status(unit.remote.app, unit.remote.deployment)
+        return {name: s for name, s in found.items() if s is not None}
 
     async def watch(self) -> None:
         """Log when the graph turns healthy, and every change after that. Polls every

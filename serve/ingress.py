@@ -67,6 +67,10 @@ class Settings:
 @serve.ingress()
 class Capability:
     def __init__(self, compiled: Compiled, handles: dict[str, DeploymentHandle], settings: Settings):
+        handles = dict(handles)
+        for unit in compiled.units:  # a model shared with other graphs runs in an application of its own
+            if unit.remote is not None:
+                handles[unit.name] = serve.get_deployment_handle(unit.remote.deployment, app_name=unit.remote.app)
         self.compiled, self.plan, self.handles, self.settings = compiled, compiled.plan, handles, settings
         self.in_flight = 0
         """Graph requests running in this replica (counted in the event loop: no lock)."""
@@ -138,8 +142,9 @@ class Capability:
         responses: dict[str, DeploymentResponse] = {}
         for unit in self.compiled.units:
             mine = {k: v for k, v in overrides.items() if k in unit.nodes}
+            shared = {"alias": unit.remote.alias} if unit.remote else {}
             responses[unit.name] = self.handles[unit.name].remote(
-                {name: checked[name] for name in unit.graph_inputs}, mine, *(responses[u] for u in unit.upstream))
+                {name: checked[name] for name in unit.graph_inputs}, mine, *(responses[u] for u in unit.upstream), **shared)
         awaited = [responses[name] for name in self.compiled.awaited]
         try:
             return await asyncio.wait_for(asyncio.gather(*awaited), timeout)

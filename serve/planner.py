@@ -124,16 +124,21 @@ class NodeSettings:
     replicas: int | Autoscale | None = None
     source: Mapping[str, Origin] = field(default_factory=dict)
     """Where each set field came from ('graph' or 'tuned')."""
+    shared: bool = False
+    """Its model runs in an application shared with other graphs (`serve.sharing`)."""
 
     @property
     def apart(self) -> bool:
-        """Its own resources or replicas, and no group: it keeps a deployment of its own."""
+        """Its own resources or replicas, and no group, or a shared model: it keeps a
+        deployment of its own."""
         scaled = self.replicas is not None and self.replicas != 1
-        return self.group is None and (scaled or self.gpu is not None or self.cpu is not None)
+        return self.shared or (self.group is None and (scaled or self.gpu is not None or self.cpu is not None))
 
 
-def node_settings(plan: Plan, tuned: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, NodeSettings]:
-    """Each node's settings: the graph's own fields, then the tuned overlay's for the rest."""
+def node_settings(plan: Plan, tuned: Mapping[str, Mapping[str, Any]] | None = None,
+                  shared: frozenset[str] = frozenset()) -> dict[str, NodeSettings]:
+    """Each node's settings: the graph's own fields, then the tuned overlay's for the rest.
+    `shared` nodes run in another application: never fused, their group ignored."""
     result = {}
     for node_id, node in plan.nodes.items():
         spec, extra = node.spec, (tuned or {}).get(node_id, {})
@@ -157,7 +162,9 @@ def node_settings(plan: Plan, tuned: Mapping[str, Mapping[str, Any]] | None = No
                 values[key], source[key] = value, "graph"
             elif from_overlay[key] is not None:
                 values[key], source[key] = from_overlay[key], "tuned"
-        result[node_id] = NodeSettings(**values, source=source)
+        if node_id in shared:
+            values.pop("group", None)
+        result[node_id] = NodeSettings(**values, source=source, shared=node_id in shared)
     return result
 
 
@@ -256,6 +263,8 @@ def _segments(run: Sequence[str], costs: Mapping[str, Cost], worst: float) -> li
 
 
 def _apart_reason(s: NodeSettings) -> str:
+    if s.shared:
+        return "its own deployment: its model is shared with other graphs"
     fields = [f for f, v in (("resources", s.gpu if s.gpu is not None else s.cpu), ("replicas", s.replicas)) if v is not None and v != 1]
     where = " and ".join(sorted({s.source.get(k, "graph") for k in ("gpu", "cpu", "replicas") if k in s.source}))
     return f"its own deployment: it sets its own {' and '.join(fields)} ({where})"

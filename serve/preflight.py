@@ -1,9 +1,10 @@
 """Pre-flight: will the compiled graph fit the cluster, before anything is deployed?
 
 Ray would otherwise accept the deployment and leave the replicas that do not fit PENDING
-forever, with no word on why. Here every replica is placed the way Ray places it (CPU per
-machine; a GPU fraction below 1 on one GPU, whole GPUs otherwise) and whatever finds no
-room is named, with what is already on the GPUs it could have used.
+forever, with no word on why. Here every replica is placed machine by machine the way Ray
+places it (CPU per machine; a GPU fraction below 1 on one GPU, whole GPUs on one machine)
+and whatever finds no room is named, with what is already on the GPUs it could have used;
+`capgraph plan --address` shows where each replica would go.
 
 Also here: what the cluster is (from Ray, or from this machine before Ray starts), how
 much memory its GPUs have, and how many bytes a node's weight files take before loading.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capgraph.engine.plan import PlannedNode
-from capgraph.serve.compiler import GIB, Compiled, Unit
+from capgraph.serve.compiler import GIB, INGRESS, Compiled, Unit
 
 log = logging.getLogger("capgraph.serve")
 
@@ -59,12 +60,13 @@ def cluster_from_ray() -> Cluster:
     import ray
 
     machines, accelerator = [], None
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    addresses = [node.get("NodeManagerAddress", "?") for node in alive]
+    for node, address in zip(alive, addresses):
         res = node.get("Resources", {})
-        machines.append(Machine(node.get("NodeManagerAddress", "?"), float(res.get("CPU", 0)), int(res.get("GPU", 0)),
-                                float(res.get("memory", 0))))
+        # Machines sharing an address (several Ray nodes on one host) are told apart by node id.
+        name = address if addresses.count(address) == 1 else f"{address} ({node.get('NodeID', '?')[:8]})"
+        machines.append(Machine(name, float(res.get("CPU", 0)), int(res.get("GPU", 0)), float(res.get("memory", 0))))
         accelerator = accelerator or next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
     return Cluster(tuple(machines), accelerator, "ray")
 
@@ -172,31 +174,69 @@ class _Gpu:
     holders: list[str] | None = None
 
 
-def check_fit(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_replicas: int = 1) -> list[str]:
-    """What does not fit, one sentence each; empty when every replica has a place.
+@dataclass(frozen=True)
+class Placed:
+    """Where one replica would go: a machine, and the GPUs (index, fraction) it takes there."""
 
-    Replicas are placed largest GPU ask first, each fraction on the fullest GPU that still
-    has room (how Ray packs fractions), so four 0.25 nodes share one GPU.
+    replica: str
+    deployment: str
+    machine: str
+    gpus: tuple[tuple[int, float], ...] = ()
+    cpus: float = 0.0
+
+    def describe(self) -> str:
+        on = ", ".join(f"GPU {i} ({f:g})" for i, f in self.gpus)
+        return f"{self.replica} -> {self.machine}" + (f" {on}" if on else "") + f", {self.cpus:g} CPU"
+
+
+@dataclass(frozen=True)
+class Fit:
+    placed: tuple[Placed, ...]
+    problems: tuple[str, ...]
+    """What finds no place, one sentence each, naming what holds the GPUs it could have used."""
+
+
+def place(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_replicas: int = 1) -> Fit:
+    """Every replica (at its deployment's minimum count) placed machine by machine.
+
+    Largest GPU ask first; a fraction below 1 goes on one GPU of one machine, on the fullest
+    that still has room (how Ray packs fractions: four 0.25 nodes share one GPU, two 0.6
+    nodes need two GPUs, on one machine or two), whole GPUs on one machine. Among the
+    machines that fit, a replica goes where its deployment has the fewest replicas yet:
+    Ray Serve spreads a deployment's replicas over machines.
     """
     cpus = {m.name: m.cpus for m in cluster.machines}
     gpus = [_Gpu(m.name, i, 1.0, []) for m in cluster.machines for i in range(m.gpus)]
     asks = [(u, i) for u in compiled.units for i in range(u.min_replicas)]
     asks.sort(key=lambda a: (-a[0].num_gpus, -a[0].num_cpus))
+    placed: list[Placed] = []
     problems = []
     for unit, index in asks:
         label = unit.name if unit.min_replicas == 1 else f"{unit.name} (replica {index + 1} of {unit.min_replicas})"
-        problem = _place(label, unit.num_gpus, unit.num_cpus, cpus, gpus)
-        if problem:
-            problems.append(problem + _explain(unit, gpus, cluster))
+        found = _place(label, unit.name, unit.num_gpus, unit.num_cpus, cpus, gpus, placed)
+        if isinstance(found, str):
+            problems.append(found + _explain(unit, gpus, cluster))
+        else:
+            placed.append(found)
     for index in range(ingress_replicas):
-        problem = _place("capgraph-ingress", 0.0, ingress_cpus, cpus, gpus)
-        if problem:
-            problems.append(problem)
-    return problems
+        label = INGRESS if ingress_replicas == 1 else f"{INGRESS} (replica {index + 1} of {ingress_replicas})"
+        found = _place(label, INGRESS, 0.0, ingress_cpus, cpus, gpus, placed)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            placed.append(found)
+    return Fit(tuple(placed), tuple(problems))
 
 
-def _place(label: str, gpu: float, cpu: float, cpus: dict[str, float], gpus: list[_Gpu]) -> str | None:
+def check_fit(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_replicas: int = 1) -> list[str]:
+    """What does not fit, one sentence each; empty when every replica has a place."""
+    return list(place(compiled, cluster, ingress_cpus, ingress_replicas).problems)
+
+
+def _place(label: str, deployment: str, gpu: float, cpu: float, cpus: dict[str, float], gpus: list[_Gpu],
+           placed: list[Placed]) -> Placed | str:
     eps = 1e-6
+    options: list[tuple[str, list[_Gpu]]] = []
     for machine, free_cpu in cpus.items():
         if free_cpu + eps < cpu:
             continue
@@ -213,13 +253,17 @@ def _place(label: str, gpu: float, cpu: float, cpus: dict[str, float], gpus: lis
             if len(whole) < gpu:
                 continue
             chosen = whole[: int(gpu)]
-        cpus[machine] -= cpu
-        for g in chosen:
-            g.free -= min(gpu, 1.0)
-            g.holders.append(f"{label} ({min(gpu, 1.0):g})")
-        return None
-    what = f"{gpu:g} GPU and {cpu:g} CPU" if gpu else f"{cpu:g} CPU"
-    return f"deployment '{label}' needs {what} and does not fit"
+        options.append((machine, chosen))
+    if not options:
+        what = f"{gpu:g} GPU and {cpu:g} CPU" if gpu else f"{cpu:g} CPU"
+        return f"deployment '{label}' needs {what} and does not fit"
+    siblings = {m: sum(1 for p in placed if p.deployment == deployment and p.machine == m) for m, _ in options}
+    machine, chosen = min(options, key=lambda o: siblings[o[0]])  # stable: the first machine among equals
+    cpus[machine] -= cpu
+    for g in chosen:
+        g.free -= min(gpu, 1.0)
+        g.holders.append(f"{label} ({min(gpu, 1.0):g})")
+    return Placed(label, deployment, machine, tuple((g.index, min(gpu, 1.0)) for g in chosen), cpu)
 
 
 def _explain(unit: Unit, gpus: Iterable[_Gpu], cluster: Cluster) -> str:

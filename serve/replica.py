@@ -41,6 +41,7 @@ from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
 from capgraph.serve.compiler import Unit
+from capgraph.serve.sharing import Alias
 
 log = logging.getLogger("ray.serve")
 
@@ -175,9 +176,12 @@ class UnitReplica:
                  len(self.nodes), "s" if len(self.nodes) != 1 else "", self.unit.threads, "s" if self.unit.threads != 1 else "",
                  self.unit.max_batch_size, self.unit.batch_wait_s * 1000)
 
-    async def __call__(self, graph_inputs: Mapping[str, Any], overrides: Mapping[str, NodeParams], *upstream: Mapping[str, Any]) -> dict[str, Any]:
+    async def __call__(self, graph_inputs: Mapping[str, Any], overrides: Mapping[str, NodeParams], *upstream: Mapping[str, Any],
+                       alias: Alias | None = None) -> dict[str, Any]:
         """One frame: the graph inputs this unit reads, its nodes' param overrides, and
-        the results of the units it reads from (resolved by Ray from their responses)."""
+        the results of the units it reads from (resolved by Ray from their responses).
+        `alias`: the frame is another graph's, named as that graph names it (a shared
+        model, `serve.sharing`); the answer goes back under the caller's names."""
         values = dict(graph_inputs)
         meta: dict[str, dict[str, float]] = {}
         for result in upstream:
@@ -185,9 +189,23 @@ class UnitReplica:
                 return result  # a frame that failed upstream stays failed
             values.update(result["values"])
             meta.update(result["meta"])
+        if alias is not None:
+            return await self._for_caller(values, overrides, meta, alias)
         params = {node_id: overrides.get(node_id, self.plan.nodes[node_id].params) for node_id in self.unit.nodes}
         self.queue_length.set(self.queued + 1)
         return await self.batcher.submit(_Frame(values, params, time.perf_counter(), meta))
+
+    async def _for_caller(self, values: Mapping[str, Any], overrides: Mapping[str, NodeParams], meta: dict[str, Any],
+                          alias: Alias) -> dict[str, Any]:
+        (mine,) = self.unit.nodes  # a shared model's application runs one node
+        frame = _Frame({port: values[key] for port, key in alias.inputs}, {mine: overrides.get(alias.node, alias.params)},
+                       time.perf_counter(), {})
+        self.queue_length.set(self.queued + 1)
+        result = await self.batcher.submit(frame)
+        if "error" in result:
+            return {"error": result["error"] | ({"node": alias.node} if result["error"].get("node") == mine else {})}
+        return {"values": {f"{alias.node}.{key.split('.', 1)[1]}": value for key, value in result["values"].items()},
+                "meta": meta | {alias.node: result["meta"][mine]}}
 
     async def _forward(self, frames: list[_Frame]) -> list[dict[str, Any]]:
         start = time.perf_counter()
@@ -293,6 +311,11 @@ def _device(unit: Unit) -> tuple[str, str]:
 
         if torch.cuda.is_available():
             return "cuda", "float16"
+        # Ray's GPUs are counts a machine advertises (`ray start --num-gpus`), not devices:
+        # a replica given one torch cannot see runs on the CPU rather than failing.
+        log.warning("capgraph: deployment '%s' was given %g GPU by Ray but torch sees none on this machine "
+                    "(CUDA_VISIBLE_DEVICES=%s): running %s on the CPU in float32", unit.name, unit.num_gpus,
+                    os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), ", ".join(unit.nodes))
     return "cpu", "float32"
 
 

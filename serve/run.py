@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
@@ -38,7 +38,7 @@ LEFTOVER_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL, for Ray process
 
 
 def serve_graph(
-    path: str,
+    path: str | Sequence[str],
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
@@ -53,40 +53,47 @@ def serve_graph(
     tuned: str | bool | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Serve one graph file on Ray Serve; returns an exit code.
+    """Serve one graph file, or several together, on Ray Serve; returns an exit code.
 
-    `address` joins a running Ray cluster (default: start a local one). `dry_run` prints
-    the deployments the planner chose, with its reasons, and the pre-flight (JSON with
-    `as_json`) without starting Ray. `tuned` names a tuned overlay (default: the one
-    `capgraph tune` wrote for this graph on this machine; False ignores it). `options` are
-    further `CapabilityArgs` fields (e.g. `{"request_timeout_s": 30}`). Blocking, it
-    serves until Ctrl-C or SIGTERM, then drains and stops what it started.
+    Several graphs are each a capability of their own at `/<capability>`, and models they
+    load alike run once for all of them (`serve.together`). `address` joins a running Ray
+    cluster (default: start a local one). `dry_run` prints the deployments the planner
+    chose, with its reasons, and the pre-flight (JSON with `as_json`) without deploying.
+    `tuned` names a tuned overlay (default: the one `capgraph tune` wrote for this graph on
+    this machine; False ignores it). `options` are further `CapabilityArgs` fields (e.g.
+    `{"request_timeout_s": 30}`). Blocking, it serves until Ctrl-C or SIGTERM, then drains
+    and stops what it started.
     """
-    from capgraph.serve.app import CapabilityArgs, load_graph, plan_app
+    from capgraph.serve.app import load_graph
+    from capgraph.serve.together import applications
 
     out = out or sys.stdout
-    args = CapabilityArgs(graph=str(path), fuse=fuse, batching=batching, preflight=preflight, tuned=tuned, **(options or {}))
+    paths = [str(path)] if isinstance(path, (str, os.PathLike)) else [str(p) for p in path]
+    settings = {"fuse": fuse, "batching": batching, "preflight": preflight, "tuned": tuned, **(options or {})}
     try:
-        plan = load_graph(args.graph)  # before Ray: a typo costs no cluster start
+        plans = [load_graph(p) for p in paths]  # before Ray: a typo costs no cluster start
+        apps = applications(paths, plans, settings)
         if dry_run:
-            blueprint = plan_app(args)
-            _print_blueprint(blueprint.describe(), as_json, out)
-            return EXIT_DOES_NOT_FIT if blueprint.problems and preflight == "fail" else 0
+            return _dry_run(apps, address, as_json, out)
     except GraphInvalid as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_INVALID
-
-    import ray
+    except ClusterUnreachable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_DEPLOY_FAILED
 
     signals = _StopSignals(out)
     signals.take()  # from before ray.init: a SIGTERM while Ray starts stops it like Ctrl-C too
     code = EXIT_DEPLOY_FAILED
     try:
         with signals.keeping_sigterm():
-            ray.init(address=address, namespace="serve", log_to_driver=True)
-        code = _deploy(plan.capability, args, host, port, out)
+            _start_ray(address, out)
+        code = deploy_apps(apps, host, port, out)
         if code == 0 and blocking:
             _serve_until_stopped()
+        return code
+    except ClusterUnreachable as exc:
+        print(exc, file=sys.stderr)
         return code
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the capability was healthy
         code = EXIT_SIGNALLED + signals.received
@@ -96,36 +103,127 @@ def serve_graph(
         signals.stopping()  # from here on a second Ctrl-C or SIGTERM is noted, not obeyed: the cleanup runs to its end
         try:
             if stopping:
-                _shut_down(out)
+                _shut_down([a.name for a in apps], out)
         finally:
             signals.give_back(ray_running=not stopping)
 
 
-def _deploy(capability: str, args: Any, host: str, port: int, out: TextIO) -> int:
-    """Plan against the cluster, pre-flight, start Serve and deploy; 0 once healthy."""
+class ClusterUnreachable(RuntimeError):
+    """`--address` names no Ray cluster this process can join."""
+
+
+def _start_ray(address: str | None, out: TextIO, *, quiet: bool = False) -> None:
+    """Join the cluster at `address` (`auto`: the one `ray start` left on this machine) and
+    say which, or start a local Ray of this process's own.
+
+    Without an address `ray.init()` would silently join a cluster `ray start` left running
+    (or `RAY_ADDRESS`), whose machines may lack this process's settings: capgraph starts
+    its own unless asked, and says so. A cluster started with `ray start` uses token
+    authentication (Ray 2.52 and later): joining finds its token where `ray start` wrote it
+    (`~/.ray/auth_token`) or in `RAY_AUTH_TOKEN` / `RAY_AUTH_TOKEN_PATH`.
+    """
+    import ray
+    from ray._private import services
+
+    if address is None:
+        running = os.environ.get("RAY_ADDRESS") or services.find_bootstrap_address(None)
+        ray.init(address="local", namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
+        if running:
+            print(f"note: a Ray cluster is running at {running}; capgraph started a local Ray of its own. "
+                  f"Pass --address {running if os.environ.get('RAY_ADDRESS') else 'auto'} to serve on that cluster.",
+                  file=out, flush=True)
+        return
+    try:
+        ray.init(address=address, namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
+    except Exception as exc:  # ConnectionError, an authentication error, a bad address: Ray's words say which
+        raise ClusterUnreachable(_join_failure(address, exc)) from None
+    from capgraph.serve.preflight import cluster_from_ray
+
+    cluster = cluster_from_ray()
+    at = ray.get_runtime_context().gcs_address if address == "auto" else address
+    print(f"joined the Ray cluster at {at}: {cluster.describe()}", file=out, flush=True)
+    for machine in cluster.machines:
+        print(f"  {machine.name}: {machine.cpus:g} CPU, {machine.gpus} GPU", file=out, flush=True)
+
+
+def _join_failure(address: str, exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if "token" in text.lower() or "authentic" in text.lower():
+        hint = (" The cluster uses token authentication: copy its token (`ray get-auth-token` on the head) to "
+                "~/.ray/auth_token here, or set RAY_AUTH_TOKEN.")
+    elif address != "auto":
+        hint = " Check the head's GCS address (`ray status` on the head prints it; port 6379 by default)."
+    return f"could not join the Ray cluster at '{address}': {text}.{hint}"
+
+
+def _dry_run(apps: Sequence[Any], address: str | None, as_json: bool, out: TextIO) -> int:
+    """The plan and its pre-flight: against this machine as described, or (with `address`)
+    against the live cluster, which it joins and leaves without deploying anything."""
+    from capgraph.serve.together import plan_all
+
+    if address is None:
+        blueprints = plan_all(apps)
+    else:
+        import ray
+
+        _start_ray(address, sys.stderr if as_json else out, quiet=True)
+        try:
+            blueprints = plan_all(apps)
+        finally:
+            ray.shutdown()
+    summaries = [b.describe() | {"application": a.name, "route_prefix": a.route_prefix} for a, b in zip(apps, blueprints)]
+    if as_json:
+        json.dump(summaries[0] if len(summaries) == 1 else {"applications": summaries}, out, indent=2)
+        out.write("\n")
+    else:
+        problems = summaries[0]["problems"] if len(summaries) > 1 else []  # the pre-flight of them all: said once
+        for summary in summaries:
+            _print_blueprint(summary | ({"problems": []} if problems else {}), out)
+        for problem in problems:
+            print(f"does not fit: {problem}", file=out)
+    fails = any(b.problems for b in blueprints) and apps[0].args.preflight == "fail"
+    return EXIT_DOES_NOT_FIT if fails else 0
+
+
+def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
+    """Plan `apps` (`serve.together.applications`) against the connected cluster,
+    pre-flight them together, start Serve (or find it running) and deploy them, shared
+    models first; 0 once every one is healthy."""
     from ray import serve
 
-    from capgraph.serve.app import _fit_report, bind, plan_app
+    from capgraph.serve.app import _fit_report, bind, bind_model
+    from capgraph.serve.together import plan_all
 
     try:
-        blueprint = plan_app(args)
+        blueprints = plan_all(apps)
     except GraphInvalid as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_INVALID
-    if blueprint.problems and args.preflight == "fail":
-        print(_fit_report(blueprint), file=sys.stderr)
+    refused = next((b for b in blueprints if b.problems), None)
+    if refused is not None and apps[0].args.preflight == "fail":
+        print(_fit_report(refused), file=sys.stderr)
         return EXIT_DOES_NOT_FIT
     serve.start(http_options={"host": host, "port": port})
-    started = time.monotonic()
-    try:
-        serve.run(bind(blueprint, args), name=capability, route_prefix="/")
-    except Exception as exc:  # Ray's own message says which replica failed and why
-        print(f"deploying '{capability}' failed: {exc}", file=sys.stderr)
-        return EXIT_DEPLOY_FAILED
     url = f"http://{host}:{port}"
-    print(f"capability '{capability}' is healthy after {time.monotonic() - started:.1f}s: "
-          f"POST {url}/v1/{capability} (schema: {url}/v1/{capability}/schema, health: {url}/health, docs: {url}/docs)",
-          file=out, flush=True)
+    for app, blueprint in zip(apps, blueprints):  # shared models first: the graphs' ingresses call them
+        started = time.monotonic()
+        try:
+            if app.model:
+                serve.run(bind_model(blueprint, app.args), name=app.name, route_prefix=None)
+            else:
+                serve.run(bind(blueprint, app.args), name=app.name, route_prefix=app.route_prefix)
+        except Exception as exc:  # Ray's own message says which replica failed and why
+            print(f"deploying '{app.name}' failed: {exc}", file=sys.stderr)
+            return EXIT_DEPLOY_FAILED
+        took = time.monotonic() - started
+        if app.model:
+            users = ", ".join(f"{cap}'s {node}" for cap, node in app.users)
+            print(f"shared model '{app.name}' is healthy after {took:.1f}s, serving {users}", file=out, flush=True)
+            continue
+        base = url + (app.route_prefix.rstrip("/") if app.route_prefix else "")
+        print(f"capability '{app.name}' is healthy after {took:.1f}s: POST {base}/v1/{app.name} "
+              f"(schema: {base}/v1/{app.name}/schema, health: {base}/health, docs: {base}/docs)", file=out, flush=True)
     return 0
 
 
@@ -207,11 +305,13 @@ class _StopSignals:
         raise KeyboardInterrupt
 
 
-def _shut_down(out: TextIO) -> None:
-    """Drain Serve, then stop the local Ray this process started, or leave a joined cluster.
+def _shut_down(names: Sequence[str], out: TextIO) -> None:
+    """Drain, then stop the local Ray this process started, or leave a joined cluster.
 
-    `serve.shutdown()` drains every replica; the ingress's lifespan ends there, which is
-    where the Livepeer registrar unregisters from the orchestrator.
+    On its own Ray, `serve.shutdown()` drains every replica; on a joined cluster only this
+    graph's applications are deleted (drained the same way): the cluster may serve other
+    graphs, and Serve stays up for them. The ingress's lifespan ends there, which is where
+    the Livepeer registrar unregisters from the orchestrator.
     """
     import ray
     from ray import serve
@@ -224,8 +324,13 @@ def _shut_down(out: TextIO) -> None:
           file=out, flush=True)
     started = time.monotonic()
     try:
-        if ray.is_initialized():  # else ray.init was cut short: nothing deployed, and serve.shutdown would start a Ray
+        if ray.is_initialized() and local:  # else ray.init was cut short: nothing deployed, and serve.shutdown would start a Ray
             serve.shutdown()
+        elif ray.is_initialized():
+            running = serve.status().applications
+            for name in reversed(names):  # the graphs, then the models they shared
+                if name in running:
+                    serve.delete(name)
     finally:
         processes = local.processes() if local else []  # before ray.shutdown: afterwards the agents have no parent to find them by
         ray.shutdown()
@@ -349,19 +454,22 @@ def deployments(plan: Any) -> dict[str, tuple[str, ...]]:
     return {u.name: u.nodes for u in compiled.units}
 
 
-def _print_blueprint(summary: dict[str, Any], as_json: bool, out: TextIO) -> None:
-    if as_json:
-        json.dump(summary, out, indent=2)
-        out.write("\n")
-        return
+def _print_blueprint(summary: dict[str, Any], out: TextIO) -> None:
     print(f"{summary['capability']}: {summary['demand']} on {summary['cluster']}", file=out)
     for d in summary["deployments"]:
         reads = f" <- {', '.join(d['reads_from'])}" if d["reads_from"] else ""
+        if d["runs_in"]:
+            print(f"  {d['name']}: {', '.join(d['nodes'])} | runs in the shared model application '{d['runs_in']}'{reads}", file=out)
+            continue
         print(f"  {d['name']}: {', '.join(d['nodes'])} | gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} threads {d['threads']} | "
               f"replicas {d['replicas']} | batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms | "
               f"max_ongoing_requests {d['max_ongoing_requests']}{reads}", file=out)
         for reason in d["why"]:
             print(f"      {reason}", file=out)
+    if summary["placement"]:
+        print("  placement (Ray spreads a deployment's replicas over machines; GPU fractions pack onto one GPU):", file=out)
+        for p in summary["placement"]:
+            print(f"    {p['where']}", file=out)
     for note in summary["notes"]:
         print(f"  note: {note}", file=out)
     for problem in summary["problems"]:

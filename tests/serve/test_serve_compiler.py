@@ -85,7 +85,20 @@ def test_autoscaling_replicas(hybrid):
     assert compiled.unit("generate").nodes == ("generate",)  # scaling on its own: apart
     options = compiled.unit("generate").deployment_options()
     assert "num_replicas" not in options
-    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3.0}
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3.0,
+                                             "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 10.0}
+
+
+def test_autoscaling_waits_for_a_batch_to_fill_before_adding_a_replica(hybrid):
+    """Ray's default target of 2 ongoing requests would add a replica before a batch of 8
+    could fill: unset, the target is two batches (one running, one filling)."""
+    data = with_nodes(hybrid, generate={"replicas": {"min": 1, "max": 3, "downscale_delay_s": 5},
+                                        "batch": {"max_size": 8, "wait_ms": 20}})
+    unit = compile_plan(plan_from_data(data)).unit("generate")
+    config = unit.deployment_options()["autoscaling_config"]
+    assert config["target_ongoing_requests"] == 16.0 and config["downscale_delay_s"] == 5.0
+    assert unit.max_ongoing_requests > config["target_ongoing_requests"]  # else it could never scale out
+    assert any("autoscaling 1..3 replicas at 16 frames a replica (2 batches of 8" in why for why in unit.why)
 
 
 def test_gpu_fraction_rule():

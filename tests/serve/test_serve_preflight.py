@@ -90,3 +90,26 @@ def test_weight_bytes_of_a_model_node(tmp_path: Path, monkeypatch: pytest.Monkey
     assert preflight.weight_file_bytes(missing.nodes[node.id]) is None
     monkeypatch.setenv("CAPGRAPH_MODELS", "tiny")
     assert preflight.weight_file_bytes(missing.nodes[node.id]) == 0
+
+
+def test_fractions_are_fitted_machine_by_machine():
+    """Two 0.6 nodes do not fit one machine with one GPU, and do fit two machines with one
+    GPU each: `capgraph plan --address` shows which machine each one would land on."""
+    one = preflight.Cluster((preflight.Machine("a", 8, 1),))
+    (problem,) = preflight.check_fit(quarters(2, gpu=0.6), one, 0.25)
+    assert "deployment 'n1' needs 0.6 GPU" in problem and "GPU 0 on a has 0.40 free, taken by n0 (0.6)" in problem
+    two = preflight.Cluster((preflight.Machine("a", 8, 1), preflight.Machine("b", 8, 1)))
+    fit = preflight.place(quarters(2, gpu=0.6), two, 0.25)
+    assert fit.problems == ()
+    assert [p.describe() for p in fit.placed] == ["n0 -> a GPU 0 (0.6), 0.25 CPU", "n1 -> b GPU 0 (0.6), 0.25 CPU",
+                                                  "capgraph-ingress -> a, 0.25 CPU"]
+
+
+def test_replicas_of_one_deployment_spread_over_machines():
+    plan = plan_from_data({"capability": "q", "inputs": {"image": "image"},
+                           "nodes": {"n": {"type": "resize", "inputs": {"image": "image"}, "replicas": 4,
+                                           "resources": {"gpu": 0.25, "cpu": 1}}},
+                           "outputs": {"o": "n.image"}})
+    three = preflight.Cluster(tuple(preflight.Machine(name, 4, 1) for name in "abc"))
+    fit = preflight.place(compile_plan(plan), three, 0.25)
+    assert [p.machine for p in fit.placed if p.deployment == "n"] == ["a", "b", "c", "a"]

@@ -1,0 +1,70 @@
+"""Several graphs served on one cluster: `capgraph serve graphs/a.yaml graphs/b.yaml`.
+
+Each graph is a capability of its own, a Serve application at `/<capability>` (one graph
+alone stays at `/`). A model that nodes of two or more of them load alike runs once, in an
+application of its own with no route (`serve.sharing`), deployed before the graphs that
+call it. The pre-flight places every replica of every application on the cluster at once,
+so a shared model's GPU share is counted once.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.plan import Plan
+from capgraph.serve import preflight, sharing
+from capgraph.serve.app import Blueprint, CapabilityArgs, current_cluster, plan_app
+from capgraph.serve.compiler import INGRESS, Compiled
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    args: CapabilityArgs
+    route_prefix: str | None
+    """None: no HTTP route (a shared model)."""
+    model: bool = False
+    """A shared model's application (`app.build_model`), else a graph's (`app.build`)."""
+    users: tuple[tuple[str, str], ...] = ()
+    """A shared model's: (capability, node id) of the nodes it runs for."""
+
+
+def applications(paths: Sequence[str], plans: Sequence[Plan], settings: dict[str, Any]) -> list[App]:
+    """The applications serving `paths` (validated as `plans`), shared models first.
+    `settings`: the `CapabilityArgs` fields every application gets."""
+    names = [p.capability for p in plans]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GraphInvalid([GraphError("capability", f"two graphs served together are both capability '{twice[0]}': "
+                                       "each needs a name of its own", plans[0].file)])
+    shared = sharing.find_shared(plans) if len(plans) > 1 else {}
+    apps = [App(m.app, CapabilityArgs(graph=m.graph, **settings), None, model=True, users=m.users) for m in shared.values()]
+    for path, plan in zip(paths, plans):
+        uses = {node_id: m.app for node_id, m in sharing.shared_in(plan, shared).items()}
+        prefix = "/" if len(plans) == 1 else f"/{plan.capability}"
+        apps.append(App(plan.capability, CapabilityArgs(graph=str(path), shared=uses, **settings), prefix))
+    return apps
+
+
+def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> list[Blueprint]:
+    """Each application's blueprint; with several, the pre-flight is the one of them all
+    together (each blueprint's `problems` then says what of them all does not fit)."""
+    if len(apps) == 1:
+        return [plan_app(apps[0].args, cluster, ingress=not apps[0].model)]
+    cluster = cluster or current_cluster()
+    # Each application is planned on an even share of every machine's CPUs and memory (the
+    # planner would otherwise give each all of them); GPU fractions follow the weights.
+    share = preflight.Cluster(tuple(replace(m, cpus=m.cpus / len(apps), memory=m.memory / len(apps)) for m in cluster.machines),
+                              cluster.accelerator, cluster.source)
+    blueprints = [replace(plan_app(a.args, share, ingress=not a.model), cluster=cluster) for a in apps]
+    units = [replace(u, name=f"{a.name}/{u.name}") for a, b in zip(apps, blueprints) for u in b.compiled.units if u.remote is None]
+    ingresses = sum(a.args.ingress_replicas for a in apps if not a.model)
+    together = Compiled(blueprints[0].compiled.plan, tuple(units), ())
+    fit = preflight.place(together, cluster, apps[0].args.ingress_cpus, ingresses)
+    return [Blueprint(b.compiled, b.cluster, b.notes, fit.problems, tuple(p for p in fit.placed if _of(p, a)))
+            for a, b in zip(apps, blueprints)]
+
+
+def _of(placed: preflight.Placed, app: App) -> bool:
+    return placed.deployment.startswith(f"{app.name}/") or (placed.deployment == INGRESS and not app.model)
