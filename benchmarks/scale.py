@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,10 +114,11 @@ def run(configs: list[tuple[int, int]], batch: int, batch_ms: float, seconds: fl
     """Every configuration on one cluster that grows a node at a time, then the ceiling."""
     # Every process of the cluster (raylets are this process's children) finds the family;
     # a temp dir of its own keeps other Ray users on this machine off this cluster.
+    temp = tempfile.mkdtemp(prefix="cgscale-")
     os.environ.update({
         "CAPGRAPH_NODES": "benchmarks.hold:Hold", "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        "RAY_TMPDIR": tempfile.mkdtemp(prefix="cgscale-"),
+        "RAY_TMPDIR": temp,
     })
     sys.path.insert(0, str(ROOT))
     import ray
@@ -157,6 +159,7 @@ def run(configs: list[tuple[int, int]], batch: int, batch_ms: float, seconds: fl
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     eights = [r for r in rows if r["replicas"] == 8 and r["batch_ms"]]
     return {
         "cpus": os.cpu_count(), "batch": batch, "batch_ms": batch_ms, "seconds": seconds, "ingress_replicas": ingress_replicas,

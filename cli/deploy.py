@@ -27,9 +27,14 @@ def kuberay(
     """Write a KubeRay RayService manifest: the graph file's Serve application as serveConfigV2,
     a head that holds no replica, and a worker group sized from the plan. Apply it with
     `kubectl apply -f FILE`."""
-    from capgraph.serve.kuberay import Shape, memory_bytes, rayservice
+    from capgraph.serve.kuberay import Shape, check_name, memory_bytes, rayservice
 
     load_graph(graph)  # the same messages and exit code as `capgraph validate`
+    if name is not None:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--name") from None
     for option, quantity in (("--worker-memory", worker_memory), ("--head-memory", head_memory)):
         try:
             memory_bytes(quantity)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.spec import Autoscale
@@ -44,6 +45,8 @@ RAY_MEMORY_SHARE = 0.7
 """Ray gives tasks and actors 70 % of a machine's memory; the rest is its object store."""
 MAX_WORKERS = 1024
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+"""A Kubernetes object name short enough for the names KubeRay derives from it."""
 _UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
 
 
@@ -112,6 +115,12 @@ def memory_bytes(quantity: str) -> float:
     return float(match["number"]) * _UNITS[match["unit"]]
 
 
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"'{name}' is not a RayService name: lowercase letters, digits and '-', at most 40 characters")
+    return name
+
+
 def application(path: str | Path) -> dict[str, Any]:
     """The graph file's capgraph `applications:` entry, aliases resolved: what `serve
     deploy FILE` sends (a bare graph file gets the entry `capgraph validate` suggests)."""
@@ -141,7 +150,10 @@ def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape
     if gpu_memory_gib is not None:
         # The cluster's builder must size unset GPU fractions as this plan does.
         entry["args"] = {**entry["args"], "gpu_memory_gib": gpu_memory_gib}
-    args = CapabilityArgs(**entry["args"])
+    try:
+        args = CapabilityArgs(**entry["args"])
+    except ValidationError as exc:
+        raise GraphInvalid([GraphError("args", f"applications[0].args: {_first(exc)}", str(path))]) from None
     # The builder runs on the head pod, where this machine's `capgraph tune` overlay is not.
     sizing = args if args.tuned is not None else args.model_copy(update={"tuned": False})
     blueprint = plan_app(sizing, cluster=preflight.Cluster((worker.machine("worker-1"),), source="kuberay"))
@@ -153,7 +165,7 @@ def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape
     highest = max(lowest, workers_needed(compiled, worker, args, "max"))
     group = WorkerGroup("gpu-workers" if gpus else "cpu-workers", worker, lowest, highest)
 
-    name = name or compiled.plan.capability
+    name = check_name(name or compiled.plan.capability)
     secret_name = f"{name}-secrets"
     env = environment.forwarded(environ)
     secrets = tuple(k for k in env if environment.is_secret(k))
@@ -189,6 +201,11 @@ def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape
     resource = {"apiVersion": API_VERSION, "kind": "RayService", "metadata": {"name": name}, "spec": spec}
     notes = list(blueprint.notes) + list(blueprint.problems)
     return Manifest(resource, group, tuple(plain_env), secrets, secret_name, tuple(notes))
+
+
+def _first(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
 
 
 def workers_needed(compiled: Compiled, worker: Shape, args: CapabilityArgs, which: Literal["min", "max"]) -> int:

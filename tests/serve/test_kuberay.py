@@ -114,6 +114,15 @@ def test_serve_config_is_the_files_own_application_plus_the_replicas_settings(na
     assert isinstance(call_user_app_builder_with_args_if_necessary(build, app["args"]), Application)
 
 
+def test_gpu_memory_given_for_the_plan_goes_to_the_clusters_builder_too():
+    """Unset GPU fractions come from the GPU's memory: the cluster's builder must size them
+    as the manifest's plan did."""
+    config = yaml.safe_load(manifest(GRAPHS / "hybrid.yaml", gpu_memory_gib=80)["spec"]["serveConfigV2"])
+    assert config["applications"][0]["args"]["gpu_memory_gib"] == 80
+    with pytest.raises(ValueError, match="'Hybrid_1' is not a RayService name"):
+        rayservice(GRAPHS / "hybrid.yaml", IMAGE, name="Hybrid_1", environ={})
+
+
 def test_secrets_come_from_a_kubernetes_secret_never_inline():
     made = rayservice(GRAPHS / "depth.yaml", IMAGE, environ=ENVIRON)
     text = made.to_yaml()
@@ -167,6 +176,17 @@ def test_a_replica_no_worker_can_hold_is_named(tmp_path):
         rayservice(graph, IMAGE, environ={})
     message = caught.value.render()
     assert "deployment 'depth' needs 2 GPU" in message and "worker machines with 1 GPU" in message
+
+
+def test_the_files_own_runtime_env_wins_and_bad_args_are_named(tmp_path):
+    graph = tmp_path / "depth.yaml"
+    text = (GRAPHS / "depth.yaml").read_text()
+    graph.write_text(text.replace("    import_path:", "    runtime_env: {env_vars: {CAPGRAPH_MODELS: random}}\n    import_path:"))
+    config = yaml.safe_load(manifest(graph)["spec"]["serveConfigV2"])
+    assert config["applications"][0]["runtime_env"]["env_vars"] == {"CAPGRAPH_MODELS": "random", "HF_HUB_OFFLINE": "1"}
+    graph.write_text(text.replace("      graph: {", "      fuze: all\n      graph: {"))
+    with pytest.raises(GraphInvalid, match="applications\\[0\\].args: fuze: Extra inputs are not permitted"):
+        rayservice(graph, IMAGE, environ={})
 
 
 def test_memory_quantities():
