@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 an invalid graph or a failed run, 2 a usage error. A user's
 mistake is a message, never a traceback. The commands live by what they work on: graphs
-(`cli.graph`), weights (`cli.weights`), serving and Livepeer (`cli.serving`).
+(`cli.graph`), weights (`cli.weights`), serving and Livepeer (`cli.serving`), deploying
+elsewhere (`cli.deploy`).
 """
 
 import os
@@ -11,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from capgraph.cli import graph, serving, weights
+from capgraph.cli import deploy, graph, serving, weights
 from capgraph.cli.common import err, print_problems
 from capgraph.engine.errors import GraphInvalid, InputError
 
@@ -25,7 +26,8 @@ app = typer.Typer(
 for name, command in (("validate", graph.validate), ("run", graph.run), ("nodes", graph.nodes), ("schema", graph.schema),
                       ("render", graph.render), ("prepare", weights.prepare), ("tiny-models", weights.tiny_models),
                       ("random-models", weights.random_models), ("serve", serving.serve_cmd), ("plan", serving.plan_cmd),
-                      ("tune", serving.tune), ("register", serving.register), ("runners-json", serving.runners_json_cmd)):
+                      ("tune", serving.tune), ("register", serving.register), ("runners-json", serving.runners_json_cmd),
+                      ("kuberay", deploy.kuberay)):
     app.command(name)(command)
 
 
