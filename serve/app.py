@@ -144,6 +144,8 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
     compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory,
                             machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
     notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
+    notes += [f"node(s) {nodes} come from the plug-in {package} {version}; every machine that runs them needs it"
+              for package, (version, nodes) in preflight.plugin_origins(plan).items()]
     wanted = [u for u in compiled.units if u.num_gpus > 0]
     if wanted and cluster.gpus == 0:
         names = ", ".join(n for u in wanted for n in u.nodes if plan.nodes[n].family.uses_gpu or plan.nodes[n].spec.resources.gpu)
@@ -151,6 +153,8 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
         notes.append(f"no GPU in the cluster ({cluster.describe()}): running {names} on the CPU in float32; "
                      "the same graph uses the GPU where there is one.")
     problems = preflight.check_fit(compiled, cluster, args.ingress_cpus, args.ingress_replicas) if args.preflight != "off" else []
+    if args.preflight != "off" and cluster.source == "ray":
+        problems += preflight.check_plugins(plan)
     for note in notes:
         log.warning("capgraph: %s", note)
     return Blueprint(compiled, cluster, tuple(notes), tuple(problems))
