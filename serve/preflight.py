@@ -267,15 +267,16 @@ def _installed(packages: list[str]) -> tuple[str, dict[str, str]]:
     return ray.util.get_node_ip_address(), versions
 
 
-def check_plugins(plan: Plan, timeout_s: float = 60.0) -> list[str]:
+def check_plugins(plan: Plan, timeout_s: float = 60.0, plugins: dict[str, tuple[str, str]] | None = None) -> list[str]:
     """Every live machine of the connected Ray cluster must have the plug-in packages the
     plan's families come from, at the version this machine has: a replica placed where
     one is missing would only fail to unpickle its nodes ("No module named ..."). One
-    zero-CPU task per machine asks; what is missing is named with the pip command."""
+    zero-CPU task per machine asks; what is missing is named with the pip command.
+    `plugins` (default: `plugin_origins(plan)`) as that returns them."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    plugins = plugin_origins(plan)
+    plugins = plugin_origins(plan) if plugins is None else plugins
     if not plugins or not ray.is_initialized():
         return []
     ask = ray.remote(num_cpus=0)(_installed)
