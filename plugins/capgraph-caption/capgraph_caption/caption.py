@@ -4,7 +4,7 @@ Weights: any BLIP captioning checkpoint (`BlipForConditionalGeneration` + `BlipP
 or BLIP-2 checkpoint (`Blip2ForConditionalGeneration` + `Blip2Processor`), by Hugging Face
 id or local folder; the checkpoint's `model_type` picks the classes. The default is
 Salesforce/blip-image-captioning-large, the Livepeer network's warm image-to-text model
-(470 M params, 0.9 GB in fp16); Salesforce/blip2-opt-2.7b is 3.7 B params, 7.5 GB in fp16
+(446 M params, 0.9 GB in fp16); Salesforce/blip2-opt-2.7b is 3.7 B params, 7.5 GB in fp16
 (sizes from the architectures, not measured on a GPU here). In `CAPGRAPH_MODELS=tiny` and
 `random` modes a model id containing "blip2" or "blip-2" picks the BLIP-2 model, any
 other the BLIP one.

@@ -145,7 +145,7 @@ def _gpu() -> str:
 
 
 def random_blip(folder: Path) -> None:
-    """Salesforce/blip-image-captioning-large at full size (about 470 M params), random fp16 weights."""
+    """Salesforce/blip-image-captioning-large at full size (446 M params), random fp16 weights."""
     blip(folder, BLIP_LARGE, _gpu(), half=True)
 
 
