@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from capgraph.cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, out, print_problems
@@ -126,11 +127,12 @@ def nodes(
 ) -> None:
     """The node catalogue: every family's ports, types and params."""
     from capgraph.engine.errors import did_you_mean
-    from capgraph.engine.registry import catalogue
+    from capgraph.engine.registry import broken, catalogue
 
     families = catalogue()
     if family is not None and family not in families:
-        err.print(f"[red]unknown node type '{family}'.[/red] {did_you_mean(family, families, allowed_label='Registered types')}", highlight=False)
+        why = broken(family) or did_you_mean(family, families, allowed_label="Registered types")
+        err.print(f"[red]unknown node type '{family}'.[/red] {escape(why)}", highlight=False)
         raise typer.Exit(1)
     chosen = {family: families[family]} if family else families
     entries = {name: describe_family(fam) for name, fam in chosen.items()}
@@ -138,7 +140,9 @@ def nodes(
         emit_json(entries)
         return
     for name, entry in entries.items():
-        table = Table(title=f"[b]{name}[/b] ({entry['category']}) — {entry['description']}", title_justify="left", show_header=True)
+        found = entry["origin"] or {"via": "built-in"}
+        source = "" if found["via"] == "built-in" else f" from {' '.join(filter(None, (found['package'], found['version']))) or found['via']}"
+        table = Table(title=f"[b]{name}[/b] ({entry['category']}){source} — {entry['description']}", title_justify="left", show_header=True)
         for column in ("", "name", "type", "default", "about"):
             table.add_column(column)
         for port_name, p in entry["inputs"].items():
@@ -168,9 +172,13 @@ def describe_family(family: Any) -> dict[str, Any]:
             "doc": field.description or "",
             "per_request": name in family.request_params,
         }
+    from capgraph.engine.registry import origin
+
     ports = lambda mapping: {n: {"type": p.label, "doc": p.doc, "optional": p.optional} for n, p in mapping.items()}  # noqa: E731
+    found = origin(family.type)
     return {
         "category": family.category,
+        "origin": {"package": found.package, "version": found.version, "via": found.via} if found else None,
         "description": family.doc(),
         "uses_gpu": family.uses_gpu,
         "inputs": ports(family.inputs),

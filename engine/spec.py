@@ -20,6 +20,7 @@ One YAML file is one graph and one capability:
       edges: edges.edges
     params:                             # optional: what a request may set, by a name of the graph's own
       low: edges.low_threshold          # -> {"params": {"low": 50}}; the node.param form works too
+    requires: [capgraph-caption>=0.1]   # optional: pip packages whose node families the graph uses
 
 `resources`, `batch`, `replicas` and `group` on a node are read by the Ray Serve
 compiler. Ray Serve's own top-level keys (`applications:` and friends) are allowed beside
@@ -122,6 +123,10 @@ class GraphSpec(_Strict):
     capability: str = Field(pattern=CAPABILITY, description="advertised name, lowercase-with-hyphens")
     version: str = Field("v1", pattern=r"^v[0-9]+(\.[0-9]+)*$")
     description: str = ""
+    requires: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=32,
+        description="pip requirements that provide the graph's plug-in node families, e.g. capgraph-caption>=0.1: "
+                    "a machine without one says which package to install")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
     outputs: dict[str, str]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid, did_you_mean
 from capgraph.engine.plan import Plan, PlannedNode, Source
-from capgraph.engine.registry import catalogue
+from capgraph.engine.registry import broken, catalogue, unmet
 from capgraph.engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
 from capgraph.engine.types import PortType, check_value, compatible
 from capgraph.engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
@@ -174,12 +174,17 @@ class _Validator:
         graph = nx.DiGraph()
         graph.add_nodes_from(spec.nodes)
         planned: dict[str, PlannedNode] = {}
+        missing = unmet(spec.requires)
+        for index, requirement in enumerate(spec.requires):
+            if requirement in missing:
+                self.report("requires", f"this graph requires '{requirement}', which {missing[requirement]}.", ("requires", index),
+                            hint=f"Install it: pip install '{requirement}'.")
         for node_id, node in spec.nodes.items():
             at = ("nodes", node_id)
             family = families.get(node.type)
             if family is None:
                 self.report("unknown_type", f"node '{node_id}': unknown node type '{node.type}'.", at + ("type",), node=node_id,
-                            hint=did_you_mean(node.type, families, allowed_label="Registered types"))
+                            hint=_missing_family_hint(node.type, missing, families))
                 self.broken.add(node_id)
                 continue
             try:
@@ -334,6 +339,23 @@ class _Validator:
             if name not in used:
                 self.report("unused_input", f"graph input '{name}' is not wired to any node.", ("inputs", name), severity="warning")
         return order
+
+
+def _missing_family_hint(name: str, missing: Mapping[str, str], families: Mapping[str, Any]) -> str:
+    """Why a family is not in the catalogue, where it can be known: its plug-in failed to
+    load, or the graph requires packages this machine lacks (one of them provides it)."""
+    why = broken(name)
+    if why:
+        return f"It is not a built-in family: {why}."
+    absent = [r for r, problem in missing.items() if "not installed" in problem or "is not met" in problem]
+    if absent:
+        listed = " ".join(f"'{r}'" for r in absent)
+        return (f"It is not a built-in family; it comes from a package this graph requires: pip install {listed}, "
+                f"then `capgraph nodes {name}` lists it.")
+    hint = did_you_mean(name, families, allowed_label="Registered types")
+    if hint.startswith("Did you mean"):
+        return hint
+    return hint + " A plug-in family needs its package installed (list it under 'requires:' and a machine without it names it)."
 
 
 def _first_cycles(graph: nx.DiGraph, limit: int = 5) -> Iterator[list[str]]:

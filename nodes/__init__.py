@@ -15,6 +15,7 @@ BUILTIN: tuple[str, ...] = (
     "capgraph.nodes.segmentation:Segmentation",
     "capgraph.nodes.sam2:Sam2",
     "capgraph.nodes.composite:Composite",
+    "capgraph.nodes.template:Template",
     "capgraph.nodes.sdxl:Sdxl",
     "capgraph.nodes.upscale:Upscale",
 )

@@ -155,6 +155,8 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
                             machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None,
                             remote=_remotes(plan, args.shared))
     notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
+    notes += [f"node(s) {nodes} come from the plug-in {package} {version}; every machine that runs them needs it"
+              for package, (version, nodes) in preflight.plugin_origins(plan).items()]
     wanted = [u for u in compiled.units if u.num_gpus > 0]
     if wanted and cluster.gpus == 0:
         names = ", ".join(n for u in wanted for n in u.nodes if plan.nodes[n].family.uses_gpu or plan.nodes[n].spec.resources.gpu)
@@ -162,9 +164,12 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
         notes.append(f"no GPU in the cluster ({cluster.describe()}): running {names} on the CPU in float32; "
                      "the same graph uses the GPU where there is one.")
     fit = preflight.place(compiled, cluster, args.ingress_cpus, ingress_replicas) if args.preflight != "off" else None
+    problems = list(fit.problems) if fit else []
+    if args.preflight != "off" and cluster.source == "ray":
+        problems += preflight.check_plugins(plan)
     for note in notes:
         log.warning("capgraph: %s", note)
-    return Blueprint(compiled, cluster, tuple(notes), fit.problems if fit else (), fit.placed if fit else ())
+    return Blueprint(compiled, cluster, tuple(notes), tuple(problems), fit.placed if fit else ())
 
 
 def _remotes(plan: Plan, shared: dict[str, str]) -> dict[str, Remote]:

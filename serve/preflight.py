@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from capgraph.engine.plan import PlannedNode
+from capgraph.engine.plan import Plan, PlannedNode
 from capgraph.serve.compiler import GIB, INGRESS, Compiled, Unit
 
 log = logging.getLogger("capgraph.serve")
@@ -280,3 +280,64 @@ def demand(compiled: Compiled) -> str:
     cpu = sum(u.num_cpus * u.min_replicas for u in compiled.units)
     count = sum(u.min_replicas for u in compiled.units)
     return f"{gpu:g} GPU and {cpu:g} CPU over {count} node replica{'s' if count != 1 else ''}"
+
+
+def plugin_origins(plan: Plan) -> dict[str, tuple[str, str]]:
+    """The plug-in packages the plan's nodes come from: package -> (version here, the nodes
+    that need it). Built-in families need nothing beyond capgraph."""
+    from capgraph.engine.registry import origin
+
+    found: dict[str, list[str]] = {}
+    versions: dict[str, str] = {}
+    for node_id, planned in plan.nodes.items():
+        where = origin(planned.family.type)
+        if where is not None and where.plugin:
+            found.setdefault(where.package, []).append(f"'{node_id}' ({planned.family.type})")
+            versions[where.package] = where.version
+    return {package: (versions[package], ", ".join(nodes)) for package, nodes in found.items()}
+
+
+def _installed(packages: list[str]) -> tuple[str, dict[str, str]]:
+    """On one machine: its address and the installed version of each package ('' if none)."""
+    import ray
+    from importlib import metadata
+
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = ""
+    return ray.util.get_node_ip_address(), versions
+
+
+def check_plugins(plan: Plan, timeout_s: float = 60.0, plugins: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """Every live machine of the connected Ray cluster must have the plug-in packages the
+    plan's families come from, at the version this machine has: a replica placed where
+    one is missing would only fail to unpickle its nodes ("No module named ..."). One
+    zero-CPU task per machine asks; what is missing is named with the pip command.
+    `plugins` (default: `plugin_origins(plan)`) as that returns them."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    plugins = plugin_origins(plan) if plugins is None else plugins
+    if not plugins or not ray.is_initialized():
+        return []
+    ask = ray.remote(num_cpus=0)(_installed)
+    machines = [n for n in ray.nodes() if n.get("Alive")]
+    pending = [ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(sorted(plugins))
+               for n in machines]
+    problems = []
+    try:
+        answers = ray.get(pending, timeout=timeout_s)
+    except Exception as exc:  # a machine that cannot run a task cannot run a replica either; say so, do not guess
+        return [f"could not check the plug-in packages {', '.join(sorted(plugins))} on every machine: {exc}"]
+    for address, versions in answers:
+        for package, (version, nodes) in sorted(plugins.items()):
+            has = versions[package]
+            if has == version:
+                continue
+            state = "does not have" if not has else f"has {package} {has}, not"
+            problems.append(f"machine {address} {state} {package} {version}, which node(s) {nodes} come from: "
+                            f"pip install '{package}=={version}' there (or into the cluster's image or runtime_env).")
+    return problems

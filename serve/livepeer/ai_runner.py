@@ -7,16 +7,17 @@ The graph declares which routes it answers and how each request field reaches it
       routes:
         image-to-image: {image: image, prompt: sdxl.prompt, strength: sdxl.strength, seed: sdxl.seed, images: out}
 
-A field maps to a graph input or a settable `node.param`; `images` (or `masks` for SAM2)
-names the graph output that answers. Fields a graph does not map are accepted and
+A field maps to a graph input or a settable `node.param`; `images` (`masks` for SAM2,
+`text` for image-to-text) names the graph output that answers. Fields a graph does not map are accepted and
 ignored, and only fields present in the request override the graph's own values.
 
 Wire rules, from ai-runner `runner/routes/*.py` @50a742ce and go-livepeer `ai/worker`:
 text-to-image is JSON, the others multipart with an `image` file part in any position;
 go-livepeer writes floats as "0.800000" and leaves unset fields out, the SDK sends every
 field; an empty string means unset. Answers are `{"images": [{"url": "data:image/png;base64,...",
-"seed": int, "nsfw": bool}]}` or, for SAM2, `masks`, `scores`, `logits` as Python list
-strings sorted by descending score. Errors are `{"detail": {"msg": ...}}`, except 422,
+"seed": int, "nsfw": bool}]}`; for SAM2, `masks`, `scores`, `logits` as Python list
+strings sorted by descending score; for image-to-text (multipart `image`, optional `prompt`
+and `model_id`, as ai-runner's `routes/image_to_text.py`), `{"text": "..."}`. Errors are `{"detail": {"msg": ...}}`, except 422,
 which keeps FastAPI's `{"detail": [{"loc", "msg", "type"}]}` list the SDK parses.
 """
 
@@ -53,6 +54,7 @@ _REQUIRED = {
     "image-to-image": ("prompt", "image"),
     "upscale": ("prompt", "image"),
     "segment-anything-2": ("image",),
+    "image-to-text": ("image",),
 }
 _ADAPTERS = {
     "text": TypeAdapter(str),
@@ -125,6 +127,8 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
                 return error(400, "Prompt must be provided.")
             if route == "segment-anything-2":
                 return await _segment(values, fields, plan, run, output, limits.max_pixels)
+            if route == "image-to-text":
+                return await _text(values, fields, plan, run, output, limits.max_pixels)
             return await _images(values, fields, plan, run, output, limits.max_pixels)
         except _Invalid as exc:
             return JSONResponse({"detail": exc.detail}, status_code=422)
@@ -329,6 +333,13 @@ async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan
     inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan, max_pixels)
     outputs, _ = await run(inputs, params)
     return Response(await asyncio.to_thread(lambda: render_json(_masks_answer(outputs[output]))), media_type="application/json")
+
+
+async def _text(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:
+    """ai-runner's image-to-text answer: `{"text": ...}`, the graph's Text output."""
+    inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan, max_pixels)
+    outputs, _ = await run(inputs, params)
+    return Response(render_json({"text": outputs[output]}), media_type="application/json")
 
 
 def _masks_answer(masks: Mapping[str, Any]) -> dict[str, str]:

@@ -8,6 +8,7 @@
       runner: {orchestrator: "https://orch:8935", app: myorg/depth-live, price: 0.01}
       routes:                         # ai-runner routes: request field -> graph input, graph param or node.param
         image-to-image: {image: image, prompt: sdxl.prompt, strength: sdxl.strength, images: image}
+        image-to-text: {image: image, prompt: describe.prompt, text: caption}   # answers {"text": ...}
       live: {input: image, output: depth_image, params: {prompt: sdxl.prompt}}
 
 Every key can be set or overridden from the environment as
@@ -36,7 +37,7 @@ ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 SECRET_WORDS = ("secret", "token", "password", "key")
 """Field names refused with a pointer to the environment instead of a generic message."""
 
-AiRoute = Literal["text-to-image", "image-to-image", "upscale", "segment-anything-2"]
+AiRoute = Literal["text-to-image", "image-to-image", "upscale", "segment-anything-2", "image-to-text"]
 
 # Request fields of each ai-runner route (ai-runner runner/routes/*.py @50a742ce) plus the
 # response field a graph output fills. A route mapping may name only these.
@@ -59,8 +60,10 @@ ROUTE_FIELDS: dict[str, dict[str, str]] = {
         "image": "image", "model_id": "text", "point_coords": "points", "point_labels": "labels", "box": "boxes",
         "multimask_output": "bool", "return_logits": "bool", "normalize_coords": "bool",
     },
+    "image-to-text": {"image": "image", "prompt": "text", "model_id": "text"},
 }
-RESPONSE_FIELD = {"text-to-image": "images", "image-to-image": "images", "upscale": "images", "segment-anything-2": "masks"}
+RESPONSE_FIELD = {"text-to-image": "images", "image-to-image": "images", "upscale": "images", "segment-anything-2": "masks",
+                  "image-to-text": "text"}
 
 # Which graph types a request field of each kind may feed, and which a response may read.
 _INPUT_TYPES: dict[str, set[PortType]] = {
@@ -76,6 +79,7 @@ _INPUT_TYPES: dict[str, set[PortType]] = {
 _OUTPUT_TYPES: dict[str, set[PortType]] = {
     "images": {PortType.IMAGE, PortType.DEPTH_MAP, PortType.MASK, PortType.BYTES},
     "masks": {PortType.MASKS},
+    "text": {PortType.TEXT},
 }
 LIVE_OUTPUT_TYPES = {PortType.IMAGE, PortType.DEPTH_MAP, PortType.MASK}
 
