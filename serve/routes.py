@@ -2,8 +2,8 @@
 error handlers.
 
 Routes: `POST /v1/{capability}` (JSON or multipart), `GET /v1/{capability}/schema`,
-`GET /health`, OpenAPI docs at `/docs`; plus the Livepeer routes where `serve.livepeer`
-is installed. Every answer is JSON, errors included (`_json_errors`).
+`GET /health`, OpenAPI docs at `/docs`, the console page at `/` (`serve.console`); plus the
+Livepeer routes where `serve.livepeer` is installed. Every answer is JSON, errors included (`_json_errors`).
 """
 
 import asyncio

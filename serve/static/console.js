@@ -222,17 +222,17 @@
     const def = prop.default;
     const id = "param-" + key;
     if (enumerated) {
-      return el("select", {id, name: key, "data-default": JSON.stringify(def ?? null)},
+      return el("select", {id, name: key, "data-param": key, "data-default": JSON.stringify(def ?? null)},
         [el("option", {value: "", text: "(default)"}), enumerated.map((v) =>
           el("option", {value: JSON.stringify(v), selected: JSON.stringify(v) === JSON.stringify(def) ? "selected" : null, text: String(v)}))]);
     }
     if (kinds.includes("boolean")) {
-      return el("select", {id, name: key, "data-default": JSON.stringify(def ?? null)},
+      return el("select", {id, name: key, "data-param": key, "data-default": JSON.stringify(def ?? null)},
         ["", "true", "false"].map((v) => el("option", {value: v, selected: v !== "" && v === String(def) ? "selected" : null, text: v || "(default)"})));
     }
     const number = kinds.includes("integer") || kinds.includes("number");
     const {min, max} = bounds(prop);
-    return el("input", {id, name: key, type: number ? "number" : "text", step: number ? (kinds.includes("number") ? "any" : 1) : null,
+    return el("input", {id, name: key, "data-param": key, type: number ? "number" : "text", step: number ? (kinds.includes("number") ? "any" : 1) : null,
       min: number ? min : null, max: number ? max : null, "data-default": JSON.stringify(def ?? null),
       "data-number": number ? "1" : null, "data-json": !number && !kinds.includes("string") ? "1" : null,
       value: def === null || def === undefined ? "" : typeof def === "object" ? JSON.stringify(def) : def});
@@ -250,14 +250,15 @@
     for (const [name, spec] of Object.entries(schema.inputs)) {
       inputs.append(field("inputs." + name, `${name} (${spec.type}${spec.required ? "" : ", optional"})`, inputControl(name, spec), spec.description));
     }
-    const params = clear($("try-params"));
+    // the graph's own names (no dot) in view: the params it means a caller to set; every node.param folded
+    const own = clear($("try-params"));
+    const nodes = clear($("try-node-params"));
     const keys = Object.keys(schema.params);
-    // the graph's own names (no dot) first: the params it means a caller to set
-    for (const key of [...keys.filter((k) => !k.includes(".")), ...keys.filter((k) => k.includes("."))]) {
-      params.append(field("params." + key, key, paramControl(key, schema.params[key]), paramHelp(schema.params[key])));
+    for (const key of keys) {
+      (key.includes(".") ? nodes : own).append(field("params." + key, key, paramControl(key, schema.params[key]), paramHelp(schema.params[key])));
     }
-    $("try-params-more").hidden = keys.length === 0;
-    $("try-params-more").open = keys.length > 0 && keys.length <= 8;
+    $("try-more").hidden = !nodes.children.length;
+    $("try-more").open = !own.children.length && nodes.children.length <= 8;
     const form = $("try");
     form.noValidate = true;  // the service checks every value and says what is wrong
     form.onsubmit = run;
@@ -316,7 +317,7 @@
       }
     }
     const params = {};
-    for (const control of $("try-params").querySelectorAll("[name]")) {
+    for (const control of $("try").querySelectorAll("[data-param]")) {
       const value = paramValue(control);
       if (value !== undefined && JSON.stringify(value) !== control.dataset.default) params[control.name] = value;
     }
