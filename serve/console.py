@@ -9,6 +9,9 @@ recent figures, and has a form, built from the capability's schema, that runs on
     GET /console/api/live            each node's state (`serve.health`), figures (`serve.traffic`),
                                      queue, device and models (the replicas' own reports)
 
+The figures are those of the ingress replica that answers the poll (`serve.traffic`): with
+several ingress replicas (`ingress_replicas`), each shows the frames it ran.
+
 None of these is in the OpenAPI document: they are for people, not clients. The form posts
 to `POST /v1/{capability}`, the route every client uses, so its errors are the service's own.
 

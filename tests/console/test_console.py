@@ -55,7 +55,7 @@ def open_demo(browser, apps) -> None:
     wait_for(browser, "document.querySelectorAll('#picture [data-state=warm]').length === 3", 30, "every node warm")
 
 
-def test_the_picture_lists_every_node_with_its_deployment_and_live_figures(apps, browser):
+def test_the_picture_lists_every_node_with_its_deployment_and_live_figures(browser, apps):
     open_demo(browser, apps)
     assert states(browser) == {"fit": "warm", "depth": "warm", "edges": "warm"}
     boxes = browser.execute_script("return Object.fromEntries([...document.querySelectorAll('[data-deployment]')]"
@@ -94,7 +94,7 @@ def test_the_page_and_its_feeds_carry_a_strict_policy(apps):
     assert httpx.get(apps.demo + "/console/static/nothing.js", timeout=10).status_code == 404
 
 
-def test_the_form_runs_a_frame_and_shows_the_output_images_and_timings(apps, browser, picture_file):
+def test_the_form_runs_a_frame_and_shows_the_output_images_and_timings(browser, apps, picture_file):
     open_demo(browser, apps)
     browser.find_element("id", "in-image").send_keys(str(picture_file))
     browser.find_element("id", "run").click()
@@ -106,7 +106,7 @@ def test_the_form_runs_a_frame_and_shows_the_output_images_and_timings(apps, bro
     assert "done in" in browser.find_element("id", "run-status").text
 
 
-def test_a_bad_value_shows_the_services_message_next_to_its_field(apps, browser, picture_file):
+def test_a_bad_value_shows_the_services_message_next_to_its_field(browser, apps, picture_file):
     open_demo(browser, apps)
     browser.find_element("id", "run").click()  # no image
     wait_for(browser, "document.querySelector('#run-status').textContent.startsWith('422')", what="the 422")
@@ -126,7 +126,7 @@ def test_a_bad_value_shows_the_services_message_next_to_its_field(apps, browser,
     assert browser.execute_script("return document.querySelectorAll('#try .has-error').length") == 1
 
 
-def test_a_killed_node_turns_down_and_back(apps, browser):
+def test_a_killed_node_turns_down_and_back(browser, apps):
     from ray import serve
 
     open_demo(browser, apps)
@@ -142,7 +142,7 @@ def test_a_killed_node_turns_down_and_back(apps, browser):
     assert serve.get_deployment_handle("edges", app_name="demo").state.remote().result(timeout_s=30)["pid"] != victim
 
 
-def test_with_a_token_the_page_asks_for_it_and_works_after(apps, browser, picture_file):
+def test_with_a_token_the_page_asks_for_it_and_works_after(browser, apps, picture_file):
     assert httpx.get(apps.locked + "/console/api/graph", timeout=10).status_code == 401
     assert httpx.get(apps.locked + "/console/api/live", timeout=10).status_code == 401
     browser.get(apps.locked + "/")
