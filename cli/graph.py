@@ -51,6 +51,7 @@ def run(
     sets: Annotated[list[str], typer.Option("--set", "-s", help="NODE.PARAM=VALUE (YAML value)")] = [],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the outputs")] = Path("out"),
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA if present)")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="also write the run (picture, inputs, outputs, timings) as one self-contained HTML file")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a graph in this process on one frame and write its outputs to a folder."""
@@ -74,8 +75,11 @@ def run(
     result = executor.run([frame])
     total_ms = (time.perf_counter() - start) * 1000.0
     files = write_outputs(plan, result.outputs[0], output)
+    if html is not None:
+        write_report(plan, frame, result.outputs[0], result.timings_ms | {"total": total_ms}, load_s, executor.device, html)
     if as_json:
-        emit_json({"outputs": files, "timings_ms": result.timings_ms, "total_ms": total_ms, "load_s": load_s, "device": executor.device})
+        emit_json({"outputs": files, "timings_ms": result.timings_ms, "total_ms": total_ms, "load_s": load_s, "device": executor.device}
+                  | ({"html": str(html)} if html is not None else {}))
         return
     table = Table(title=f"{plan.capability} on {executor.device}", title_justify="left")
     for column, justify in (("node", "left"), ("type", "left"), ("load s", "right"), ("run ms", "right")):
@@ -86,6 +90,20 @@ def run(
     out.print(table)
     for name, path in files.items():
         out.print(f"[green]→[/green] {name}: {path}", highlight=False)
+    if html is not None:
+        out.print(f"[green]→[/green] report: {html}", highlight=False)
+
+
+def write_report(plan: Plan, frame: dict[str, Any], outputs: dict[str, Any], timings_ms: dict[str, float], load_s: dict[str, float],
+                 device: str, path: Path) -> None:
+    """The run as one HTML file (`serve.report`), its nodes boxed as `capgraph render` boxes them."""
+    from capgraph.engine.executor import check_inputs
+    from capgraph.serve.report import run_report
+    from capgraph.serve.run import deployments
+
+    page = run_report(plan, check_inputs(plan, frame), outputs, timings_ms, load_s, device, deployments(plan))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
 
 
 def write_outputs(plan: Plan, values: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Pictures of a graph: Mermaid text (for READMEs, always available) and Graphviz DOT
-(turned into SVG/PNG by the `dot` program where it is installed).
+"""Pictures of a graph: Mermaid text (for READMEs, always available), Graphviz DOT
+(turned into SVG/PNG by the `dot` program where it is installed) and `picture`, the same
+drawing as data, which the served console and `capgraph run --html` lay out in the browser.
 
-Both show the same thing: graph inputs, each node with its id, family and GPU fraction,
+All three show the same thing: graph inputs, each node with its id, family and GPU fraction,
 every wire labelled `port -> port : Type`, and the graph outputs; given the deployments
 the Serve compiler chose (deployment name -> node ids), each one is a box around its nodes.
 """
@@ -9,6 +10,7 @@ the Serve compiler chose (deployment name -> node ids), each one is a box around
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from capgraph.engine.plan import Plan, Source
 
@@ -78,6 +80,24 @@ def mermaid(plan: Plan, deployments: Deployments | None = None) -> str:
     for src, dst, label in _edges(plan):
         lines.append(f'  {src} -- "{label}" --> {dst}')
     return "\n".join(lines) + "\n"
+
+
+def picture(plan: Plan, deployments: Deployments | None = None) -> dict[str, Any]:
+    """The drawing as JSON-ready data: graph inputs, nodes (id, family, label, category,
+    whether it runs a model), outputs, every wire with the label Mermaid and DOT give it,
+    and each deployment's nodes; ids are those of `mermaid` and `dot` (`in_x`, `out_x`)."""
+    def node(node_id: str) -> dict[str, Any]:
+        title, sub = _node_label(plan, node_id)
+        family = plan.nodes[node_id].family
+        return {"id": title, "family": family.type, "label": sub, "category": family.category, "uses_gpu": family.uses_gpu}
+
+    return {
+        "inputs": [{"id": f"in_{name}", "name": name, "type": spec.type.title} for name, spec in plan.spec.inputs.items()],
+        "nodes": [node(node_id) for node_id in plan.nodes],
+        "outputs": [{"id": f"out_{name}", "name": name, "type": plan.output_type(name).title} for name in plan.outputs],
+        "edges": [{"from": src, "to": dst, "label": label} for src, dst, label in _edges(plan)],
+        "deployments": [{"name": box, "nodes": members} for box, members in _boxes(plan, deployments) if box is not None],
+    }
 
 
 def dot(plan: Plan, deployments: Deployments | None = None) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan, PlannedNode
+from capgraph.nodes.weights import models_mode
 
 log = logging.getLogger("capgraph")
 
@@ -43,6 +44,7 @@ def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, rep
             node.warmup()
         warm = time.perf_counter()
         report[node_id] = {"loaded": True, "warm": warmup, "device": device, "dtype": dtype, "weight_bytes": node.weight_bytes,
+                           "models": node.models(), "models_mode": models_mode(),
                            "load_s": round(loaded - start, 3), "warmup_s": round(warm - loaded, 3)}
         return node
 

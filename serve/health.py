@@ -31,6 +31,9 @@ class Health:
         self._cache: tuple[float, bool, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
         """One refresh at a time: the incident record must see Ray's statuses in order."""
+        self.reports: dict[str, dict[str, Any] | None] = {}
+        """Each unit's latest replica report (`UnitReplica.state`; None: none answered): the
+        console's devices, models and queues."""
         self.replacements = Replacements()
         """Node replicas hung, broken or replaced of late: /health's `replaced`."""
         own = {u.name for u in compiled.units if u.remote is None}  # a shared model runs before this graph's own units
@@ -52,6 +55,7 @@ class Health:
         """Ask Ray and every unit afresh (under `_lock`)."""
         statuses = await asyncio.to_thread(self.ray_statuses)
         reports = await asyncio.gather(*(self._state(u, statuses.get(u.name)) for u in self.compiled.units))
+        self.reports = {unit.name: report for unit, report in zip(self.compiled.units, reports)}
         nodes: dict[str, Any] = {}
         ready = True
         for unit, report in zip(self.compiled.units, reports):

@@ -46,6 +46,7 @@ from capgraph.serve.compiler import Compiled
 from capgraph.serve.errors import RETRY_AFTER_S, first_line
 from capgraph.serve.health import Health
 from capgraph.serve.routes import capability_app
+from capgraph.serve.traffic import Traffic
 from capgraph.serve.wire import MAX_BODY_BYTES
 
 
@@ -82,6 +83,8 @@ class Capability:
             app_name, max_ongoing = "default", None
         self.max_in_flight = settings.max_in_flight or (max(1, max_ongoing * 3 // 4) if max_ongoing else None)
         self.health = Health(compiled, handles, app_name, settings.health_check_period_s)
+        self.traffic = Traffic()
+        """The frames this replica ran of late, node by node: the console's live figures."""
 
     # -- the shared entry points ------------------------------------------------------------
 
@@ -118,14 +121,22 @@ class Capability:
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
         overrides = {k: v for k, v in params.items() if v is not self.plan.nodes[k].params}
-        results = await self._dispatch(checked, overrides, timeout)
+        try:
+            results = await self._dispatch(checked, overrides, timeout)
+        except NodeFailed:
+            self.traffic.failure(None)
+            raise
         values: dict[str, Any] = {}
         meta: dict[str, dict[str, float]] = {}
         for result in results:
             if "error" in result:
-                raise from_dict(result["error"])
+                failed = from_dict(result["error"])
+                if isinstance(failed, NodeFailed):
+                    self.traffic.failure(failed.node)
+                raise failed
             values.update(result["values"])
             meta.update(result["meta"])
+        self.traffic.frame(meta)
         outputs = {name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()}
         timings: dict[str, float] = {}
         for node_id in self.plan.nodes:

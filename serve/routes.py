@@ -2,8 +2,8 @@
 error handlers.
 
 Routes: `POST /v1/{capability}` (JSON or multipart), `GET /v1/{capability}/schema`,
-`GET /health`, OpenAPI docs at `/docs`; plus the Livepeer routes where `serve.livepeer`
-is installed. Every answer is JSON, errors included (`_json_errors`).
+`GET /health`, OpenAPI docs at `/docs`, the console page at `/` (`serve.console`); plus the
+Livepeer routes where `serve.livepeer` is installed. Every answer is JSON, errors included (`_json_errors`).
 """
 
 import asyncio
@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.plan import Plan
-from capgraph.serve import http
+from capgraph.serve import console, http
 from capgraph.serve.errors import RETRY_AFTER_S, error_answer, first_line
 from capgraph.serve.wire import read_job
 
@@ -90,6 +90,7 @@ def capability_app(capability: "Capability") -> FastAPI:
 
         livepeer_paths = mount(app, plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
                                max_body_bytes=settings.max_body_bytes)
+    console.mount(app, capability)  # last: its page is answered ahead of the bearer check
     _json_errors(app, livepeer_paths)
     return app
 

@@ -1,0 +1,143 @@
+"""The console: a page on the served capability for the people who run it. It draws the
+graph with the deployments the planner chose, colours each node by its live state with its
+recent figures, and has a form, built from the capability's schema, that runs one frame.
+
+    GET /  and  GET /console         the page
+    GET /console/static/NAME         its script and style sheet (package data, serve/static/)
+    GET /console/api/graph           the picture (`engine.render.picture`, what `capgraph render`
+                                     draws), each deployment's settings, the schema, the version
+    GET /console/api/live            each node's state (`serve.health`), figures (`serve.traffic`),
+                                     queue, device and models (the replicas' own reports)
+
+The figures are those of the ingress replica that answers the poll (`serve.traffic`): with
+several ingress replicas (`ingress_replicas`), each shows the frames it ran.
+
+None of these is in the OpenAPI document: they are for people, not clients. The form posts
+to `POST /v1/{capability}`, the route every client uses, so its errors are the service's own.
+
+The bearer token (the Livepeer section's `token_env`) guards the JSON feeds and the job
+route as it guards every route but /health and /ready. The page itself and its two files
+are the same bytes for every graph and carry nothing of it; they are answered ahead of the
+bearer check (`Shell`), so a browser, which cannot send a header when it opens a page, gets
+a page that asks for the token and sends it with every call after.
+
+What the page runs is only its own files: a strict Content-Security-Policy (scripts and
+styles from this origin only, images from `data:` URLs, calls to this origin, no frames,
+no forms posted elsewhere), and its script puts every value it is sent into the page as
+text, never as HTML.
+"""
+
+import time
+from collections.abc import Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from capgraph.engine.render import picture
+from capgraph.serve import http
+from capgraph.serve.compiler import Unit
+from capgraph.serve.livepeer.guard import route_path
+from capgraph.serve.traffic import RATE_S, WINDOW_S
+
+if TYPE_CHECKING:
+    from capgraph.serve.ingress import Capability
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+           "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+"""On every answer of the console, feeds included."""
+PAGES = ("/", "/console")
+FILES = {"capgraph.js": "text/javascript", "console.js": "text/javascript", "console.css": "text/css"}
+"""What `/console/static/` serves: the page's own files, nothing else from the folder."""
+
+
+def static_text(name: str) -> str:
+    """One of the console's files (`serve/static/`), as text: also what `capgraph run --html` inlines."""
+    return (resources.files("capgraph.serve") / "static" / name).read_text(encoding="utf-8")
+
+
+def mount(app: FastAPI, capability: "Capability") -> None:
+    """Add the console's feeds to the capability's app and put `Shell` in front of it.
+    Call it after every other middleware is added: `Shell` must be the outermost."""
+    plan, compiled, health, traffic = capability.plan, capability.compiled, capability.health, capability.traffic
+    graph = graph_feed(capability)
+
+    @app.get("/console/api/graph", include_in_schema=False)
+    async def graph_route() -> JSONResponse:
+        return JSONResponse(graph, headers=HEADERS)
+
+    @app.get("/console/api/live", include_in_schema=False)
+    async def live_route() -> JSONResponse:
+        ready, states = await health.check()
+        figures = traffic.summary(plan.nodes)
+        nodes: dict[str, Any] = {}
+        for unit in compiled.units:
+            report = health.reports.get(unit.name) or {}
+            for node_id in unit.nodes:
+                loaded = (report.get("nodes") or {}).get(node_id) or {}
+                nodes[node_id] = figures[node_id] | {
+                    "state": states.get(node_id, "loading"), "queue": report.get("queued"),
+                    "device": loaded.get("device"), "dtype": loaded.get("dtype"), "models": loaded.get("models", []),
+                    "models_mode": loaded.get("models_mode", ""), "weight_bytes": loaded.get("weight_bytes"),
+                    "load_s": loaded.get("load_s"), "warmup_s": loaded.get("warmup_s")}
+        body = {"ready": ready, "in_flight": capability.in_flight, "max_in_flight": capability.max_in_flight,
+                "failed_outside_nodes": traffic.failed.get("", 0), "replaced": health.replacements.recent(),
+                "uptime_s": round(time.monotonic() - traffic.started, 1), "nodes": nodes}
+        return JSONResponse(body, headers=HEADERS)
+
+    app.add_middleware(Shell)
+
+
+def graph_feed(capability: "Capability") -> dict[str, Any]:
+    """What the page draws once: it does not change while the app runs."""
+    plan, compiled, settings = capability.plan, capability.compiled, capability.settings
+    return {
+        "capability": plan.capability, "version": plan.spec.version, "description": plan.spec.description or "",
+        "route": f"v1/{plan.capability}",
+        "picture": picture(plan, {u.name: u.nodes for u in compiled.units}),
+        "deployments": {u.name: unit_summary(u) for u in compiled.units},
+        "schema": http.schema(plan),
+        "limits": {"max_pixels": settings.max_pixels, "max_body_bytes": settings.max_body_bytes,
+                   "request_timeout_s": settings.request_timeout_s},
+        "window_s": WINDOW_S, "rate_s": RATE_S,
+    }
+
+
+def unit_summary(unit: Unit) -> dict[str, Any]:
+    """A deployment's box label: what the planner chose for it."""
+    replicas = unit.replicas if isinstance(unit.replicas, int) else {"min": unit.replicas.min, "max": unit.replicas.max}
+    return {"replicas": replicas, "num_gpus": unit.num_gpus, "num_cpus": unit.num_cpus, "threads": unit.threads,
+            "max_batch_size": unit.max_batch_size, "batch_wait_ms": round(unit.batch_wait_s * 1000, 2)}
+
+
+class Shell:
+    """ASGI middleware, outermost: answers `GET`/`HEAD` of the page and its files, which carry
+    nothing of the capability, before the bearer check; passes every other request on. A
+    page opened under a route prefix without its trailing slash is sent to it, so the page's
+    relative URLs stay under the prefix."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        page = static_text("index.html").encode()
+        self.files: Mapping[str, tuple[bytes, str]] = {p: (page, "text/html; charset=utf-8") for p in PAGES} | {
+            f"/console/static/{name}": (static_text(name).encode(), f"{kind}; charset=utf-8") for name, kind in FILES.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope) if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") else None
+        found = self.files.get(path) if path is not None else None
+        if found is None:
+            return await self.app(scope, receive, send)
+        headers = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+        if path == "/" and not scope.get("path", "/").endswith("/"):
+            location = scope.get("root_path", "") + "/"  # the prefix (Serve's config), never the caller's text
+            await send({"type": "http.response.start", "status": 307, "headers": headers + [(b"location", location.encode("latin-1"))]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body, kind = found
+        headers += [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
