@@ -51,6 +51,17 @@ from capgraph.serve.wire import MAX_BODY_BYTES
 log = logging.getLogger("ray.serve")
 
 
+class MachineArgs(BaseModel):
+    """One machine the application is planned for (`CapabilityArgs.machines`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    cpus: float = Field(gt=0, le=100_000)
+    gpus: int = Field(0, ge=0, le=64)
+    memory_bytes: float = Field(0, ge=0, description="memory for tasks and actors (0: unknown)")
+
+
 class CapabilityArgs(BaseModel):
     """The `args` of a capgraph application in a Serve config."""
 
@@ -78,6 +89,9 @@ class CapabilityArgs(BaseModel):
                                         "fails its health check and Ray replaces it (a hung node); default: max(3 x "
                                         "request_timeout_s, request_timeout_s + 30)")
     livepeer: dict[str, Any] | None = Field(None, description="the Livepeer section; read from the graph file when `graph` is a path")
+    machines: list[MachineArgs] | None = Field(None, description="plan and pre-flight for these machines instead of the "
+                                               "connected cluster's: where the cluster grows after the build (KubeRay starts "
+                                               "workers once the head is up; `capgraph kuberay` writes its worker machines here)")
     shared: dict[str, str] = Field(default_factory=dict, description="node id -> the application running its model for "
                                    "several graphs (`capgraph serve A B` sets it; serve.sharing): no copy of it is deployed here")
 
@@ -146,7 +160,7 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
     an application with no HTTP ingress of its own (a shared model's)."""
     plan = load_graph(args.graph)
     _check_livepeer(plan, livepeer_section(args))
-    cluster = cluster or current_cluster()
+    cluster = cluster or _planned_for(args) or current_cluster()
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
     overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
     ingress_replicas = args.ingress_replicas if ingress else 0
@@ -266,6 +280,12 @@ def _bind_unit(compiled: Compiled, unit: Unit, args: CapabilityArgs) -> Applicat
              "; ".join(unit.why))
     stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
     return serve.deployment(UnitReplica).options(**options).bind(compiled.plan, unit, stuck_after_s)
+
+
+def _planned_for(args: CapabilityArgs) -> preflight.Cluster | None:
+    if not args.machines:
+        return None
+    return preflight.Cluster(tuple(preflight.Machine(m.name, m.cpus, m.gpus, m.memory_bytes) for m in args.machines), source="args")
 
 
 def current_cluster() -> preflight.Cluster:

@@ -164,6 +164,11 @@ def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape
     lowest = workers_needed(compiled, worker, args, "min")
     highest = max(lowest, workers_needed(compiled, worker, args, "max"))
     group = WorkerGroup("gpu-workers" if gpus else "cpu-workers", worker, lowest, highest)
+    # KubeRay submits serveConfigV2 once the head is up, before any worker has joined: the
+    # builder there plans for the workers to come (GPUs included), not for the bare head.
+    planned = [{"name": m.name, "cpus": m.cpus, "gpus": m.gpus, "memory_bytes": m.memory}
+               for m in (worker.machine(f"worker-{i + 1}") for i in range(group.max_workers))]
+    entry["args"] = {**entry["args"], "machines": planned}
 
     name = check_name(name or compiled.plan.capability)
     secret_name = f"{name}-secrets"

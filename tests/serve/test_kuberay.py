@@ -108,6 +108,8 @@ def test_serve_config_is_the_files_own_application_plus_the_replicas_settings(na
     (app,) = config["applications"]
     (entry,) = plain(load_yaml((GRAPHS / name).read_text()))["applications"]
     env = app.pop("runtime_env")["env_vars"]
+    planned = app["args"].pop("machines")  # the workers to come, which the builder plans for
+    assert planned and all(m["gpus"] == 1 and m["cpus"] == 8 for m in planned)
     assert app == entry
     assert env == {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1"}  # not PATH; secrets elsewhere
     # `serve deploy`: Ray validates the args into the builder's annotation and calls it.
@@ -208,3 +210,15 @@ def test_cli_writes_the_manifest_and_says_which_secret_to_create(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "capgraph", "kuberay", "graphs/depth.yaml", "--image", IMAGE, "--worker-memory", "lots"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert bad.returncode == 2 and "'lots' is not a memory quantity" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_clusters_builder_plans_for_the_workers_to_come_not_the_bare_head():
+    """KubeRay submits serveConfigV2 once the head (no CPU, no GPU) is up: planned against
+    it, every node would fall back to the CPU and the pre-flight would refuse the graph.
+    The builder plans for the worker machines the manifest describes instead."""
+    from capgraph.serve.app import CapabilityArgs, plan_app
+
+    args = CapabilityArgs(**yaml.safe_load(manifest(GRAPHS / "hybrid.yaml")["spec"]["serveConfigV2"])["applications"][0]["args"])
+    blueprint = plan_app(args)  # no cluster given: the builder's own choice
+    assert blueprint.cluster.source == "args" and blueprint.problems == ()
+    assert any(u.num_gpus > 0 for u in blueprint.compiled.units)
