@@ -95,6 +95,29 @@ def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytes
         missing.load("cpu", "float32")
 
 
+def test_a_model_neither_cached_nor_reachable_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online mode with no route to the hub (a cluster machine started without
+    HF_HUB_OFFLINE): the load fails at once naming the model and the fix, instead of
+    from_pretrained retrying for minutes and Ray retrying the replica after it."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    missing = Depth(DepthParams(model="capgraph-tests/no-such-depth-model"), "near_far")
+    started = time.monotonic()
+    with pytest.raises(ModelMissing, match=r"node 'near_far': model 'capgraph-tests/no-such-depth-model' is not in the local "
+                                           r"cache and the Hugging Face hub cannot be reached .*capgraph prepare"):
+        missing.load("cpu", "float32")
+    assert time.monotonic() - started < 10
+
+
 def test_depth_graph_runs_end_to_end(tiny_models: Path) -> None:
     executor = Executor(load_plan(GRAPHS / "depth.yaml"), device="cpu")
     result = executor.run(frames())
