@@ -27,7 +27,7 @@ for name, command in (("validate", graph.validate), ("run", graph.run), ("nodes"
                       ("render", graph.render), ("prepare", weights.prepare), ("tiny-models", weights.tiny_models),
                       ("random-models", weights.random_models), ("serve", serving.serve_cmd), ("plan", serving.plan_cmd),
                       ("tune", serving.tune), ("register", serving.register), ("runners-json", serving.runners_json_cmd),
-                      ("kuberay", deploy.kuberay)):
+                      ("kuberay", deploy.kuberay), ("serve-config", deploy.serve_config_cmd)):
     app.command(name)(command)
 
 

@@ -1,4 +1,5 @@
-"""Deploying elsewhere: `capgraph kuberay` writes a KubeRay RayService for a graph file."""
+"""Deploying elsewhere: `capgraph kuberay` writes a KubeRay RayService for a graph file,
+`capgraph serve-config` a Serve config of several graphs served together."""
 
 import logging
 import sys
@@ -67,3 +68,23 @@ def kuberay(
                   f"{manifest.secret_name} {literals}", highlight=False)
     if output:
         err.print(f"[green]→[/green] {escape(str(output))}   kubectl apply -f {escape(str(output))}", highlight=False)
+
+
+def serve_config_cmd(
+    graph: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help="graph files (YAML)")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="config to write (default: stdout)")] = None,
+) -> None:
+    """Write a Serve config of several graphs served together, for `serve deploy`: each graph
+    an application at /<capability>, and the models their nodes load alike in applications
+    of their own, called by them all (what `capgraph serve A B` deploys)."""
+    import yaml
+
+    from capgraph.serve.together import serve_config
+
+    plans = [load_graph(path) for path in graph]
+    text = yaml.safe_dump(serve_config([str(p) for p in graph], plans), sort_keys=False, width=120)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"[green]→[/green] {output}", highlight=False)
+    else:
+        sys.stdout.write(text)

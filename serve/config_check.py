@@ -19,11 +19,12 @@ pasted copy that went stale), in the same `GraphError` form `capgraph validate` 
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from capgraph.engine.errors import GraphError
+from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.spec import GRAPH_KEYS
-from capgraph.engine.yamlload import locate
+from capgraph.engine.yamlload import YamlProblem, load_yaml, locate, plain
 
 BUILDER = "capgraph.serve.app:build"
 SECTIONS = (*GRAPH_KEYS, "livepeer")
@@ -115,3 +116,24 @@ def with_applications(text: str, route_prefix: str = "/") -> str:
     if "livepeer" in present:
         block.append("      livepeer: *livepeer")
     return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(block) + "\n"
+
+
+def application(path: str | Path) -> dict[str, Any]:
+    """The graph file's capgraph `applications:` entry, aliases resolved: what `serve
+    deploy FILE` sends (a bare graph file gets the entry `capgraph validate` suggests)."""
+    file = str(path)
+    text = with_applications(Path(path).read_text(encoding="utf-8"))
+    try:
+        tree = load_yaml(text)
+    except YamlProblem as exc:
+        raise GraphInvalid([GraphError("yaml", exc.message, file, exc.line, exc.column)]) from None
+    problems = check_applications(tree, file)
+    if problems:
+        raise GraphInvalid(problems)
+    entries = [e for e in tree["applications"] if isinstance(e, Mapping) and e.get("import_path") == BUILDER]
+    if len(entries) != 1:
+        raise GraphInvalid([GraphError("applications", f"{len(entries)} applications run {BUILDER}; one graph file "
+                                       "must hold exactly one such entry here", file)])
+    return plain(entries[0])
+
+

@@ -32,11 +32,10 @@ from pydantic import ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.spec import Autoscale
-from capgraph.engine.yamlload import YamlProblem, load_yaml, plain
 from capgraph.serve import environment, preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
 from capgraph.serve.compiler import Compiled
-from capgraph.serve.config_check import BUILDER, check_applications, with_applications
+from capgraph.serve.config_check import application
 
 API_VERSION = "ray.io/v1"
 SERVE_PORT = 8000
@@ -119,25 +118,6 @@ def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"'{name}' is not a RayService name: lowercase letters, digits and '-', at most 40 characters")
     return name
-
-
-def application(path: str | Path) -> dict[str, Any]:
-    """The graph file's capgraph `applications:` entry, aliases resolved: what `serve
-    deploy FILE` sends (a bare graph file gets the entry `capgraph validate` suggests)."""
-    file = str(path)
-    text = with_applications(Path(path).read_text(encoding="utf-8"))
-    try:
-        tree = load_yaml(text)
-    except YamlProblem as exc:
-        raise GraphInvalid([GraphError("yaml", exc.message, file, exc.line, exc.column)]) from None
-    problems = check_applications(tree, file)
-    if problems:
-        raise GraphInvalid(problems)
-    entries = [e for e in tree["applications"] if isinstance(e, Mapping) and e.get("import_path") == BUILDER]
-    if len(entries) != 1:
-        raise GraphInvalid([GraphError("applications", f"{len(entries)} applications run {BUILDER}; a RayService "
-                                       "manifest is made from one graph file with one such entry", file)])
-    return plain(entries[0])
 
 
 def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape = HEAD, name: str | None = None,

@@ -16,6 +16,10 @@ from capgraph.engine.plan import Plan
 from capgraph.serve import preflight, sharing
 from capgraph.serve.app import Blueprint, CapabilityArgs, current_cluster, plan_app
 from capgraph.serve.compiler import INGRESS, Compiled
+from capgraph.serve.config_check import application
+
+
+MODEL_BUILDER = "capgraph.serve.app:build_model"
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,20 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
 
 def _of(placed: preflight.Placed, app: App) -> bool:
     return placed.deployment.startswith(f"{app.name}/") or (placed.deployment == INGRESS and not app.model)
+
+
+def serve_config(paths: Sequence[str], plans: Sequence[Plan]) -> dict[str, Any]:
+    """A Serve config of several graph files' applications, shared models first: what
+    `capgraph serve A B` deploys, for `serve deploy` (or a RayService's serveConfigV2). Each
+    graph's entry is its file's own (aliases resolved, so the cluster needs no copy of the
+    file), moved to `/<capability>` and told which of its nodes run in a shared model."""
+    entries = []
+    for app in applications(paths, plans, {}):
+        if app.model:
+            entries.append({"name": app.name, "route_prefix": None, "import_path": MODEL_BUILDER,
+                            "args": {"graph": app.args.graph}})
+            continue
+        entry = application(app.args.graph)
+        args = dict(entry["args"]) | ({"shared": app.args.shared} if app.args.shared else {})
+        entries.append({**entry, "name": app.name, "route_prefix": app.route_prefix, "args": args})
+    return {"applications": entries}

@@ -83,3 +83,30 @@ def test_two_graphs_served_together_share_one_depth_replica(cluster, two_graphs:
         for app in reversed(apps):
             if app.name in serve.status().applications:
                 serve.delete(app.name)
+
+
+def test_a_serve_config_of_several_graphs_deploys_what_capgraph_serve_would(tmp_path: Path):
+    """`capgraph serve-config A B` writes the applications `capgraph serve A B` deploys, for
+    `serve deploy`: Ray's own schema accepts it and every builder accepts its args."""
+    import subprocess
+    import sys
+
+    from ray.serve.schema import ServeDeploySchema
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve import Application
+
+    from capgraph.serve.app import build, build_model
+
+    out = tmp_path / "together.yaml"
+    done = subprocess.run([sys.executable, "-m", "capgraph", "serve-config", str(GRAPHS / "depth.yaml"),
+                           str(GRAPHS / "hybrid.yaml"), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(config)
+    model, depth, hybrid = config["applications"]
+    assert model["name"].startswith(MODEL_APP_PREFIX + "depth-") and model["route_prefix"] is None
+    assert (depth["route_prefix"], hybrid["route_prefix"]) == ("/depth", "/hybrid-depth-sdxl")
+    assert depth["args"]["shared"] == {"depth": model["name"]} == hybrid["args"]["shared"]
+    assert isinstance(call_user_app_builder_with_args_if_necessary(build_model, model["args"]), Application)
+    for entry in (depth, hybrid):
+        assert isinstance(call_user_app_builder_with_args_if_necessary(build, entry["args"]), Application)
