@@ -40,6 +40,9 @@ def cluster() -> Iterator[Cluster]:
 
     from capgraph.engine.registry import catalogue, register
 
+    if ray.is_initialized():  # another package's cluster is still up: this one needs its own
+        serve.shutdown()
+        ray.shutdown()
     register(Sleepy)  # the builder validates graphs in this process; replicas read CAPGRAPH_NODES
     env = ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}
     saved = {name: os.environ.get(name) for name in SECRETS}
