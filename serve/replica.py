@@ -140,6 +140,7 @@ class UnitReplica:
         self._stuck_logged = False
         self.report: dict[str, dict[str, Any]] = {}
         started = time.perf_counter()
+        log.info("capgraph: unit '%s' started %.2fs after its process (worker start and imports)", unit.name, _process_age())
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
             _set_threads(unit.threads)  # before any model runs: torch sizes its pool once
         self.memory_cap = _cap_gpu_memory(unit, self.device)
@@ -280,6 +281,13 @@ def _set_threads(threads: int) -> None:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     log.info("capgraph: %d torch thread%s", threads, "s" if threads != 1 else "")
+
+
+def _process_age() -> float:
+    """Seconds since this process started (for the cold start's breakdown)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _device(unit: Unit) -> tuple[str, str]:
