@@ -1,0 +1,131 @@
+"""Torch threads that follow the load: one machine's cores, shared by the capgraph replicas
+busy on it at this moment.
+
+A replica alone on a machine should run a lone frame on every core; two replicas busy at
+once should split the cores, never run more threads than there are cores between them (two
+processes of two torch threads each on two cores took 6.6 s a frame here instead of 0.1 s:
+OpenMP threads spin at their barriers while the other process holds the core). A fixed
+thread count per replica can do only one of the two.
+
+So before each batch a replica says it is busy in a small file every replica on the
+machine shares (in /dev/shm, read and written under an exclusive `flock`, so it is one
+machine's and needs no server), and takes
+
+    threads = cores x its weight / the weight of every replica busy now
+
+rounded down, at least one, at most its `cap`, and at most the cores no other replica
+holds: where none is free it waits for one (at most the batch another replica is in).
+After the batch it gives them back. The weight is the replica's CPU share from the planner
+(`Unit.num_cpus`), so the planner's proportions hold whenever replicas overlap; a lone
+one gets every core. On a GPU machine with many cores it works the same: CPU replicas
+share the cores, and a GPU replica (capped at the planner's threads: its CPU work only
+feeds the GPU) holds its few while its batch runs, so no one oversubscribes it.
+
+A replica that dies holding cores frees them: an entry whose process is gone is dropped
+by the next replica to read the file.
+"""
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+POLL_S = 0.001
+"""How often a replica waiting for a free core looks again."""
+
+
+def default_path() -> Path:
+    """The machine's share file: one per user, in memory where the machine has /dev/shm."""
+    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return folder / f"capgraph-cores-{os.getuid()}.json"
+
+
+def machine_cores() -> int:
+    """The cores this process may use: what Ray was told this machine has (`--num-cpus`), at
+    most the cores the process is allowed to run on; outside Ray, the latter."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import ray
+
+        if ray.is_initialized():
+            here = ray.get_runtime_context().get_node_id()
+            told = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+            if told >= 1:
+                return max(1, min(allowed, int(told)))
+    except Exception:  # no Ray, or Ray cannot say: the process's own affinity
+        pass
+    return max(1, allowed)
+
+
+class CoreShare:
+    """One replica's claim on its machine's cores. `weight`: its CPU share (any positive
+    number; only ratios matter). `cap`: the most threads it ever takes (default: all).
+    `key` names it in the file (default: its process id, which also tells whether it is alive)."""
+
+    def __init__(self, cores: int, weight: float, *, cap: int | None = None, path: Path | None = None, key: str | None = None):
+        self.cores, self.weight = max(1, cores), max(weight, 1e-3)
+        self.cap = max(1, min(cap or self.cores, self.cores))
+        self.path = path or default_path()
+        self.key = key or str(os.getpid())
+
+    @contextmanager
+    def batch(self) -> Iterator[int]:
+        """Hold cores for one batch; yields how many threads to run it on."""
+        self._with_entries(lambda entries: entries.__setitem__(self.key, {"weight": self.weight, "busy": True, "held": 0}))
+        try:
+            while not (held := self._take()):
+                time.sleep(POLL_S)
+            yield held
+        finally:
+            self._with_entries(lambda entries: entries.pop(self.key, None))  # idle: out of the file
+
+    def _take(self) -> int:
+        """The threads this replica takes now (0: no core free, wait)."""
+        taken = 0
+
+        def take(entries: dict[str, Any]) -> None:
+            nonlocal taken
+            me = entries.setdefault(self.key, {"weight": self.weight, "busy": True})
+            busy = sum(e["weight"] for e in entries.values() if e.get("busy"))
+            fair = max(1, min(self.cap, math.floor(self.cores * self.weight / busy + 1e-9)))
+            free = self.cores - sum(e.get("held", 0) for k, e in entries.items() if k != self.key)
+            taken = me["held"] = min(fair, free) if free >= 1 else 0
+
+        self._with_entries(take)
+        return taken
+
+    def _with_entries(self, change: Any) -> None:
+        """Read, change and write the file under its lock; entries of dead processes dropped."""
+        self.path.touch(exist_ok=True)
+        with open(self.path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                text = f.read()
+                entries: dict[str, Any] = json.loads(text) if text.strip() else {}
+            except ValueError:  # a torn file from a killed writer: start over
+                entries = {}
+            entries = {k: e for k, e in entries.items() if _alive(k)}
+            change(entries)
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(entries))
+            f.flush()
+
+
+def _alive(key: str) -> bool:
+    """Whether the process an entry names still runs (keys that are not pids always are)."""
+    if not key.isdigit():
+        return True
+    try:
+        os.kill(int(key), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
