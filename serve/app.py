@@ -42,8 +42,8 @@ from capgraph.engine.yamlload import YamlProblem, load_yaml
 from capgraph.serve import preflight
 from capgraph.serve.compiler import INGRESS, Compiled, compile_plan
 from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
-from capgraph.serve.overlay import find_overlay
-from capgraph.serve.planner import machine_for
+from capgraph.serve.overlay import find_overlay, measured_costs
+from capgraph.serve.planner import Cost, machine_for
 from capgraph.serve.replica import UnitReplica, stuck_after
 from capgraph.serve.wire import MAX_BODY_BYTES
 
@@ -141,8 +141,9 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
     overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
     machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, args.ingress_cpus * args.ingress_replicas)
+    measured = overlay.costs() if overlay else _served_costs(plan, args, "cuda" if cluster.gpus else "cpu", tuned_notes)
     compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory,
-                            machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
+                            machine=machine, tuned=overlay.nodes if overlay else None, measured=measured)
     notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
     wanted = [u for u in compiled.units if u.num_gpus > 0]
     if wanted and cluster.gpus == 0:
@@ -154,6 +155,18 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None) -> 
     for note in notes:
         log.warning("capgraph: %s", note)
     return Blueprint(compiled, cluster, tuple(notes), tuple(problems))
+
+
+def _served_costs(plan: Plan, args: CapabilityArgs, device: str, notes: list[str]) -> dict[str, Cost] | None:
+    """Costs replicas measured serving this graph here before (`serve.overlay.measured_costs`),
+    unless overlays are switched off; a note says they are used."""
+    if args.tuned is False:
+        return None
+    costs = measured_costs(plan, device)
+    if costs:
+        shown = ", ".join(f"{n} {c.per_frame(min(c.batch_ms)):.3g} ms" for n, c in costs.items())
+        notes.append(f"costs measured while serving this graph on this machine ({shown} a frame); capgraph tune measures them thoroughly")
+    return costs or None
 
 
 def load_graph(graph: dict[str, Any] | str) -> Plan:

@@ -45,6 +45,7 @@ from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
 from capgraph.serve.compiler import Unit
 from capgraph.serve.cores import CoreShare, machine_cores
+from capgraph.serve.overlay import write_measured
 
 log = logging.getLogger("ray.serve")
 
@@ -55,6 +56,9 @@ STUCK_FACTOR, STUCK_MARGIN_S = 3.0, 30.0
 """A batch is stuck past max(3 x request_timeout_s, request_timeout_s + 30 s): see `stuck_after`."""
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+SAVE_COSTS_EVERY_S = 30.0
+"""How often a serving replica records what its nodes cost (`serve.overlay.write_measured`)."""
+COST_SMOOTHING = 0.2
 
 
 @dataclass
@@ -154,6 +158,9 @@ class UnitReplica:
         self.memory_cap = _cap_gpu_memory(unit, self.device)
         self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report, logger=log)
         self._log_loaded(time.perf_counter() - started)
+        self.costs: dict[str, dict[int, float]] = {}
+        """Milliseconds per batch by node and batch size, measured on real frames."""
+        self.costs_saved = time.monotonic()
         self.batcher = Batcher(self._forward, unit.max_batch_size, unit.batch_wait_s)
         tags = {"capability": self.capability, "unit": unit.name}
         self.latency = Histogram("capgraph_node_latency_ms", "Milliseconds a node took for one batch",
@@ -230,6 +237,8 @@ class UnitReplica:
             self.running_node = node_id
 
         def done(node_id: str, ms: float, batch: int) -> None:
+            if batch == len(frames):  # one call for the whole batch: what the planner's Cost means
+                self._note_cost(node_id, batch, ms)
             self.latency.observe(ms, tags={"node": node_id})
             self.batch_size.observe(batch, tags={"node": node_id})
             meta[node_id] = {"ms": round(ms, 3), "batch": batch}
@@ -239,8 +248,24 @@ class UnitReplica:
                 _set_threads(threads, quiet=True)  # in this worker thread: OpenMP's thread count is per calling thread
             run_nodes(self.plan, self.nodes, self.unit.nodes, values, [f.params for f in frames], chunks=dict(self.unit.chunks),
                       on_start=started, on_done=done)
+        if time.monotonic() - self.costs_saved > SAVE_COSTS_EVERY_S:
+            self._save_costs()
         wanted = [str(s) for s in self.unit.exports]
         return [{"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values]
+
+    def _note_cost(self, node_id: str, batch: int, ms: float) -> None:
+        """A running average of each node's milliseconds per batch size (recent batches weigh most)."""
+        sizes = self.costs.setdefault(node_id, {})
+        sizes[batch] = ms if batch not in sizes else (1 - COST_SMOOTHING) * sizes[batch] + COST_SMOOTHING * ms
+
+    def _save_costs(self) -> None:
+        """Record the measured costs for the next plan of this graph on this machine; a
+        folder that cannot be written costs nothing but the record."""
+        self.costs_saved = time.monotonic()
+        try:
+            write_measured(self.plan, self.unit.name, self.device.split(":")[0], self.costs)
+        except OSError as exc:
+            log.debug("capgraph: could not record measured costs: %s", exc)
 
     def _error(self, exc: InputError | NodeFailed) -> dict[str, Any]:
         """A frame's failure as it crosses back to the ingress: `{"error": exc.to_dict()}`,
