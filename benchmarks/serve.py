@@ -376,8 +376,11 @@ def cold_start(config_text: str, ready_path: str, *, app_dir: str | None = None)
         before = load_average()
         start = time.monotonic()
         with open(log_path, "wb") as log_file:
+            # Ctrl-C's default action in `serve run` even when this benchmark was started as a
+            # background job (SIGINT ignored, and inherited): else it cannot be stopped cleanly
             proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(config)], cwd=ROOT, env=env,
-                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         proxy = healthy = None
         try:
             while time.monotonic() - start < 300 and healthy is None and proc.poll() is None:
