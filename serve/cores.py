@@ -14,15 +14,15 @@ machine's and needs no server), and takes
     threads = cores x its weight / the weight of every replica busy now
 
 rounded down, at least one, at most its `cap`, and at most the cores no other replica
-holds: where none is free it waits for one (at most the batch another replica is in).
+holds: where none is free it sleeps until one is (at most the batch another replica is in).
 After the batch it gives them back. The weight is the replica's CPU share from the planner
 (`Unit.num_cpus`), so the planner's proportions hold whenever replicas overlap; a lone
 one gets every core. On a GPU machine with many cores it works the same: CPU replicas
 share the cores, and a GPU replica (capped at the planner's threads: its CPU work only
 feeds the GPU) holds its few while its batch runs, so no one oversubscribes it.
 
-A replica that dies holding cores frees them: an entry whose process is gone is dropped
-by the next replica to read the file.
+A replica that dies holding cores frees them (a core is a `flock`, which dies with its
+process), and its entry in the share file is dropped by the next replica to read it.
 """
 
 import fcntl
@@ -30,15 +30,10 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-POLL_S = 0.001
-"""How often a replica waiting for a free core looks again."""
-
 
 def default_path() -> Path:
     """The machine's share file: one per user, in memory where the machine has /dev/shm."""
@@ -66,42 +61,62 @@ def machine_cores() -> int:
 class CoreShare:
     """One replica's claim on its machine's cores. `weight`: its CPU share (any positive
     number; only ratios matter). `cap`: the most threads it ever takes (default: all).
-    `key` names it in the file (default: its process id, which also tells whether it is alive)."""
+    `key` names it in the file (default: its process id, which also tells whether it is alive).
+
+    A core is a lock file (`<path>.<i>`), held with `flock` for the batch: a replica waiting
+    for one sleeps in the kernel until it is released (no polling, whose wake-ups would stall
+    the running replica's threads), and a replica that dies releases its cores with its
+    process. The share file only says who is busy, with what weight."""
 
     def __init__(self, cores: int, weight: float, *, cap: int | None = None, path: Path | None = None, key: str | None = None):
         self.cores, self.weight = max(1, cores), max(weight, 1e-3)
         self.cap = max(1, min(cap or self.cores, self.cores))
         self.path = path or default_path()
         self.key = key or str(os.getpid())
+        self.start = int(self.key) % self.cores if self.key.isdigit() else hash(self.key) % self.cores
+        """The core it waits on when none is free: replicas spread over them."""
 
     @contextmanager
     def batch(self) -> Iterator[int]:
         """Hold cores for one batch; yields how many threads to run it on."""
-        self._with_entries(lambda entries: entries.__setitem__(self.key, {"weight": self.weight, "busy": True, "held": 0}))
+        busy = 0.0
+
+        def register(entries: dict[str, Any]) -> None:
+            nonlocal busy
+            entries[self.key] = {"weight": self.weight}
+            busy = sum(e["weight"] for e in entries.values())
+
+        self._with_entries(register)
+        fair = max(1, min(self.cap, math.floor(self.cores * self.weight / busy + 1e-9)))
+        held: list[Any] = []
         try:
-            while not (held := self._take()):
-                time.sleep(POLL_S)
-            yield held
+            held = self._take(fair)
+            yield len(held)
         finally:
+            for f in held:
+                f.close()  # closing the file releases its lock
             self._with_entries(lambda entries: entries.pop(self.key, None))  # idle: out of the file
 
-    def _take(self) -> int:
-        """The threads this replica takes now (0: no core free, wait)."""
-        taken = 0
-
-        def take(entries: dict[str, Any]) -> None:
-            nonlocal taken
-            me = entries.setdefault(self.key, {"weight": self.weight, "busy": True})
-            busy = sum(e["weight"] for e in entries.values() if e.get("busy"))
-            fair = max(1, min(self.cap, math.floor(self.cores * self.weight / busy + 1e-9)))
-            free = self.cores - sum(e.get("held", 0) for k, e in entries.items() if k != self.key)
-            taken = me["held"] = min(fair, free) if free >= 1 else 0
-
-        self._with_entries(take)
-        return taken
+    def _take(self, wanted: int) -> list[Any]:
+        """Up to `wanted` free cores at once; none free: wait for one."""
+        held = []
+        for i in range(self.cores):
+            if len(held) == wanted:
+                break
+            f = open(f"{self.path}.{(self.start + i) % self.cores}", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(f)
+            except BlockingIOError:
+                f.close()
+        if not held:
+            f = open(f"{self.path}.{self.start}", "a")
+            fcntl.flock(f, fcntl.LOCK_EX)  # asleep until its holder's batch ends
+            held.append(f)
+        return held
 
     def _with_entries(self, change: Any) -> None:
-        """Read, change and write the file under its lock; entries of dead processes dropped."""
+        """Read, change and write the share file under its lock; entries of dead processes dropped."""
         self.path.touch(exist_ok=True)
         with open(self.path, "r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
