@@ -30,6 +30,8 @@ random modes build (`tiny_models()`, `random_models()`).
 
 Building a node only validates params (cheap, done often); `load` runs once per process
 or Ray replica; `warmup` runs one small batch so the first real request pays nothing.
+`self.wanted` names the outputs the graph reads: a family skips computing the others
+(`if "preview" in self.wanted: ...`), so an unwired preview costs nothing.
 """
 
 import re
@@ -92,6 +94,10 @@ class Node:
         self.dtype = "float32"
         self.weight_bytes = 0
         """Bytes the loaded weights take on the device; set by `load`."""
+        self.wanted: frozenset[str] = frozenset(self.outputs)
+        """The outputs something reads (a wire or a graph output); `run_batch` may leave the
+        others out of its results and skip computing them. The run loop sets it from the
+        plan before `load`, so warm-up skips them too; built alone, a node gives them all."""
 
     @classmethod
     def doc(cls) -> str:
@@ -147,7 +153,8 @@ class Node:
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[NodeParams]) -> list[Frame]:
         """Process a batch of frames: one dict of port values per frame in, one dict of
         output port values per frame out, in the same order. `params[i]` are frame i's
-        params (requests may override `request_params`)."""
+        params (requests may override `request_params`). Outputs not in `self.wanted`
+        may be left out: nothing reads them."""
         raise NotImplementedError(f"node family '{self.type}' does not implement run_batch")
 
 

@@ -62,6 +62,12 @@ class Plan:
             return self.spec.inputs[src.port].type
         return self.nodes[src.node].family.outputs[src.port].type
 
+    def read_outputs(self, node_id: str) -> frozenset[str]:
+        """The output ports of `node_id` that something reads: another node's input or a
+        graph output. The node need not compute the rest."""
+        sources = [*(s for n in self.nodes.values() for s in n.inputs.values()), *self.outputs.values()]
+        return frozenset(s.port for s in sources if s.node == node_id)
+
     def request_params(self) -> dict[str, tuple[str, str]]:
         """Names a request may set, mapped to (node id, param name): the graph's own names
         (its `params:` section) first, then every `node.param` its families allow."""

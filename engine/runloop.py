@@ -24,7 +24,8 @@ log = logging.getLogger("capgraph")
 
 def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]] | None = None,
                warmup: bool = True, logger: logging.Logger = log) -> dict[str, Node]:
-    """Build, load and warm the nodes, one after another. Returns them in the order given
+    """Build, load and warm the nodes, one after another, each told which of its outputs
+    the graph reads (`Node.wanted`). Returns them in the order given
     and fills `report` (what /health and `capgraph run` show) as each one becomes ready;
     says what it loads on `logger` (a Serve replica passes Ray's, whose lines reach `serve run`).
 
@@ -38,6 +39,7 @@ def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, rep
         logger.info("capgraph: node '%s' (%s) loading on %s (%s)", node_id, planned.family.type, device, dtype)
         start = time.perf_counter()
         node = planned.build()
+        node.wanted = plan.read_outputs(node_id)  # before load and warm-up: neither computes unread outputs
         node.load(device, dtype)
         loaded = time.perf_counter()
         if warmup:

@@ -35,7 +35,8 @@ class DepthControl(Node):
             depth = frame["depth"].astype(np.float32)
             if p.normalize:
                 low, high = float(depth.min()), float(depth.max())
-                depth = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+                if (low, high) != (0.0, 1.0):  # the depth node's maps are stretched already: no second pass over them
+                    depth = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
             if p.invert:
                 depth = 1.0 - depth
             if p.gamma != 1.0:

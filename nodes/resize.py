@@ -77,8 +77,9 @@ class Resize(Node):
         for frame, p in zip(inputs, params):
             image = frame["image"]
             width, height = target_size(image.shape[1], image.shape[0], p)
-            mask = frame.get("mask")
-            if mask is None:
-                mask = np.ones(image.shape[:2], np.float32)
-            out.append({"image": fit_image(image, width, height, p.fit), "mask": fit_image(mask, width, height, p.fit)})
+            result: Frame = {"image": fit_image(image, width, height, p.fit)}
+            if "mask" in self.wanted:
+                mask = frame.get("mask")
+                result["mask"] = fit_image(np.ones(image.shape[:2], np.float32) if mask is None else mask, width, height, p.fit)
+            out.append(result)
         return out

@@ -116,8 +116,9 @@ class Sam2(Node):
                 decoded = self.model(image_embeddings=[e[indices] for e in embeddings], multimask_output=multimask, **tensors)
                 logits = decoded.pred_masks.float()
                 masks = self.processor.post_process_masks(logits, [sizes[i] for i in indices])
+                candidates = "masks" in self.wanted  # else only the best mask leaves the GPU, no logits
                 for row, i in enumerate(indices):
-                    results[i] = _answer(masks[row], decoded.iou_scores[row].float(), logits[row])
+                    results[i] = _answer(masks[row], decoded.iou_scores[row].float(), logits[row], candidates)
         return [results[i] for i in range(len(inputs))]
 
     def prompts(self, frame: Frame, p: Sam2Params) -> dict[str, Any]:
@@ -169,11 +170,17 @@ def _bounding_box(mask: np.ndarray, height: int, width: int) -> list[list[float]
     return [[cols.min() * sx, rows.min() * sy, (cols.max() + 1) * sx, (rows.max() + 1) * sy]]
 
 
-def _answer(masks: Any, scores: Any, logits: Any) -> Frame:
+def _answer(masks: Any, scores: Any, logits: Any, candidates: bool = True) -> Frame:
     """One frame's outputs from (objects, candidates, ...) tensors: a single object keeps its
-    candidates sorted by score (Livepeer's answer); several objects keep each one's best."""
-    masks, scores, logits = (t.cpu().numpy().astype(np.float32) for t in (masks, scores, logits))
+    candidates sorted by score (Livepeer's answer); several objects keep each one's best.
+    Without `candidates` (nothing reads `masks`) only `mask` is computed."""
+    scores = scores.cpu().numpy().astype(np.float32)
     order = np.argsort(-scores, axis=-1, kind="stable")
+    if not candidates:
+        best = order[:, 0]
+        chosen = masks[list(range(scores.shape[0])), best.tolist()].cpu().numpy().astype(np.float32)
+        return {"mask": chosen.max(axis=0)}
+    masks, logits = (t.cpu().numpy().astype(np.float32) for t in (masks, logits))
     if scores.shape[0] == 1:
         pick = order[0]
         chosen = masks[0, pick], scores[0, pick], logits[0, pick]

@@ -108,10 +108,11 @@ class Segmentation(Node):
                 ids = self.class_ids(p.classes)
             except UnknownClass as exc:  # only a request's override can get here: the graph's were checked at load
                 raise InputError(f"params.{self.node_id}.classes", str(exc)) from None
-            mask = np.isin(labels, ids).astype(np.float32)
-            colours = self.palette[labels]
-            preview = image.astype(np.float32) * (1.0 - p.preview_opacity) + colours * p.preview_opacity
-            out.append({"labels": labels, "mask": mask, "preview": (preview + 0.5).astype(np.uint8)})
+            result: Frame = {"labels": labels, "mask": np.isin(labels, ids).astype(np.float32)}
+            if "preview" in self.wanted:  # a float blend of the whole frame: only when something reads it
+                blend = image.astype(np.float32) * (1.0 - p.preview_opacity) + self.palette[labels] * p.preview_opacity
+                result["preview"] = (blend + 0.5).astype(np.uint8)
+            out.append(result)
         return out
 
 

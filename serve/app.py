@@ -43,8 +43,8 @@ from capgraph.engine.yamlload import YamlProblem, load_yaml
 from capgraph.serve import environment, preflight, sharing
 from capgraph.serve.compiler import INGRESS, Compiled, Remote, Unit, compile_plan
 from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
-from capgraph.serve.overlay import find_overlay
-from capgraph.serve.planner import machine_for
+from capgraph.serve.overlay import find_overlay, measured_costs
+from capgraph.serve.planner import Cost, machine_for
 from capgraph.serve.replica import UnitReplica, stuck_after
 from capgraph.serve.wire import MAX_BODY_BYTES
 
@@ -165,8 +165,9 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
     overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
     ingress_replicas = args.ingress_replicas if ingress else 0
     machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, args.ingress_cpus * ingress_replicas)
+    measured = overlay.costs() if overlay else _served_costs(plan, args, "cuda" if cluster.gpus else "cpu", tuned_notes)
     compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory,
-                            machine=machine, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None,
+                            machine=machine, tuned=overlay.nodes if overlay else None, measured=measured,
                             remote=_remotes(plan, args.shared))
     notes = tuned_notes + list(compiled.warnings) + [str(w) for w in plan.warnings]
     notes += [f"node(s) {nodes} come from the plug-in {package} {version}; every machine that runs them needs it"
@@ -217,6 +218,18 @@ def bind_model(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     """A shared model's one deployment, as its application's ingress (it has no route)."""
     (unit,) = blueprint.compiled.units
     return _bind_unit(blueprint.compiled, unit, args)
+
+
+def _served_costs(plan: Plan, args: CapabilityArgs, device: str, notes: list[str]) -> dict[str, Cost] | None:
+    """Costs replicas measured serving this graph here before (`serve.overlay.measured_costs`),
+    unless overlays are switched off; a note says they are used."""
+    if args.tuned is False:
+        return None
+    costs = measured_costs(plan, device)
+    if costs:
+        shown = ", ".join(f"{n} {c.per_frame(min(c.batch_ms)):.3g} ms" for n, c in costs.items())
+        notes.append(f"costs measured while serving this graph on this machine ({shown} a frame); capgraph tune measures them thoroughly")
+    return costs or None
 
 
 def load_graph(graph: dict[str, Any] | str) -> Plan:

@@ -9,11 +9,18 @@ this machine, not the graph, so it lives with the machine. The builder (`serve r
 and wiring: a fingerprint), the models (tiny or real) and the device kind (CPU or GPU);
 otherwise it says why it is ignored. Fields written in the graph file still win.
 `args.tuned` names another file, or `false` ignores it.
+
+Without an overlay, the planner still uses measured costs where it has them: each replica
+records what its nodes cost on real frames while serving (`write_measured`, beside the
+overlays), and the next plan of the same graph on this machine reads them
+(`measured_costs`). `capgraph tune` stays the thorough version (every batch size, GPU
+memory); these are what traffic happened to show.
 """
 
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +71,46 @@ class Overlay:
 
     def costs(self) -> dict[str, Cost]:
         return {node: Cost({int(b): float(ms) for b, ms in sizes.items()}, "measured") for node, sizes in self.profile.items() if sizes}
+
+
+def measured_path(capability: str, unit: str) -> Path:
+    """Where a replica of `unit` records what its nodes cost while serving (one file a unit)."""
+    return tuned_dir() / f"{capability}.measured.{unit}.json"
+
+
+def write_measured(plan: Plan, unit: str, device: str, profile: Mapping[str, Mapping[int, float]]) -> None:
+    """Record milliseconds per batch, by node and batch size, as one replica measured them
+    serving real frames on this machine (replaced whole: the newest replica's view wins)."""
+    from capgraph.nodes.weights import models_mode
+
+    path = measured_path(plan.capability, unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": fingerprint(plan), "device": device, "models": models_mode() or "real",
+              "when": time.strftime("%Y-%m-%d %H:%M"),
+              "profile": {node: {str(b): round(ms, 3) for b, ms in sorted(sizes.items())} for node, sizes in profile.items()}}
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(partial, path)  # readers see the old file or the new one, never half of one
+
+
+def measured_costs(plan: Plan, device: str) -> dict[str, Cost]:
+    """What replicas measured serving this graph (same nodes, params and wiring, models and
+    device) on this machine, when it covers every node; else none: declared figures and
+    measured ones are not on one scale."""
+    from capgraph.nodes.weights import models_mode
+
+    costs: dict[str, Cost] = {}
+    for path in sorted(tuned_dir().glob(f"{plan.capability}.measured.*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (record.get("fingerprint"), record.get("device"), record.get("models")) != (fingerprint(plan), device, models_mode() or "real"):
+            continue
+        for node, sizes in (record.get("profile") or {}).items():
+            if node in plan.nodes and sizes:
+                costs[node] = Cost({int(b): float(ms) for b, ms in sizes.items()}, "measured")
+    return costs if set(costs) == set(plan.nodes) else {}
 
 
 def read_overlay(path: str | Path) -> Overlay:

@@ -1,7 +1,9 @@
 """A node deployment: one Ray Serve replica running one unit (a node, or a fused group).
 
-The replica sets its torch threads to the planner's share, loads its nodes (one after
-another, `engine.runloop.load_nodes` says why) and runs one warm-up batch per node in
+The replica loads its nodes at the planner's share of torch threads (one after another,
+`engine.runloop.load_nodes` says why); each batch then runs on the threads `serve.cores`
+gives it: every core of the machine when it is the only replica busy, its share when others
+are, never more than the machine has between them. It runs one warm-up batch per node in
 `__init__`, so Ray marks it RUNNING, and routes traffic to it, only once its weights are
 in memory and warm; a new replica added by autoscaling never takes a request cold.
 
@@ -27,6 +29,7 @@ says so meanwhile, so /health names the node before Ray acts.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -41,6 +44,8 @@ from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
 from capgraph.serve.compiler import Unit
+from capgraph.serve.cores import CoreShare, machine_cores
+from capgraph.serve.overlay import write_measured
 from capgraph.serve.sharing import Alias
 
 log = logging.getLogger("ray.serve")
@@ -52,6 +57,9 @@ STUCK_FACTOR, STUCK_MARGIN_S = 3.0, 30.0
 """A batch is stuck past max(3 x request_timeout_s, request_timeout_s + 30 s): see `stuck_after`."""
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+SAVE_COSTS_EVERY_S = 30.0
+"""How often a serving replica records what its nodes cost (`serve.overlay.write_measured`)."""
+COST_SMOOTHING = 0.2
 
 
 @dataclass
@@ -141,11 +149,19 @@ class UnitReplica:
         self._stuck_logged = False
         self.report: dict[str, dict[str, Any]] = {}
         started = time.perf_counter()
+        log.info("capgraph: unit '%s' started %.2fs after its process (worker start and imports)", unit.name, _process_age())
+        self.cores: CoreShare | None = None
+        """This replica's claim on the machine's cores, for units that run torch (`serve.cores`)."""
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
-            _set_threads(unit.threads)  # before any model runs: torch sizes its pool once
+            _set_threads(unit.threads)  # load and warm-up at the planner's share
+            # on a GPU a replica's CPU work only feeds the GPU: it keeps to the planner's threads
+            self.cores = CoreShare(machine_cores(), unit.num_cpus, cap=unit.threads if self.device.startswith("cuda") else None)
         self.memory_cap = _cap_gpu_memory(unit, self.device)
         self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report, logger=log)
         self._log_loaded(time.perf_counter() - started)
+        self.costs: dict[str, dict[int, float]] = {}
+        """Milliseconds per batch by node and batch size, measured on real frames."""
+        self.costs_saved = time.monotonic()
         self.batcher = Batcher(self._forward, unit.max_batch_size, unit.batch_wait_s)
         tags = {"capability": self.capability, "unit": unit.name}
         self.latency = Histogram("capgraph_node_latency_ms", "Milliseconds a node took for one batch",
@@ -239,14 +255,35 @@ class UnitReplica:
             self.running_node = node_id
 
         def done(node_id: str, ms: float, batch: int) -> None:
+            if batch == len(frames):  # one call for the whole batch: what the planner's Cost means
+                self._note_cost(node_id, batch, ms)
             self.latency.observe(ms, tags={"node": node_id})
             self.batch_size.observe(batch, tags={"node": node_id})
             meta[node_id] = {"ms": round(ms, 3), "batch": batch}
 
-        run_nodes(self.plan, self.nodes, self.unit.nodes, values, [f.params for f in frames], chunks=dict(self.unit.chunks),
-                  on_start=started, on_done=done)
+        with self.cores.batch() if self.cores else contextlib.nullcontext(0) as threads:
+            if threads:
+                _set_threads(threads, quiet=True)  # in this worker thread: OpenMP's thread count is per calling thread
+            run_nodes(self.plan, self.nodes, self.unit.nodes, values, [f.params for f in frames], chunks=dict(self.unit.chunks),
+                      on_start=started, on_done=done)
+        if time.monotonic() - self.costs_saved > SAVE_COSTS_EVERY_S:
+            self._save_costs()
         wanted = [str(s) for s in self.unit.exports]
         return [{"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values]
+
+    def _note_cost(self, node_id: str, batch: int, ms: float) -> None:
+        """A running average of each node's milliseconds per batch size (recent batches weigh most)."""
+        sizes = self.costs.setdefault(node_id, {})
+        sizes[batch] = ms if batch not in sizes else (1 - COST_SMOOTHING) * sizes[batch] + COST_SMOOTHING * ms
+
+    def _save_costs(self) -> None:
+        """Record the measured costs for the next plan of this graph on this machine; a
+        folder that cannot be written costs nothing but the record."""
+        self.costs_saved = time.monotonic()
+        try:
+            write_measured(self.plan, self.unit.name, self.device.split(":")[0], self.costs)
+        except OSError as exc:
+            log.debug("capgraph: could not record measured costs: %s", exc)
 
     def _error(self, exc: InputError | NodeFailed) -> dict[str, Any]:
         """A frame's failure as it crosses back to the ingress: `{"error": exc.to_dict()}`,
@@ -290,14 +327,23 @@ class UnitReplica:
             raise RuntimeError(message)
 
 
-def _set_threads(threads: int) -> None:
-    """Torch's intra-op threads from the planner's CPU share (Ray would give a fractional
-    CPU replica one thread through OMP_NUM_THREADS)."""
+def _set_threads(threads: int, quiet: bool = False) -> None:
+    """Torch's intra-op threads for the calling thread: the planner's CPU share at load
+    (Ray would give a fractional CPU replica one thread through OMP_NUM_THREADS), then
+    before each batch what `serve.cores` gives it."""
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    log.info("capgraph: %d torch thread%s", threads, "s" if threads != 1 else "")
+    if not quiet:
+        log.info("capgraph: %d torch thread%s", threads, "s" if threads != 1 else "")
+
+
+def _process_age() -> float:
+    """Seconds since this process started (for the cold start's breakdown)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _device(unit: Unit) -> tuple[str, str]:

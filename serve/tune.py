@@ -56,18 +56,16 @@ def profile(plan: Plan, *, max_batch: int = 16, size: int = 64, params: Mapping[
     """Milliseconds per batch for every node and batch size, peak extra GPU bytes per node
     (CUDA only), and the device. `progress(description, advance)` reports each step."""
     from capgraph.engine.executor import check_inputs, pick_device
+    from capgraph.engine.runloop import load_nodes
 
     step = progress or (lambda description, advance=1: None)
     device, dtype = pick_device(plan)
     node_params = plan.params_for(params)
     values = dict(check_inputs(plan, example_frame(plan, size)))
     nodes = {}
-    for node_id, planned in plan.nodes.items():
+    for node_id in plan.nodes:
         step(f"loading {node_id}", 0)
-        node = planned.build()
-        node.load(device, dtype)
-        node.warmup()
-        nodes[node_id] = node
+        nodes.update(load_nodes(plan, [node_id], device, dtype))  # as a replica would: unread outputs skipped
         step(f"loaded {node_id}")
     inputs = {}
     for node_id, planned in plan.nodes.items():  # one frame through the graph: every node's real inputs

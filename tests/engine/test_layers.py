@@ -45,3 +45,18 @@ def test_everything_is_imported_under_the_capgraph_namespace():
 def test_a_lower_layer_never_imports_a_higher_one(package: str):
     found = importing((package,), FORBIDDEN[package])
     assert not found, "\n".join(found)
+
+
+def test_the_ingress_imports_no_model_library() -> None:
+    """Cold start: the ingress replica unpickles the plan (every family's module) and builds
+    its routes, and imports neither torch nor a model library: seconds it would add to the
+    start of every capability, for nothing it runs."""
+    import subprocess
+    import sys
+
+    code = ("import pickle, sys\nfrom capgraph.engine.validate import load_plan\nfrom capgraph.serve.compiler import compile_plan\n"
+            "import capgraph.serve.ingress, capgraph.serve.routes\n"
+            "pickle.loads(pickle.dumps(compile_plan(load_plan(sys.argv[1]))))\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'cv2') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code, str(ROOT / "graphs" / "hybrid.yaml")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

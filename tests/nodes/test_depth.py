@@ -9,7 +9,7 @@ import pytest
 
 from capgraph.engine.executor import Executor
 from capgraph.engine.types import check_value
-from capgraph.engine.validate import load_plan
+from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.nodes import _tiny_vision
 from capgraph.nodes.weights import ModelMissing, tiny_model
 from capgraph.nodes.depth import Depth, DepthParams, colorize
@@ -127,3 +127,20 @@ def test_depth_graph_runs_end_to_end(tiny_models: Path) -> None:
         assert out["preview"].dtype == np.uint8
     gray = executor.run(frames()[:1], params={"depth.colormap": "gray"}).outputs[0]["preview"]
     assert np.array_equal(gray[..., 0], gray[..., 1])
+
+
+def test_an_unread_preview_is_not_computed_and_a_read_one_is(tiny_models: Path) -> None:
+    """A graph that wires only the depth map never pays for the colour preview; one that
+    asks for the preview gets it, as before."""
+    graph = {"capability": "depth-only", "inputs": {"image": {"type": "image"}},
+             "nodes": {"depth": {"type": "depth", "inputs": {"image": "image"}}},
+             "outputs": {"depth_map": "depth.depth_map"}}
+    map_only = Executor(plan_from_data(graph), device="cpu")
+    assert map_only.run(frames()).outputs[0].keys() == {"depth_map"}
+    node = map_only.nodes["depth"]
+    assert node.wanted == {"depth_map"}
+    assert node.run_batch(frames()[:1], [node.params])[0].keys() == {"depth_map"}
+
+    both = Executor(plan_from_data(graph | {"outputs": {"depth_map": "depth.depth_map", "preview": "depth.preview"}}), device="cpu")
+    out = both.run(frames()).outputs[0]
+    assert both.nodes["depth"].wanted == {"depth_map", "preview"} and out["preview"].dtype == np.uint8

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from capgraph.engine.errors import InputError
 from capgraph.engine.executor import Executor
 from capgraph.engine.types import PortType, check_value
-from capgraph.engine.validate import load_plan
+from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.nodes import _tiny_vision
 from capgraph.nodes.weights import ModelMissing, tiny_model
 from capgraph.nodes.sam2 import Sam2, Sam2Params
@@ -161,3 +161,17 @@ def test_segment_graph_runs_end_to_end(node: Sam2, tiny_models: Path) -> None:
     assert_close(second, run(node, {"image": image(1)}, box=[10, 10, 90, 70]))
     by_request = executor.run([{"image": image(0)}], params={"sam.point_coords": [[40, 30]], "sam.multimask_output": False})
     assert by_request.outputs[0]["masks"]["masks"].shape == (1, 96, 128)
+
+
+def test_without_a_reader_for_masks_only_the_best_mask_is_computed(node: Sam2, tiny_models: Path) -> None:
+    """A graph that reads only `mask` gets the same best mask, without the candidates and
+    their logits being copied off the device."""
+    full = run(node, {"image": image(0)}, point_coords=[[40, 30]])
+    graph = {"capability": "cutout", "inputs": {"image": {"type": "image"}},
+             "nodes": {"sam": {"type": "sam2", "params": {"point_coords": [[40, 30]]}, "inputs": {"image": "image"}}},
+             "outputs": {"mask": "sam.mask"}}
+    executor = Executor(plan_from_data(graph), device="cpu")
+    out = executor.run([{"image": image(0)}]).outputs[0]
+    assert executor.nodes["sam"].wanted == {"mask"}
+    assert executor.nodes["sam"].run_batch([{"image": image(0)}], [executor.plan.nodes["sam"].params])[0].keys() == {"mask"}
+    assert np.mean(out["mask"] != full["mask"]) < 0.001

@@ -125,3 +125,5 @@ def test_a_segmentation_graph_runs_end_to_end(tiny_models: Path) -> None:
         assert np.array_equal(out["mask"], np.isin(out["labels"], [12, 2]).astype(np.float32))
     walls = executor.run(frames()[:1], params={"seg.classes": ["wall"]}).outputs[0]
     assert walls["mask"].any() and np.array_equal(walls["mask"], (walls["labels"] == 0).astype(np.float32))
+    seg = executor.nodes["seg"]  # the graph reads no preview: none is blended
+    assert seg.wanted == {"mask", "labels"} and "preview" not in seg.run_batch(frames()[:1], [seg.params])[0]

@@ -12,7 +12,7 @@ from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.validate import load_plan
 from capgraph.serve import preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, read_overlay
+from capgraph.serve.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, measured_costs, read_overlay, write_measured
 from capgraph.serve.tune import batch_sizes, parse_params, tune_graph
 from tests.conftest import GRAPHS
 
@@ -123,3 +123,22 @@ def test_helpers():
         "generate.steps": 4, "generate.prompt": "a castle", "x.flag": True}
     with pytest.raises(ValueError, match="node.param=value"):
         parse_params(["steps"])
+
+
+def test_costs_measured_while_serving_feed_the_next_plan(tiny: Path):
+    """Replicas record what their nodes cost on real frames; the next plan of the same graph
+    on this machine uses those figures instead of the declared ones, and says so."""
+    plan = load_plan(HYBRID)
+    declared = plan_app(CapabilityArgs(graph=HYBRID), LAPTOP)
+    assert [u.nodes for u in declared.compiled.units] == [tuple(plan.nodes)]  # upscale is cheap, as declared
+    served = {"fit": {1: 0.5}, "depth": {1: 9.0}, "control": {1: 0.2}, "generate": {1: 80.0, 2: 150.0}}
+    write_measured(plan, "generate", "cpu", served)
+    assert measured_costs(plan, "cpu") == {}  # upscale never measured: no mixing of scales
+    write_measured(plan, "upscale", "cpu", {"upscale": {1: 70.0}})
+    assert set(measured_costs(plan, "cpu")) == set(plan.nodes) and measured_costs(plan, "cuda") == {}
+    measured = plan_app(CapabilityArgs(graph=HYBRID), LAPTOP)
+    assert any(n.startswith("costs measured while serving this graph") for n in measured.notes), measured.notes
+    assert [u.nodes for u in measured.compiled.units] == [("fit", "depth", "control", "generate"), ("upscale",)]
+    assert "70 ms a frame (measured)" in " ".join(measured.compiled.unit("upscale").why)
+    ignored = plan_app(CapabilityArgs(graph=HYBRID, tuned=False), LAPTOP)
+    assert [u.nodes for u in ignored.compiled.units] == [tuple(plan.nodes)]

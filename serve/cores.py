@@ -1,0 +1,157 @@
+"""Torch threads that follow the load: one machine's cores, shared by the capgraph replicas
+busy on it at this moment.
+
+A replica alone on a machine should run a lone frame on every core; two replicas busy at
+once should split the cores, never run more threads than there are cores between them (two
+processes of two torch threads each on two cores took 6.6 s a frame here instead of 0.1 s:
+OpenMP threads spin at their barriers while the other process holds the core). A fixed
+thread count per replica can do only one of the two.
+
+So before each batch a replica says it is busy in a small file every replica on the
+machine shares (in /dev/shm, read and written under an exclusive `flock`, so it is one
+machine's and needs no server), and takes
+
+    threads = cores x its weight / the weight of every replica busy now
+
+rounded down, at least one, at most its `cap`, and at most the cores no other replica
+holds: where none is free it sleeps until one is (at most the batch another replica is in).
+After the batch it gives them back. The weight is the replica's CPU share from the planner
+(`Unit.num_cpus`), so the planner's proportions hold whenever replicas overlap; a lone
+one gets every core. On a GPU machine with many cores it works the same: CPU replicas
+share the cores, and a GPU replica (capped at the planner's threads: its CPU work only
+feeds the GPU) holds its few while its batch runs, so no one oversubscribes it.
+
+A replica that dies holding cores frees them (a core is a `flock`, which dies with its
+process), and its entry in the share file is dropped by the next replica to read it.
+"""
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+LINGER_S = 0.01
+"""How long a replica counts as busy after its batch: longer than the gap between two batches
+of a replica under load (a millisecond or two), shorter than the gap between a lone
+caller's requests (its answer, the next request, the proxy and the ingress: 15 ms and more).
+Without it, replicas under load saw each other idle at every batch boundary, took every core
+in turn and ran their batches one after the other on two-thread teams, at a third the speed."""
+
+
+def default_path() -> Path:
+    """The machine's share file: one per user, in memory where the machine has /dev/shm."""
+    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return folder / f"capgraph-cores-{os.getuid()}.json"
+
+
+def machine_cores() -> int:
+    """The cores this process may use: what Ray was told this machine has (`--num-cpus`), at
+    most the cores the process is allowed to run on; outside Ray, the latter."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import ray
+
+        if ray.is_initialized():
+            here = ray.get_runtime_context().get_node_id()
+            told = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+            if told >= 1:
+                return max(1, min(allowed, int(told)))
+    except Exception:  # no Ray, or Ray cannot say: the process's own affinity
+        pass
+    return max(1, allowed)
+
+
+class CoreShare:
+    """One replica's claim on its machine's cores. `weight`: its CPU share (any positive
+    number; only ratios matter). `cap`: the most threads it ever takes (default: all).
+    `key` names it in the file (default: its process id, which also tells whether it is alive).
+
+    A core is a lock file (`<path>.<i>`), held with `flock` for the batch: a replica waiting
+    for one sleeps in the kernel until it is released (no polling, whose wake-ups would stall
+    the running replica's threads), and a replica that dies releases its cores with its
+    process. The share file only says who is busy, with what weight."""
+
+    def __init__(self, cores: int, weight: float, *, cap: int | None = None, path: Path | None = None, key: str | None = None):
+        self.cores, self.weight = max(1, cores), max(weight, 1e-3)
+        self.cap = max(1, min(cap or self.cores, self.cores))
+        self.path = path or default_path()
+        self.key = key or str(os.getpid())
+        self.start = int(self.key) % self.cores if self.key.isdigit() else hash(self.key) % self.cores
+        """The core it waits on when none is free: replicas spread over them."""
+
+    @contextmanager
+    def batch(self) -> Iterator[int]:
+        """Hold cores for one batch; yields how many threads to run it on."""
+        busy = 0.0
+
+        def register(entries: dict[str, Any]) -> None:
+            nonlocal busy
+            entries[self.key] = {"weight": self.weight, "until": None}
+            busy = sum(e["weight"] for e in entries.values())
+
+        self._with_entries(register)
+        fair = max(1, min(self.cap, math.floor(self.cores * self.weight / busy + 1e-9)))
+        held: list[Any] = []
+        try:
+            held = self._take(fair)
+            yield len(held)
+        finally:
+            for f in held:
+                f.close()  # closing the file releases its lock
+            # still counted as busy for LINGER_S: a replica under load starts its next batch
+            # within a millisecond or two, and the others must not take its cores meanwhile
+            self._with_entries(lambda entries: entries.__setitem__(self.key, {"weight": self.weight, "until": time.time() + LINGER_S}))
+
+    def _take(self, wanted: int) -> list[Any]:
+        """Up to `wanted` free cores at once; none free: wait for one."""
+        held = []
+        for i in range(self.cores):
+            if len(held) == wanted:
+                break
+            f = open(f"{self.path}.{(self.start + i) % self.cores}", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(f)
+            except BlockingIOError:
+                f.close()
+        if not held:
+            f = open(f"{self.path}.{self.start}", "a")
+            fcntl.flock(f, fcntl.LOCK_EX)  # asleep until its holder's batch ends
+            held.append(f)
+        return held
+
+    def _with_entries(self, change: Any) -> None:
+        """Read, change and write the share file under its lock; entries of dead processes dropped."""
+        self.path.touch(exist_ok=True)
+        with open(self.path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                text = f.read()
+                entries: dict[str, Any] = json.loads(text) if text.strip() else {}
+            except ValueError:  # a torn file from a killed writer: start over
+                entries = {}
+            now = time.time()
+            entries = {k: e for k, e in entries.items() if _alive(k) and (e.get("until") is None or e["until"] > now)}
+            change(entries)
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(entries))
+            f.flush()
+
+
+def _alive(key: str) -> bool:
+    """Whether the process an entry names still runs (keys that are not pids always are)."""
+    if not key.isdigit():
+        return True
+    try:
+        os.kill(int(key), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
