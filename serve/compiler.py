@@ -114,6 +114,8 @@ class Unit:
                 "upscale_delay_s": scale.upscale_delay_s,
                 "downscale_delay_s": scale.downscale_delay_s,
                 "look_back_period_s": scale.look_back_period_s,
+                # Ray wants the window longer than its metrics interval (10 s by default).
+                "metrics_interval_s": min(10.0, scale.look_back_period_s / 2),
             }
         else:
             options["num_replicas"] = self.replicas
