@@ -88,7 +88,7 @@ class Autoscale(_Strict):
                                                   "another is added; default: two batches")
     upscale_delay_s: float = Field(10.0, ge=0, le=3600, description="load must stay high this long before a replica is added")
     downscale_delay_s: float = Field(120.0, ge=0, le=86_400, description="load must stay low this long before a replica goes")
-    look_back_period_s: float = Field(10.0, gt=0, le=3600, description="the window the load is averaged over")
+    look_back_period_s: float = Field(30.0, gt=0, le=3600, description="the window the load is averaged over")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscale":

@@ -41,6 +41,8 @@ GIB = 1 << 30
 UNKNOWN_FRACTION = 0.25
 DEFAULT_GPU_MEMORY_GIB = 24.0
 AUTOSCALE_BATCHES = 2
+DEFAULT_METRICS_INTERVAL_S = 10.0
+"""Ray Serve's autoscaling metrics interval."""
 INGRESS = "capgraph-ingress"
 """Name of the HTTP deployment; a hyphen keeps it apart from node ids and groups."""
 __all__ = ["DEFAULT_NODE_CPUS", "Compiled", "Fuse", "Unit", "compile_plan", "gpu_fraction"]
@@ -114,9 +116,9 @@ class Unit:
                 "upscale_delay_s": scale.upscale_delay_s,
                 "downscale_delay_s": scale.downscale_delay_s,
                 "look_back_period_s": scale.look_back_period_s,
-                # Ray wants the window longer than its metrics interval (10 s by default).
-                "metrics_interval_s": min(10.0, scale.look_back_period_s / 2),
             }
+            if scale.look_back_period_s <= DEFAULT_METRICS_INTERVAL_S:  # Ray wants the window longer than the interval
+                options["autoscaling_config"]["metrics_interval_s"] = scale.look_back_period_s / 2
         else:
             options["num_replicas"] = self.replicas
         return options

@@ -86,8 +86,7 @@ def test_autoscaling_replicas(hybrid):
     options = compiled.unit("generate").deployment_options()
     assert "num_replicas" not in options
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3.0,
-                                             "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 10.0,
-                                             "metrics_interval_s": 5.0}
+                                             "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 30.0}
 
 
 def test_autoscaling_waits_for_a_batch_to_fill_before_adding_a_replica(hybrid):
