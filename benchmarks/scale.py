@@ -126,6 +126,7 @@ def run(configs: list[tuple[int, int]], batch: int, batch_ms: float, seconds: fl
     from ray.cluster_utils import Cluster
 
     from benchmarks.hold import Hold
+    from benchmarks.soak import _free_port
     from capgraph.engine.registry import register
 
     register(Hold)  # the builder validates the graph in this process
@@ -338,14 +339,6 @@ def print_table(report: dict[str, Any]) -> None:
     eff8 = report["efficiency_8"]
     print(f"\nefficiency_8 {eff8:.2f}" if eff8 is not None else "\nefficiency_8 -", end="")
     print(f"  ceiling_rps {report['ceiling_rps']:.1f}  bottleneck at the ceiling: {report['bottleneck']}  ({report['cpus']} CPUs)")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

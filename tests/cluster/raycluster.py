@@ -11,27 +11,21 @@ processes that name that folder: `ray stop` would stop every Ray on the machine.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from tests.serve.support import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
 NODE_DEATH_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
                   "RAY_health_check_timeout_ms": "500"}
 """The GCS declares a silent machine dead after 1.5 s here instead of 15 s."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_ports() -> list[str]:
@@ -134,14 +128,3 @@ def clean_env(**extra: str) -> dict[str, str]:
     only sends the token when told to)."""
     drop = ("CAPGRAPH_", "HF_", "TRANSFORMERS_", "RAY_ADDRESS", "PYTEST_")
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)} | {"RAY_AUTH_MODE": "token"} | extra
-
-
-def wait_for(check, timeout_s: float, what: str, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise TimeoutError(f"{what}: not after {timeout_s:g} s (last: {last!r})")

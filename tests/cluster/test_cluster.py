@@ -5,7 +5,6 @@ of the shell it runs in, replicas spread over the machines, and a machine lost u
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,9 @@ import yaml
 
 from benchmarks.soak import run_load
 from tests.cluster.conftest import Served
-from tests.cluster.raycluster import SERVE, wait_for
+from tests.cluster.raycluster import SERVE
+from tests.livepeer.lp_support import wait_for
+from tests.reliability.support import probe_health
 from tests.conftest import GRAPHS
 from tests.serve.support import frame, png_b64, wait_health
 
@@ -113,7 +114,7 @@ def test_capgraph_serve_joins_the_cluster_spreads_and_survives_losing_a_machine(
         victim = "c" if "machine_b" in ingress else "b"
         _lose_a_machine_under_load(three_machines, victim)
         three_machines.cluster.restart(victim)
-        wait_for(lambda: f"machine_{victim}" in _machines(three_machines), 60, f"machine {victim} back")
+        wait_for(lambda: f"machine_{victim}" in _machines(three_machines), timeout=60, every=0.5)  # the machine is back
     finally:
         server.send_signal(signal.SIGINT)
         rest, _ = server.communicate(timeout=120)
@@ -138,15 +139,8 @@ def _lose_a_machine_under_load(served: Served, victim: str) -> None:
     async def scenario():
         start = time.monotonic()
 
-        async def probe():
-            async with httpx.AsyncClient(timeout=5) as client:
-                while time.monotonic() - start < 25:
-                    try:
-                        reply = await client.get(url + "/health")
-                        probes.append((time.monotonic() - start, reply.status_code, reply.text))
-                    except httpx.HTTPError as exc:
-                        probes.append((time.monotonic() - start, 0, repr(exc)))
-                    await asyncio.sleep(0.2)
+        def probe():
+            return probe_health(url, start, probes, lambda: time.monotonic() - start < 25)
 
         async def lose():
             await asyncio.sleep(3.0)

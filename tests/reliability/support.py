@@ -1,6 +1,9 @@
 """Shared pieces of the reliability tests: graphs, secrets, deploying, and what a good error looks like."""
 
+import asyncio
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +114,17 @@ def assert_clean(reply: httpx.Response, *secrets: str) -> None:
     text = reply.text
     for marker in TRACEBACK_MARKERS + secrets:
         assert marker not in text, f"{reply.request.method} {reply.request.url} answered {reply.status_code} with {marker!r}: {text[:400]}"
+
+
+async def probe_health(url: str, start: float, probes: list[tuple[float, int, str]], going: Callable[[], bool],
+                       every_s: float = 0.2, timeout_s: float = 5.0) -> None:
+    """GET `url`/health while `going()`, noting (seconds since `start`, status, body) each
+    time; status 0 where no answer came."""
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        while going():
+            try:
+                reply = await client.get(url + "/health")
+                probes.append((time.monotonic() - start, reply.status_code, reply.text))
+            except httpx.HTTPError as exc:
+                probes.append((time.monotonic() - start, 0, repr(exc)))
+            await asyncio.sleep(every_s)

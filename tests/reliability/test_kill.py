@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from benchmarks.soak import run_load
-from tests.reliability.support import ROUTE, good_body, wait_health
+from tests.reliability.support import ROUTE, good_body, probe_health, wait_health
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +33,8 @@ def test_killing_a_node_replica_under_load(hybrid):
     async def scenario():
         start = time.monotonic()
 
-        async def probe():
-            async with httpx.AsyncClient(timeout=5) as client:
-                while time.monotonic() - start < LOAD_S:
-                    try:
-                        reply = await client.get(hybrid + "/health")
-                        probes.append((time.monotonic() - start, reply.status_code, reply.text))
-                    except httpx.HTTPError as exc:
-                        probes.append((time.monotonic() - start, 0, repr(exc)))
-                    await asyncio.sleep(0.1)
+        def probe():
+            return probe_health(hybrid, start, probes, lambda: time.monotonic() - start < LOAD_S, every_s=0.1)
 
         async def kill():
             await asyncio.sleep(KILL_AT_S)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.soak import run_load
-from tests.reliability.support import BODY_LIMIT, LIVEPEER, MAX_PIXELS, ROUTE, deploy, good_body, hybrid_graph, wait_health
+from tests.reliability.support import BODY_LIMIT, LIVEPEER, MAX_PIXELS, ROUTE, deploy, good_body, hybrid_graph, probe_health, wait_health
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,8 @@ def test_redeploying_a_new_version_under_load_fails_nothing(hybrid):
         start = time.monotonic()
         stop = asyncio.Event()
 
-        async def probe():
-            async with httpx.AsyncClient(timeout=10) as client:
-                while not stop.is_set():
-                    try:
-                        reply = await client.get(hybrid + "/health")
-                        probes.append((time.monotonic() - start, reply.status_code, reply.text))
-                    except httpx.HTTPError as exc:
-                        probes.append((time.monotonic() - start, 0, repr(exc)))
-                    await asyncio.sleep(0.2)
+        def probe():
+            return probe_health(hybrid, start, probes, lambda: not stop.is_set(), timeout_s=10)
 
         async def update():
             await asyncio.sleep(3)
