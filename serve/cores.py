@@ -49,6 +49,18 @@ def default_path() -> Path:
     return folder / f"capgraph-cores-{os.getuid()}.json"
 
 
+SHARE_ENV = "CAPGRAPH_SHARE_CORES"
+"""`1` turns the sharing on. Off by default: measured side by side on the 2-core machine
+(`benchmarks/serve.py --json`, tiny hybrid chain), replicas with the planner's fixed
+threads served 6.19 / 16.2 / 19.0 req/s at concurrency 1 / 8 / 32 and shared cores 5.34 /
+14.0 / 17.6: a lone tiny-model frame gains nothing from a second thread, and the lock and
+the thread changes cost. To be measured again on a machine with many cores."""
+
+
+def sharing_on() -> bool:
+    return os.environ.get(SHARE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def machine_cores() -> int:
     """The cores this process may use: what Ray was told this machine has (`--num-cpus`), at
     most the cores the process is allowed to run on; outside Ray, the latter."""

@@ -44,7 +44,7 @@ from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
 from capgraph.serve.compiler import Unit
-from capgraph.serve.cores import CoreShare, machine_cores
+from capgraph.serve.cores import CoreShare, machine_cores, sharing_on
 from capgraph.serve.overlay import write_measured
 from capgraph.serve.sharing import Alias
 
@@ -155,7 +155,8 @@ class UnitReplica:
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
             _set_threads(unit.threads)  # load and warm-up at the planner's share
             # on a GPU a replica's CPU work only feeds the GPU: it keeps to the planner's threads
-            self.cores = CoreShare(machine_cores(), unit.num_cpus, cap=unit.threads if self.device.startswith("cuda") else None)
+            if sharing_on():
+                self.cores = CoreShare(machine_cores(), unit.num_cpus, cap=unit.threads if self.device.startswith("cuda") else None)
         self.memory_cap = _cap_gpu_memory(unit, self.device)
         self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report, logger=log)
         self._log_loaded(time.perf_counter() - started)
