@@ -174,6 +174,10 @@ def compile_plan(
     if remote and fuse == "all":  # one deployment holds the whole graph: a shared node in it would make a circle
         warnings.append(f"fuse: all runs {', '.join(remote)} in this graph's own deployment, not shared with other graphs")
         remote = {}
+    grouped = [n for n in remote if plan.nodes[n].spec.group or (tuned or {}).get(n, {}).get("group")]
+    if grouped:  # taken out of its group, a node between two of the group's members would make a circle
+        warnings.append(f"{', '.join(grouped)}: in a group, so run in this graph's own deployment, not shared with other graphs")
+        remote = {n: r for n, r in remote.items() if n not in grouped}
     settings = planner.node_settings(plan, tuned, shared=frozenset(remote))
     costs = {n: (measured or {}).get(n) or planner.declared_cost(node) for n, node in plan.nodes.items()}
     placements = planner.place(plan, settings, costs, fuse)

@@ -23,7 +23,7 @@ from typing import Any
 PREFIXES = ("CAPGRAPH_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DIFFUSERS_", "LIVEPEER_")
 """capgraph's own settings, Hugging Face's offline and cache settings, the Livepeer glue's."""
 NAMES = ("TORCH_HOME", "PYTORCH_CUDA_ALLOC_CONF", "TOKENIZERS_PARALLELISM")
-SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|(^|_)KEY($|_)")
+SECRET = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|KEY)($|_)")
 """Names whose values are secrets: never written into a manifest."""
 
 

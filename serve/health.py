@@ -77,7 +77,10 @@ class Health:
         except Exception:  # no running replica yet, or it died: Ray's status says which
             return None
         if unit.remote is not None:  # a shared model reports its node under its own id
-            report = report | {"nodes": {unit.remote.alias.node: next(iter(report["nodes"].values()), None)}}
+            node = unit.remote.alias.node
+            report = report | {"nodes": {node: next(iter(report["nodes"].values()), None)}}
+            if report.get("stuck"):
+                report["stuck"] = report["stuck"] | {"node": node}
         return report
 
     def ray_statuses(self) -> dict[str, RayStatus]:

@@ -71,7 +71,10 @@ class Capability:
         handles = dict(handles)
         for unit in compiled.units:  # a model shared with other graphs runs in an application of its own
             if unit.remote is not None:
-                handles[unit.name] = serve.get_deployment_handle(unit.remote.deployment, app_name=unit.remote.app)
+                # `serve deploy` builds the applications of one config side by side: the shared model's
+                # may not be there yet; /health says so until it is
+                handles[unit.name] = serve.get_deployment_handle(unit.remote.deployment, app_name=unit.remote.app,
+                                                                 _check_exists=False)
         self.compiled, self.plan, self.handles, self.settings = compiled, compiled.plan, handles, settings
         self.in_flight = 0
         """Graph requests running in this replica (counted in the event loop: no lock)."""

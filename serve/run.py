@@ -202,7 +202,12 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
         return EXIT_INVALID
     refused = next((b for b in blueprints if b.problems), None)
     if refused is not None and apps[0].args.preflight == "fail":
-        print(_fit_report(refused), file=sys.stderr)
+        if len(apps) == 1:
+            print(_fit_report(refused), file=sys.stderr)
+        else:
+            print(f"the graphs served together ({', '.join(a.name for a in apps if not a.model)}, and the models they share) "
+                  f"do not fit the cluster ({refused.cluster.describe()}):", file=sys.stderr)
+            print("\n".join(f"  - {p}" for p in refused.problems), file=sys.stderr)
         return EXIT_DOES_NOT_FIT
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
@@ -340,6 +345,8 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
     import ray
     from ray import serve
 
+    from capgraph.serve.sharing import MODEL_APP_PREFIX
+
     node = ray._private.worker._global_node  # set as soon as ray.init started or found a node
     if node is None and not ray.is_initialized():
         return
@@ -352,9 +359,15 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
             serve.shutdown()
         elif ray.is_initialized():
             running = serve.status().applications
+            others = [name for name in running if name not in names]
             for name in reversed(names):  # the graphs, then the models they shared
-                if name in running:
-                    serve.delete(name)
+                if name not in running:
+                    continue
+                if name.startswith(MODEL_APP_PREFIX) and others:  # another session's graphs may call it
+                    print(f"left the shared model '{name}' running: the cluster serves {', '.join(others)} too "
+                          f"(`serve shutdown` or a `serve deploy` without it removes it)", file=out, flush=True)
+                    continue
+                serve.delete(name)
     finally:
         processes = local.processes() if local else []  # before ray.shutdown: afterwards the agents have no parent to find them by
         ray.shutdown()

@@ -66,16 +66,17 @@ def share_key(node: PlannedNode) -> str | None:
         return None
     load_time = node.params.model_dump(mode="json", exclude=set(family.request_params))
     text = json.dumps({"type": family.type, "params": load_time, "wired": sorted(node.inputs)}, sort_keys=True)
-    return f"{family.type}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return f"{family.type.replace('_', '-')}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"  # a capability name's letters
 
 
 def find_shared(plans: Sequence[Plan]) -> dict[str, SharedModel]:
-    """The models that nodes of two or more of `plans` load alike, by key."""
+    """The models that nodes of two or more of `plans` load alike, by key. A node in a
+    `group` is not shared: its author put it in that deployment."""
     users: dict[str, list[tuple[Plan, str]]] = {}
     for plan in plans:
         for node_id, node in plan.nodes.items():
             key = share_key(node)
-            if key is not None:
+            if key is not None and node.spec.group is None:  # a grouped node stays with its group
                 users.setdefault(key, []).append((plan, node_id))
     shared = {}
     for key, found in users.items():

@@ -42,7 +42,8 @@ def applications(paths: Sequence[str], plans: Sequence[Plan], settings: dict[str
     if twice:
         raise GraphInvalid([GraphError("capability", f"two graphs served together are both capability '{twice[0]}': "
                                        "each needs a name of its own", plans[0].file)])
-    shared = sharing.find_shared(plans) if len(plans) > 1 else {}
+    # fuse: all keeps every node in its graph's one deployment: nothing runs elsewhere
+    shared = sharing.find_shared(plans) if len(plans) > 1 and settings.get("fuse") != "all" else {}
     apps = [App(m.app, CapabilityArgs(graph=m.graph, **settings), None, model=True, users=m.users) for m in shared.values()]
     for path, plan in zip(paths, plans):
         uses = {node_id: m.app for node_id, m in sharing.shared_in(plan, shared).items()}
@@ -66,7 +67,9 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
     ingresses = sum(a.args.ingress_replicas for a in apps if not a.model)
     together = Compiled(blueprints[0].compiled.plan, tuple(units), ())
     fit = preflight.place(together, cluster, apps[0].args.ingress_cpus, ingresses)
-    return [Blueprint(b.compiled, b.cluster, b.notes, fit.problems, tuple(p for p in fit.placed if _of(p, a)))
+    plugins = [p for b in blueprints for p in preflight.check_plugins(b.compiled.plan)] if cluster.source == "ray" else []
+    problems = tuple(fit.problems) + tuple(dict.fromkeys(plugins))
+    return [Blueprint(b.compiled, b.cluster, b.notes, problems, tuple(p for p in fit.placed if _of(p, a)))
             for a, b in zip(apps, blueprints)]
 
 
@@ -80,12 +83,16 @@ def serve_config(paths: Sequence[str], plans: Sequence[Plan]) -> dict[str, Any]:
     graph's entry is its file's own (aliases resolved, so the cluster needs no copy of the
     file), moved to `/<capability>` and told which of its nodes run in a shared model."""
     entries = []
+    files = {plan.capability: application(path) for path, plan in zip(paths, plans)}
     for app in applications(paths, plans, {}):
-        if app.model:
+        if app.model:  # the settings and environment of the first graph that uses it
+            first = files[app.users[0][0]]
+            args = {k: v for k, v in first["args"].items() if k not in ("graph", "livepeer", "shared", "fuse")}
             entries.append({"name": app.name, "route_prefix": None, "import_path": MODEL_BUILDER,
-                            "args": {"graph": app.args.graph}})
+                            "args": args | {"graph": app.args.graph}}
+                           | ({"runtime_env": first["runtime_env"]} if first.get("runtime_env") else {}))
             continue
-        entry = application(app.args.graph)
+        entry = files[app.name]
         args = dict(entry["args"]) | ({"shared": app.args.shared} if app.args.shared else {})
         entries.append({**entry, "name": app.name, "route_prefix": app.route_prefix, "args": args})
     return {"applications": entries}

@@ -110,3 +110,15 @@ def test_a_serve_config_of_several_graphs_deploys_what_capgraph_serve_would(tmp_
     assert isinstance(call_user_app_builder_with_args_if_necessary(build_model, model["args"]), Application)
     for entry in (depth, hybrid):
         assert isinstance(call_user_app_builder_with_args_if_necessary(build, entry["args"]), Application)
+
+
+def test_what_is_not_shared(two_graphs: list[Path], tmp_path: Path):
+    """fuse: all keeps every node in its graph's one deployment, and a node in a group stays
+    with its group: no shared model application is made for them."""
+    plans = [load_plan(str(p)) for p in two_graphs]
+    assert not any(a.model for a in applications([str(p) for p in two_graphs], plans, {"fuse": "all"}))
+    grouped = yaml.safe_load(two_graphs[1].read_text())
+    grouped["nodes"]["d"]["group"] = "g"
+    grouped["nodes"]["edges"]["group"] = "g"
+    path = write(tmp_path, "grouped", grouped)
+    assert find_shared([plans[0], load_plan(str(path))]) == {}
