@@ -209,16 +209,18 @@ class UnitReplica:
         if alias is not None:
             return await self._for_caller(values, overrides, meta, alias)
         params = {node_id: overrides.get(node_id, self.plan.nodes[node_id].params) for node_id in self.unit.nodes}
+        return await self._submit(_Frame(values, params, time.perf_counter(), meta))
+
+    async def _submit(self, frame: _Frame) -> dict[str, Any]:
         self.queue_length.set(self.queued + 1)
-        return await self.batcher.submit(_Frame(values, params, time.perf_counter(), meta))
+        return await self.batcher.submit(frame)
 
     async def _for_caller(self, values: Mapping[str, Any], overrides: Mapping[str, NodeParams], meta: dict[str, Any],
                           alias: Alias) -> dict[str, Any]:
         (mine,) = self.unit.nodes  # a shared model's application runs one node
         frame = _Frame({port: values[key] for port, key in alias.inputs}, {mine: overrides.get(alias.node, alias.params)},
                        time.perf_counter(), {})
-        self.queue_length.set(self.queued + 1)
-        result = await self.batcher.submit(frame)
+        result = await self._submit(frame)
         if "error" in result:
             return {"error": result["error"] | ({"node": alias.node} if result["error"].get("node") == mine else {})}
         return {"values": {f"{alias.node}.{key.split('.', 1)[1]}": value for key, value in result["values"].items()},

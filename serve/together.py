@@ -60,14 +60,16 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
     cluster = cluster or current_cluster()
     # Each application is planned on an even share of every machine's CPUs and memory (the
     # planner would otherwise give each all of them); GPU fractions follow the weights.
+    # ("share": not the live cluster, so each plan_app leaves the machines' plug-ins to the one check below)
     share = preflight.Cluster(tuple(replace(m, cpus=m.cpus / len(apps), memory=m.memory / len(apps)) for m in cluster.machines),
-                              cluster.accelerator, cluster.source)
+                              cluster.accelerator, "share")
     blueprints = [replace(plan_app(a.args, share, ingress=not a.model), cluster=cluster) for a in apps]
     units = [replace(u, name=f"{a.name}/{u.name}") for a, b in zip(apps, blueprints) for u in b.compiled.units if u.remote is None]
     ingresses = sum(a.args.ingress_replicas for a in apps if not a.model)
     together = Compiled(blueprints[0].compiled.plan, tuple(units), ())
     fit = preflight.place(together, cluster, apps[0].args.ingress_cpus, ingresses)
-    plugins = [p for b in blueprints for p in preflight.check_plugins(b.compiled.plan)] if cluster.source == "ray" else []
+    checked = cluster.source == "ray" and apps[0].args.preflight != "off"
+    plugins = [p for b in blueprints for p in preflight.check_plugins(b.compiled.plan)] if checked else []
     problems = tuple(fit.problems) + tuple(dict.fromkeys(plugins))
     return [Blueprint(b.compiled, b.cluster, b.notes, problems, tuple(p for p in fit.placed if _of(p, a)))
             for a, b in zip(apps, blueprints)]
