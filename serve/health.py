@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from capgraph.serve.compiler import Compiled, Unit
 from capgraph.serve.incidents import RayStatus, Replacements, unusable
+from capgraph.serve.respread import claimed
 
 log = logging.getLogger("ray.serve")
 
@@ -55,17 +56,19 @@ class Health:
         """Ask Ray and every unit afresh (under `_lock`)."""
         statuses = await asyncio.to_thread(self.ray_statuses)
         reports = await asyncio.gather(*(self._state(u, statuses.get(u.name)) for u in self.compiled.units))
+        moving = await asyncio.to_thread(self._moving, statuses)
         self.reports = {unit.name: report for unit, report in zip(self.compiled.units, reports)}
         nodes: dict[str, Any] = {}
         ready = True
         for unit, report in zip(self.compiled.units, reports):
             ray = statuses.get(unit.name)
-            self.replacements.note(unit.name, unit.nodes, report, ray)
-            status = ray.status if ray else None
+            # a replica moving on purpose failed its health check: that is no incident
+            self.replacements.note(unit.name, unit.nodes, report, None if unit.name in moving else ray)
+            status = "MOVING" if unit.name in moving and ray and ray.running else ray.status if ray else None
             for node_id in unit.nodes:
                 serving = _serving(report, node_id)
                 nodes[node_id] = _node_state(report, node_id, status, serving, self.healthy_since is not None or self.born_serving)
-                ready = ready and serving and nodes[node_id] in ("ok", "updating")
+                ready = ready and serving and nodes[node_id] in ("ok", "updating", "moving")
         self._cache = (now, ready, nodes)
         return ready, nodes
 
@@ -82,6 +85,22 @@ class Health:
             if report.get("stuck"):
                 report["stuck"] = report["stuck"] | {"node": node}
         return report
+
+    def _moving(self, statuses: Mapping[str, RayStatus]) -> set[str]:
+        """Units one of whose replicas is moving to another machine (`serve.respread`):
+        Ray calls them UNHEALTHY while it replaces that replica."""
+        found = set()
+        for unit in self.compiled.units:
+            status = statuses.get(unit.name)
+            if status is None or status.status != "UNHEALTHY":
+                continue
+            app, deployment = (unit.remote.app, unit.remote.deployment) if unit.remote else (self.app_name, unit.name)
+            try:
+                if claimed(app, deployment) is not None:
+                    found.add(unit.name)
+            except Exception:  # the GCS is busy: Ray's status stands
+                pass
+        return found
 
     def ray_statuses(self) -> dict[str, RayStatus]:
         """Ray's status of each deployment, how many of its replicas are running, and why;
@@ -133,11 +152,14 @@ def _serving(report: Mapping[str, Any] | None, node_id: str) -> bool:
 
 
 def _node_state(report: Mapping[str, Any] | None, node_id: str, ray_status: str | None, serving: bool, was_healthy: bool) -> str:
-    """ok, updating, loading, unhealthy or failed, from what the replica says and what Ray
-    says. `updating`: Ray is rolling out a new version; the node still serves as long as
-    one replica of either version is warm."""
+    """ok, updating, moving, loading, unhealthy or failed, from what the replica says and
+    what Ray says. `updating`: Ray is rolling out a new version; the node still serves as
+    long as one replica of either version is warm. `moving` (Ray's UNHEALTHY while one
+    replica moves to another machine on purpose, `serve.respread`): the others serve."""
     if ray_status == "DEPLOY_FAILED":
         return "failed"
+    if ray_status == "MOVING":
+        return "moving" if serving else "unhealthy"
     if ray_status == "UNHEALTHY" or unusable(report):
         return "unhealthy"
     if ray_status == "UPDATING" and (serving or was_healthy):

@@ -43,6 +43,7 @@ from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
+from capgraph.serve import respread
 from capgraph.serve.compiler import Unit
 from capgraph.serve.cores import CoreShare, machine_cores, sharing_on
 from capgraph.serve.overlay import write_measured
@@ -175,6 +176,9 @@ class UnitReplica:
         for metric in (self.latency, self.batch_size, self.queue_length, self.failures):
             metric.set_default_tags(dict(tags))  # Ray adds its own tags to the dict it is given
         self.queue_length.set(0)
+        self.respread = respread.Respread() if respread.enabled() else None
+        self.moving: str | None = None
+        """Why this replica is moving to another machine (`serve.respread`): it fails its health checks."""
 
     @property
     def queued(self) -> int:
@@ -313,11 +317,22 @@ class UnitReplica:
         """What this replica reports to the ingress's /health: every node loaded and warm,
         and whether it is unusable (`fatal`: a device error; `stuck`: a hung batch)."""
         return {"unit": self.unit.name, "nodes": self.report, "queued": self.queued, "fatal": self.fatal, "stuck": self.stuck(),
-                "pid": os.getpid()}
+                "moving": self.moving, "pid": os.getpid()}
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Called by Ray every `health_check_period_s`; raising makes Ray replace us (after
-        3 failures in a row). A hung batch cannot be interrupted, only its process ended."""
+        3 failures in a row). A hung batch cannot be interrupted, only its process ended.
+        A replica crowded on one machine while another has room moves (`serve.respread`)."""
+        if self.moving:
+            raise RuntimeError(self.moving)
+        if self.respread is not None and self.respread.due():
+            try:
+                self.moving = await asyncio.to_thread(self.respread.check)
+            except Exception as exc:  # Ray's controller or GCS busy: look again at the next check
+                log.debug("capgraph: could not check where '%s' runs: %s", self.unit.name, exc)
+            if self.moving:
+                log.warning("capgraph: %s", self.moving)
+                raise RuntimeError(self.moving)
         if self.fatal:
             raise RuntimeError(f"unit '{self.unit.name}' hit an unrecoverable device error: {self.fatal}")
         stuck = self.stuck()

@@ -7,7 +7,7 @@
   const {el, clear, num, drawPicture, valueView, timingsView} = window.Capgraph;
   const TOKEN_KEY = "capgraph-console-token";
   const POLL_MS = 1000;
-  const STATES = {ok: "warm", loading: "loading", updating: "updating", unhealthy: "down", failed: "down"};
+  const STATES = {ok: "warm", loading: "loading", updating: "updating", moving: "updating", unhealthy: "down", failed: "down"};
   const $ = (id) => document.getElementById(id);
 
   let graph = null;

@@ -93,7 +93,8 @@ def test_capgraph_serve_joins_the_cluster_spreads_and_survives_losing_a_machine(
     the replicas build their tiny models there, on both workers. Then the machine holding
     one depth replica (and not the ingress) dies under load: the frames it held fail at once
     with a retryable 503, /health names the node, Ray places a replacement on the machine
-    left, and /health comes back to 200. When the machine returns, it joins again."""
+    left, and /health comes back to 200. When the machine returns, one replica moves back
+    to it under load, with /health at 200 and no frame lost."""
     port = int(three_machines.url.rsplit(":", 1)[1])
     tiny = tmp_path / "tiny"
     env = three_machines.env | {"CAPGRAPH_TINY_DIR": str(tiny)}
@@ -115,6 +116,7 @@ def test_capgraph_serve_joins_the_cluster_spreads_and_survives_losing_a_machine(
         _lose_a_machine_under_load(three_machines, victim)
         three_machines.cluster.restart(victim)
         wait_for(lambda: f"machine_{victim}" in _machines(three_machines), timeout=60, every=0.5)  # the machine is back
+        _spread_again_under_load(three_machines)
     finally:
         server.send_signal(signal.SIGINT)
         rest, _ = server.communicate(timeout=120)
@@ -169,3 +171,37 @@ def _lose_a_machine_under_load(served: Served, victim: str) -> None:
     assert replicas_by_machine(served, "depth") == {f"machine_{'b' if victim == 'c' else 'c'}": 2}
     for _ in range(3):
         assert httpx.post(url + "/v1/spread", json=body(), timeout=60).status_code == 200
+
+
+def _spread_again_under_load(served: Served) -> None:
+    """The returned machine has a free GPU, the other holds both depth replicas (its GPU
+    full): the newer replica moves, Ray drains it and starts its replacement there."""
+    url = served.url
+    probes: list[tuple[float, int, str]] = []
+    spread: list[float] = []
+    stop = asyncio.Event()
+
+    async def scenario():
+        start = time.monotonic()
+
+        async def watch():
+            while time.monotonic() - start < 150:
+                if await asyncio.to_thread(replicas_by_machine, served, "depth") == {"machine_b": 1, "machine_c": 1}:
+                    spread.append(time.monotonic() - start)
+                    await asyncio.sleep(3.0)  # a little load on the replica that moved
+                    break
+                await asyncio.sleep(1.0)
+            stop.set()
+
+        load, *_ = await asyncio.gather(run_load(url + "/v1/spread", body(), 2, 160.0, timeout_s=90, stop=stop),
+                                        probe_health(url, start, probes, lambda: not stop.is_set(), every_s=0.5), watch())
+        return load
+
+    load = asyncio.run(scenario())
+    failed = [r for r in load.records if r.status != 200]
+    print(f"machine back: spread again {spread[0] if spread else float('nan'):.1f} s after, {len(load.records)} requests, "
+          f"{len(failed)} failed; /health {sorted({status for _, status, _ in probes})}")
+    assert spread, f"the replicas did not spread again: {replicas_by_machine(served, 'depth')}"
+    assert not failed, failed[:3]
+    assert {status for _, status, _ in probes} == {200}, [p for p in probes if p[1] != 200][:3]
+    assert any('"moving"' in text for _, _, text in probes)  # /health said which node was moving

@@ -1,0 +1,182 @@
+"""Replicas spread again when a machine returns.
+
+When a machine is lost, Ray starts its replicas again wherever they fit, often all on the
+machines left; it never moves a running replica afterwards, so when the machine comes back
+the survivors keep the crowd and the returned machine idles. Here every node replica looks,
+every `CHECK_EVERY_S`, at where its deployment's replicas run. When one machine holds two
+replicas more than another machine that has room for one more right now, one replica moves:
+the newest on the most crowded machine. It claims the move in Ray's key-value store (one
+move per deployment at a time), then fails its health check; Ray drains it (a graceful
+stop: the frames it holds finish) and starts its replacement where there is room. Where
+the crowded machine is full (its GPU taken), that is the machine that has room.
+
+Where the crowded machine has room too, Ray may put the replacement back on it; the next
+move of that deployment then waits twice as long (`COOLDOWN_S`, doubled per move up to
+`COOLDOWN_MAX_S`) until a check finds the replicas spread.
+
+While a claim stands and another replica of the deployment serves, the ingress's /health
+counts the node as `moving`, not down: a planned move loses no capacity it had before the
+machine came back. `CAPGRAPH_RESPREAD=0` turns moves off (a model that takes minutes to
+load may not be worth moving).
+"""
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger("ray.serve")
+
+CHECK_EVERY_S = 10.0
+"""How often a replica looks at where its deployment's replicas run (at its health checks)."""
+COOLDOWN_S, COOLDOWN_MAX_S = 30.0, 960.0
+"""The wait before a deployment's next move: 30 s, doubled by each move in a row that did not
+leave the replicas spread, at most 16 minutes."""
+STALE_S = 900.0
+"""A claim older than this is dropped whatever became of it (its replica never moved)."""
+NAMESPACE = b"capgraph"
+
+
+def enabled() -> bool:
+    return os.environ.get("CAPGRAPH_RESPREAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Replica:
+    id: str
+    machine: str
+    """Ray's node id."""
+    started: float
+
+
+@dataclass(frozen=True)
+class Move:
+    """A claimed move of one of a deployment's replicas (what the KV store holds)."""
+
+    replica: str
+    machine: str
+    at: float
+    """Wall-clock time of the claim: replicas on several machines read it."""
+
+
+def mover(replicas: Sequence[Replica], room: Mapping[str, bool]) -> str | None:
+    """The replica that should move, or None when the replicas are spread: the newest on
+    the most crowded machine, when some machine with room for one more replica (`room`:
+    each live machine) holds at least two fewer."""
+    if not replicas:
+        return None
+    counts = Counter(r.machine for r in replicas)
+    most = max(counts.values())
+    if not any(ok and counts.get(machine, 0) <= most - 2 for machine, ok in room.items()):
+        return None
+    crowded = [r for r in replicas if counts[r.machine] == most]
+    return max(crowded, key=lambda r: (r.started, r.id)).id
+
+
+def fits(available: Mapping[str, float], request: Mapping[str, float]) -> bool:
+    """Whether a machine with `available` resources can start a replica asking `request`
+    (Ray's names: CPU, GPU, memory, custom resources)."""
+    return all(available.get(name, 0.0) + 1e-9 >= amount for name, amount in request.items() if amount > 0)
+
+
+def request_of(actor_options: Mapping[str, Any]) -> dict[str, float]:
+    """Ray's resource names for a deployment's `ray_actor_options`."""
+    wanted = {"CPU": actor_options.get("num_cpus") or 0.0, "GPU": actor_options.get("num_gpus") or 0.0,
+              "memory": actor_options.get("memory") or 0.0}
+    return wanted | dict(actor_options.get("resources") or {})
+
+
+def claimed(app: str, deployment: str) -> Move | None:
+    """The deployment's move in progress, if any (a fresh claim)."""
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(_key(app, deployment, "move"), namespace=NAMESPACE)
+    if not raw:
+        return None
+    try:
+        move = Move(**json.loads(raw))
+    except (ValueError, TypeError):
+        move = None
+    if move is None or time.time() - move.at > STALE_S:  # unreadable or never finished: it blocks no later move
+        internal_kv._internal_kv_del(_key(app, deployment, "move"), namespace=NAMESPACE)
+        return None
+    return move
+
+
+class Respread:
+    """One node replica's look at its deployment's placement (call `check` from its health check)."""
+
+    def __init__(self) -> None:
+        import ray
+        from ray import serve
+
+        context = serve.get_replica_context()
+        self.app, self.deployment = context.app_name, context.deployment
+        self.replica = context.replica_id.unique_id
+        self.machine = ray.get_runtime_context().get_node_id()
+        self.next_check = time.monotonic() + CHECK_EVERY_S
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_check - 1.0  # health checks come every ~10 s, not to the millisecond
+
+    def check(self) -> str | None:
+        """Why this replica must move now (it has claimed the move), or None. Blocking:
+        it asks Ray's controller and GCS."""
+        import ray
+        from ray._private.state import available_resources_per_node
+        from ray.experimental import internal_kv
+        from ray.serve.context import _get_global_client
+
+        self.next_check = time.monotonic() + CHECK_EVERY_S
+        alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        if len(alive) < 2:
+            return None
+        details = _get_global_client().get_serve_details()
+        deployment = details.get("applications", {}).get(self.app, {}).get("deployments", {}).get(self.deployment)
+        if not deployment or deployment.get("status") != "HEALTHY":
+            return None  # starting, scaling, updating or replacing: not now
+        running = [Replica(r["replica_id"], r["node_id"], r.get("start_time_s") or 0.0) for r in deployment.get("replicas", [])
+                   if r.get("state") == "RUNNING" and r.get("node_id") in alive]
+        move_key, last_key = _key(self.app, self.deployment, "move"), _key(self.app, self.deployment, "last")
+        move = claimed(self.app, self.deployment)
+        if move is not None:
+            if move.replica not in {r.id for r in running}:  # it went and Ray has its replacement running
+                internal_kv._internal_kv_del(move_key, namespace=NAMESPACE)
+            return None
+        available = available_resources_per_node()
+        request = request_of(deployment.get("deployment_config", {}).get("ray_actor_options") or {})
+        room = {machine: fits(available.get(machine, {}), request) for machine in alive}
+        chosen = mover(running, room)
+        last = json.loads(internal_kv._internal_kv_get(last_key, namespace=NAMESPACE) or b"{}")
+        if chosen is None:
+            if last.get("moves"):
+                internal_kv._internal_kv_put(last_key, json.dumps({"at": last.get("at", 0), "moves": 0}), namespace=NAMESPACE)
+            return None
+        if chosen != self.replica:
+            return None
+        moves = int(last.get("moves", 0))
+        if moves and time.time() < last.get("at", 0) + min(COOLDOWN_MAX_S, COOLDOWN_S * 2 ** (moves - 1)):
+            return None
+        now = time.time()
+        if internal_kv._internal_kv_put(move_key, json.dumps(asdict(Move(self.replica, self.machine, now))), overwrite=False,
+                                        namespace=NAMESPACE):
+            return None  # another replica claimed a move first
+        internal_kv._internal_kv_put(last_key, json.dumps({"at": now, "moves": moves + 1}), namespace=NAMESPACE)
+        counts = Counter(r.machine for r in running)
+        emptiest = min((m for m in alive if room[m]), key=lambda m: counts.get(m, 0))
+        return (f"deployment '{self.deployment}' has {counts[self.machine]} replicas on machine {_name(alive, self.machine)} and "
+                f"{counts.get(emptiest, 0)} on machine {_name(alive, emptiest)}, which has room for one: this replica moves "
+                "(Ray finishes its frames and starts its replacement where there is room)")
+
+
+def _key(app: str, deployment: str, what: str) -> bytes:
+    return f"respread/{app}/{deployment}/{what}".encode()
+
+
+def _name(alive: Mapping[str, Mapping[str, Any]], machine: str) -> str:
+    node = alive.get(machine, {})
+    return f"{node.get('NodeManagerAddress', '?')} ({machine[:8]})"
