@@ -92,6 +92,8 @@ class CapabilityArgs(BaseModel):
     machines: list[MachineArgs] | None = Field(None, description="plan and pre-flight for these machines instead of the "
                                                "connected cluster's: where the cluster grows after the build (KubeRay starts "
                                                "workers once the head is up; `capgraph kuberay` writes its worker machines here)")
+    share_of: int = Field(1, ge=1, le=1000, description="applications served together on this cluster (capgraph serve A B "
+                          "and capgraph serve-config set it): this one is planned on 1/share_of of every machine's CPUs and memory")
     shared: dict[str, str] = Field(default_factory=dict, description="node id -> the application running its model for "
                                    "several graphs (`capgraph serve A B` sets it; serve.sharing): no copy of it is deployed here")
 
@@ -161,10 +163,14 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
     plan = load_graph(args.graph)
     _check_livepeer(plan, livepeer_section(args))
     cluster = cluster or _planned_for(args) or current_cluster()
+    # served with others (`share_of`), it is planned on its share of the machines and fitted
+    # on the whole (where the others' replicas go is their builders' to check); a share
+    # given already (`serve.together.plan_all`) is this application's
+    share = cluster.share(args.share_of) if args.share_of > 1 and cluster.source != "share" else cluster
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
     overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
     ingress_replicas = args.ingress_replicas if ingress else 0
-    machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, args.ingress_cpus * ingress_replicas)
+    machine = machine_for([(m.cpus, m.memory) for m in share.machines], cluster.gpus, args.ingress_cpus * ingress_replicas)
     measured = overlay.costs() if overlay else _served_costs(plan, args, "cuda" if cluster.gpus else "cpu", tuned_notes)
     compiled = compile_plan(plan, fuse=args.fuse, batching=args.batching, weight_bytes=preflight.weight_file_bytes, gpu_memory_gib=memory,
                             machine=machine, tuned=overlay.nodes if overlay else None, measured=measured,

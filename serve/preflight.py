@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from capgraph.engine.plan import Plan, PlannedNode
@@ -49,6 +49,12 @@ class Cluster:
     @property
     def cpus(self) -> float:
         return sum(m.cpus for m in self.machines)
+
+    def share(self, parts: int, source: str | None = None) -> "Cluster":
+        """An even share of every machine's CPUs and memory, for one of `parts` applications
+        served together (their GPU fractions follow their weights, as written)."""
+        machines = tuple(replace(m, cpus=m.cpus / parts, memory=m.memory / parts) for m in self.machines)
+        return Cluster(machines, self.accelerator, source or self.source)
 
     def describe(self) -> str:
         kind = f" {self.accelerator}" if self.accelerator else ""

@@ -44,6 +44,8 @@ def applications(paths: Sequence[str], plans: Sequence[Plan], settings: dict[str
                                        "each needs a name of its own", plans[0].file)])
     # fuse: all keeps every node in its graph's one deployment: nothing runs elsewhere
     shared = sharing.find_shared(plans) if len(plans) > 1 and settings.get("fuse") != "all" else {}
+    if len(plans) + len(shared) > 1:  # each is planned on its share of the machines
+        settings = settings | {"share_of": len(plans) + len(shared)}
     apps = [App(m.app, CapabilityArgs(graph=m.graph, **settings), None, model=True, users=m.users) for m in shared.values()]
     for path, plan in zip(paths, plans):
         uses = {node_id: m.app for node_id, m in sharing.shared_in(plan, shared).items()}
@@ -59,10 +61,10 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
         return [plan_app(apps[0].args, cluster, ingress=not apps[0].model)]
     cluster = cluster or current_cluster()
     # Each application is planned on an even share of every machine's CPUs and memory (the
-    # planner would otherwise give each all of them); GPU fractions follow the weights.
-    # ("share": not the live cluster, so each plan_app leaves the machines' plug-ins to the one check below)
-    share = preflight.Cluster(tuple(replace(m, cpus=m.cpus / len(apps), memory=m.memory / len(apps)) for m in cluster.machines),
-                              cluster.accelerator, "share")
+    # planner would otherwise give each all of them), as its builder in the cluster would
+    # plan it (`share_of`); "share": not the live cluster, so each plan_app leaves the
+    # machines' plug-ins to the one check below.
+    share = cluster.share(len(apps), source="share")
     blueprints = [replace(plan_app(a.args, share, ingress=not a.model), cluster=cluster) for a in apps]
     units = [replace(u, name=f"{a.name}/{u.name}") for a, b in zip(apps, blueprints) for u in b.compiled.units if u.remote is None]
     ingresses = sum(a.args.ingress_replicas for a in apps if not a.model)
@@ -91,10 +93,15 @@ def serve_config(paths: Sequence[str], plans: Sequence[Plan]) -> dict[str, Any]:
             first = files[app.users[0][0]]
             args = {k: v for k, v in first["args"].items() if k not in ("graph", "livepeer", "shared", "fuse")}
             entries.append({"name": app.name, "route_prefix": None, "import_path": MODEL_BUILDER,
-                            "args": args | {"graph": app.args.graph}}
+                            "args": args | {"graph": app.args.graph} | _share_of(app)}
                            | ({"runtime_env": first["runtime_env"]} if first.get("runtime_env") else {}))
             continue
         entry = files[app.name]
-        args = dict(entry["args"]) | ({"shared": app.args.shared} if app.args.shared else {})
+        args = dict(entry["args"]) | ({"shared": app.args.shared} if app.args.shared else {}) | _share_of(app)
         entries.append({**entry, "name": app.name, "route_prefix": app.route_prefix, "args": args})
     return {"applications": entries}
+
+
+def _share_of(app: App) -> dict[str, int]:
+    """The builder plans the application on its share of the machines, as `plan_all` does."""
+    return {"share_of": app.args.share_of} if app.args.share_of > 1 else {}

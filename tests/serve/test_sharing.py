@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from capgraph.engine.validate import load_plan
+from capgraph.serve.app import CapabilityArgs, plan_app
 from capgraph.serve.run import deploy_apps
 from capgraph.serve.sharing import MODEL_APP_PREFIX, find_shared, share_key
 from capgraph.serve.together import applications, plan_all
@@ -110,6 +111,18 @@ def test_a_serve_config_of_several_graphs_deploys_what_capgraph_serve_would(tmp_
     assert isinstance(call_user_app_builder_with_args_if_necessary(build_model, model["args"]), Application)
     for entry in (depth, hybrid):
         assert isinstance(call_user_app_builder_with_args_if_necessary(build, entry["args"]), Application)
+    # each builder plans its application on its third of the machines, as `capgraph serve` does
+    assert {entry["args"]["share_of"] for entry in config["applications"]} == {3}
+    paths = [str(GRAPHS / "depth.yaml"), str(GRAPHS / "hybrid.yaml")]
+    apps = applications(paths, [load_plan(p) for p in paths], {})
+    together = {app.name: blueprint for app, blueprint in zip(apps, plan_all(apps))}
+    for entry in config["applications"]:
+        alone = plan_app(CapabilityArgs(**entry["args"]), ingress=entry["route_prefix"] is not None)
+        assert units(alone) == units(together[entry["name"]]), entry["name"]
+
+
+def units(blueprint) -> list[tuple[str, float, int]]:
+    return [(u.name, u.num_cpus, u.threads) for u in blueprint.compiled.units]
 
 
 def test_what_is_not_shared(two_graphs: list[Path], tmp_path: Path):
