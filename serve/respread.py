@@ -36,8 +36,9 @@ CHECK_EVERY_S = 10.0
 COOLDOWN_S, COOLDOWN_MAX_S = 30.0, 960.0
 """The wait before a deployment's next move: 30 s, doubled by each move in a row that did not
 leave the replicas spread, at most 16 minutes."""
-STALE_S = 900.0
-"""A claim older than this is dropped whatever became of it (its replica never moved)."""
+STALE_S = 300.0
+"""A claim older than this is dropped whatever became of it (its replica never moved, or its
+replacement found no room): /health then says what Ray says of the deployment again."""
 NAMESPACE = b"capgraph"
 
 
