@@ -179,6 +179,7 @@ class UnitReplica:
         self.respread = respread.Respread() if respread.enabled() else None
         self.moving: str | None = None
         """Why this replica is moving to another machine (`serve.respread`): it fails its health checks."""
+        self.looking: asyncio.Task | None = None
 
     @property
     def queued(self) -> int:
@@ -292,6 +293,17 @@ class UnitReplica:
         except OSError as exc:
             log.debug("capgraph: could not record measured costs: %s", exc)
 
+    async def _look_where_we_run(self) -> None:
+        """Whether this replica must move to a machine that came back (`serve.respread`);
+        the next health check then fails."""
+        assert self.respread is not None
+        try:
+            self.moving = await asyncio.to_thread(self.respread.check)
+        except Exception as exc:  # Ray's controller or GCS busy: look again at the next check
+            log.debug("capgraph: could not check where '%s' runs: %s", self.unit.name, exc)
+        if self.moving:
+            log.warning("capgraph: %s", self.moving)
+
     def _error(self, exc: InputError | NodeFailed) -> dict[str, Any]:
         """A frame's failure as it crosses back to the ingress: `{"error": exc.to_dict()}`,
         which the units after this one pass on and the ingress raises again (`from_dict`)."""
@@ -325,14 +337,9 @@ class UnitReplica:
         A replica crowded on one machine while another has room moves (`serve.respread`)."""
         if self.moving:
             raise RuntimeError(self.moving)
-        if self.respread is not None and self.respread.due():
-            try:
-                self.moving = await asyncio.to_thread(self.respread.check)
-            except Exception as exc:  # Ray's controller or GCS busy: look again at the next check
-                log.debug("capgraph: could not check where '%s' runs: %s", self.unit.name, exc)
-            if self.moving:
-                log.warning("capgraph: %s", self.moving)
-                raise RuntimeError(self.moving)
+        if self.respread is not None and self.respread.due() and (self.looking is None or self.looking.done()):
+            # apart from the check: a slow controller must not time the health check out
+            self.looking = asyncio.get_running_loop().create_task(self._look_where_we_run())
         if self.fatal:
             raise RuntimeError(f"unit '{self.unit.name}' hit an unrecoverable device error: {self.fatal}")
         stuck = self.stuck()

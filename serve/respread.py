@@ -4,11 +4,16 @@ When a machine is lost, Ray starts its replicas again wherever they fit, often a
 machines left; it never moves a running replica afterwards, so when the machine comes back
 the survivors keep the crowd and the returned machine idles. Here every node replica looks,
 every `CHECK_EVERY_S`, at where its deployment's replicas run. When one machine holds two
-replicas more than another machine that has room for one more right now, one replica moves:
-the newest on the most crowded machine. It claims the move in Ray's key-value store (one
-move per deployment at a time), then fails its health check; Ray drains it (a graceful
-stop: the frames it holds finish) and starts its replacement where there is room. Where
-the crowded machine is full (its GPU taken), that is the machine that has room.
+replicas more than a machine that joined the cluster after them (a machine back from a loss
+is a new Ray node) and has room for one more right now, one replica moves: the newest on
+the most crowded machine. It claims the move in Ray's key-value store (one move per
+deployment at a time), then fails its health check; Ray drains it (a graceful stop: the
+frames it holds finish) and starts its replacement where there is room. Where the crowded
+machine is full (its GPU taken), that is the machine that has room.
+
+Only machines that joined after the replica started count: when autoscaling scales a
+deployment down, Ray stops replicas on the least busy machines on purpose, so that an idle
+machine can leave the cluster; moving a replica back there would keep it.
 
 Where the crowded machine has room too, Ray may put the replacement back on it; the next
 move of that deployment then waits twice as long (`COOLDOWN_S`, doubled per move up to
@@ -64,18 +69,20 @@ class Move:
     """Wall-clock time of the claim: replicas on several machines read it."""
 
 
-def mover(replicas: Sequence[Replica], room: Mapping[str, bool]) -> str | None:
+def mover(replicas: Sequence[Replica], room: Mapping[str, bool], joined: Mapping[str, float]) -> str | None:
     """The replica that should move, or None when the replicas are spread: the newest on
-    the most crowded machine, when some machine with room for one more replica (`room`:
-    each live machine) holds at least two fewer."""
+    the most crowded machine, when a machine with room for one more replica (`room`: each
+    live machine) that joined the cluster after it started (`joined`: wall-clock time each
+    machine was first seen, 0 for those there from the start) holds at least two fewer."""
     if not replicas:
         return None
     counts = Counter(r.machine for r in replicas)
     most = max(counts.values())
-    if not any(ok and counts.get(machine, 0) <= most - 2 for machine, ok in room.items()):
-        return None
-    crowded = [r for r in replicas if counts[r.machine] == most]
-    return max(crowded, key=lambda r: (r.started, r.id)).id
+    newest = max((r for r in replicas if counts[r.machine] == most), key=lambda r: (r.started, r.id))
+    if any(ok and counts.get(machine, 0) <= most - 2 and joined.get(machine, 0.0) > newest.started
+           for machine, ok in room.items()):
+        return newest.id
+    return None
 
 
 def fits(available: Mapping[str, float], request: Mapping[str, float]) -> bool:
@@ -134,6 +141,7 @@ class Respread:
 
         self.next_check = time.monotonic() + CHECK_EVERY_S
         alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        joined = _note_machines(alive)
         if len(alive) < 2:
             return None
         details = _get_global_client().get_serve_details()
@@ -151,7 +159,7 @@ class Respread:
         available = available_resources_per_node()
         request = request_of(deployment.get("deployment_config", {}).get("ray_actor_options") or {})
         room = {machine: fits(available.get(machine, {}), request) for machine in alive}
-        chosen = mover(running, room)
+        chosen = mover(running, room, joined)
         last = json.loads(internal_kv._internal_kv_get(last_key, namespace=NAMESPACE) or b"{}")
         if chosen is None:
             if last.get("moves"):
@@ -172,6 +180,22 @@ class Respread:
         return (f"deployment '{self.deployment}' has {counts[self.machine]} replicas on machine {_name(alive, self.machine)} and "
                 f"{counts.get(emptiest, 0)} on machine {_name(alive, emptiest)}, which has room for one: this replica moves "
                 "(Ray finishes its frames and starts its replacement where there is room)")
+
+
+def _note_machines(alive: Mapping[str, Any]) -> dict[str, float]:
+    """When each live machine was first seen (wall-clock; 0: there when first looked, which
+    a machine back from a loss never is: it rejoins as a new Ray node), kept in Ray's KV
+    store for the cluster."""
+    from ray.experimental import internal_kv
+
+    key = b"respread/machines"
+    raw = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+    seen: dict[str, float] = json.loads(raw) if raw else {}
+    now = 0.0 if not raw else time.time()
+    fresh = {machine: seen.get(machine, now) for machine in alive}
+    if fresh != seen:
+        internal_kv._internal_kv_put(key, json.dumps(fresh), namespace=NAMESPACE)
+    return fresh
 
 
 def _key(app: str, deployment: str, what: str) -> bytes:

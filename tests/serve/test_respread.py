@@ -8,20 +8,29 @@ def replicas(*placed: tuple[str, str, float]) -> list[Replica]:
     return [Replica(rid, machine, started) for rid, machine, started in placed]
 
 
-def test_the_newest_replica_on_the_crowded_machine_moves_to_one_with_room():
+def test_the_newest_replica_on_the_crowded_machine_moves_to_a_machine_that_came_back():
     crowded = replicas(("r1", "b", 1.0), ("r2", "b", 5.0), ("r3", "b", 3.0))
-    assert mover(crowded, {"b": False, "c": True}) == "r2"
+    assert mover(crowded, {"b": False, "c": True}, {"b": 0.0, "c": 9.0}) == "r2"
 
 
 def test_spread_replicas_stay():
-    assert mover(replicas(("r1", "b", 1.0), ("r2", "c", 2.0)), {"b": True, "c": True}) is None
-    assert mover(replicas(("r1", "b", 1.0), ("r2", "b", 2.0), ("r3", "c", 3.0)), {"b": True, "c": True}) is None  # 2 and 1
+    joined = {"b": 0.0, "c": 9.0}
+    assert mover(replicas(("r1", "b", 1.0), ("r2", "c", 2.0)), {"b": True, "c": True}, joined) is None
+    assert mover(replicas(("r1", "b", 1.0), ("r2", "b", 2.0), ("r3", "c", 3.0)), {"b": True, "c": True}, joined) is None  # 2 and 1
 
 
 def test_nothing_moves_to_a_machine_without_room():
     """The returned machine is taken by something else: a move would only come back."""
-    assert mover(replicas(("r1", "b", 1.0), ("r2", "b", 2.0)), {"b": False, "c": False}) is None
-    assert mover([], {"b": True}) is None
+    assert mover(replicas(("r1", "b", 1.0), ("r2", "b", 2.0)), {"b": False, "c": False}, {"c": 9.0}) is None
+    assert mover([], {"b": True}, {}) is None
+
+
+def test_nothing_moves_back_to_a_machine_autoscaling_emptied():
+    """Scaling down, Ray stopped the replicas of the machine that has been there all along,
+    on purpose (an idle machine can leave the cluster): they stay where they are."""
+    left = replicas(("r1", "b", 1.0), ("r2", "b", 5.0))
+    assert mover(left, {"b": True, "c": True}, {"b": 0.0, "c": 0.0}) is None
+    assert mover(left, {"b": True, "c": True}, {"b": 0.0, "c": 4.0}) is None  # it joined before r2 started
 
 
 def test_a_machine_fits_what_the_deployment_asks_of_ray():
