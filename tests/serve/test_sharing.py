@@ -187,3 +187,46 @@ def test_one_sdxl_runs_each_frame_with_its_own_graphs_controlnets(tiny_models: P
     assert all(pipe.unet is node.base.unet for pipe in node.pipes.values())  # every pipeline over one copy of the weights
     undriven = executor.run_checked(frames[1:2], [{"sdxl": params[1]["sdxl"].model_copy(update={"controlnet_scales": (0.0,)})}])
     assert np.abs(undriven.outputs[0]["image"].astype(int) - alone[1]["image"].astype(int)).max() > 0  # the ControlNet steers it
+
+
+@pytest.mark.slow
+def test_img2img_and_hybrid_served_together_run_one_sdxl(cluster, tiny_models: Path):
+    """`capgraph serve graphs/img2img.yaml graphs/hybrid.yaml`: one SDXL replica in all; each
+    capability answers at its prefix, img2img.yaml's frame re-drawn from its image, hybrid.yaml's
+    steered by its depth ControlNet. (Tiny models here: their GPU asks are small enough to
+    fit beside img2img.yaml's 0.8 on the one faked GPU.)"""
+    from ray import serve
+
+    paths = [str(GRAPHS / "img2img.yaml"), str(GRAPHS / "hybrid.yaml")]
+    apps = applications(paths, [load_plan(p) for p in paths], {})
+    model = apps[0]
+    assert model.model and model.name.startswith(MODEL_APP_PREFIX + "sdxl-") and [a.name for a in apps[1:]] == ["sdxl-img2img", "hybrid-depth-sdxl"]
+    port = int(cluster.url.rsplit(":", 1)[1])
+    out = io.StringIO()
+    try:
+        assert deploy_apps(apps, "127.0.0.1", port, out) == 0, out.getvalue()
+        assert "serving sdxl-img2img's generate, hybrid-depth-sdxl's generate" in out.getvalue()
+        running = serve.status().applications
+        assert running[model.name].deployments["sdxl"].replica_states == {"RUNNING": 1}
+        assert not {"generate"} & {d for a in apps[1:] for d in running[a.name].deployments}  # no copy of their own
+
+        def ask(capability: str, params: dict) -> httpx.Response:
+            wait_health(f"{cluster.url}/{capability}", 60)
+            inputs = {"image": png_b64(frame(64, 48)), "prompt": "a castle"}
+            return httpx.post(f"{cluster.url}/{capability}/v1/{capability}", json={"inputs": inputs, "params": params}, timeout=120)
+
+        redrawn = ask("sdxl-img2img", {"generate.steps": 2})
+        assert redrawn.status_code == 200, redrawn.text
+        assert decode_b64_png(redrawn.json()["outputs"]["image"]).shape == (48, 64, 3)  # img2img: the size of its frame
+        fast = {"steps": 2, "seed": 3}
+        steered, unsteered = ask("hybrid-depth-sdxl", fast), ask("hybrid-depth-sdxl", fast | {"generate.controlnet_scales": [0.0]})
+        assert steered.status_code == unsteered.status_code == 200, steered.text + unsteered.text
+        images = [decode_b64_png(r.json()["outputs"]["image"]) for r in (steered, unsteered)]
+        assert images[0].shape == (192, 256, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0  # its ControlNet steers it
+        for capability in ("sdxl-img2img", "hybrid-depth-sdxl"):
+            health = httpx.get(f"{cluster.url}/{capability}/health", timeout=10).json()
+            assert "generate" in health["nodes"], health
+    finally:
+        for app in reversed(apps):
+            if app.name in serve.status().applications:
+                serve.delete(app.name)
