@@ -156,7 +156,11 @@ def test_sdxl_is_shared_whatever_the_controlnets_scheduler_and_wiring(tmp_path: 
     node = model.graph["nodes"]["sdxl"]
     assert [c["model"] for c in node["params"]["controlnets"]] == [DEPTH_CN]
     assert node["inputs"] == {"prompt": "prompt", "image": "image", "control_image": "control_image"}  # every port a user wires
-    plan_from_data(model.graph, "shared")  # a valid graph, as its application builds it
+    shared = plan_from_data(model.graph, "shared")  # a valid graph, as its application builds it
+    assert shared.nodes["sdxl"].build().models() == ["stabilityai/stable-diffusion-xl-base-1.0", DEPTH_CN]  # what pre-flight weighs
+    paths = [str(p) for p in sdxl_graphs(tmp_path)[:2]]
+    placed = [p.deployment for b in plan_all(applications(paths, [img2img, hybrid], {})) for p in b.placed]
+    assert [d for d in placed if d.endswith(("/sdxl", "/generate"))] == [model.app + "/sdxl"]  # counted once
 
     models = find_shared([img2img, hybrid, both])
     sdxl = next(m for m in models.values() if m.key.startswith("sdxl-"))
