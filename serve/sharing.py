@@ -8,6 +8,13 @@ runs once, in an application of its own (`capgraph-model-<family>-<hash>`, no HT
 deploying its own copy. The weights then sit in GPU memory once, pre-flight counts them
 once, and the model's replicas batch the frames of every graph together.
 
+A family may name fewer params as what decides its weights (`Node.shared_weights`; sdxl:
+`model` and `vae`). Its nodes are then shared whatever their other params and wiring: the
+one node loads what the family's `for_callers` gives for all of them (sdxl: every caller's
+ControlNets, once each) and takes every port one of them wires, and each frame runs with
+its caller's params and brings only the ports its caller wires, so img2img.yaml's frames
+are img2img and hybrid.yaml's go through their ControlNet on the same SDXL.
+
 What a caller graph sends the shared deployment is its own frame under its own names; an
 `Alias` tells the shared replica which of the caller's values feed which of its ports, the
 caller's params for the node (request params may differ between graphs), and the caller's
@@ -32,12 +39,12 @@ class SharedModel:
     """One model served once for several graphs."""
 
     key: str
-    """`<family>-<hash of the load-time params and wired ports>`."""
+    """`<family>-<hash of the params that decide its weights>` (`share_key`)."""
     app: str
     """The Serve application that runs it."""
     graph: dict[str, Any]
     """A one-node graph of it (its ports as the graph's inputs and outputs), from the
-    first graph that uses it: what its application is built from."""
+    graphs that use it (`_one_node_graph`): what its application is built from."""
     users: tuple[tuple[str, str], ...]
     """(capability, node id) of every node it serves."""
 
