@@ -87,6 +87,14 @@ class Node:
     id (`"model"`), or a name of the family's choosing where the id lives elsewhere (in a
     list of ControlNets, or picked by a method). Weightless families declare none."""
 
+    shared_weights: ClassVar[frozenset[str] | None] = None
+    """The params that decide the weights nodes of the family load, where graphs served
+    together could share one copy (`serve.sharing`). None: every load-time param (all but
+    `request_params`), and nodes share only with the same optional ports wired. A family
+    that names fewer runs each frame with its caller's params and the ports its caller
+    wired (its `run_batch` follows both per frame), and says in `for_callers` what the one
+    node serving several callers loads."""
+
     def __init__(self, params: NodeParams, node_id: str = "") -> None:
         self.params = params
         self.node_id = node_id or self.type
@@ -136,6 +144,14 @@ class Node:
         """Rules that tie params to which optional ports are wired (e.g. one control image
         per ControlNet), checked at validation: (port, problem) pairs; none by default."""
         return []
+
+    @classmethod
+    def for_callers(cls, callers: Sequence[tuple[NodeParams, frozenset[str]]]) -> tuple[NodeParams, frozenset[str]]:
+        """One node serving several callers that agree on `shared_weights`, from each one's
+        (params, wired ports): the params it loads and warms up with, and the ports it
+        takes (a frame brings only its caller's). Default: the first caller's params, every
+        port one of them wires. Raises ValueError where no one node can serve them all."""
+        return callers[0][0], frozenset().union(*(wired for _, wired in callers))
 
     def load(self, device: str, dtype: str) -> None:
         """Load weights onto `device` in `dtype` ('float16' or 'float32'). Weightless

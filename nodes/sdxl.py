@@ -15,10 +15,16 @@ goes through `depth_control` first, edges come from `canny`. Every mode is built
 `from_pipe` over one base pipeline, and that base is shared by every node of the process
 that loads the same model on the same device: UNet, VAE and both text encoders load once.
 
-A batch of frames is one pipeline call per group of frames that agree on the call-shaping
-params (size, steps, guidance, strength, scheduler, ControlNet scales). Prompts and seeds
-stay per frame: one CPU `torch.Generator` per frame, so a frame's image depends on its own
-seed only, not on its batch-mates nor on the device's random number generator.
+The mode and the ControlNets follow each frame's params and wiring, not the node's: graphs
+served together that use the same checkpoint and VAE share one node (`shared_weights`,
+`serve.sharing`), which loads every ControlNet its callers name, once each, and runs a
+frame of img2img.yaml as img2img and one of hybrid.yaml through its depth ControlNet.
+
+A batch of frames is one pipeline call per group of frames that agree on the mode, the
+ControlNets and the call-shaping params (size, steps, guidance, strength, scheduler,
+ControlNet scales). Prompts and seeds stay per frame: one CPU `torch.Generator` per frame,
+so a frame's image depends on its own seed only, not on its batch-mates nor on the
+device's random number generator.
 
 Weights: stabilityai/stable-diffusion-xl-base-1.0 by default; any SDXL checkpoint in
 diffusers layout loads the same way (SDXL-Lightning/Turbo merges with the `euler_trailing`
@@ -32,7 +38,7 @@ architectures, not measured). Pipelines and schedulers keep per-call state: one
 import logging
 import weakref
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -132,7 +138,23 @@ class Sdxl(Node):
     uses_gpu = True
     max_batch = 4
     weights = {"model": BASE, "vae": VAE, "controlnets": CONTROLNET}
+    shared_weights = frozenset({"model", "vae"})
+    """The base pipeline's weights; ControlNets are loaded for every caller that names one, and
+    `scheduler` is per call already (one scheduler per name)."""
     cost_ms = 120.0
+
+    @classmethod
+    def for_callers(cls, callers: Sequence[tuple[NodeParams, frozenset[str]]]) -> tuple[NodeParams, frozenset[str]]:
+        """The ControlNets of every caller, each model once (after the longest caller's own
+        list, so that its ports stay valid), and the control ports they take."""
+        params = [cast(SdxlParams, p) for p, _ in callers]
+        longest = max((p.controlnets for p in params), key=len)
+        named = {c.model for c in longest}
+        nets = (*longest, *{c.model: c for p in params for c in p.controlnets if c.model not in named}.values())
+        if len(nets) > len(CONTROL_PORTS):
+            raise ValueError(f"{len(nets)} ControlNets between them; one node takes at most {len(CONTROL_PORTS)}")
+        merged = params[0].model_copy(update={"controlnets": nets, "controlnet_scales": None})
+        return merged, frozenset().union(*(wired for _, wired in callers), CONTROL_PORTS[: len(nets)])
 
     def models(self) -> list[str]:
         """The base model, the VAE when one is set, then each ControlNet's."""
@@ -150,17 +172,20 @@ class Sdxl(Node):
         # resolve every id first: a missing ControlNet fails before gigabytes of base model load
         base_path = self.resolve_weights("model")
         vae_path = self.resolve_weights("vae") if p.vae else None
-        net_paths = [self.resolve_weights("controlnets", c.model) for c in p.controlnets]
+        net_paths = {c.model: self.resolve_weights("controlnets", c.model) for c in p.controlnets}
         self.base = _base_pipeline(base_path, vae_path, device, torch_dtype)
         loaded: dict[str, Any] = {}  # the same ControlNet twice is loaded once
-        for path in net_paths:
+        for path in net_paths.values():
             if path not in loaded:
                 loaded[path] = ControlNetModel.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype)).to(device)
-        self.controlnets = [loaded[path] for path in net_paths]
-        self.pipes: dict[str, Any] = {}
+        self.nets = {model: loaded[path] for model, path in net_paths.items()}
+        """Loaded ControlNets by model id: a frame's params name the ones it runs with."""
+        self.controlnets = self._nets(p)
+        self.pipes: dict[tuple[str, tuple[str, ...]], Any] = {}
+        """Pipelines by (mode, ControlNet models), made on first use."""
         self.schedulers: dict[str, Any] = {}
         b = self.base
-        self.weight_bytes = module_bytes(b.unet, b.vae, b.text_encoder, b.text_encoder_2, *self.controlnets)
+        self.weight_bytes = module_bytes(b.unet, b.vae, b.text_encoder, b.text_encoder_2, *loaded.values())
 
     def example_inputs(self) -> Frame:
         image = example_value(PortType.IMAGE, WARMUP_SIDE)
@@ -175,10 +200,12 @@ class Sdxl(Node):
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, (frame, p) in enumerate(zip(inputs, params)):
             width, height = target_size(frame, p)
-            key = (self._mode(frame), width, height, p.steps, p.guidance, p.strength, p.scheduler, p.scales(), bool(p.negative_prompt))
+            nets = tuple(c.model for c in p.controlnets)  # one call never mixes ControlNet sets
+            key = (self._mode(frame, p), nets, width, height, p.steps, p.guidance, p.strength, p.scheduler, p.scales(),
+                   bool(p.negative_prompt))
             groups.setdefault(key, []).append(i)
         out: list[Frame] = [{} for _ in inputs]
-        for (mode, width, height, *_), members in groups.items():
+        for (mode, _, width, height, *_), members in groups.items():
             images = self._generate(mode, width, height, [inputs[i] for i in members], [params[i] for i in members])
             for i, image in zip(members, images):
                 out[i] = {"image": image}
@@ -197,8 +224,10 @@ class Sdxl(Node):
             problems.append(("mask", "'mask' is wired but 'image' is not; inpainting needs the image to repaint."))
         return problems
 
-    def _mode(self, frame: Frame) -> str:
-        problems = self.check_wiring(self.params, frozenset(frame))
+    def _mode(self, frame: Frame, p: SdxlParams) -> str:
+        """The frame's mode, its wiring checked against its own params (a shared node's
+        callers wire different ports)."""
+        problems = self.check_wiring(p, frozenset(frame))
         if problems:
             raise ValueError(f"node '{self.node_id}': " + " ".join(problem for _, problem in problems))
         return "inpaint" if "mask" in frame else "img2img" if "image" in frame else "t2i"
@@ -209,7 +238,8 @@ class Sdxl(Node):
         from PIL import Image
 
         p = params[0]
-        pipe = self._pipe(mode)
+        nets = self._nets(p)
+        pipe = self._pipe(mode, tuple(c.model for c in p.controlnets), nets)
         pipe.scheduler = self._scheduler(p.scheduler)
         kwargs: dict[str, Any] = {
             "prompt": [frame.get("prompt", q.prompt) for frame, q in zip(frames, params)],
@@ -220,7 +250,7 @@ class Sdxl(Node):
             "generator": [torch.Generator("cpu").manual_seed(q.seed) for q in params],
             "output_type": "np",
         }
-        if mode != "img2img" or self.controlnets:  # plain SDXL img2img takes its size from the image
+        if mode != "img2img" or nets:  # plain SDXL img2img takes its size from the image
             kwargs |= {"width": width, "height": height}
         if mode != "t2i":
             if int(p.steps * p.strength) < 1:
@@ -232,12 +262,12 @@ class Sdxl(Node):
             kwargs["strength"] = p.strength
         if mode == "inpaint":
             kwargs["mask_image"] = [Image.fromarray(_mask_to_gray(resize(f["mask"], width, height))) for f in frames]
-        if self.controlnets:
+        if nets:
             # one float batch (N, H, W, 3) per ControlNet keeps control images per frame,
             # which diffusers' nested-list form refuses for several ControlNets
             controls = [
                 np.stack([resize(f[name], width, height) for f in frames]).astype(np.float32) / 255.0
-                for name in CONTROL_PORTS[: len(self.controlnets)]
+                for name in CONTROL_PORTS[: len(nets)]
             ]
             single = len(controls) == 1
             kwargs["image" if mode == "t2i" else "control_image"] = controls[0] if single else controls
@@ -248,22 +278,31 @@ class Sdxl(Node):
             images = pipe(**kwargs).images
         return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
 
-    def _pipe(self, mode: str) -> Any:
-        """The pipeline of a mode, made on first use from the base pipeline's components."""
-        if mode not in self.pipes:
+    def _nets(self, p: SdxlParams) -> list[Any]:
+        """The loaded ControlNets of `p`, in its order."""
+        missing = [c.model for c in p.controlnets if c.model not in self.nets]
+        if missing:  # load-time params: a request cannot name another, so this is a wiring bug
+            raise ValueError(f"node '{self.node_id}' has not loaded ControlNet {', '.join(missing)} (it loaded {', '.join(self.nets) or 'none'})")
+        return [self.nets[c.model] for c in p.controlnets]
+
+    def _pipe(self, mode: str, models: tuple[str, ...], nets: list[Any]) -> Any:
+        """The pipeline of a mode with these ControlNets, made on first use from the base
+        pipeline's components: nothing is loaded twice."""
+        key = (mode, models)
+        if key not in self.pipes:
             import diffusers
 
-            cls = getattr(diffusers, PIPELINES[mode, bool(self.controlnets)])
+            cls = getattr(diffusers, PIPELINES[mode, bool(nets)])
             extra: dict[str, Any] = {}
-            if len(self.controlnets) == 1:
-                extra["controlnet"] = self.controlnets[0]
-            elif self.controlnets:
-                extra["controlnet"] = list(self.controlnets)
+            if len(nets) == 1:
+                extra["controlnet"] = nets[0]
+            elif nets:
+                extra["controlnet"] = list(nets)
             logging.getLogger(cls.__module__).addFilter(_drop_noise)
             pipe = cls.from_pipe(self.base, dtype=self.base.dtype, **extra)  # without dtype it casts all to fp32
             pipe.set_progress_bar_config(disable=True)
-            self.pipes[mode] = pipe
-        return self.pipes[mode]
+            self.pipes[key] = pipe
+        return self.pipes[key]
 
     def _scheduler(self, name: str) -> Any:
         """A scheduler of this node's own: schedulers keep per-call state, the base is shared."""

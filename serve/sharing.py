@@ -8,6 +8,13 @@ runs once, in an application of its own (`capgraph-model-<family>-<hash>`, no HT
 deploying its own copy. The weights then sit in GPU memory once, pre-flight counts them
 once, and the model's replicas batch the frames of every graph together.
 
+A family may name fewer params as what decides its weights (`Node.shared_weights`; sdxl:
+`model` and `vae`). Its nodes are then shared whatever their other params and wiring: the
+one node loads what the family's `for_callers` gives for all of them (sdxl: every caller's
+ControlNets, once each) and takes every port one of them wires, and each frame runs with
+its caller's params and brings only the ports its caller wires, so img2img.yaml's frames
+are img2img and hybrid.yaml's go through their ControlNet on the same SDXL.
+
 What a caller graph sends the shared deployment is its own frame under its own names; an
 `Alias` tells the shared replica which of the caller's values feed which of its ports, the
 caller's params for the node (request params may differ between graphs), and the caller's
@@ -32,12 +39,12 @@ class SharedModel:
     """One model served once for several graphs."""
 
     key: str
-    """`<family>-<hash of the load-time params and wired ports>`."""
+    """`<family>-<hash of the params that decide its weights>` (`share_key`)."""
     app: str
     """The Serve application that runs it."""
     graph: dict[str, Any]
     """A one-node graph of it (its ports as the graph's inputs and outputs), from the
-    first graph that uses it: what its application is built from."""
+    graphs that use it (`_one_node_graph`): what its application is built from."""
     users: tuple[tuple[str, str], ...]
     """(capability, node id) of every node it serves."""
 
@@ -60,18 +67,24 @@ class Alias:
 
 
 def share_key(node: PlannedNode) -> str | None:
-    """What identifies the weights a node loads; None for a weightless family (nothing to share)."""
+    """What identifies the weights a node loads; None for a weightless family (nothing to share).
+    The params of the family's `shared_weights`, else every load-time param and the wired ports."""
     family = node.family
     if not family.weights:
         return None
-    load_time = node.params.model_dump(mode="json", exclude=set(family.request_params))
-    text = json.dumps({"type": family.type, "params": load_time, "wired": sorted(node.inputs)}, sort_keys=True)
+    if family.shared_weights is None:
+        load_time = node.params.model_dump(mode="json", exclude=set(family.request_params))
+        identity = {"type": family.type, "params": load_time, "wired": sorted(node.inputs)}
+    else:  # each frame runs with its caller's other params and wiring
+        identity = {"type": family.type, "params": node.params.model_dump(mode="json", include=set(family.shared_weights))}
+    text = json.dumps(identity, sort_keys=True)
     return f"{family.type.replace('_', '-')}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"  # a capability name's letters
 
 
 def find_shared(plans: Sequence[Plan]) -> dict[str, SharedModel]:
     """The models that nodes of two or more of `plans` load alike, by key. A node in a
-    `group` is not shared: its author put it in that deployment."""
+    `group` is not shared: its author put it in that deployment; nor are nodes that no one
+    node can serve together (the family's `for_callers` refuses: each keeps its own copy)."""
     users: dict[str, list[tuple[Plan, str]]] = {}
     for plan in plans:
         for node_id, node in plan.nodes.items():
@@ -82,9 +95,11 @@ def find_shared(plans: Sequence[Plan]) -> dict[str, SharedModel]:
     for key, found in users.items():
         if len({plan.capability for plan, _ in found}) < 2:
             continue
-        plan, node_id = found[0]
-        shared[key] = SharedModel(key, MODEL_APP_PREFIX + key, _one_node_graph(plan, node_id, key),
-                                  tuple((p.capability, n) for p, n in found))
+        try:
+            graph = _one_node_graph(found, key)
+        except ValueError:
+            continue
+        shared[key] = SharedModel(key, MODEL_APP_PREFIX + key, graph, tuple((p.capability, n) for p, n in found))
     return shared
 
 
@@ -103,20 +118,24 @@ def alias(plan: Plan, node_id: str) -> Alias:
     return Alias(node_id, tuple((port, str(src)) for port, src in node.inputs.items()), node.params)
 
 
-def _one_node_graph(plan: Plan, node_id: str, key: str) -> dict[str, Any]:
-    """The node alone: its wired ports as graph inputs (of the types `plan` feeds them),
-    every output as a graph output, its params, resources, batch and replicas as `plan`
-    wrote them."""
+def _one_node_graph(users: Sequence[tuple[Plan, str]], key: str) -> dict[str, Any]:
+    """The node alone: the params and ports its family's `for_callers` gives for all its
+    users (for most families, the first user's, which all share), the ports as graph inputs
+    (of the types a user feeds them), every output as a graph output, and the resources,
+    batch and replicas the first user wrote."""
+    plan, node_id = users[0]
     node = plan.nodes[node_id]
     family = node.family
+    params, ports = family.for_callers([(p.nodes[n].params, frozenset(p.nodes[n].inputs)) for p, n in users])
+    fed = {port: _type_of(p, src) for p, n in reversed(users) for port, src in p.nodes[n].inputs.items()}
     spec = node.spec.model_dump(mode="json", exclude_none=True, exclude={"inputs", "group", "description"})
-    spec["params"] = node.params.model_dump(mode="json")
-    spec["inputs"] = {port: port for port in node.inputs}
+    spec["params"] = params.model_dump(mode="json")
+    spec["inputs"] = {port: port for port in family.inputs if port in ports}
     name = family.type
     return {
         "capability": MODEL_APP_PREFIX + key,
         "description": f"the {family.type} model shared by several graphs",
-        "inputs": {port: {"type": _type_of(plan, src).value} for port, src in node.inputs.items()},
+        "inputs": {port: {"type": (fed.get(port) or family.inputs[port].types[0]).value} for port in spec["inputs"]},
         "nodes": {name: spec},
         "outputs": {port: f"{name}.{port}" for port in family.outputs},
     }

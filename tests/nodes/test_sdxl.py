@@ -90,7 +90,7 @@ def test_wiring_an_image_gives_img2img_and_a_mask_gives_inpainting(plain: Sdxl, 
     assert inpainted.shape == (64, 64, 3)
     both = controlled.run_batch([{"image": image, "mask": mask, "control_image": control(4)}], [controlled.params])[0]["image"]
     assert both.shape == (64, 64, 3)
-    assert set(plain.pipes) == {"t2i", "img2img", "inpaint"}
+    assert set(plain.pipes) == {("t2i", ()), ("img2img", ()), ("inpaint", ())}  # by mode and ControlNets
     assert all(pipe.unet is plain.base.unet and pipe.vae is plain.base.vae for pipe in plain.pipes.values())
     with pytest.raises(InputError, match="strength 0.2 x steps 2"):
         plain.run_batch([{"image": image}], [plain.params.model_copy(update={"strength": 0.2})])
@@ -98,7 +98,7 @@ def test_wiring_an_image_gives_img2img_and_a_mask_gives_inpainting(plain: Sdxl, 
 
 def test_nodes_on_the_same_checkpoint_share_one_base_pipeline(plain: Sdxl, controlled: Sdxl) -> None:
     assert controlled.base is plain.base
-    assert controlled.pipes["t2i"].controlnet is controlled.controlnets[0]
+    assert controlled.pipes["t2i", (DEPTH_CN,)].controlnet is controlled.controlnets[0]
 
 
 def test_wiring_must_match_the_controlnets(plain: Sdxl, controlled: Sdxl) -> None:
