@@ -121,8 +121,8 @@ def alias(plan: Plan, node_id: str) -> Alias:
 def _one_node_graph(users: Sequence[tuple[Plan, str]], key: str) -> dict[str, Any]:
     """The node alone: the params and ports its family's `for_callers` gives for all its
     users (for most families, the first user's, which all share), the ports as graph inputs
-    (of the types a user feeds them), every output as a graph output, and the resources,
-    batch and replicas the first user wrote."""
+    (of the types a user feeds them), every output as a graph output, the most GPU and CPU
+    any user wrote, and the batch and replicas the first user wrote."""
     plan, node_id = users[0]
     node = plan.nodes[node_id]
     family = node.family
@@ -130,6 +130,10 @@ def _one_node_graph(users: Sequence[tuple[Plan, str]], key: str) -> dict[str, An
     fed = {port: _type_of(p, src) for p, n in reversed(users) for port, src in p.nodes[n].inputs.items()}
     spec = node.spec.model_dump(mode="json", exclude_none=True, exclude={"inputs", "group", "description"})
     spec["params"] = params.model_dump(mode="json")
+    for name in ("gpu", "cpu"):  # the most any user wrote: the one node may load more than each user's (ControlNets)
+        written = [getattr(p.nodes[n].spec.resources, name) for p, n in users]
+        if any(w is not None for w in written):
+            spec.setdefault("resources", {})[name] = max(w for w in written if w is not None)
     spec["inputs"] = {port: port for port in family.inputs if port in ports}
     name = family.type
     return {

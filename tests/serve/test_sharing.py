@@ -178,6 +178,11 @@ def test_sdxl_is_shared_whatever_the_controlnets_scheduler_and_wiring(tmp_path: 
     models = find_shared([img2img, hybrid, both])
     sdxl = next(m for m in models.values() if m.key.startswith("sdxl-"))
     assert len(sdxl.users) == 3
+    assert sdxl.graph["nodes"]["sdxl"]["resources"] == {"gpu": 0.8}  # the most one of them wrote
+    bigger = yaml.safe_load((GRAPHS / "hybrid.yaml").read_text())
+    bigger["nodes"]["generate"]["resources"] = {"gpu": 0.9, "cpu": 2}
+    (model,) = find_shared([img2img, load_plan(str(write(tmp_path, "bigger", bigger)))]).values()
+    assert model.graph["nodes"]["sdxl"]["resources"] == {"gpu": 0.9, "cpu": 2}  # more than the first user's 0.8
     assert [c["model"] for c in sdxl.graph["nodes"]["sdxl"]["params"]["controlnets"]] == [CANNY_CN, DEPTH_CN]  # the union
     assert set(sdxl.graph["inputs"]) == {"prompt", "image", "control_image", "control_image_2"}
 
