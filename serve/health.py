@@ -56,7 +56,7 @@ class Health:
         """Ask Ray and every unit afresh (under `_lock`)."""
         statuses = await asyncio.to_thread(self.ray_statuses)
         reports = await asyncio.gather(*(self._state(u, statuses.get(u.name)) for u in self.compiled.units))
-        moving = await asyncio.to_thread(self._moving, statuses)
+        moving = await asyncio.to_thread(self._moving, statuses)  # with the last refresh's reports: their load times
         self.reports = {unit.name: report for unit, report in zip(self.compiled.units, reports)}
         nodes: dict[str, Any] = {}
         ready = True
@@ -88,19 +88,28 @@ class Health:
 
     def _moving(self, statuses: Mapping[str, RayStatus]) -> set[str]:
         """Units one of whose replicas is moving to another machine (`serve.respread`):
-        Ray calls them UNHEALTHY while it replaces that replica."""
+        Ray calls them UNHEALTHY while it replaces that replica. Only while the move can
+        still be under way (three failed health checks, then a load) and Ray is starting
+        no more than that one replica: a crash meanwhile is not hidden as a move."""
         found = set()
         for unit in self.compiled.units:
             status = statuses.get(unit.name)
-            if status is None or status.status != "UNHEALTHY":
+            if status is None or status.status != "UNHEALTHY" or status.starting > 1 or status.running == 0:
                 continue
             app, deployment = (unit.remote.app, unit.remote.deployment) if unit.remote else (self.app_name, unit.name)
             try:
-                if claimed(app, deployment) is not None:
-                    found.add(unit.name)
+                move = claimed(app, deployment)
             except Exception:  # the GCS is busy: Ray's status stands
-                pass
+                continue
+            if move is not None and time.time() - move.at < 3 * self.check_period_s + 2 * self._load_s(unit) + 30.0:
+                found.add(unit.name)
         return found
+
+    def _load_s(self, unit: Unit) -> float:
+        """How long a replica of the unit took to load and warm its nodes (60 s unknown)."""
+        nodes = (self.reports.get(unit.name) or {}).get("nodes", {})
+        took = [n.get("load_s", 0.0) + n.get("warmup_s", 0.0) for n in nodes.values() if n]
+        return sum(took) if took else 60.0
 
     def ray_statuses(self) -> dict[str, RayStatus]:
         """Ray's status of each deployment, how many of its replicas are running, and why;
@@ -115,7 +124,9 @@ class Health:
             d = app.deployments.get(deployment) if app else None
             if d is None:
                 return None
-            return RayStatus(_value(d.status), sum(n for s, n in d.replica_states.items() if _value(s) == "RUNNING"), d.message or "")
+            states = {_value(s): n for s, n in d.replica_states.items()}
+            return RayStatus(_value(d.status), states.get("RUNNING", 0), d.message or "",
+                             sum(states.get(s, 0) for s in ("STARTING", "UPDATING", "RECOVERING")))
 
         own = apps.get(self.app_name)
         found = {name: status(self.app_name, name) for name in (own.deployments if own else {})}

@@ -33,6 +33,8 @@ class RayStatus(NamedTuple):
     running: int
     """How many of its replicas are running."""
     message: str
+    starting: int = 0
+    """How many of its replicas are starting (Ray is replacing or adding them)."""
 
 
 @dataclass

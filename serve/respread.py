@@ -6,22 +6,27 @@ the survivors keep the crowd and the returned machine idles. Here every node rep
 every `CHECK_EVERY_S`, at where its deployment's replicas run. When one machine holds two
 replicas more than a machine that joined the cluster after them (a machine back from a loss
 is a new Ray node) and has room for one more right now, one replica moves: the newest on
-the most crowded machine. It claims the move in Ray's key-value store (one move per
+the most crowded machine. Machines are Ray's nodes, alive or dead (Ray keeps the dead in its
+node table), and when the replicas first saw each. It claims the move in Ray's key-value store (one move per
 deployment at a time), then fails its health check; Ray drains it (a graceful stop: the
 frames it holds finish) and starts its replacement where there is room. Where the crowded
 machine is full (its GPU taken), that is the machine that has room.
 
-Only machines that joined after the replica started count: when autoscaling scales a
-deployment down, Ray stops replicas on the least busy machines on purpose, so that an idle
-machine can leave the cluster; moving a replica back there would keep it.
+Only a replica started after a machine was lost moves, and only to a machine that joined
+after it started: when autoscaling scales a deployment down, Ray stops replicas on the
+least busy machines on purpose, so that an idle machine can leave the cluster; moving a
+replica back there would keep it. A replica that cannot be the one to move (no machine
+joined since it started, or no machine was lost shortly before) asks Ray's GCS two cheap
+questions at each look and nothing more.
 
 Where the crowded machine has room too, Ray may put the replacement back on it; the next
 move of that deployment then waits twice as long (`COOLDOWN_S`, doubled per move up to
 `COOLDOWN_MAX_S`) until a check finds the replicas spread.
 
-While a claim stands and another replica of the deployment serves, the ingress's /health
-counts the node as `moving`, not down: a planned move loses no capacity it had before the
-machine came back. `CAPGRAPH_RESPREAD=0` turns moves off (a model that takes minutes to
+While a claim is young (three health checks and two loads of the node), Ray is replacing
+only that one replica and another serves, the ingress's /health counts the node as
+`moving`, not down: a planned move loses no capacity it had before the machine came back,
+and a crash meanwhile still shows. `CAPGRAPH_RESPREAD=0` turns moves off (a model that takes minutes to
 load may not be worth moving).
 """
 
@@ -30,7 +35,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,10 +46,14 @@ CHECK_EVERY_S = 10.0
 COOLDOWN_S, COOLDOWN_MAX_S = 30.0, 960.0
 """The wait before a deployment's next move: 30 s, doubled by each move in a row that did not
 leave the replicas spread, at most 16 minutes."""
+LOSS_SLACK_S = 30.0
+"""A machine's loss is noticed at the next look after Ray declared it dead (up to
+`CHECK_EVERY_S` later), and its replacement replicas may start before that look."""
 STALE_S = 300.0
 """A claim older than this is dropped whatever became of it (its replica never moved, or its
 replacement found no room): /health then says what Ray says of the deployment again."""
 NAMESPACE = b"capgraph"
+LOSSES_KEPT = 8
 
 
 def enabled() -> bool:
@@ -69,17 +78,40 @@ class Move:
     """Wall-clock time of the claim: replicas on several machines read it."""
 
 
-def mover(replicas: Sequence[Replica], room: Mapping[str, bool], joined: Mapping[str, float]) -> str | None:
+@dataclass(frozen=True)
+class Machines:
+    """What the replicas have seen of the cluster's machines (kept in Ray's KV store)."""
+
+    joined: dict[str, float]
+    """Ray node id -> wall-clock time it was first seen (0: there at the first look). A
+    machine back from a loss rejoins as a new Ray node."""
+    lost: tuple[float, ...] = ()
+    """When machines were first seen dead (Ray's node table), the latest last."""
+
+    def could_move(self, started: float) -> bool:
+        """Whether a replica whose process started at `started` could be one to move (it
+        started after a loss, and a machine joined after it started), with room for Ray
+        having started it a little before its process."""
+        return after_a_loss(started, self.lost) and any(t > started - LOSS_SLACK_S for t in self.joined.values())
+
+
+def after_a_loss(started: float, lost: Sequence[float]) -> bool:
+    return any(started > t - LOSS_SLACK_S for t in lost)
+
+
+def mover(replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machines) -> str | None:
     """The replica that should move, or None when the replicas are spread: the newest on
-    the most crowded machine, when a machine with room for one more replica (`room`: each
-    live machine) that joined the cluster after it started (`joined`: wall-clock time each
-    machine was first seen, 0 for those there from the start) holds at least two fewer."""
+    the most crowded machine, when it started after a machine was lost and a machine with
+    room for one more replica (`room`: each live machine) that joined the cluster after it
+    started holds at least two fewer."""
     if not replicas:
         return None
     counts = Counter(r.machine for r in replicas)
     most = max(counts.values())
     newest = max((r for r in replicas if counts[r.machine] == most), key=lambda r: (r.started, r.id))
-    if any(ok and counts.get(machine, 0) <= most - 2 and joined.get(machine, 0.0) > newest.started
+    if not after_a_loss(newest.started, machines.lost):
+        return None
+    if any(ok and counts.get(machine, 0) <= most - 2 and machines.joined.get(machine, 0.0) > newest.started
            for machine, ok in room.items()):
         return newest.id
     return None
@@ -98,19 +130,22 @@ def request_of(actor_options: Mapping[str, Any]) -> dict[str, float]:
     return wanted | dict(actor_options.get("resources") or {})
 
 
-def claimed(app: str, deployment: str) -> Move | None:
-    """The deployment's move in progress, if any (a fresh claim)."""
+def claimed(app: str, deployment: str, tidy: bool = False) -> Move | None:
+    """The deployment's move in progress, if any (a claim younger than `STALE_S`). `tidy`
+    (the deployment's own replicas only): drop an unreadable or stale claim, which blocks
+    later moves; a reader that dropped one could drop a new claim put meanwhile."""
     from ray.experimental import internal_kv
 
     raw = internal_kv._internal_kv_get(_key(app, deployment, "move"), namespace=NAMESPACE)
     if not raw:
         return None
     try:
-        move = Move(**json.loads(raw))
+        move: Move | None = Move(**json.loads(raw))
     except (ValueError, TypeError):
         move = None
-    if move is None or time.time() - move.at > STALE_S:  # unreadable or never finished: it blocks no later move
-        internal_kv._internal_kv_del(_key(app, deployment, "move"), namespace=NAMESPACE)
+    if move is None or time.time() - move.at > STALE_S:
+        if tidy:
+            internal_kv._internal_kv_del(_key(app, deployment, "move"), namespace=NAMESPACE)
         return None
     return move
 
@@ -126,6 +161,8 @@ class Respread:
         self.app, self.deployment = context.app_name, context.deployment
         self.replica = context.replica_id.unique_id
         self.machine = ray.get_runtime_context().get_node_id()
+        self.started = _process_started()
+        """When this replica's process started (Ray's start time of the replica is a moment earlier)."""
         self.next_check = time.monotonic() + CHECK_EVERY_S
 
     def due(self) -> bool:
@@ -140,10 +177,11 @@ class Respread:
         from ray.serve.context import _get_global_client
 
         self.next_check = time.monotonic() + CHECK_EVERY_S
-        alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
-        joined = _note_machines(alive)
-        if len(alive) < 2:
-            return None
+        nodes = ray.nodes()
+        alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
+        machines = _note_machines(alive, [n["NodeID"] for n in nodes if not n.get("Alive") and not _drained_idle(n)])
+        if len(alive) < 2 or not machines.could_move(self.started):
+            return None  # not the one to move: spare the controller the question below
         details = _get_global_client().get_serve_details()
         deployment = details.get("applications", {}).get(self.app, {}).get("deployments", {}).get(self.deployment)
         if not deployment or deployment.get("status") != "HEALTHY":
@@ -151,15 +189,15 @@ class Respread:
         running = [Replica(r["replica_id"], r["node_id"], r.get("start_time_s") or 0.0) for r in deployment.get("replicas", [])
                    if r.get("state") == "RUNNING" and r.get("node_id") in alive]
         move_key, last_key = _key(self.app, self.deployment, "move"), _key(self.app, self.deployment, "last")
-        move = claimed(self.app, self.deployment)
+        move = claimed(self.app, self.deployment, tidy=True)
         if move is not None:
-            if move.replica not in {r.id for r in running}:  # it went and Ray has its replacement running
-                internal_kv._internal_kv_del(move_key, namespace=NAMESPACE)
-            return None
+            if move.replica in {r.id for r in running}:
+                return None  # still going
+            internal_kv._internal_kv_del(move_key, namespace=NAMESPACE)  # it went and Ray has its replacement running
         available = available_resources_per_node()
-        request = request_of(deployment.get("deployment_config", {}).get("ray_actor_options") or {})
+        request = deployment.get("required_resources") or request_of(deployment.get("deployment_config", {}).get("ray_actor_options") or {})
         room = {machine: fits(available.get(machine, {}), request) for machine in alive}
-        chosen = mover(running, room, joined)
+        chosen = mover(running, room, machines)
         last = json.loads(internal_kv._internal_kv_get(last_key, namespace=NAMESPACE) or b"{}")
         if chosen is None:
             if last.get("moves"):
@@ -182,20 +220,35 @@ class Respread:
                 "(Ray finishes its frames and starts its replacement where there is room)")
 
 
-def _note_machines(alive: Mapping[str, Any]) -> dict[str, float]:
-    """When each live machine was first seen (wall-clock; 0: there when first looked, which
-    a machine back from a loss never is: it rejoins as a new Ray node), kept in Ray's KV
-    store for the cluster."""
+def _note_machines(alive: Iterable[str], dead: Iterable[str]) -> Machines:
+    """When each live machine was first seen (wall-clock; 0: there at the first look) and
+    when each dead one (Ray keeps them in its node table) was first seen dead, kept in
+    Ray's KV store for the cluster. Written only when the machines change."""
     from ray.experimental import internal_kv
 
     key = b"respread/machines"
     raw = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
-    seen: dict[str, float] = json.loads(raw) if raw else {}
-    now = 0.0 if not raw else time.time()
-    fresh = {machine: seen.get(machine, now) for machine in alive}
-    if fresh != seen:
-        internal_kv._internal_kv_put(key, json.dumps(fresh), namespace=NAMESPACE)
-    return fresh
+    record = json.loads(raw) if raw else {}
+    seen: dict[str, float] = record.get("joined", {})
+    gone: dict[str, float] = record.get("lost", {})
+    now = time.time()
+    joined = {machine: seen.get(machine, now if raw else 0.0) for machine in alive}
+    lost = {machine: gone.get(machine, now) for machine in dead}
+    lost = dict(sorted(lost.items(), key=lambda item: item[1])[-LOSSES_KEPT:])
+    if joined != seen or lost != gone:
+        internal_kv._internal_kv_put(key, json.dumps({"joined": joined, "lost": lost}), namespace=NAMESPACE)
+    return Machines(joined, tuple(sorted(lost.values())))
+
+
+def _drained_idle(node: Mapping[str, Any]) -> bool:
+    """A machine the autoscaler removed because it was idle: no replica was lost with it."""
+    return node.get("DeathReason") in (4, "AUTOSCALER_DRAIN_IDLE")
+
+
+def _process_started() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _key(app: str, deployment: str, what: str) -> bytes:
