@@ -62,35 +62,6 @@ def test_preflight_counts_a_shared_model_once(two_graphs: list[Path]):
     assert sum(1 for d in placed if d.endswith("/depth")) == 1 and not any(d.endswith("/d") for d in placed)
 
 
-@pytest.mark.slow
-def test_two_graphs_served_together_share_one_depth_replica(cluster, two_graphs: list[Path]):
-    from ray import serve
-
-    plans = [load_plan(str(p)) for p in two_graphs]
-    apps = applications([str(p) for p in two_graphs], plans, {})
-    port = int(cluster.url.rsplit(":", 1)[1])
-    out = io.StringIO()
-    try:
-        assert deploy_apps(apps, "127.0.0.1", port, out) == 0, out.getvalue()
-        assert f"shared model '{apps[0].name}' is healthy" in out.getvalue() and "serving near's depth, edges-and-depth's d" in out.getvalue()
-        running = serve.status().applications
-        depth_replicas = [n for name, app in running.items() for dep, d in app.deployments.items()
-                          if dep in ("depth", "d") for state, n in d.replica_states.items()]
-        assert depth_replicas == [1]  # one copy of the weights for both graphs
-        image = png_b64(frame())
-        for capability in ("near", "edges-and-depth"):
-            wait_health(f"{cluster.url}/{capability}", 60)
-            reply = httpx.post(f"{cluster.url}/{capability}/v1/{capability}", json={"inputs": {"image": image}}, timeout=60)
-            assert reply.status_code == 200, reply.text
-            assert "depth_map" in reply.json()["outputs"]
-            health = httpx.get(f"{cluster.url}/{capability}/health", timeout=10).json()
-            assert set(health["nodes"]) == {"near": {"depth"}, "edges-and-depth": {"d", "edges"}}[capability]
-    finally:
-        for app in reversed(apps):
-            if app.name in serve.status().applications:
-                serve.delete(app.name)
-
-
 def test_a_serve_config_of_several_graphs_deploys_what_capgraph_serve_would(tmp_path: Path):
     """`capgraph serve-config A B` writes the applications `capgraph serve A B` deploys, for
     `serve deploy`: Ray's own schema accepts it and every builder accepts its args."""
@@ -212,25 +183,40 @@ def test_one_sdxl_runs_each_frame_with_its_own_graphs_controlnets(tiny_models: P
 
 
 @pytest.mark.slow
-def test_img2img_and_hybrid_served_together_run_one_sdxl(cluster, tiny_models: Path):
-    """`capgraph serve graphs/img2img.yaml graphs/hybrid.yaml`: one SDXL replica in all; each
-    capability answers at its prefix, img2img.yaml's frame re-drawn from its image, hybrid.yaml's
-    steered by its depth ControlNet. (Tiny models here: their GPU asks are small enough to
-    fit beside img2img.yaml's 0.8 on the one faked GPU.)"""
+def test_three_graphs_served_together_run_one_depth_and_one_sdxl(cluster, tiny_models: Path, tmp_path: Path):
+    """`capgraph serve graphs/depth.yaml graphs/img2img.yaml graphs/hybrid.yaml`: one depth
+    replica for depth.yaml and hybrid.yaml, one SDXL replica for img2img.yaml and hybrid.yaml;
+    each capability answers at its prefix and its /health follows its own nodes, img2img.yaml's
+    frame re-drawn from its image, hybrid.yaml's steered by its depth ControlNet. (Tiny models
+    here, and depth.yaml's depth at 0.1 GPU instead of 0.25: beside img2img.yaml's 0.8, all fit
+    the one faked GPU.)"""
     from ray import serve
 
-    paths = [str(GRAPHS / "img2img.yaml"), str(GRAPHS / "hybrid.yaml")]
-    apps = applications(paths, [load_plan(p) for p in paths], {})
-    model = apps[0]
-    assert model.model and model.name.startswith(MODEL_APP_PREFIX + "sdxl-") and [a.name for a in apps[1:]] == ["sdxl-img2img", "hybrid-depth-sdxl"]
+    small = yaml.safe_load((GRAPHS / "depth.yaml").read_text())
+    small.pop("applications")
+    small["nodes"]["depth"]["resources"] = {"gpu": 0.1}
+    paths = [str(write(tmp_path, "depth", small)), str(GRAPHS / "img2img.yaml"), str(GRAPHS / "hybrid.yaml")]
+    apps = applications(paths, [load_plan(p) for p in paths], {"ingress_cpus": 0.1})  # three ingresses on 2 CPUs
+    depth, model = apps[0], apps[1]
+    assert depth.name.startswith(MODEL_APP_PREFIX + "depth-") and model.name.startswith(MODEL_APP_PREFIX + "sdxl-")
+    assert [a.name for a in apps[2:]] == ["depth", "sdxl-img2img", "hybrid-depth-sdxl"]
     port = int(cluster.url.rsplit(":", 1)[1])
     out = io.StringIO()
     try:
         assert deploy_apps(apps, "127.0.0.1", port, out) == 0, out.getvalue()
+        assert "serving depth's depth, hybrid-depth-sdxl's depth" in out.getvalue()
         assert "serving sdxl-img2img's generate, hybrid-depth-sdxl's generate" in out.getvalue()
         running = serve.status().applications
+        assert running[depth.name].deployments["depth"].replica_states == {"RUNNING": 1}
         assert running[model.name].deployments["sdxl"].replica_states == {"RUNNING": 1}
-        assert not {"generate"} & {d for a in apps[1:] for d in running[a.name].deployments}  # no copy of their own
+        assert not {"generate", "depth"} & {d for a in apps[2:] for d in running[a.name].deployments}  # no copy of their own
+        answered = httpx.post(f"{cluster.url}/depth/v1/depth", json={"inputs": {"image": png_b64(frame())}}, timeout=60)
+        assert answered.status_code == 200 and "depth_map" in answered.json()["outputs"], answered.text
+        health = {capability: httpx.get(f"{cluster.url}/{capability}/health", timeout=10).json()
+                  for capability in ("depth", "sdxl-img2img", "hybrid-depth-sdxl")}
+        assert set(health["depth"]["nodes"]) == {"depth"}
+        assert set(health["sdxl-img2img"]["nodes"]) == {"fit", "generate"}
+        assert {"depth", "generate"} <= set(health["hybrid-depth-sdxl"]["nodes"])
 
         def ask(capability: str, params: dict) -> httpx.Response:
             wait_health(f"{cluster.url}/{capability}", 60)
@@ -245,9 +231,6 @@ def test_img2img_and_hybrid_served_together_run_one_sdxl(cluster, tiny_models: P
         assert steered.status_code == unsteered.status_code == 200, steered.text + unsteered.text
         images = [decode_b64_png(r.json()["outputs"]["image"]) for r in (steered, unsteered)]
         assert images[0].shape == (192, 256, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0  # its ControlNet steers it
-        for capability in ("sdxl-img2img", "hybrid-depth-sdxl"):
-            health = httpx.get(f"{cluster.url}/{capability}/health", timeout=10).json()
-            assert "generate" in health["nodes"], health
     finally:
         for app in reversed(apps):
             if app.name in serve.status().applications:
