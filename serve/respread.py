@@ -49,6 +49,8 @@ leave the replicas spread, at most 16 minutes."""
 LOSS_SLACK_S = 30.0
 """A machine's loss is noticed at the next look after Ray declared it dead (up to
 `CHECK_EVERY_S` later), and its replacement replicas may start before that look."""
+REPLACED_WITHIN_S = 600.0
+"""A replica started this long after a machine was lost is no replacement for one lost with it."""
 STALE_S = 300.0
 """A claim older than this is dropped whatever became of it (its replica never moved, or its
 replacement found no room): /health then says what Ray says of the deployment again."""
@@ -96,7 +98,9 @@ class Machines:
 
 
 def after_a_loss(started: float, lost: Sequence[float]) -> bool:
-    return any(started > t - LOSS_SLACK_S for t in lost)
+    """Whether a replica started at `started` could be the replacement of one lost with a
+    machine: started shortly before that loss was seen, or within `REPLACED_WITHIN_S` after."""
+    return any(t - LOSS_SLACK_S < started < t + REPLACED_WITHIN_S for t in lost)
 
 
 def mover(replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machines) -> str | None:

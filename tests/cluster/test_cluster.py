@@ -205,3 +205,64 @@ def _spread_again_under_load(served: Served) -> None:
     assert not failed, failed[:3]
     assert {status for _, status, _ in probes} == {200}, [p for p in probes if p[1] != 200][:3]
     assert any('"moving"' in text for _, _, text in probes)  # /health said which node was moving
+
+
+def test_two_graphs_share_one_model_that_autoscales_over_the_machines(three_machines: Served, tmp_path: Path):
+    """`capgraph serve near.yaml edges.yaml --address ...`: the two graphs' depth nodes run
+    in one shared deployment, `replicas: {min: 1, max: 2}` with short delays. Under load on
+    both capabilities it rises to two replicas on the workers and returns to one when the
+    load stops; every request is answered."""
+    depth = yaml.safe_load((GRAPHS / "depth.yaml").read_text())
+    depth.pop("applications")
+    node = depth["nodes"]["depth"] | {"resources": {"gpu": 0.5, "cpu": 0.5}, "batch": {"max_size": 1, "wait_ms": 0},
+                                      "replicas": {"min": 1, "max": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
+                                                   "downscale_delay_s": 4, "look_back_period_s": 2}}
+    near = depth | {"capability": "near", "nodes": {"depth": node}}
+    edges = {"capability": "edges", "inputs": {"image": "image"},
+             "nodes": {"d": node, "edges": {"type": "canny", "inputs": {"image": "image"}}},
+             "outputs": {"depth_map": "d.depth_map", "edges": "edges.edges"}}
+    paths = []
+    for name, graph in (("near", near), ("edges", edges)):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(graph))
+    port = int(three_machines.url.rsplit(":", 1)[1])
+    env = three_machines.env | {"CAPGRAPH_TINY_DIR": str(tmp_path / "tiny")}
+    server = subprocess.Popen([*CAPGRAPH, "serve", *map(str, paths), "--address", three_machines.cluster.address,
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in server.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "capability 'edges' is healthy after" in line or server.poll() is not None:
+                break
+        text = "".join(lines)
+        assert "serving near's depth, edges's d" in text and "capability 'edges' is healthy after" in text, text[-3000:]
+        assert sum(replicas_by_machine(three_machines, "depth").values()) == 1  # one copy for both graphs
+        counts: list[dict[str, int]] = []
+
+        async def load_until_scaled():
+            stop = asyncio.Event()
+
+            async def watch():
+                start = time.monotonic()
+                while time.monotonic() - start < 60 and not stop.is_set():
+                    counts.append(await asyncio.to_thread(replicas_by_machine, three_machines, "depth"))
+                    if sum(counts[-1].values()) == 2:
+                        stop.set()
+                    await asyncio.sleep(1.0)
+                stop.set()
+
+            loads = await asyncio.gather(*(run_load(f"{three_machines.url}/{name}/v1/{name}", body(), 4, 60.0, timeout_s=60, stop=stop)
+                                           for name in ("near", "edges")), watch())
+            return [r for load in loads[:2] for r in load.records]
+
+        records = asyncio.run(load_until_scaled())
+        assert sum(counts[-1].values()) == 2 and "head" not in counts[-1], counts  # where they fit (Ray's SPREAD: round robin)
+        assert records and all(r.status == 200 for r in records), [r for r in records if r.status != 200][:3]
+        wait_for(lambda: sum(replicas_by_machine(three_machines, "depth").values()) == 1, timeout=60, every=1.0)
+        for name in ("near", "edges"):
+            assert httpx.post(f"{three_machines.url}/{name}/v1/{name}", json=body(), timeout=60).status_code == 200
+    finally:
+        server.send_signal(signal.SIGINT)
+        rest, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, rest[-3000:]

@@ -44,6 +44,8 @@ def test_nothing_moves_back_to_a_machine_autoscaling_emptied():
     assert mover(left, room, Machines({"b": 0.0, "c": 9.0})) is None  # joined for the scale-up: no loss
     assert mover(left, room, Machines({"b": 0.0, "c": 90.0}, lost=(80.0,))) is None  # r2 is no replacement
     assert mover(left, room, Machines({"b": 0.0, "c": 90.0}, lost=(20.0,))) == "r2"  # lost just before r2 started
+    late = replicas(("r1", "b", 1.0), ("r2", "b", 20.0 + respread.REPLACED_WITHIN_S + 1))
+    assert mover(late, room, Machines({"b": 0.0, "c": 9000.0}, lost=(20.0,))) is None  # started long after that loss
 
 
 def test_only_a_replica_started_after_a_loss_asks_the_controller():
