@@ -69,10 +69,11 @@ def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], va
     timings: dict[str, float] = {}
     for node_id in node_ids:
         planned = plan.nodes[node_id]
-        wires = [(port, str(src), planned.family.inputs[port].optional) for port, src in planned.inputs.items()]
-        # an optional port a frame has no value for is left out: a model shared by several graphs
-        # (`serve.sharing`) takes every port one of them wires, and each frame brings its own graph's
-        batch = [{port: frame[key] for port, key, optional in wires if key in frame or not optional} for frame in values]
+        # an optional port fed by a graph input the frame did not bring is left out: a model shared
+        # by several graphs (`serve.sharing`) takes every port one of them wires as a graph input,
+        # and each frame brings its own graph's; a node's output missing stays an error
+        wires = [(port, str(src), src.node is None and planned.family.inputs[port].optional) for port, src in planned.inputs.items()]
+        batch = [{port: frame[key] for port, key, may_lack in wires if key in frame or not may_lack} for frame in values]
         own = [p[node_id] for p in params]
         step = (chunks or {}).get(node_id) or count or 1
         if on_start is not None:

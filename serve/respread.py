@@ -55,7 +55,6 @@ STALE_S = 300.0
 """A claim older than this is dropped whatever became of it (its replica never moved, or its
 replacement found no room): /health then says what Ray says of the deployment again."""
 NAMESPACE = b"capgraph"
-LOSSES_KEPT = 8
 
 
 def enabled() -> bool:
@@ -103,19 +102,22 @@ def after_a_loss(started: float, lost: Sequence[float]) -> bool:
     return any(t - LOSS_SLACK_S < started < t + REPLACED_WITHIN_S for t in lost)
 
 
-def mover(replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machines) -> str | None:
+def mover(replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machines, moved_at: float | None = None) -> str | None:
     """The replica that should move, or None when the replicas are spread: the newest on
     the most crowded machine, when it started after a machine was lost and a machine with
     room for one more replica (`room`: each live machine) that joined the cluster after it
-    started holds at least two fewer."""
+    started holds at least two fewer. `moved_at`: when the deployment's last move was
+    claimed, if lately; a replica started after it is that move's replacement, back on the
+    crowded machine: it tries again for the same machine."""
     if not replicas:
         return None
     counts = Counter(r.machine for r in replicas)
     most = max(counts.values())
     newest = max((r for r in replicas if counts[r.machine] == most), key=lambda r: (r.started, r.id))
-    if not after_a_loss(newest.started, machines.lost):
+    again = moved_at is not None and newest.started > moved_at
+    if not again and not after_a_loss(newest.started, machines.lost):
         return None
-    if any(ok and counts.get(machine, 0) <= most - 2 and machines.joined.get(machine, 0.0) > newest.started
+    if any(ok and counts.get(machine, 0) <= most - 2 and (again or machines.joined.get(machine, 0.0) > newest.started)
            for machine, ok in room.items()):
         return newest.id
     return None
@@ -184,7 +186,10 @@ class Respread:
         nodes = ray.nodes()
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         machines = _note_machines(alive, [n["NodeID"] for n in nodes if not n.get("Alive") and not _drained_idle(n)])
-        if len(alive) < 2 or not machines.could_move(self.started):
+        last_key = _key(self.app, self.deployment, "last")
+        last = json.loads(internal_kv._internal_kv_get(last_key, namespace=NAMESPACE) or b"{}")
+        moved_at = last.get("at", 0.0) if last.get("moves") and time.time() - last.get("at", 0.0) < REPLACED_WITHIN_S else None
+        if len(alive) < 2 or (moved_at is None and not machines.could_move(self.started)):
             return None  # not the one to move: spare the controller the question below
         details = _get_global_client().get_serve_details()
         deployment = details.get("applications", {}).get(self.app, {}).get("deployments", {}).get(self.deployment)
@@ -192,7 +197,7 @@ class Respread:
             return None  # starting, scaling, updating or replacing: not now
         running = [Replica(r["replica_id"], r["node_id"], r.get("start_time_s") or 0.0) for r in deployment.get("replicas", [])
                    if r.get("state") == "RUNNING" and r.get("node_id") in alive]
-        move_key, last_key = _key(self.app, self.deployment, "move"), _key(self.app, self.deployment, "last")
+        move_key = _key(self.app, self.deployment, "move")
         move = claimed(self.app, self.deployment, tidy=True)
         if move is not None:
             if move.replica in {r.id for r in running}:
@@ -201,8 +206,7 @@ class Respread:
         available = available_resources_per_node()
         request = deployment.get("required_resources") or request_of(deployment.get("deployment_config", {}).get("ray_actor_options") or {})
         room = {machine: fits(available.get(machine, {}), request) for machine in alive}
-        chosen = mover(running, room, machines)
-        last = json.loads(internal_kv._internal_kv_get(last_key, namespace=NAMESPACE) or b"{}")
+        chosen = mover(running, room, machines, moved_at)
         if chosen is None:
             if last.get("moves"):
                 internal_kv._internal_kv_put(last_key, json.dumps({"at": last.get("at", 0), "moves": 0}), namespace=NAMESPACE)
@@ -227,7 +231,8 @@ class Respread:
 def _note_machines(alive: Iterable[str], dead: Iterable[str]) -> Machines:
     """When each live machine was first seen (wall-clock; 0: there at the first look) and
     when each dead one (Ray keeps them in its node table) was first seen dead, kept in
-    Ray's KV store for the cluster. Written only when the machines change."""
+    Ray's KV store for the cluster. Written only when the machines change. A machine dead
+    at the very first look counts as lost then: it may have gone just before."""
     from ray.experimental import internal_kv
 
     key = b"respread/machines"
@@ -237,8 +242,7 @@ def _note_machines(alive: Iterable[str], dead: Iterable[str]) -> Machines:
     gone: dict[str, float] = record.get("lost", {})
     now = time.time()
     joined = {machine: seen.get(machine, now if raw else 0.0) for machine in alive}
-    lost = {machine: gone.get(machine, now) for machine in dead}
-    lost = dict(sorted(lost.items(), key=lambda item: item[1])[-LOSSES_KEPT:])
+    lost = {machine: gone.get(machine, now) for machine in dead}  # as many as Ray keeps in its node table
     if joined != seen or lost != gone:
         internal_kv._internal_kv_put(key, json.dumps({"joined": joined, "lost": lost}), namespace=NAMESPACE)
     return Machines(joined, tuple(sorted(lost.values())))

@@ -48,6 +48,14 @@ def test_nothing_moves_back_to_a_machine_autoscaling_emptied():
     assert mover(late, room, Machines({"b": 0.0, "c": 9000.0}, lost=(20.0,))) is None  # started long after that loss
 
 
+def test_a_move_whose_replacement_came_back_to_the_crowded_machine_tries_again():
+    """r3 replaced r2, moved at t=30, but Ray put it on b again: it moves (after the back-off)."""
+    again = replicas(("r1", "b", 1.0), ("r3", "b", 31.0))
+    assert mover(again, {"b": False, "c": True}, BACK) is None  # c joined before r3 started
+    assert mover(again, {"b": False, "c": True}, BACK, moved_at=30.0) == "r3"
+    assert mover(replicas(("r1", "b", 1.0), ("r3", "c", 31.0)), {"b": True, "c": True}, BACK, moved_at=30.0) is None  # it went
+
+
 def test_only_a_replica_started_after_a_loss_asks_the_controller():
     assert BACK.could_move(12.0)
     assert not BACK.could_move(50.0)  # nothing joined since
@@ -80,6 +88,10 @@ def test_the_replicas_record_machines_that_join_and_die(cluster):
         back = respread._note_machines(["b", "c2"], ["a", "c"])
         assert back.joined["b"] == 0.0 and back.joined["c2"] >= before and back.lost == lost.lost
         assert respread._note_machines(["b", "c2"], ["a", "c"]) == back  # nothing changed, nothing written
+        many = [f"dead{i}" for i in range(20)]
+        respread._note_machines(["b", "c2"], ["a", "c", *many])
+        time.sleep(0.01)
+        assert respread._note_machines(["b", "c2"], ["a", "c", *many]).lost[-1] < time.time() - 0.005  # no loss seen anew
     finally:
         internal_kv._internal_kv_del(b"respread/machines", namespace=respread.NAMESPACE)
 
