@@ -42,17 +42,19 @@ def body() -> dict:
     return {"inputs": {"image": png_b64(frame())}}
 
 
+def state(served: Served, query: str) -> list[dict]:
+    """Rows of Ray's state API on the head (`nodes?...`, `actors?...`), with the cluster's token."""
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    reply = httpx.get(f"{served.cluster.dashboard}/api/v0/{query}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return reply.json()["data"]["result"]["result"]
+
+
 def replicas_by_machine(served: Served, deployment: str) -> dict[str, int]:
     """Running replicas of `deployment` per machine (`machine_b`, `machine_c`), from Ray's state API."""
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    headers = {"Authorization": f"Bearer {token}"}
-    nodes = httpx.get(f"{served.cluster.dashboard}/api/v0/nodes?limit=100&detail=1", headers=headers, timeout=30).json()
     machine = {n["node_id"]: next((k for k in n["resources_total"] if k.startswith("machine_")), "head")
-               for n in nodes["data"]["result"]["result"]}
-    actors = httpx.get(f"{served.cluster.dashboard}/api/v0/actors?limit=1000&detail=1&filter_keys=state&filter_predicates=%3D"
-                       "&filter_values=ALIVE", headers=headers, timeout=30).json()
+               for n in state(served, "nodes?limit=100&detail=1")}
     found: dict[str, int] = {}
-    for actor in actors["data"]["result"]["result"]:
+    for actor in state(served, "actors?limit=1000&detail=1&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"):
         if actor["class_name"].startswith("ServeReplica:") and actor["class_name"].endswith(f":{deployment}"):
             where = machine.get(actor["node_id"], "?")
             found[where] = found.get(where, 0) + 1
@@ -95,18 +97,9 @@ def test_capgraph_serve_joins_the_cluster_spreads_and_survives_losing_a_machine(
     with a retryable 503, /health names the node, Ray places a replacement on the machine
     left, and /health comes back to 200. When the machine returns, one replica moves back
     to it under load, with /health at 200 and no frame lost."""
-    port = int(three_machines.url.rsplit(":", 1)[1])
     tiny = tmp_path / "tiny"
-    env = three_machines.env | {"CAPGRAPH_TINY_DIR": str(tiny)}
-    server = subprocess.Popen([*CAPGRAPH, "serve", str(spread_graph(tmp_path)), "--address", three_machines.cluster.address,
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
+    server, text = start_serving(three_machines, [spread_graph(tmp_path)], tiny, "is healthy after")
     try:
-        for line in server.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if "is healthy after" in line or server.poll() is not None:
-                break
-        text = "".join(lines)
         assert "joined the Ray cluster at 127.0.0.1:" in text and "2 GPU and 4 CPU on 3 machines" in text, text[-3000:]
         assert "is healthy after" in text, text[-3000:]
         assert (tiny / "v2").is_dir()  # built on the workers from the shell's setting, not the head's
@@ -118,18 +111,38 @@ def test_capgraph_serve_joins_the_cluster_spreads_and_survives_losing_a_machine(
         wait_for(lambda: f"machine_{victim}" in _machines(three_machines), timeout=60, every=0.5)  # the machine is back
         _spread_again_under_load(three_machines)
     finally:
-        server.send_signal(signal.SIGINT)
-        rest, _ = server.communicate(timeout=120)
-    assert server.returncode == 0, rest[-3000:]
+        rest = stop_serving(server)
     assert "disconnecting from the Ray cluster" in rest
     served = httpx.get(f"{three_machines.url}/-/routes", timeout=10).json()
     assert served == {}  # its application is gone; the cluster and Serve stay up
 
 
+def start_serving(served: Served, graphs: list[Path], tiny: Path, healthy: str) -> tuple[subprocess.Popen, str]:
+    """`capgraph serve GRAPHS --address` on the head's proxy port, from a shell whose
+    tiny-model folder is `tiny` (the workers have none): the process, and what it printed
+    up to the line saying `healthy` (or until it exited)."""
+    port = int(served.url.rsplit(":", 1)[1])
+    env = served.env | {"CAPGRAPH_TINY_DIR": str(tiny)}
+    server = subprocess.Popen([*CAPGRAPH, "serve", *map(str, graphs), "--address", served.cluster.address, "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    for line in server.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if healthy in line or server.poll() is not None:
+            break
+    return server, "".join(lines)
+
+
+def stop_serving(server: subprocess.Popen) -> str:
+    """Ctrl-C, as a user stops it: it must exit 0. Returns what it printed on the way out."""
+    server.send_signal(signal.SIGINT)
+    rest, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, rest[-3000:]
+    return rest
+
+
 def _machines(served: Served) -> set[str]:
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    nodes = httpx.get(f"{served.cluster.dashboard}/api/v0/nodes?limit=100&detail=1",
-                      headers={"Authorization": f"Bearer {token}"}, timeout=30).json()["data"]["result"]["result"]
+    nodes = state(served, "nodes?limit=100&detail=1")
     return {k for n in nodes if n["state"] == "ALIVE" for k in n["resources_total"] if k.startswith("machine_")}
 
 
@@ -221,21 +234,11 @@ def test_two_graphs_share_one_model_that_autoscales_over_the_machines(three_mach
     edges = {"capability": "edges", "inputs": {"image": "image"},
              "nodes": {"d": node, "edges": {"type": "canny", "inputs": {"image": "image"}}},
              "outputs": {"depth_map": "d.depth_map", "edges": "edges.edges"}}
-    paths = []
-    for name, graph in (("near", near), ("edges", edges)):
-        paths.append(tmp_path / f"{name}.yaml")
-        paths[-1].write_text(yaml.safe_dump(graph))
-    port = int(three_machines.url.rsplit(":", 1)[1])
-    env = three_machines.env | {"CAPGRAPH_TINY_DIR": str(tmp_path / "tiny")}
-    server = subprocess.Popen([*CAPGRAPH, "serve", *map(str, paths), "--address", three_machines.cluster.address,
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
+    paths = [tmp_path / f"{name}.yaml" for name in ("near", "edges")]
+    for path, graph in zip(paths, (near, edges)):
+        path.write_text(yaml.safe_dump(graph))
+    server, text = start_serving(three_machines, paths, tmp_path / "tiny", "capability 'edges' is healthy after")
     try:
-        for line in server.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if "capability 'edges' is healthy after" in line or server.poll() is not None:
-                break
-        text = "".join(lines)
         assert "serving near's depth, edges's d" in text and "capability 'edges' is healthy after" in text, text[-3000:]
         assert sum(replicas_by_machine(three_machines, "depth").values()) == 1  # one copy for both graphs
         counts: list[dict[str, int]] = []
@@ -263,6 +266,4 @@ def test_two_graphs_share_one_model_that_autoscales_over_the_machines(three_mach
         for name in ("near", "edges"):
             assert httpx.post(f"{three_machines.url}/{name}/v1/{name}", json=body(), timeout=60).status_code == 200
     finally:
-        server.send_signal(signal.SIGINT)
-        rest, _ = server.communicate(timeout=120)
-    assert server.returncode == 0, rest[-3000:]
+        stop_serving(server)
