@@ -56,8 +56,8 @@ class Health:
         """Ask Ray and every unit afresh (under `_lock`)."""
         statuses = await asyncio.to_thread(self.ray_statuses)
         reports = await asyncio.gather(*(self._state(u, statuses.get(u.name)) for u in self.compiled.units))
-        moving = await asyncio.to_thread(self._moving, statuses)  # with the last refresh's reports: their load times
         self.reports = {unit.name: report for unit, report in zip(self.compiled.units, reports)}
+        moving = await asyncio.to_thread(self._moving, statuses)  # reads the reports' load times
         nodes: dict[str, Any] = {}
         ready = True
         for unit, report in zip(self.compiled.units, reports):
