@@ -7,7 +7,7 @@ serving layer's own: Ray's proxy, the capability's ingress, the replica's batche
 
 Not a built-in. benchmarks/scale.py adds it to every process, Ray replicas included, with
 `CAPGRAPH_NODES=benchmarks.hold:Hold` and the repository on `PYTHONPATH`
-(engine/registry.py reads that variable; `serve.environment` forwards it to replicas).
+(engine/registry.py reads that variable; `serve.cluster.environment` forwards it to replicas).
 """
 
 import time

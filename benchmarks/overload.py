@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FRAME_S = 0.25
 MAX_CONCURRENCY = 8
 ADMITTED = MAX_CONCURRENCY * 3 // 4
-"""The ingress admits three quarters of `max_concurrency` (serve/ingress.py)."""
+"""The ingress admits three quarters of `max_concurrency` (serve/capability/ingress.py)."""
 
 
 def main() -> None:

@@ -189,7 +189,7 @@ def _deploy(app_graph: dict[str, Any], ingress_replicas: int, port: int) -> None
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError("the capability's /health is not 200 120 s after serve.run")
+    raise RuntimeError("the capability's /health is not 200 120 s after serve.operate.run")
 
 
 def _processes() -> dict[str, list[int]]:

@@ -460,7 +460,7 @@ def main() -> None:
     json_out = _claim_stdout() if args.json else None
     scenarios = SCENARIOS
     if args.tune:
-        from capgraph.serve.tune import tune_graph
+        from capgraph.serve.operate.tune import tune_graph
 
         print("capgraph tune…", file=sys.stderr, flush=True)
         overlay = str(Path(NO_OVERLAY) / "tuned.yaml")

@@ -29,7 +29,7 @@ def serve_cmd(
     """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`).
     Several graphs are each a capability at /<capability>, and a model their nodes load
     alike runs once for all of them."""
-    from capgraph.serve.run import serve_graph
+    from capgraph.serve.operate.run import serve_graph
 
     for path in graph:
         load_graph(path)  # the same messages and exit code as `capgraph validate`
@@ -45,7 +45,7 @@ def plan_cmd(
 ) -> None:
     """Print the Ray Serve deployments a graph compiles to, where each replica would go, and
     whether it fits the cluster."""
-    from capgraph.serve.run import serve_graph
+    from capgraph.serve.operate.run import serve_graph
 
     for path in graph:
         load_graph(path)
@@ -64,7 +64,7 @@ def tune(
     """Profile each node on this machine at batch sizes 1..N and write the serving settings
     (batch sizes and waits, groups, GPU fractions, replicas) as an overlay that `serve run`,
     `capgraph serve` and `capgraph plan` pick up."""
-    from capgraph.serve.tune import tune_graph
+    from capgraph.serve.operate.tune import tune_graph
 
     load_graph(graph)
     overrides = {}
@@ -86,7 +86,7 @@ def register(
 ) -> None:
     """Register the graph's capability with the Livepeer orchestrator(s) of its `livepeer:`
     section (secrets come from the environment) and print what each answered."""
-    from capgraph.serve.livepeer.registrar import register_graph
+    from capgraph.livepeer.registrar import register_graph
 
     load_graph(graph)
     try:
@@ -107,7 +107,7 @@ def runners_json_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="runners.json to write (merged if it exists)")] = None,
 ) -> None:
     """Write the static Live Runner entry (runners.json) for this graph."""
-    from capgraph.serve.livepeer.registrar import runners_json
+    from capgraph.livepeer.registrar import runners_json
 
     load_graph(graph)
     existing = json.loads(output.read_text()) if output and output.exists() else None

@@ -89,7 +89,7 @@ class Node:
 
     shared_weights: ClassVar[frozenset[str] | None] = None
     """The params that decide the weights nodes of the family load, where graphs served
-    together could share one copy (`serve.sharing`). None: every load-time param (all but
+    together could share one copy (`serve.compile.sharing`). None: every load-time param (all but
     `request_params`), and nodes share only with the same optional ports wired. A family
     that names fewer runs each frame with its caller's params and the ports its caller
     wired (its `run_batch` follows both per frame), and says in `for_callers` what the one

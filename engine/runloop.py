@@ -70,7 +70,7 @@ def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], va
     for node_id in node_ids:
         planned = plan.nodes[node_id]
         # an optional port fed by a graph input the frame did not bring is left out: a model shared
-        # by several graphs (`serve.sharing`) takes every port one of them wires as a graph input,
+        # by several graphs (`serve.compile.sharing`) takes every port one of them wires as a graph input,
         # and each frame brings its own graph's; a node's output missing stays an error
         wires = [(port, str(src), src.node is None and planned.family.inputs[port].optional) for port, src in planned.inputs.items()]
         batch = [{port: frame[key] for port, key, may_lack in wires if key in frame or not may_lack} for frame in values]

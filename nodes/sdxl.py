@@ -17,7 +17,7 @@ that loads the same model on the same device: UNet, VAE and both text encoders l
 
 The mode and the ControlNets follow each frame's params and wiring, not the node's: graphs
 served together that use the same checkpoint and VAE share one node (`shared_weights`,
-`serve.sharing`), which loads every ControlNet its callers name, once each, and runs a
+`serve.compile.sharing`), which loads every ControlNet its callers name, once each, and runs a
 frame of img2img.yaml as img2img and one of hybrid.yaml through its depth ControlNet.
 
 A batch of frames is one pipeline call per group of frames that agree on the mode, the

@@ -4,16 +4,16 @@ A graph file is also a Serve config file. Its `applications:` entry names this b
 and carries the graph in `args` (YAML aliases of the file's own sections), so the same
 file works with `serve run FILE` locally and `serve deploy FILE` on a remote cluster
 with nothing else to copy; `serve run capgraph.serve.app:build graph=FILE` and `capgraph serve`
-(`serve.run.serve_graph`) go through the same steps:
+(`serve.operate.run.serve_graph`) go through the same steps:
 
 1. validate the graph, with the same checks and messages as `capgraph validate`;
-2. compile it into deployment units (`serve.compiler`): the planner (`serve.planner`)
+2. compile it into deployment units (`serve.compile.compiler`): the planner (`serve.compile.planner`)
    chooses fusion, batching, threads and CPUs from the nodes' costs, measured by
-   `capgraph tune` where its overlay matches (`serve.overlay`), the graph's own fields first;
-3. pre-flight it against the cluster (`serve.preflight`): on a cluster with no GPU every
+   `capgraph tune` where its overlay matches (`serve.compile.overlay`), the graph's own fields first;
+3. pre-flight it against the cluster (`serve.cluster.preflight`): on a cluster with no GPU every
    node falls back to the CPU with one warning; what does not fit is named;
 4. bind one `UnitReplica` deployment per unit and the `Capability` ingress, each with
-   the settings its replicas need wherever they run (`serve.environment`).
+   the settings its replicas need wherever they run (`serve.cluster.environment`).
 
 A graph that fails step 1 or 3 never reaches Ray: where the builder runs in the `serve
 run` process it prints the errors and exits with status 2. Where it runs inside the
@@ -40,13 +40,14 @@ from capgraph.engine.plan import Plan
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.engine.yamlload import YamlProblem, load_yaml
-from capgraph.serve import environment, preflight, sharing
-from capgraph.serve.compiler import INGRESS, Compiled, Remote, Unit, compile_plan
-from capgraph.serve.ingress import RETRY_AFTER_S, Capability, Settings
-from capgraph.serve.overlay import find_overlay, measured_costs
-from capgraph.serve.planner import Cost, machine_for
+from capgraph.serve.cluster import environment, preflight
+from capgraph.serve.compile import sharing
+from capgraph.serve.compile.compiler import INGRESS, Compiled, Remote, Unit, compile_plan
+from capgraph.serve.capability.ingress import RETRY_AFTER_S, Capability, Settings
+from capgraph.serve.compile.overlay import find_overlay, measured_costs
+from capgraph.serve.compile.planner import Cost, machine_for
 from capgraph.serve.replica import UnitReplica, stuck_after
-from capgraph.serve.wire import MAX_BODY_BYTES
+from capgraph.serve.capability.wire import MAX_BODY_BYTES
 
 log = logging.getLogger("ray.serve")
 
@@ -95,7 +96,7 @@ class CapabilityArgs(BaseModel):
     share_of: int = Field(1, ge=1, le=1000, description="applications served together on this cluster (capgraph serve A B "
                           "and capgraph serve-config set it): this one is planned on 1/share_of of every machine's CPUs and memory")
     shared: dict[str, str] = Field(default_factory=dict, description="node id -> the application running its model for "
-                                   "several graphs (`capgraph serve A B` sets it; serve.sharing): no copy of it is deployed here")
+                                   "several graphs (`capgraph serve A B` sets it; serve.compile.sharing): no copy of it is deployed here")
 
     @model_validator(mode="after")
     def _stuck_after_the_timeout(self) -> "CapabilityArgs":
@@ -165,7 +166,7 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
     cluster = cluster or _planned_for(args) or current_cluster()
     # served with others (`share_of`), it is planned on its share of the machines and fitted
     # on the whole (where the others' replicas go is their builders' to check); a share
-    # given already (`serve.together.plan_all`) is this application's
+    # given already (`serve.operate.together.plan_all`) is this application's
     share = cluster.share(args.share_of) if args.share_of > 1 and cluster.source != "share" else cluster
     memory = args.gpu_memory_gib or (preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
     overlay, tuned_notes = find_overlay(plan, args.tuned, "cuda" if cluster.gpus else "cpu")
@@ -209,7 +210,7 @@ def _remotes(plan: Plan, shared: dict[str, str]) -> dict[str, Remote]:
 
 
 def build_model(args: CapabilityArgs) -> Application:
-    """The builder of a model shared by several graphs (`serve.sharing`): the one node of
+    """The builder of a model shared by several graphs (`serve.compile.sharing`): the one node of
     `args.graph` as a deployment with no HTTP route, called by those graphs' ingresses."""
     try:
         blueprint = plan_app(args, ingress=False)
@@ -227,7 +228,7 @@ def bind_model(blueprint: Blueprint, args: CapabilityArgs) -> Application:
 
 
 def _served_costs(plan: Plan, args: CapabilityArgs, device: str, notes: list[str]) -> dict[str, Cost] | None:
-    """Costs replicas measured serving this graph here before (`serve.overlay.measured_costs`),
+    """Costs replicas measured serving this graph here before (`serve.compile.overlay.measured_costs`),
     unless overlays are switched off; a note says they are used."""
     if args.tuned is False:
         return None
@@ -259,7 +260,7 @@ def livepeer_section(args: CapabilityArgs) -> dict[str, Any] | None:
 def _check_livepeer(plan: Plan, section: dict[str, Any] | None) -> None:
     """The Livepeer section must be valid before anything starts (where that package is)."""
     try:
-        from capgraph.serve.livepeer.settings import load_settings
+        from capgraph.livepeer.settings import load_settings
     except ImportError:
         return
     try:

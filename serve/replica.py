@@ -1,7 +1,7 @@
 """A node deployment: one Ray Serve replica running one unit (a node, or a fused group).
 
 The replica loads its nodes at the planner's share of torch threads (one after another,
-`engine.runloop.load_nodes` says why); each batch then runs on the threads `serve.cores`
+`engine.runloop.load_nodes` says why); each batch then runs on the threads `serve.cluster.cores`
 gives it: every core of the machine when it is the only replica busy, its share when others
 are, never more than the machine has between them. It runs one warm-up batch per node in
 `__init__`, so Ray marks it RUNNING, and routes traffic to it, only once its weights are
@@ -43,11 +43,11 @@ from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
-from capgraph.serve import respread
-from capgraph.serve.compiler import Unit
-from capgraph.serve.cores import CoreShare, machine_cores, sharing_on
-from capgraph.serve.overlay import write_measured
-from capgraph.serve.sharing import Alias
+from capgraph.serve.cluster import respread
+from capgraph.serve.compile.compiler import Unit
+from capgraph.serve.cluster.cores import CoreShare, machine_cores, sharing_on
+from capgraph.serve.compile.overlay import write_measured
+from capgraph.serve.compile.sharing import Alias
 
 log = logging.getLogger("ray.serve")
 
@@ -59,7 +59,7 @@ STUCK_FACTOR, STUCK_MARGIN_S = 3.0, 30.0
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 SAVE_COSTS_EVERY_S = 30.0
-"""How often a serving replica records what its nodes cost (`serve.overlay.write_measured`)."""
+"""How often a serving replica records what its nodes cost (`serve.compile.overlay.write_measured`)."""
 COST_SMOOTHING = 0.2
 
 
@@ -152,7 +152,7 @@ class UnitReplica:
         started = time.perf_counter()
         log.info("capgraph: unit '%s' started %.2fs after its process (worker start and imports)", unit.name, _process_age())
         self.cores: CoreShare | None = None
-        """This replica's claim on the machine's cores, for units that run torch (`serve.cores`)."""
+        """This replica's claim on the machine's cores, for units that run torch (`serve.cluster.cores`)."""
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
             _set_threads(unit.threads)  # load and warm-up at the planner's share
             # on a GPU a replica's CPU work only feeds the GPU: it keeps to the planner's threads
@@ -178,7 +178,7 @@ class UnitReplica:
         self.queue_length.set(0)
         self.respread = respread.Respread() if respread.enabled() else None
         self.moving: str | None = None
-        """Why this replica is moving to another machine (`serve.respread`): it fails its health checks."""
+        """Why this replica is moving to another machine (`serve.cluster.respread`): it fails its health checks."""
         self.looking: asyncio.Task | None = None
 
     @property
@@ -203,7 +203,7 @@ class UnitReplica:
         """One frame: the graph inputs this unit reads, its nodes' param overrides, and
         the results of the units it reads from (resolved by Ray from their responses).
         `alias`: the frame is another graph's, named as that graph names it (a shared
-        model, `serve.sharing`); the answer goes back under the caller's names."""
+        model, `serve.compile.sharing`); the answer goes back under the caller's names."""
         values = dict(graph_inputs)
         meta: dict[str, dict[str, float]] = {}
         for result in upstream:
@@ -294,7 +294,7 @@ class UnitReplica:
             log.debug("capgraph: could not record measured costs: %s", exc)
 
     async def _look_where_we_run(self) -> None:
-        """Whether this replica must move to a machine that came back (`serve.respread`);
+        """Whether this replica must move to a machine that came back (`serve.cluster.respread`);
         the next health check then fails."""
         assert self.respread is not None
         try:
@@ -334,7 +334,7 @@ class UnitReplica:
     async def check_health(self) -> None:
         """Called by Ray every `health_check_period_s`; raising makes Ray replace us (after
         3 failures in a row). A hung batch cannot be interrupted, only its process ended.
-        A replica crowded on one machine while another has room moves (`serve.respread`)."""
+        A replica crowded on one machine while another has room moves (`serve.cluster.respread`)."""
         if self.moving:
             raise RuntimeError(self.moving)
         if self.respread is not None and self.respread.due() and (self.looking is None or self.looking.done()):
@@ -355,7 +355,7 @@ class UnitReplica:
 def _set_threads(threads: int, quiet: bool = False) -> None:
     """Torch's intra-op threads for the calling thread: the planner's CPU share at load
     (Ray would give a fractional CPU replica one thread through OMP_NUM_THREADS), then
-    before each batch what `serve.cores` gives it."""
+    before each batch what `serve.cluster.cores` gives it."""
     import torch
 
     if torch.get_num_threads() != threads:

@@ -79,7 +79,7 @@ def apps() -> Iterator[Apps]:
         deploy("locked", "/locked", locked_graph(), livepeer={"token_env": TOKEN_ENV})
         wait_health(url + "/demo", 120)
         wait_health(url + "/locked", 60)
-        print(f"\nconsole apps healthy {time.monotonic() - started:.1f}s after serve.run")
+        print(f"\nconsole apps healthy {time.monotonic() - started:.1f}s after serve.operate.run")
         yield Apps(url + "/demo", url + "/locked")
     finally:
         serve.shutdown()

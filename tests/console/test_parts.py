@@ -6,8 +6,8 @@ from importlib import resources
 
 from capgraph.engine.render import mermaid, picture
 from capgraph.engine.validate import load_plan
-from capgraph.serve.console import FILES
-from capgraph.serve.traffic import RATE_S, WINDOW_S, Traffic
+from capgraph.serve.capability.console import FILES
+from capgraph.serve.capability.traffic import RATE_S, WINDOW_S, Traffic
 from tests.conftest import GRAPHS
 
 STATIC = resources.files("capgraph.serve") / "static"

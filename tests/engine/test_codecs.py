@@ -13,7 +13,7 @@ from capgraph.engine import codecs
 from capgraph.engine.errors import InputError
 from capgraph.engine.types import PortType
 from capgraph.engine.validate import plan_from_data
-from capgraph.serve import http
+from capgraph.serve.capability import http
 
 
 @pytest.fixture(scope="module")

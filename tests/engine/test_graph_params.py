@@ -11,8 +11,8 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.node import example_value
 from capgraph.engine.types import PortType
 from capgraph.engine.validate import plan_from_data
-from capgraph.serve import http
-from capgraph.serve.livepeer.settings import load_settings
+from capgraph.serve.capability import http
+from capgraph.livepeer.settings import load_settings
 
 GRAPH = {
     "capability": "edges-params",

@@ -9,8 +9,8 @@ import pytest
 
 from capgraph.engine.validate import load_plan
 from tests.livepeer.lp_support import EDGES, FakeOrchestrator, GatedBackend, ServerThread, Service, free_port
-from capgraph.serve.livepeer.local import local_app
-from capgraph.serve.livepeer.settings import load_settings, read_section
+from capgraph.livepeer.local import local_app
+from capgraph.livepeer.settings import load_settings, read_section
 
 
 @pytest.fixture

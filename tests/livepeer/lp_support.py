@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import encode_image
-from capgraph.serve.livepeer.local import ExecutorBackend
-from capgraph.serve.livepeer.settings import LivepeerSettings
+from capgraph.livepeer.local import ExecutorBackend
+from capgraph.livepeer.settings import LivepeerSettings
 
 GRAPHS = Path(__file__).resolve().parent / "graphs"
 EDGES = GRAPHS / "edges_live.yaml"

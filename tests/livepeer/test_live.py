@@ -22,9 +22,9 @@ from pytrickle.frames import VideoFrame  # noqa: E402
 
 from capgraph.engine.executor import Executor  # noqa: E402
 from capgraph.engine.validate import load_plan  # noqa: E402
-from capgraph.serve.livepeer.live import GraphFrameProcessor, frame_to_image, image_to_frame, stream_server  # noqa: E402
-from capgraph.serve.livepeer.local import ExecutorBackend  # noqa: E402
-from capgraph.serve.livepeer.settings import load_settings, read_section  # noqa: E402
+from capgraph.livepeer.live import GraphFrameProcessor, frame_to_image, image_to_frame, stream_server  # noqa: E402
+from capgraph.livepeer.local import ExecutorBackend  # noqa: E402
+from capgraph.livepeer.settings import load_settings, read_section  # noqa: E402
 from tests.livepeer.lp_support import EDGES, TOKEN, TrickleChannels, free_port, photo, ts_frames, ts_segment, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

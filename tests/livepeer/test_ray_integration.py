@@ -31,7 +31,7 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
     env = dict(os.environ, LIVEPEER_ORCH_SECRET=ORCH_SECRET, CAPGRAPH_AUTH_TOKEN=TOKEN, RAY_ADDRESS="local",
                CAPGRAPH_LIVEPEER__URL=f"http://127.0.0.1:{port}", CAPGRAPH_LIVEPEER__BYOC__ORCHESTRATOR=orchestrator.url,
                CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR=orchestrator.url, CAPGRAPH_LIVEPEER__PROBE_S="0.5", **{MARK: mark})
-    code = (f"from serve.run import serve_graph; raise SystemExit(serve_graph({str(EDGES)!r}, host='127.0.0.1', "
+    code = (f"from serve.operate.run import serve_graph; raise SystemExit(serve_graph({str(EDGES)!r}, host='127.0.0.1', "
             f"port={port}, fuse='all', options={{'ingress_cpus': 0.1}}))")
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
@@ -60,7 +60,7 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
         assert set(answer.json()["outputs"]) == {"image", "edges"}
         refused = httpx.post(f"http://127.0.0.1:{port}/edges-live", json={"inputs": {"image": data_url()}})
         assert refused.status_code == 401
-        # /ready can answer before serve.run returns in the service: stop it once it is serving (exit 0), not
+        # /ready can answer before serve.operate.run returns in the service: stop it once it is serving (exit 0), not
         # while it still deploys (exit 128 + the signal).
         wait_for(lambda: "is healthy after" in log.read_text(), timeout=60)
         # The scan below sees Ray's own processes, the agents the issue found orphaned included: "nothing left" means it.

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from capgraph.serve.livepeer.registrar import parse_duration, register_graph, runners_json
+from capgraph.livepeer.registrar import parse_duration, register_graph, runners_json
 from tests.livepeer.lp_support import EDGES, ORCH_SECRET, TOKEN, data_url, wait_for
 
 

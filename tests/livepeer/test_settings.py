@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from capgraph.engine.validate import load_plan
-from capgraph.serve.livepeer.settings import check_livepeer_section, load_settings, read_section, with_env
+from capgraph.livepeer.settings import check_livepeer_section, load_settings, read_section, with_env
 from tests.livepeer.lp_support import EDGES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -104,7 +104,7 @@ def test_the_new_family_runs_through_the_executor_on_its_tiny_model(
 
 def test_prepare_tiny_random_and_the_planner_read_the_declaration(registered: None) -> None:
     from capgraph.engine.validate import plan_from_data
-    from capgraph.serve.planner import declared_cost
+    from capgraph.serve.compile.planner import declared_cost
 
     assert Classify(ClassifyParams()).models() == ["google/vit-base-patch16-224"]  # what `capgraph prepare` fetches
     assert Classify(ClassifyParams(model="/models/mine")).models() == ["/models/mine"]

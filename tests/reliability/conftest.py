@@ -71,7 +71,7 @@ def hybrid(cluster: Cluster) -> str:
     start = time.monotonic()
     deploy("hybrid", "/", hybrid_graph(), max_pixels=MAX_PIXELS, max_body_bytes=BODY_LIMIT, livepeer=LIVEPEER)
     wait_health(cluster.url, 120)
-    print(f"\nhybrid graph healthy {time.monotonic() - start:.1f}s after serve.run")
+    print(f"\nhybrid graph healthy {time.monotonic() - start:.1f}s after serve.operate.run")
     return cluster.url
 
 

@@ -43,7 +43,7 @@ class Cluster:
 
 
 def deploy(name: str, prefix: str, graph: dict[str, Any] | str, timeout_s: float = 180.0, **options: Any) -> None:
-    """`serve.run` of a capgraph app through the same builder `serve run` uses; fails
+    """`serve.operate.run` of a capgraph app through the same builder `serve run` uses; fails
     (instead of waiting for ever) when it is not running within `timeout_s`."""
     from ray import serve
 
@@ -62,7 +62,7 @@ def deploy(name: str, prefix: str, graph: dict[str, Any] | str, timeout_s: float
 
     threading.Thread(target=run, daemon=True).start()
     if not done.wait(timeout_s):
-        raise AssertionError(f"app '{name}' is not running {timeout_s:g}s after serve.run: {serve.status().applications.get(name)}")
+        raise AssertionError(f"app '{name}' is not running {timeout_s:g}s after serve.operate.run: {serve.status().applications.get(name)}")
     if errors:
         raise errors[0]
 

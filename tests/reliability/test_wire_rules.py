@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from capgraph.engine.errors import InputError
 from capgraph.engine.validate import load_plan
-from capgraph.serve import http
-from capgraph.serve.livepeer.guard import BearerAuth, bearer_ok
+from capgraph.serve.capability import http
+from capgraph.livepeer.guard import BearerAuth, bearer_ok
 from tests.reliability.support import HYBRID, MAX_PIXELS, TOKEN, frame, png_b64
 
 

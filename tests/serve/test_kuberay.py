@@ -17,7 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.yamlload import load_yaml, plain
 from capgraph.serve.app import build
-from capgraph.serve.kuberay import Shape, memory_bytes, rayservice
+from capgraph.serve.operate.kuberay import Shape, memory_bytes, rayservice
 from tests.conftest import GRAPHS, ROOT
 
 KUBERAY = ROOT.parent / "shared" / "kuberay"

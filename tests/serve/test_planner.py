@@ -4,8 +4,8 @@ replicas and threads, and which settings win. No Ray, no models, no timing."""
 import pytest
 
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.serve.compiler import compile_plan
-from capgraph.serve.planner import (
+from capgraph.serve.compile.compiler import compile_plan
+from capgraph.serve.compile.planner import (
     MAX_WAIT_MS,
     Cost,
     Machine,

@@ -1,12 +1,12 @@
-"""Which replica moves when a machine comes back (`serve.respread`), and the record the
+"""Which replica moves when a machine comes back (`serve.cluster.respread`), and the record the
 replicas keep of machines and moves in Ray's KV store; the move itself, on a real cluster,
 is in tests/cluster/test_cluster.py."""
 
 import json
 import time
 
-from capgraph.serve import respread
-from capgraph.serve.respread import Machines, Move, Replica, claimed, fits, mover, request_of
+from capgraph.serve.cluster import respread
+from capgraph.serve.cluster.respread import Machines, Move, Replica, claimed, fits, mover, request_of
 
 LOST_AT = 10.0
 """A machine was noticed gone at t=10; r2 (t=12) is a replacement Ray started meanwhile."""

@@ -29,7 +29,7 @@ def test_hold_holds_its_replica_once_per_batch_and_passes_values_through():
 
 def test_hold_reaches_a_fresh_process_through_capgraph_nodes():
     """What every Ray process of the benchmark does: the repository on PYTHONPATH, the family
-    named in CAPGRAPH_NODES (serve.environment forwards it to replicas)."""
+    named in CAPGRAPH_NODES (serve.cluster.environment forwards it to replicas)."""
     env = os.environ | {"CAPGRAPH_NODES": FAMILY, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "capgraph", "nodes", "hold", "--json"], capture_output=True, text=True,
                           timeout=120, cwd="/", env=env)

@@ -4,7 +4,7 @@ import pytest
 
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.serve.compiler import GIB, compile_plan, gpu_fraction
+from capgraph.serve.compile.compiler import GIB, compile_plan, gpu_fraction
 from tests.conftest import GRAPHS
 
 

@@ -12,7 +12,7 @@ from capgraph.engine.spec import GRAPH_KEYS
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.engine.yamlload import load_yaml
 from capgraph.serve.app import build
-from capgraph.serve.config_check import BUILDER, check_applications, with_applications
+from capgraph.serve.compile.config_check import BUILDER, check_applications, with_applications
 from tests.conftest import BAD_GRAPHS, GRAPHS, ROOT
 
 GRAPH_FILES = sorted(GRAPHS.glob("*.yaml"))

@@ -4,8 +4,8 @@ boundary as dicts and come back whole; each HTTP shape renders both. No Ray, no 
 import json
 
 from capgraph.engine.errors import InputError, NodeFailed, from_dict
-from capgraph.serve.errors import error_answer
-from capgraph.serve.livepeer.guard import failure
+from capgraph.serve.capability.errors import error_answer
+from capgraph.livepeer.guard import failure
 
 
 def test_errors_cross_a_process_boundary_and_come_back_whole():

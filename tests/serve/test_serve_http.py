@@ -10,7 +10,7 @@ from PIL import Image
 from capgraph.engine.errors import InputError
 from capgraph.engine.types import PortType
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.serve import http
+from capgraph.serve.capability import http
 from tests.conftest import GRAPHS
 from tests.serve.support import decode_b64_png, frame, png_b64
 

@@ -43,7 +43,7 @@ def hybrid(serve_url: str):
 
     start = time.monotonic()
     deploy("hybrid", "/", fuse="none")  # one deployment per node: the tests kill one and batch across hops
-    print(f"\nhybrid graph RUNNING (every node loaded and warm) {time.monotonic() - start:.1f}s after serve.run")
+    print(f"\nhybrid graph RUNNING (every node loaded and warm) {time.monotonic() - start:.1f}s after serve.operate.run")
     wait_health(serve_url, 30)
     reference = request(serve_url)
     assert reference.status_code == 200, reference.text

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.serve import preflight
+from capgraph.serve.cluster import preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.compiler import compile_plan
+from capgraph.serve.compile.compiler import compile_plan
 from tests.conftest import GRAPHS
 
 NO_GPU = preflight.Cluster((preflight.Machine("laptop", 2, 0),), source="test")

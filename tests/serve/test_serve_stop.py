@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from capgraph.serve.run import EXIT_SIGNALLED, _LocalRay, _StopSignals
+from capgraph.serve.operate.run import EXIT_SIGNALLED, _LocalRay, _StopSignals
 
 
 def _sleeper(*argv: str) -> subprocess.Popen:

@@ -16,9 +16,9 @@ import yaml
 from capgraph.engine.executor import Executor
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.run import deploy_apps
-from capgraph.serve.sharing import MODEL_APP_PREFIX, find_shared, share_key
-from capgraph.serve.together import applications, plan_all
+from capgraph.serve.operate.run import deploy_apps
+from capgraph.serve.compile.sharing import MODEL_APP_PREFIX, find_shared, share_key
+from capgraph.serve.operate.together import applications, plan_all
 from tests.conftest import GRAPHS
 from tests.serve.support import decode_b64_png, frame, png_b64, wait_health
 

@@ -10,10 +10,10 @@ import yaml
 
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.validate import load_plan
-from capgraph.serve import preflight
+from capgraph.serve.cluster import preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, measured_costs, read_overlay, write_measured
-from capgraph.serve.tune import batch_sizes, parse_params, tune_graph
+from capgraph.serve.compile.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, measured_costs, read_overlay, write_measured
+from capgraph.serve.operate.tune import batch_sizes, parse_params, tune_graph
 from tests.conftest import GRAPHS
 
 HYBRID = str(GRAPHS / "hybrid.yaml")

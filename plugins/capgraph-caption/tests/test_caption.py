@@ -90,8 +90,8 @@ def sdk() -> Iterator[Callable]:
 
 @pytest.fixture
 def recaption_service(tiny_models) -> Iterator[str]:
-    from capgraph.serve.livepeer.local import local_app
-    from capgraph.serve.livepeer.settings import settings_from_file
+    from capgraph.livepeer.local import local_app
+    from capgraph.livepeer.settings import settings_from_file
     from tests.livepeer.lp_support import ServerThread, wait_for
 
     import httpx

@@ -79,7 +79,7 @@ def test_the_preflight_names_a_machine_without_a_plugin_package(served: str) -> 
     import ray
 
     from capgraph.engine.validate import load_plan
-    from capgraph.serve import preflight
+    from capgraph.serve.cluster import preflight
 
     plan = load_plan(RECAPTION)
     assert preflight.check_plugins(plan) == []  # every machine of this cluster has it

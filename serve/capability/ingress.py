@@ -1,7 +1,7 @@
 """The capability's HTTP front: a FastAPI ingress deployment that walks the compiled units.
 
 This module holds the run path; the app it serves (routes, error handlers) is built by
-`serve.routes`, and its health is `serve.health`'s. A request's frame is dispatched to
+`serve.capability.routes`, and its health is `serve.capability.health`'s. A request's frame is dispatched to
 every unit at once: each unit's call gets the DeploymentResponses of the units it reads
 from, unawaited, so intermediate values go from replica to replica through Ray's object
 store without passing through the ingress; the ingress awaits only the units nobody
@@ -9,7 +9,7 @@ reads from.
 
 `run(inputs, params)` and `is_ready()` are the two entry points other front-ends (the
 Livepeer routes) share with HTTP: decoded values and each node's params in (resolved once
-per request by the front end, `serve.http.check_params`), numpy values and timings out.
+per request by the front end, `serve.capability.http.check_params`), numpy values and timings out.
 
 What a gateway can count on (tests/reliability proves each):
 
@@ -24,7 +24,7 @@ What a gateway can count on (tests/reliability proves each):
 - a node that hangs is not left holding its replica: past `stuck_after_s` the replica
   fails Ray's health check and Ray replaces it; /health turns 503 naming the node, and its
   `replaced` object says which node's replica was replaced, why and when, for an hour
-  after (`serve.incidents` keeps that record, one per ingress replica).
+  after (`serve.capability.incidents` keeps that record, one per ingress replica).
 """
 
 import asyncio
@@ -42,12 +42,12 @@ from capgraph.engine.errors import NodeFailed, from_dict
 from capgraph.engine.executor import check_inputs
 from capgraph.engine.node import NodeParams
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.compiler import Compiled
-from capgraph.serve.errors import RETRY_AFTER_S, first_line
-from capgraph.serve.health import Health
-from capgraph.serve.routes import capability_app
-from capgraph.serve.traffic import Traffic
-from capgraph.serve.wire import MAX_BODY_BYTES
+from capgraph.serve.compile.compiler import Compiled
+from capgraph.serve.capability.errors import RETRY_AFTER_S, first_line
+from capgraph.serve.capability.health import Health
+from capgraph.serve.capability.routes import capability_app
+from capgraph.serve.capability.traffic import Traffic
+from capgraph.serve.capability.wire import MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)

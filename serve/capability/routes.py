@@ -2,8 +2,8 @@
 error handlers.
 
 Routes: `POST /v1/{capability}` (JSON or multipart), `GET /v1/{capability}/schema`,
-`GET /health`, OpenAPI docs at `/docs`, the console page at `/` (`serve.console`); plus the
-Livepeer routes where `serve.livepeer` is installed. Every answer is JSON, errors included (`_json_errors`).
+`GET /health`, OpenAPI docs at `/docs`, the console page at `/` (`serve.capability.console`); plus the
+Livepeer routes where `livepeer` is installed. Every answer is JSON, errors included (`_json_errors`).
 """
 
 import asyncio
@@ -17,12 +17,12 @@ from starlette.exceptions import HTTPException
 
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.plan import Plan
-from capgraph.serve import console, http
-from capgraph.serve.errors import RETRY_AFTER_S, error_answer, first_line
-from capgraph.serve.wire import read_job
+from capgraph.serve.capability import console, http
+from capgraph.serve.capability.errors import RETRY_AFTER_S, error_answer, first_line
+from capgraph.serve.capability.wire import read_job
 
 if TYPE_CHECKING:
-    from capgraph.serve.ingress import Capability
+    from capgraph.serve.capability.ingress import Capability
 
 log = logging.getLogger("ray.serve")
 
@@ -86,7 +86,7 @@ def capability_app(capability: "Capability") -> FastAPI:
 
     livepeer_paths: set[str] = set()
     if livepeer is not None:
-        from capgraph.serve.livepeer.routes import mount
+        from capgraph.livepeer.routes import mount
 
         livepeer_paths = mount(app, plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
                                max_body_bytes=settings.max_body_bytes)
@@ -111,7 +111,7 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
     `{"error": {"field", "msg"}}`, or `{"detail": {"msg", "field"}}` on a Livepeer route.
     Never a traceback: an unexpected exception is logged and answered in one line."""
     if livepeer_paths:
-        from capgraph.serve.livepeer.guard import failure, route_path
+        from capgraph.livepeer.guard import failure, route_path
 
     def answer(request: Request, exc: InputError | NodeFailed, headers: Mapping[str, str] | None = None) -> JSONResponse:
         if livepeer_paths and route_path(request.scope) in livepeer_paths:
@@ -138,11 +138,11 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
 
 
 def livepeer_settings(plan: Plan, section: Mapping[str, Any] | None) -> Any:
-    """The Livepeer section's settings (bearer token, routes), or None where `serve.livepeer`
+    """The Livepeer section's settings (bearer token, routes), or None where `livepeer`
     is not installed. Read here, in the ingress replica, so secrets given as environment
     variables stay on the cluster."""
     try:
-        from capgraph.serve.livepeer.settings import load_settings
+        from capgraph.livepeer.settings import load_settings
     except ImportError:
         return None
     return load_settings(plan, section)

@@ -1,6 +1,6 @@
 """`capgraph serve GRAPH`: the same builder as `serve run`, with checks before Ray starts.
 
-    from capgraph.serve.run import serve_graph
+    from capgraph.serve.operate.run import serve_graph
     raise SystemExit(serve_graph("graphs/hybrid.yaml", host="127.0.0.1", port=8000))
 
 The graph is validated before Ray is started, and pre-flighted against the cluster before
@@ -56,7 +56,7 @@ def serve_graph(
     """Serve one graph file, or several together, on Ray Serve; returns an exit code.
 
     Several graphs are each a capability of their own at `/<capability>`, and models they
-    load alike run once for all of them (`serve.together`). `address` joins a running Ray
+    load alike run once for all of them (`serve.operate.together`). `address` joins a running Ray
     cluster (default: start a local one). `dry_run` prints the deployments the planner
     chose, with its reasons, and the pre-flight (JSON with `as_json`) without deploying.
     `tuned` names a tuned overlay (default: the one `capgraph tune` wrote for this graph on
@@ -65,7 +65,7 @@ def serve_graph(
     and stops what it started.
     """
     from capgraph.serve.app import load_graph
-    from capgraph.serve.together import applications
+    from capgraph.serve.operate.together import applications
 
     out = out or sys.stdout
     paths = [str(path)] if isinstance(path, (str, os.PathLike)) else [str(p) for p in path]
@@ -137,7 +137,7 @@ def _start_ray(address: str | None, out: TextIO, *, quiet: bool = False) -> None
         ray.init(address=address, namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
     except Exception as exc:  # ConnectionError, an authentication error, a bad address: Ray's words say which
         raise ClusterUnreachable(_join_failure(address, exc)) from None
-    from capgraph.serve.preflight import cluster_from_ray
+    from capgraph.serve.cluster.preflight import cluster_from_ray
 
     cluster = cluster_from_ray()
     at = ray.get_runtime_context().gcs_address if address == "auto" else address
@@ -160,7 +160,7 @@ def _join_failure(address: str, exc: Exception) -> str:
 def _dry_run(apps: Sequence[Any], address: str | None, as_json: bool, out: TextIO) -> int:
     """The plan and its pre-flight: against this machine as described, or (with `address`)
     against the live cluster, which it joins and leaves without deploying anything."""
-    from capgraph.serve.together import plan_all
+    from capgraph.serve.operate.together import plan_all
 
     if address is None:
         blueprints = plan_all(apps)
@@ -187,13 +187,13 @@ def _dry_run(apps: Sequence[Any], address: str | None, as_json: bool, out: TextI
 
 
 def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
-    """Plan `apps` (`serve.together.applications`) against the connected cluster,
+    """Plan `apps` (`serve.operate.together.applications`) against the connected cluster,
     pre-flight them together, start Serve (or find it running) and deploy them, shared
     models first; 0 once every one is healthy."""
     from ray import serve
 
     from capgraph.serve.app import _fit_report, bind, bind_model
-    from capgraph.serve.together import plan_all
+    from capgraph.serve.operate.together import plan_all
 
     try:
         blueprints = plan_all(apps)
@@ -345,7 +345,7 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
     import ray
     from ray import serve
 
-    from capgraph.serve.sharing import MODEL_APP_PREFIX
+    from capgraph.serve.compile.sharing import MODEL_APP_PREFIX
 
     node = ray._private.worker._global_node  # set as soon as ray.init started or found a node
     if node is None and not ray.is_initialized():
@@ -481,9 +481,9 @@ def deployments(plan: Any) -> dict[str, tuple[str, ...]]:
     """Deployment name -> its nodes, as the builder would compile `plan` here (this
     machine's tuned overlay included, when it matches). No Ray, no torch: for pictures
     (`capgraph render`), where only the grouping matters."""
-    from capgraph.serve import preflight
-    from capgraph.serve.compiler import compile_plan
-    from capgraph.serve.overlay import find_overlay
+    from capgraph.serve.cluster import preflight
+    from capgraph.serve.compile.compiler import compile_plan
+    from capgraph.serve.compile.overlay import find_overlay
 
     cluster = preflight.local_cluster(probe_gpus=False)
     overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")

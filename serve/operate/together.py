@@ -2,7 +2,7 @@
 
 Each graph is a capability of its own, a Serve application at `/<capability>` (one graph
 alone stays at `/`). A model that nodes of two or more of them load alike runs once, in an
-application of its own with no route (`serve.sharing`), deployed before the graphs that
+application of its own with no route (`serve.compile.sharing`), deployed before the graphs that
 call it. The pre-flight places every replica of every application on the cluster at once,
 so a shared model's GPU share is counted once.
 """
@@ -13,10 +13,11 @@ from typing import Any
 
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.plan import Plan
-from capgraph.serve import preflight, sharing
+from capgraph.serve.cluster import preflight
+from capgraph.serve.compile import sharing
 from capgraph.serve.app import Blueprint, CapabilityArgs, current_cluster, plan_app
-from capgraph.serve.compiler import INGRESS, Compiled
-from capgraph.serve.config_check import application
+from capgraph.serve.compile.compiler import INGRESS, Compiled
+from capgraph.serve.compile.config_check import application
 
 
 MODEL_BUILDER = "capgraph.serve.app:build_model"

@@ -3,7 +3,7 @@ deployment, with what resources, batching and replicas. Pure data, no Ray import
 compiled shape can be inspected and tested without starting a cluster.
 
 A *unit* is one deployment. Which nodes share one, and how each batches and how many
-threads and CPUs it takes, is the planner's choice (`serve.planner`) unless the graph (or
+threads and CPUs it takes, is the planner's choice (`serve.compile.planner`) unless the graph (or
 the tuned overlay of `capgraph tune`) says otherwise: `fuse="auto"`, the default. The
 other modes are for comparison: `"groups"` fuses only nodes that share a `group`, `"all"`
 fuses the whole graph, `"none"` gives every node its own deployment.
@@ -34,8 +34,8 @@ import networkx as nx
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.plan import Plan, PlannedNode, Source
 from capgraph.engine.spec import Autoscale
-from capgraph.serve import planner
-from capgraph.serve.planner import DEFAULT_NODE_CPUS, Cost, Fuse, Machine, NodeSettings
+from capgraph.serve.compile import planner
+from capgraph.serve.compile.planner import DEFAULT_NODE_CPUS, Cost, Fuse, Machine, NodeSettings
 
 GIB = 1 << 30
 UNKNOWN_FRACTION = 0.25
@@ -55,7 +55,7 @@ class Remote:
     app: str
     deployment: str
     alias: Any
-    """`serve.sharing.Alias`: how this graph's frame maps onto that deployment's ports."""
+    """`serve.compile.sharing.Alias`: how this graph's frame maps onto that deployment's ports."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Unit:
     """The planner's reasons for this unit's shape and settings, one line each."""
     remote: "Remote | None" = None
     """Where the unit runs when another application runs it (a model shared between graphs,
-    `serve.sharing`): this application deploys nothing for it and asks for no resources."""
+    `serve.compile.sharing`): this application deploys nothing for it and asks for no resources."""
 
     @property
     def min_replicas(self) -> int:
@@ -162,7 +162,7 @@ def compile_plan(
 
     `machine` is the cluster as the planner sees it (None: unknown, every unit asks for
     0.25 CPU and one thread). `tuned` holds the tuned overlay's node settings and
-    `measured` its measured costs (`serve.overlay`). `weight_bytes(node)` estimates a model
+    `measured` its measured costs (`serve.compile.overlay`). `weight_bytes(node)` estimates a model
     node's weights before loading (None: unknown); it is only called for model nodes
     without a GPU fraction. Raises GraphInvalid when groups would make the units depend
     on each other in a circle.

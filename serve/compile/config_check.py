@@ -67,7 +67,7 @@ def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
 def check_deployment_sections(tree: Any, plan: Any, file: str = "<graph>") -> list[GraphError]:
     """What `capgraph validate` adds to the graph checks for a file that is also a Serve
     config: the `applications:` entries and the `livepeer:` section, with their lines."""
-    from capgraph.serve.livepeer.settings import check_livepeer_section
+    from capgraph.livepeer.settings import check_livepeer_section
 
     problems = check_applications(tree, file)
     raw = tree.get("livepeer") if isinstance(tree, Mapping) else None

@@ -47,8 +47,8 @@ from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.codecs import coerce
 from capgraph.engine.values import gray_to_rgb
-from capgraph.serve.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
-from capgraph.serve.livepeer.settings import LiveSettings, LivepeerSettings
+from capgraph.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
+from capgraph.livepeer.settings import LiveSettings, LivepeerSettings
 
 log = logging.getLogger("capgraph.livepeer")
 

@@ -1,6 +1,6 @@
 """`capgraph tune GRAPH`: fit a graph's serving settings to this machine.
 
-    from capgraph.serve.tune import tune_graph
+    from capgraph.serve.operate.tune import tune_graph
     raise SystemExit(tune_graph("graphs/hybrid.yaml", max_batch=16, params={"generate.steps": 4}))
 
 1. Load every node of the graph on this machine's device, on the weights `CAPGRAPH_MODELS`
@@ -8,13 +8,13 @@
    node has real inputs.
 2. Time each node at batch sizes 1, 2, 4 ... `max_batch`: one untimed run at each size
    (new shapes), then the median of `repeats` runs. A progress bar shows where it is.
-3. Hand the measured costs to the planner (`serve.planner`) and print a table: each
+3. Hand the measured costs to the planner (`serve.compile.planner`) and print a table: each
    node's milliseconds per batch, and the deployment, batch, wait, threads and GPU
    fraction chosen for it.
-4. Write the chosen settings as a *tuned overlay* (`serve.overlay`), or print them as
+4. Write the chosen settings as a *tuned overlay* (`serve.compile.overlay`), or print them as
    YAML to paste into the graph's nodes (`print_yaml`).
 
-The overlay's format, where it goes and how the builder reads it back: `serve.overlay`.
+The overlay's format, where it goes and how the builder reads it back: `serve.compile.overlay`.
 """
 
 import statistics
@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.plan import Plan
-from capgraph.serve.overlay import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
+from capgraph.serve.compile.overlay import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
 
 INGRESS_CPUS = 0.25
 """What the ingress is assumed to take when tuning (CapabilityArgs.ingress_cpus's default)."""
@@ -189,7 +189,7 @@ def tune_graph(
 
 def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapping[str, int], device: str, models: str,
              side: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    from capgraph.serve import preflight
+    from capgraph.serve.cluster import preflight
 
     cluster = preflight.local_cluster(probe_gpus=device.startswith("cuda"))
     machine = {"cpus": cluster.cpus, "gpus": cluster.gpus, "accelerator": cluster.accelerator, "device": device.split(":")[0],
@@ -215,9 +215,9 @@ def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapp
 
 
 def _compile(plan: Plan, overlay: Mapping[str, Any]) -> Any:
-    from capgraph.serve import preflight
-    from capgraph.serve.compiler import compile_plan
-    from capgraph.serve.planner import machine_for
+    from capgraph.serve.cluster import preflight
+    from capgraph.serve.compile.compiler import compile_plan
+    from capgraph.serve.compile.planner import machine_for
 
     cluster = preflight.local_cluster(probe_gpus=overlay["machine"]["device"] == "cuda")
     read = Overlay("", plan.capability, overlay["fingerprint"], overlay["machine"], overlay["profile"], overlay["nodes"])

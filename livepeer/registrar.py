@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from capgraph.serve.livepeer.settings import LivepeerSettings
+from capgraph.livepeer.settings import LivepeerSettings
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -339,7 +339,7 @@ class Registrar:
 
 def _settings_for(path: str | Path, environ: Mapping[str, str] | None) -> LivepeerSettings:
     from capgraph.engine.validate import load_plan
-    from capgraph.serve.livepeer.settings import settings_from_file
+    from capgraph.livepeer.settings import settings_from_file
 
     return settings_from_file(path, load_plan(path), environ)
 

@@ -12,7 +12,7 @@ builder runs inside that runtime_env, so it sees and forwards them too).
 Secrets among them (the bearer token, the orchestrator secret) travel the same way: a
 replica needs them. They are visible to whoever can read the cluster's Serve config,
 which Ray's token authentication guards. The KubeRay manifest never writes them inline
-(`serve.kuberay`): it refers to a Kubernetes Secret instead.
+(`serve.operate.kuberay`): it refers to a Kubernetes Secret instead.
 """
 
 import os

@@ -1,5 +1,5 @@
 """The Livepeer surface of a served graph, as one FastAPI router that `mount` adds to an
-app (the Ray ingress's, or `serve.livepeer.local`'s, over the in-process executor):
+app (the Ray ingress's, or `livepeer.local`'s, over the in-process executor):
 
     paths = mount(app, plan, run, is_ready, settings)
 
@@ -10,17 +10,17 @@ adds, beside the app's own routes (the ingress's `/v1/{capability}` and `/health
 - `POST /{capability}`: a BYOC job. go-livepeer forwards only Content-Type, Content-Length
   and `Authorization: Bearer <token>` (when a token was registered), and passes the body
   through verbatim, so the body is the native job, read exactly as `/v1/{capability}` reads
-  it (`serve.wire.read_job`: the same checks, the same messages, in the shape below).
+  it (`serve.capability.wire.read_job`: the same checks, the same messages, in the shape below).
 - the ai-runner routes the graph's `livepeer.routes` declares, plus `/version` and
-  `/hardware/info` (see `serve.livepeer.ai_runner`);
-- `/stream/start|params|stop|status` when `livepeer.live` is set (see `serve.livepeer.live`).
+  `/hardware/info` (see `livepeer.ai_runner`);
+- `/stream/start|params|stop|status` when `livepeer.live` is set (see `livepeer.live`).
 
 Every error is `{"detail": {"msg": ...}}`, the shape go-livepeer and the livepeer-ai SDK
 read. Jobs beyond `capacity` get 503 busy at once, with `Retry-After`: BYOC does not enforce
 capacity itself, and a 5xx is what makes a gateway try the next orchestrator. The router's
 lifespan runs the registrar (BYOC registration, Live Runner heartbeats) when the section
 configures one. What the routes share (the error shape, `Guard`, `BearerAuth`) is
-`serve.livepeer.guard`'s; with a token configured, `mount` guards the whole app with
+`livepeer.guard`'s; with a token configured, `mount` guards the whole app with
 `BearerAuth`.
 """
 
@@ -36,12 +36,12 @@ from capgraph.engine.codecs import encode_outputs
 from capgraph.engine.errors import InputError
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.http import render_json, request_schema
-from capgraph.serve.livepeer.ai_runner import add_ai_runner_routes
-from capgraph.serve.errors import RETRY_AFTER_S
-from capgraph.serve.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
-from capgraph.serve.livepeer.settings import LivepeerSettings, load_settings
-from capgraph.serve.wire import MAX_BODY_BYTES, read_job
+from capgraph.serve.capability.http import render_json, request_schema
+from capgraph.livepeer.ai_runner import add_ai_runner_routes
+from capgraph.serve.capability.errors import RETRY_AFTER_S
+from capgraph.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
+from capgraph.livepeer.settings import LivepeerSettings, load_settings
+from capgraph.serve.capability.wire import MAX_BODY_BYTES, read_job
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -52,7 +52,7 @@ def mount(app: FastAPI, plan: Plan, run: RunFn, is_ready: ReadyFn, settings: Liv
     """Add the Livepeer routes (`make_router`, same arguments) to `app`; with a token
     configured and `bearer_auth`, `BearerAuth` guards every route of the app but `/health`
     and `/ready` (without it, only the job and stream routes check the token, as
-    `serve.livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
+    `livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
     router = make_router(plan, run, is_ready, settings, run_batch=run_batch, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
     app.include_router(router)
     token = settings.token()
@@ -76,7 +76,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     live = None
     if settings.live is not None:
         try:
-            from capgraph.serve.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
+            from capgraph.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
         except ImportError as exc:
             raise RuntimeError(f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]") from exc
 
@@ -86,7 +86,7 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if settings.byoc is not None or settings.runner is not None:
-                from capgraph.serve.livepeer.registrar import Registrar
+                from capgraph.livepeer.registrar import Registrar
 
                 registrar = Registrar(settings, is_ready)
                 await registrar.start()

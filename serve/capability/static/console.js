@@ -1,4 +1,4 @@
-/* The console page of a served capgraph graph (serve/console.py): the picture with each
+/* The console page of a served capgraph graph (serve/capability/console.py): the picture with each
  * node's live state, the nodes' table, and a form that runs one frame through /v1. Polls
  * console/api/live every second. Every value from the service goes in as text. */
 "use strict";

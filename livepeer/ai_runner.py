@@ -39,10 +39,10 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.http import check_params, render_json
-from capgraph.serve.livepeer.guard import Guard, RunFn, error, failure
-from capgraph.serve.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
-from capgraph.serve.wire import MAX_BODY_BYTES, media_type, read_body, read_form
+from capgraph.serve.capability.http import check_params, render_json
+from capgraph.livepeer.guard import Guard, RunFn, error, failure
+from capgraph.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
+from capgraph.serve.capability.wire import MAX_BODY_BYTES, media_type, read_body, read_form
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -191,7 +191,7 @@ def _request_body(route: str) -> dict[str, Any]:
 
 async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, Any]:
     """The request's fields, typed; absent or empty fields are left out. The body is read
-    and a form parsed as on every job route (`serve.wire`): bounded, parts named."""
+    and a form parsed as on every job route (`serve.capability.wire`): bounded, parts named."""
     kinds = ROUTE_FIELDS[route]
     body = await read_body(request, max_body_bytes)
     if route == "text-to-image":

@@ -4,7 +4,7 @@ Pure data: nothing here starts Ray or talks to Kubernetes.
 
 - `serveConfigV2` is the graph file's own `applications:` entry (YAML aliases resolved),
   so KubeRay submits exactly what `serve deploy FILE` would, through the same builder
-  (`capgraph.serve.app:build`). The variables replicas must see (`serve.environment`) go
+  (`capgraph.serve.app:build`). The variables replicas must see (`serve.cluster.environment`) go
   into its application-level `runtime_env.env_vars`; secrets among them never do: the
   containers read those from a Kubernetes Secret (`<name>-secrets`), and the replicas
   inherit them from their raylet.
@@ -14,7 +14,7 @@ Pure data: nothing here starts Ray or talks to Kubernetes.
   cluster of identical worker machines: as many as the deployments' minimum replicas need
   (`minReplicas`), up to what their maximum replicas need (`maxReplicas`, with Ray's
   autoscaler on when the two differ), placed machine by machine the way pre-flight
-  places them (`serve.preflight.check_fit`).
+  places them (`serve.cluster.preflight.check_fit`).
 - Worker pods are ready when the capability's `/health` is 200 (every node loaded and
   warm), not when Ray's proxy is up: only they carry traffic (`excludeHeadPodFromServeSvc`).
   The head keeps KubeRay's own probes: KubeRay submits `serveConfigV2` only once the head
@@ -32,10 +32,10 @@ from pydantic import ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.spec import Autoscale
-from capgraph.serve import environment, preflight
+from capgraph.serve.cluster import environment, preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.compiler import Compiled
-from capgraph.serve.config_check import application
+from capgraph.serve.compile.compiler import Compiled
+from capgraph.serve.compile.config_check import application
 
 API_VERSION = "ray.io/v1"
 SERVE_PORT = 8000

@@ -1,6 +1,6 @@
 """The capability's health, as one ingress replica sees it: what Ray and the node replicas
 say, each node's state (ok, updating, loading, unhealthy, failed), the replicas replaced
-of late (`serve.incidents`), and the watcher that logs every change."""
+of late (`serve.capability.incidents`), and the watcher that logs every change."""
 
 import asyncio
 import logging
@@ -11,9 +11,9 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from capgraph.serve.compiler import Compiled, Unit
-from capgraph.serve.incidents import RayStatus, Replacements, unusable
-from capgraph.serve.respread import claimed
+from capgraph.serve.compile.compiler import Compiled, Unit
+from capgraph.serve.capability.incidents import RayStatus, Replacements, unusable
+from capgraph.serve.cluster.respread import claimed
 
 log = logging.getLogger("ray.serve")
 
@@ -87,7 +87,7 @@ class Health:
         return report
 
     def _moving(self, statuses: Mapping[str, RayStatus]) -> set[str]:
-        """Units one of whose replicas is moving to another machine (`serve.respread`):
+        """Units one of whose replicas is moving to another machine (`serve.cluster.respread`):
         Ray calls them UNHEALTHY while it replaces that replica. Only while the move can
         still be under way (three failed health checks, then a load) and Ray is starting
         no more than that one replica: a crash meanwhile is not hidden as a move."""
@@ -166,7 +166,7 @@ def _node_state(report: Mapping[str, Any] | None, node_id: str, ray_status: str 
     """ok, updating, moving, loading, unhealthy or failed, from what the replica says and
     what Ray says. `updating`: Ray is rolling out a new version; the node still serves as
     long as one replica of either version is warm. `moving` (Ray's UNHEALTHY while one
-    replica moves to another machine on purpose, `serve.respread`): the others serve."""
+    replica moves to another machine on purpose, `serve.cluster.respread`): the others serve."""
     if ray_status == "DEPLOY_FAILED":
         return "failed"
     if ray_status == "MOVING":

@@ -2,7 +2,7 @@
 mistake) and `engine.errors.NodeFailed` (the graph could not answer) in capgraph's own
 JSON shape, the wait a retryable 503 asks for, and the one line of an exception an answer
 shows. The Livepeer routes answer the same two errors in their shape
-(`serve.livepeer.guard.failure`)."""
+(`livepeer.guard.failure`)."""
 
 from collections.abc import Mapping
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.plan import Plan
-from capgraph.serve.planner import Cost
+from capgraph.serve.compile.planner import Cost
 
 TUNED_DIR_ENV = "CAPGRAPH_TUNED_DIR"
 OVERLAY_FORMAT = 1

@@ -125,7 +125,7 @@ class NodeSettings:
     source: Mapping[str, Origin] = field(default_factory=dict)
     """Where each set field came from ('graph' or 'tuned')."""
     shared: bool = False
-    """Its model runs in an application shared with other graphs (`serve.sharing`)."""
+    """Its model runs in an application shared with other graphs (`serve.compile.sharing`)."""
 
     @property
     def apart(self) -> bool:

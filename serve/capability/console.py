@@ -3,13 +3,13 @@ graph with the deployments the planner chose, colours each node by its live stat
 recent figures, and has a form, built from the capability's schema, that runs one frame.
 
     GET /  and  GET /console         the page
-    GET /console/static/NAME         its script and style sheet (package data, serve/static/)
+    GET /console/static/NAME         its script and style sheet (package data, serve/capability/static/)
     GET /console/api/graph           the picture (`engine.render.picture`, what `capgraph render`
                                      draws), each deployment's settings, the schema, the version
-    GET /console/api/live            each node's state (`serve.health`), figures (`serve.traffic`),
+    GET /console/api/live            each node's state (`serve.capability.health`), figures (`serve.capability.traffic`),
                                      queue, device and models (the replicas' own reports)
 
-The figures are those of the ingress replica that answers the poll (`serve.traffic`): with
+The figures are those of the ingress replica that answers the poll (`serve.capability.traffic`): with
 several ingress replicas (`ingress_replicas`), each shows the frames it ran.
 
 None of these is in the OpenAPI document: they are for people, not clients. The form posts
@@ -37,13 +37,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from capgraph.engine.render import picture
-from capgraph.serve import http
-from capgraph.serve.compiler import Unit
-from capgraph.serve.livepeer.guard import route_path
-from capgraph.serve.traffic import RATE_S, WINDOW_S
+from capgraph.serve.capability import http
+from capgraph.serve.compile.compiler import Unit
+from capgraph.livepeer.guard import route_path
+from capgraph.serve.capability.traffic import RATE_S, WINDOW_S
 
 if TYPE_CHECKING:
-    from capgraph.serve.ingress import Capability
+    from capgraph.serve.capability.ingress import Capability
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
@@ -56,8 +56,8 @@ FILES = {"capgraph.js": "text/javascript", "console.js": "text/javascript", "con
 
 
 def static_text(name: str) -> str:
-    """One of the console's files (`serve/static/`), as text: also what `capgraph run --html` inlines."""
-    return (resources.files("capgraph.serve") / "static" / name).read_text(encoding="utf-8")
+    """One of the console's files (`serve/capability/static/`), as text: also what `capgraph run --html` inlines."""
+    return (resources.files("capgraph.serve.capability") / "static" / name).read_text(encoding="utf-8")
 
 
 def mount(app: FastAPI, capability: "Capability") -> None:

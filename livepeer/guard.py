@@ -20,12 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import NodeParams
-from capgraph.serve.errors import RETRY_AFTER_S, retry_headers
-from capgraph.serve.livepeer.settings import LivepeerSettings
+from capgraph.serve.capability.errors import RETRY_AFTER_S, retry_headers
+from capgraph.livepeer.settings import LivepeerSettings
 
 RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
 """One frame's graph inputs and each node's params, resolved once per request by the route
-(`serve.http.check_params` or `Plan.params_for`; a node left out runs with the graph's)
+(`serve.capability.http.check_params` or `Plan.params_for`; a node left out runs with the graph's)
 -> (graph outputs, timings_ms)."""
 RunBatchFn = Callable[[list[dict[str, Any]], Mapping[str, NodeParams]], Awaitable[list[dict[str, Any]]]]
 """Frames sharing one set of node params -> one dict of graph outputs per frame."""

@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 from capgraph.engine.executor import Executor
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
-from capgraph.serve.livepeer.routes import mount
-from capgraph.serve.livepeer.settings import LivepeerSettings
+from capgraph.livepeer.routes import mount
+from capgraph.livepeer.settings import LivepeerSettings
 
 
 class ExecutorBackend:

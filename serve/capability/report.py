@@ -19,7 +19,7 @@ from typing import Any
 from capgraph.engine.codecs import encode_outputs, encode_value
 from capgraph.engine.plan import Plan
 from capgraph.engine.render import picture
-from capgraph.serve.console import static_text
+from capgraph.serve.capability.console import static_text
 
 _PAGE = """<!doctype html>
 <html lang="en">

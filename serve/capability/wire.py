@@ -5,7 +5,7 @@
 `POST /v1/{capability}` and the BYOC job route (`POST /{capability}`) both call it, so a
 request gets the same checks and the same answer on either: the content type (JSON or
 multipart, anything else 415), the body bounded while it is read (413 as soon as it passes
-`max_body_bytes`, chunked or not), then `serve.http`'s rules for JSON and forms. The
+`max_body_bytes`, chunked or not), then `serve.capability.http`'s rules for JSON and forms. The
 ai-runner routes read their own field names, but through the same bounded body and the
 same multipart parser (`read_body`, `read_form`). Every fault is an `InputError` naming
 the field; each route renders it in its own error shape.
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
-from capgraph.serve import http
+from capgraph.serve.capability import http
 
 MAX_BODY_BYTES = 64 << 20
 """Default largest request body (`max_body_bytes`): a 4096 px PNG in base64 fits."""
