@@ -10,7 +10,7 @@ from capgraph.serve.capability.console import FILES
 from capgraph.serve.capability.traffic import RATE_S, WINDOW_S, Traffic
 from tests.conftest import GRAPHS
 
-STATIC = resources.files("capgraph.serve") / "static"
+STATIC = resources.files("capgraph.serve.capability") / "static"
 UNSAFE = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|setTimeout\(\s*['\"]|srcdoc")
 
 
