@@ -14,6 +14,7 @@ import networkx as nx
 from pydantic import BaseModel, ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid, did_you_mean
+from capgraph.engine.mounts import section_names
 from capgraph.engine.plan import Plan, PlannedNode, Source
 from capgraph.engine.registry import broken, catalogue, unmet
 from capgraph.engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
@@ -21,7 +22,7 @@ from capgraph.engine.types import PortType, check_value, compatible
 from capgraph.engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
 
 _IDENT = re.compile(IDENT)
-EXTRA_KEYS = RAY_KEYS | {"livepeer"}
+EXTRA_KEYS = RAY_KEYS | section_names()  # the sections of installed mounts (Livepeer's `livepeer:`)
 """Top-level keys beside the graph: Ray Serve's config and the Livepeer section."""
 _DEFAULTABLE = {PortType.TEXT, PortType.NUMBER, PortType.INTEGER, PortType.BOOL, PortType.POINTS, PortType.BOXES}
 

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import NodeParams
 from capgraph.serve.capability.errors import RETRY_AFTER_S, retry_headers
+from capgraph.serve.capability.http import route_path
 from capgraph.livepeer.settings import LivepeerSettings
 
 RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
@@ -88,14 +89,6 @@ class BearerAuth:
             await send({"type": "websocket.close", "code": 1008})
             return
         await unauthorized()(scope, receive, send)
-
-
-def route_path(scope: Scope) -> str:
-    """The request path below the app's mount point (Serve's `route_prefix`), no trailing slash."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
-    return path.rstrip("/") or "/"
 
 
 class Gate:

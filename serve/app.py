@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import RayServeException
 
 from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.mounts import mounts, section_names
 from capgraph.engine.plan import Plan
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.engine.values import MAX_PIXELS
@@ -89,7 +90,6 @@ class CapabilityArgs(BaseModel):
     stuck_after_s: float | None = Field(None, gt=0, le=86_400, description="a node replica whose batch runs longer than this "
                                         "fails its health check and Ray replaces it (a hung node); default: max(3 x "
                                         "request_timeout_s, request_timeout_s + 30)")
-    livepeer: dict[str, Any] | None = Field(None, description="the Livepeer section; read from the graph file when `graph` is a path")
     machines: list[MachineArgs] | None = Field(None, description="plan and pre-flight for these machines instead of the "
                                                "connected cluster's: where the cluster grows after the build (KubeRay starts "
                                                "workers once the head is up; `capgraph kuberay` writes its worker machines here)")
@@ -105,6 +105,14 @@ class CapabilityArgs(BaseModel):
             raise ValueError(f"stuck_after_s ({self.stuck_after_s:g}) must be at least request_timeout_s "
                              f"({self.request_timeout_s:g})")
         return self
+
+
+# Each installed mount's section (engine.mounts: Livepeer's `livepeer`) is an argument too,
+# read from the graph file when `graph` is a path; the model stays strict about every other key.
+CapabilityArgs = create_model(
+    "CapabilityArgs", __base__=CapabilityArgs, __doc__=CapabilityArgs.__doc__,
+    **{name: (dict[str, Any] | None, Field(None, description=f"the graph file's `{name}:` section (a mount's settings)"))
+       for name in sorted(section_names())})
 
 
 class BuildRefused(RayServeException):
@@ -162,7 +170,7 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
     `cluster` defaults to the connected Ray cluster, else this machine. `ingress=False`:
     an application with no HTTP ingress of its own (a shared model's)."""
     plan = load_graph(args.graph)
-    _check_livepeer(plan, livepeer_section(args))
+    _check_mounts(plan, mount_sections(args))
     cluster = cluster or _planned_for(args) or current_cluster()
     # served with others (`share_of`), it is planned on its share of the machines and fitted
     # on the whole (where the others' replicas go is their builders' to check); a share
@@ -246,27 +254,27 @@ def load_graph(graph: dict[str, Any] | str) -> Plan:
     return plan_from_data(graph, "args.graph")
 
 
-def livepeer_section(args: CapabilityArgs) -> dict[str, Any] | None:
-    if args.livepeer is not None or not isinstance(args.graph, str):
-        return args.livepeer
+def mount_sections(args: CapabilityArgs) -> dict[str, dict[str, Any] | None]:
+    """Each mount's section: as passed in args, else from the graph file when `graph` is a path."""
+    given = {name: getattr(args, name) for name in section_names()}
+    if all(v is not None for v in given.values()) or not isinstance(args.graph, str):
+        return given
     try:
         tree = load_yaml(Path(args.graph).read_text(encoding="utf-8"))
     except (OSError, YamlProblem):
-        return None
-    section = tree.get("livepeer") if isinstance(tree, dict) else None
-    return dict(section) if isinstance(section, dict) else None
+        return given
+    tree = tree if isinstance(tree, dict) else {}
+    return {name: value if value is not None else (dict(tree[name]) if isinstance(tree.get(name), dict) else None)
+            for name, value in given.items()}
 
 
-def _check_livepeer(plan: Plan, section: dict[str, Any] | None) -> None:
-    """The Livepeer section must be valid before anything starts (where that package is)."""
-    try:
-        from capgraph.livepeer.settings import load_settings
-    except ImportError:
-        return
-    try:
-        load_settings(plan, section)
-    except ValueError as exc:
-        raise GraphInvalid([GraphError("livepeer", str(exc), plan.file)]) from None
+def _check_mounts(plan: Plan, sections: dict[str, dict[str, Any] | None]) -> None:
+    """Every mount's section must be valid before anything starts."""
+    for name, mount in mounts().items():
+        try:
+            mount.settings(plan, sections.get(name))
+        except ValueError as exc:
+            raise GraphInvalid([GraphError(name, str(exc), plan.file)]) from None
 
 
 def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
@@ -274,7 +282,7 @@ def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     compiled = blueprint.compiled
     handles = {unit.name: _bind_unit(compiled, unit, args) for unit in compiled.units if unit.remote is None}
     settings = Settings(max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
-                        request_timeout_s=args.request_timeout_s, livepeer=livepeer_section(args),
+                        request_timeout_s=args.request_timeout_s, mounts=mount_sections(args),
                         health_check_period_s=args.health_check_period_s)
     # Ray's proxy queues without bound by default: past `max_queued_requests` it answers
     # 503 with Retry-After itself, as the ingress's own admission limit does.

@@ -280,3 +280,9 @@ def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
     return {"application/json": {"schema": body}, "multipart/form-data": {"schema": multipart}}
 
 
+def route_path(scope: Mapping[str, Any]) -> str:
+    """An ASGI request's path below the app's mount point (Serve's `route_prefix`), no trailing slash."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
@@ -55,7 +55,8 @@ class Settings:
     max_pixels: int = MAX_PIXELS
     max_body_bytes: int = MAX_BODY_BYTES
     request_timeout_s: float = 60.0
-    livepeer: Mapping[str, Any] | None = None
+    mounts: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    """Each mount's graph-file section by name (`engine.mounts`), read where its routes are built."""
     max_in_flight: int | None = None
     """Graph requests one ingress replica runs at once; the next one gets 503 with
     `Retry-After` at once. None: three quarters of the replica's `max_ongoing_requests`

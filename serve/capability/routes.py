@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from capgraph.engine.errors import InputError, NodeFailed
+from capgraph.engine.mounts import Mount, mounts
 from capgraph.engine.plan import Plan
 from capgraph.serve.capability import console, http
 from capgraph.serve.capability.errors import RETRY_AFTER_S, error_answer, first_line
@@ -44,7 +45,7 @@ def capability_app(capability: "Capability") -> FastAPI:
     app = FastAPI(title=plan.capability, version=plan.spec.version, description=plan.spec.description or plan.capability,
                   lifespan=lifespan)
     route = f"/v1/{plan.capability}"
-    livepeer = livepeer_settings(plan, settings.livepeer)
+    attached = mount_settings(plan, settings.mounts)  # read here, in the ingress replica: secrets stay on the cluster
 
     @app.post(route, summary=f"Run {plan.capability} on one frame",
               openapi_extra={"requestBody": {"required": True, "content": http.request_schema(plan)},
@@ -84,14 +85,11 @@ def capability_app(capability: "Capability") -> FastAPI:
         return JSONResponse({"status": status, "nodes": nodes} | extra, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    livepeer_paths: set[str] = set()
-    if livepeer is not None:
-        from capgraph.livepeer.routes import mount
-
-        livepeer_paths = mount(app, plan, capability.run, capability.is_ready, livepeer, max_pixels=settings.max_pixels,
-                               max_body_bytes=settings.max_body_bytes)
-    console.mount(app, capability)  # last: its page is answered ahead of the bearer check
-    _json_errors(app, livepeer_paths)
+    owners: dict[str, Mount] = {}  # path -> the mount that answers its errors
+    for name, section_settings in attached.items():
+        owners |= dict.fromkeys(mounts()[name].attach(app, capability, section_settings), mounts()[name])
+    console.mount(app, capability)  # last: its page is answered ahead of a mount's bearer check
+    _json_errors(app, owners)
     return app
 
 
@@ -106,16 +104,15 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
-def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
+def _json_errors(app: FastAPI, owners: Mapping[str, Mount]) -> None:
     """Unknown routes, wrong methods and the unexpected answer JSON too: capgraph's
-    `{"error": {"field", "msg"}}`, or `{"detail": {"msg", "field"}}` on a Livepeer route.
+    `{"error": {"field", "msg"}}`, or the owning mount's shape on a mount's route.
     Never a traceback: an unexpected exception is logged and answered in one line."""
-    if livepeer_paths:
-        from capgraph.livepeer.guard import failure, route_path
 
-    def answer(request: Request, exc: InputError | NodeFailed, headers: Mapping[str, str] | None = None) -> JSONResponse:
-        if livepeer_paths and route_path(request.scope) in livepeer_paths:
-            return failure(exc, headers=dict(headers or {}))
+    def answer(request: Request, exc: InputError | NodeFailed, headers: Mapping[str, str] | None = None) -> Response:
+        owner = owners.get(http.route_path(request.scope)) if owners else None
+        if owner is not None:
+            return owner.error(exc, headers)
         return error_answer(exc, headers)
 
     @app.exception_handler(HTTPException)
@@ -137,12 +134,6 @@ def _json_errors(app: FastAPI, livepeer_paths: set[str]) -> None:
         return answer(request, NodeFailed("internal error; the capability logged it"))
 
 
-def livepeer_settings(plan: Plan, section: Mapping[str, Any] | None) -> Any:
-    """The Livepeer section's settings (bearer token, routes), or None where `livepeer`
-    is not installed. Read here, in the ingress replica, so secrets given as environment
-    variables stay on the cluster."""
-    try:
-        from capgraph.livepeer.settings import load_settings
-    except ImportError:
-        return None
-    return load_settings(plan, section)
+def mount_settings(plan: Plan, sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Each installed mount's settings from its graph-file section (None: not written)."""
+    return {name: mount.settings(plan, sections.get(name)) for name, mount in mounts().items()}

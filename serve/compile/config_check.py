@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.mounts import mounts, section_names
 from capgraph.engine.spec import GRAPH_KEYS
 from capgraph.engine.yamlload import YamlProblem, load_yaml, locate, plain
 
 BUILDER = "capgraph.serve.app:build"
-SECTIONS = (*GRAPH_KEYS, "livepeer")
+SECTIONS = (*GRAPH_KEYS, *sorted(section_names()))
 
 
 def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
@@ -57,24 +58,24 @@ def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
                 problems.append(_error(tree, file, at + ("args", "graph", key) if key in graph else at + ("args", "graph"), "args_drift",
                                        f"'{key}' {where} applications[{index}].args.graph, so `serve run` would serve another graph "
                                        "than `capgraph validate` checks.", f"Anchor the section ('{key}: &{key}') and alias it ('{key}: *{key}')."))
-        if "livepeer" in tree and (not isinstance(args, Mapping) or args.get("livepeer") != tree["livepeer"]):
-            problems.append(_error(tree, file, at + ("args",), "args_drift",
-                                   f"the top-level 'livepeer' section is not passed as applications[{index}].args.livepeer.",
-                                   "Add 'livepeer: *livepeer' to its args."))
+        for name in sorted(section_names() & set(tree)):
+            if not isinstance(args, Mapping) or args.get(name) != tree[name]:
+                problems.append(_error(tree, file, at + ("args",), "args_drift",
+                                       f"the top-level '{name}' section is not passed as applications[{index}].args.{name}.",
+                                       f"Add '{name}: *{name}' to its args."))
     return problems
 
 
 def check_deployment_sections(tree: Any, plan: Any, file: str = "<graph>") -> list[GraphError]:
     """What `capgraph validate` adds to the graph checks for a file that is also a Serve
-    config: the `applications:` entries and the `livepeer:` section, with their lines."""
-    from capgraph.livepeer.settings import check_livepeer_section
-
+    config: the `applications:` entries and each mount's section, with their lines."""
     problems = check_applications(tree, file)
-    raw = tree.get("livepeer") if isinstance(tree, Mapping) else None
-    for text in check_livepeer_section(raw, plan):
-        where = text.partition(":")[0]
-        path = tuple(int(k) if k.isdigit() else k for k in where.split(".") if k)
-        problems.append(_error(tree, file, path, "livepeer", text))
+    for name, mount in mounts().items():
+        raw = tree.get(name) if isinstance(tree, Mapping) else None
+        for text in mount.check(raw, plan):
+            where = text.partition(":")[0]
+            path = tuple(int(k) if k.isdigit() else k for k in where.split(".") if k)
+            problems.append(_error(tree, file, path, name, text))
     return problems
 
 
@@ -113,8 +114,7 @@ def with_applications(text: str, route_prefix: str = "/") -> str:
         "    args:",
         f"      graph: {{{graph}}}",
     ]
-    if "livepeer" in present:
-        block.append("      livepeer: *livepeer")
+    block += [f"      {name}: *{name}" for name in sorted(section_names()) if name in present]
     return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(block) + "\n"
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from capgraph.engine.errors import GraphError, GraphInvalid
+from capgraph.engine.mounts import section_names
 from capgraph.engine.plan import Plan
 from capgraph.serve.cluster import preflight
 from capgraph.serve.compile import sharing
@@ -92,7 +93,7 @@ def serve_config(paths: Sequence[str], plans: Sequence[Plan]) -> dict[str, Any]:
     for app in applications(paths, plans, {}):
         if app.model:  # the settings and environment of the first graph that uses it
             first = files[app.users[0][0]]
-            args = {k: v for k, v in first["args"].items() if k not in ("graph", "livepeer", "shared", "fuse")}
+            args = {k: v for k, v in first["args"].items() if k not in {"graph", "shared", "fuse", *section_names()}}
             entries.append({"name": app.name, "route_prefix": None, "import_path": MODEL_BUILDER,
                             "args": args | {"graph": app.args.graph} | _share_of(app)}
                            | ({"runtime_env": first["runtime_env"]} if first.get("runtime_env") else {}))

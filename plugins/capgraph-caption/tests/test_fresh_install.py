@@ -60,7 +60,7 @@ def test_pip_install_capgraph_then_the_plugin_and_uninstall_it(tmp_path: Path) -
     (site / "libraries.pth").write_text(f"{libraries_without_capgraph(tmp_path / 'libraries')}\n")
     assert run(venv, "python", "-c", "import capgraph", check=False).returncode != 0  # nothing of ours yet
 
-    capgraph = source_copy(REPO, tmp_path / "capgraph-src", ("pyproject.toml", "README.md", "capgraph", "engine", "nodes", "serve", "cli"))
+    capgraph = source_copy(REPO, tmp_path / "capgraph-src", ("pyproject.toml", "README.md", "capgraph", "engine", "nodes", "serve", "livepeer", "cli"))
     plugin = source_copy(PLUGIN, tmp_path / "capgraph-caption", ("pyproject.toml", "README.md", "capgraph_caption", "examples"))
     run(venv, "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(capgraph))
     run(venv, "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(plugin))
