@@ -1,21 +1,7 @@
 """One codec per port type: how a value comes in from the outside world and goes back out.
 
-The CLI, `/v1` (JSON and multipart), BYOC jobs, ai-runner routes and live stream params all
-decode and encode through `codec(kind)`, so each rule lives here once:
-
-- `from_json`: a value in a JSON body. Images, maps and bytes are base64 or a `data:` URL
-  (an image's URL must say an image type); text is at most `MAX_TEXT_CHARS`; anything
-  else is taken as sent and checked by `coerce` with the rest of the frame.
-- `from_text`: a text field (multipart, the CLI). Booleans are `true`/`false`/`1`/`0`/
-  `yes`/`no` in any case, numbers as Python reads them, points, boxes and masks as JSON,
-  images as base64.
-- `from_bytes`: a file (a multipart part, a CLI path): images decoded under the pixel limit
-  (bombs refused from the header), masks and depth maps as greyscale (RGB mean / 255),
-  segmentation maps as class ids.
-- `encode`: an output as JSON: images, masks and depth maps as PNG, segmentation maps as
-  8- or 16-bit PNG of ids, bytes as they are, all base64, or `data:` URLs with
-  `data_url=True` (the Livepeer answers).
-- `json_schema` / `form_schema`: the same rules for the OpenAPI document.
+The CLI, `/v1`, BYOC jobs, ai-runner routes and live stream params all decode and encode
+through `codec(kind)`, so each rule lives here once. docs/graph-format.md lists them.
 """
 
 import base64

@@ -1,13 +1,6 @@
-"""Problems found in a graph, reported together and rendered as text or JSON.
-
-A `GraphError` says where (file:line:col), which node and port, what is wrong and, where
-one exists, what to do instead. Validation collects every problem before raising
-`GraphInvalid`, so an author fixes a file in one pass.
-
-A request that cannot be answered fails in one of two ways, each one type from where it
-happens to the answer: `InputError`, the caller's mistake (a 4xx naming the field), and
-`NodeFailed`, the graph could not answer (a 5xx naming the node where one is to blame).
-Both cross a process boundary as `to_dict()` and come back with `from_dict`.
+"""Problems found in a graph, reported together and rendered as text or JSON (`GraphError`,
+`GraphInvalid`), and the two ways a request fails: `InputError` (the caller's mistake,
+a 4xx) and `NodeFailed` (a 5xx), which cross process boundaries as dicts.
 """
 
 import difflib

@@ -1,17 +1,6 @@
-"""The catalogue of node families: the built-in ones plus the `capgraph.nodes` entry points.
-
-Nothing registers on import. The catalogue is built once, on first use, from the literal
-list in `nodes/__init__.py` and from installed distributions that declare
-
-    [project.entry-points."capgraph.nodes"]
-    my_family = "my_package.my_module:MyFamily"
-
-so a third party adds a node family with a pip install and no fork.
-
-The catalogue also remembers where each family came from (`origin`: capgraph itself, an
-installed package and its version, or CAPGRAPH_NODES), which plug-ins failed to load and
-why, and checks a graph's `requires:` list against the installed packages, so a machine
-without a plug-in says which package to install rather than only "unknown node type".
+"""The catalogue of node families: the built-in ones plus the `capgraph.nodes` entry points,
+built once on first use, with where each family came from, which plug-ins failed, and a
+check of a graph's `requires:` list. docs/graph-format.md has how to add a family.
 """
 
 import functools

@@ -1,30 +1,7 @@
-"""The graph file format as pydantic models.
-
-One YAML file is one graph and one capability:
-
-    capability: edges-demo          # advertised name, lowercase-with-hyphens
-    version: v1
-    description: Canny edges of a photo, resized for SDXL.
-    inputs:
-      image: {type: image}
-      low: {type: number, default: 100}
-    nodes:
-      fit:
-        type: resize
-        params: {multiple: 8, max_side: 1024}
-        inputs: {image: image}          # a bare name is a graph input
-      edges:
-        type: canny
-        inputs: {image: fit.image}      # node.port is another node's output
-    outputs:
-      edges: edges.edges
-    params:                             # optional: what a request may set, by a name of the graph's own
-      low: edges.low_threshold          # -> {"params": {"low": 50}}; the node.param form works too
-    requires: [capgraph-caption>=0.1]   # optional: pip packages whose node families the graph uses
-
-`resources`, `batch`, `replicas` and `group` on a node are read by the Ray Serve
-compiler. Ray Serve's own top-level keys (`applications:` and friends) are allowed beside
-the graph so that the same file is a `serve run` config.
+"""The graph file format as pydantic models: one YAML file is one graph and one capability
+(capability, version, inputs, nodes, outputs, params, requires). Ray Serve's own
+top-level keys are allowed beside the graph so the same file is a `serve run` config.
+docs/graph-format.md is the reference.
 """
 
 import re

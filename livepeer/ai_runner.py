@@ -1,24 +1,8 @@
 """ai-runner-compatible batch routes, so go-livepeer's external-container path
 (`aiModels.json` with `url` and `token`) and the livepeer-ai SDK call a graph unchanged.
 
-The graph declares which routes it answers and how each request field reaches it:
-
-    livepeer:
-      routes:
-        image-to-image: {image: image, prompt: sdxl.prompt, strength: sdxl.strength, seed: sdxl.seed, images: out}
-
-A field maps to a graph input or a settable `node.param`; `images` (`masks` for SAM2,
-`text` for image-to-text) names the graph output that answers. Fields a graph does not map are accepted and
-ignored, and only fields present in the request override the graph's own values.
-
-Wire rules, from ai-runner `runner/routes/*.py` @50a742ce and go-livepeer `ai/worker`:
-text-to-image is JSON, the others multipart with an `image` file part in any position;
-go-livepeer writes floats as "0.800000" and leaves unset fields out, the SDK sends every
-field; an empty string means unset. Answers are `{"images": [{"url": "data:image/png;base64,...",
-"seed": int, "nsfw": bool}]}`; for SAM2, `masks`, `scores`, `logits` as Python list
-strings sorted by descending score; for image-to-text (multipart `image`, optional `prompt`
-and `model_id`, as ai-runner's `routes/image_to_text.py`), `{"text": "..."}`. Errors are `{"detail": {"msg": ...}}`, except 422,
-which keeps FastAPI's `{"detail": [{"loc", "msg", "type"}]}` list the SDK parses.
+The graph's `livepeer.routes` maps each request field to a graph input or `node.param`.
+docs/livepeer.md has the mapping and the wire rules (from ai-runner and go-livepeer).
 """
 
 import asyncio

@@ -1,13 +1,6 @@
 """What every Livepeer route shares: the backend's `run`/`is_ready` contract, the one error
-shape, the bearer token and the job gate.
-
-Every error is `{"detail": {"msg": ...}}`, the shape go-livepeer and the livepeer-ai SDK
-read. `Guard` checks a job route's request: the token, then readiness, then capacity
-(`Gate`: jobs beyond `capacity` get 503 busy at once, with `Retry-After`).
-
-`BearerAuth` guards a whole app: with a token configured, every route but `/health` and
-`/ready` needs `Authorization: Bearer <token>`, compared in constant time; a missing or
-wrong one is 401 in the shape above. The token is never logged nor echoed.
+shape (`{"detail": {"msg": ...}}`), the bearer token (`BearerAuth`) and the job gate
+(`Guard`, `Gate`: past `capacity`, 503 busy at once). docs/livepeer.md.
 """
 
 import hmac

@@ -1,29 +1,8 @@
 """Live frames: a pytrickle `FrameProcessor` that runs each video frame through the graph.
 
-    livepeer:
-      live: {input: image, output: depth_image, params: {prompt: sdxl.prompt}, max_batch: 4}
-
-The orchestrator (BYOC streams) or a gateway starts a stream with `POST /stream/start`;
-pytrickle subscribes to the trickle input channel, decodes frames and hands them to
-`GraphFrameProcessor.process_video_async`; the answer is encoded and published on the
-output channel. `/stream/params` updates (and control-channel messages) go to
-`update_params`: each name maps to a graph input or a settable `node.param`, checked
-against the plan before it takes effect; a bad update is logged and ignored, because
-pytrickle turns an exception there into an ERROR state for the whole server.
-
-Serving: inside the FastAPI ingress, `LiveBridge` runs pytrickle's own `StreamServer` on
-a loopback port and forwards the `/stream/*` routes to it, so the whole stream protocol is
-pytrickle's; standalone, `stream_server()` is that `StreamServer` on a public port. Both
-answer `/stream/start` with 503 `current_state: LOADING` until every node is warm (plain
-pytrickle would hold the request open for the whole load).
-
-Batching: pytrickle's client awaits one frame at a time per stream, so frames arrive
-together only across streams sharing a processor or from callers that submit
-concurrently. With `run_batch` (the in-process executor) those are run as one batch of up
-to `max_batch`; with only `run` (the Ray ingress) they go out concurrently and each node
-deployment's `@serve.batch` groups them.
-
-Needs the `livepeer` extra (pytrickle; it imports torch).
+Inside the ingress, `LiveBridge` forwards `/stream/*` to pytrickle's own `StreamServer` on a
+loopback port; standalone, `stream_server()` is that server. Needs the `livepeer` extra.
+docs/livepeer.md has the stream protocol, params updates and batching.
 """
 
 import asyncio

@@ -1,14 +1,6 @@
 """The Livepeer surface without Ray: the in-process executor behind the same `run`/`is_ready`
-contract the Ray Serve ingress gives `mount`.
-
-For tests, for a one-GPU container that needs no Ray, and as the baseline the Ray version
-is measured against:
-
-    backend = ExecutorBackend(plan)
-    app = local_app(plan, settings, backend)      # FastAPI: /health, /ready, Livepeer routes
-    uvicorn.run(app, host="0.0.0.0", port=8000)   # the nodes load in the background
-
-Runs are serialised through one lock: an executor's nodes are not shared between threads.
+contract the Ray Serve ingress gives `mount`; for tests, one-GPU containers without Ray,
+and as the baseline the Ray version is measured against. docs/livepeer.md.
 """
 
 import asyncio

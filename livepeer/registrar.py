@@ -1,22 +1,8 @@
 """Tell orchestrators the graph is there: BYOC registration and Live Runner heartbeats.
 
-What the orchestrator does (go-livepeer master 176aa415c, v0.9.1), and so what this does:
-
-- BYOC keeps registrations in memory, forgets them on restart and drops a capability when
-  the container is unreachable or answers 401; it never polls health. So the registrar
-  registers only once every node is warm, registers again every `byoc.interval_s` (30 s)
-  and at once when the orchestrator comes back after being unreachable (a restart), and
-  unregisters when the graph stops being ready and on shutdown. `currency` is always
-  `wei`: any other currency crashes an off-chain orchestrator.
-- The Live Runner registry wants `POST /runners/heartbeat` every 5 s, first with the
-  orchestrator secret, then with the heartbeat secret it hands back; `status` is `loading`
-  (hidden from discovery) until warm, then `ready`. A 401 on a heartbeat secret means the
-  orchestrator restarted and forgot us: start over with the orchestrator secret. On
-  shutdown, `POST /runners/{id}/unregister`.
-
-Secrets are read from the environment when a request is built and are never logged.
-`register_graph` and `runners_json` are what `capgraph register` and `capgraph runners-json`
-call.
+It registers once every node is warm, again on an interval and after an orchestrator
+restart, and unregisters on shutdown; secrets are read from the environment, never logged.
+docs/livepeer.md has what go-livepeer does and so what this does.
 """
 
 import asyncio

@@ -1,27 +1,7 @@
 """The Livepeer surface of a served graph, as one FastAPI router that `mount` adds to an
-app (the Ray ingress's, or `livepeer.local`'s, over the in-process executor):
-
-    paths = mount(app, plan, run, is_ready, settings)
-
-adds, beside the app's own routes (the ingress's `/v1/{capability}` and `/health`):
-
-- `GET /ready`: exactly 200 once every node is warm, else 503. A static Live Runner's
-  `health_url` and a container health check want this; `/health` answers 200 while loading.
-- `POST /{capability}`: a BYOC job. go-livepeer forwards only Content-Type, Content-Length
-  and `Authorization: Bearer <token>` (when a token was registered), and passes the body
-  through verbatim, so the body is the native job, read exactly as `/v1/{capability}` reads
-  it (`serve.capability.wire.read_job`: the same checks, the same messages, in the shape below).
-- the ai-runner routes the graph's `livepeer.routes` declares, plus `/version` and
-  `/hardware/info` (see `livepeer.ai_runner`);
-- `/stream/start|params|stop|status` when `livepeer.live` is set (see `livepeer.live`).
-
-Every error is `{"detail": {"msg": ...}}`, the shape go-livepeer and the livepeer-ai SDK
-read. Jobs beyond `capacity` get 503 busy at once, with `Retry-After`: BYOC does not enforce
-capacity itself, and a 5xx is what makes a gateway try the next orchestrator. The router's
-lifespan runs the registrar (BYOC registration, Live Runner heartbeats) when the section
-configures one. What the routes share (the error shape, `Guard`, `BearerAuth`) is
-`livepeer.guard`'s; with a token configured, `mount` guards the whole app with
-`BearerAuth`.
+app (the Ray ingress's, or `livepeer.local`'s): `GET /ready`, the BYOC job route
+`POST /{capability}`, the ai-runner routes and `/stream/*`, with the registrar in its
+lifespan. docs/livepeer.md has each route's contract.
 """
 
 import asyncio

@@ -1,22 +1,7 @@
 """The graph file's `livepeer:` section: how a served graph meets the Livepeer network.
 
-    livepeer:
-      capability: depth-live          # BYOC name and job route POST /depth-live (default: the graph's)
-      url: http://app:8000            # how the orchestrator reaches this service
-      capacity: 2                     # in-flight jobs; one more gets 503 {"detail":{"msg":"busy"}}
-      byoc: {orchestrator: "https://orch:8935", price_per_unit: 0}
-      runner: {orchestrator: "https://orch:8935", app: myorg/depth-live, price: 0.01}
-      routes:                         # ai-runner routes: request field -> graph input, graph param or node.param
-        image-to-image: {image: image, prompt: sdxl.prompt, strength: sdxl.strength, images: image}
-        image-to-text: {image: image, prompt: describe.prompt, text: caption}   # answers {"text": ...}
-      live: {input: image, output: depth_image, params: {prompt: sdxl.prompt}}
-
-Every key can be set or overridden from the environment as
-`CAPGRAPH_LIVEPEER__<KEY>[__<SUBKEY>]` (values are JSON where they parse as JSON), so one
-image serves different orchestrators. Secrets never come from the file: the orchestrator
-secret and the bearer token are read from the environment variables named by `secret_env`
-and `token_env`, at the moment they are needed, and are never stored on these models,
-logged or echoed in an error.
+Every key can be overridden from the environment (`CAPGRAPH_LIVEPEER__<KEY>`); secrets
+never come from the file. docs/livepeer.md has the section's keys.
 """
 
 import os

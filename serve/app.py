@@ -1,24 +1,10 @@
 """The Ray Serve application builder: `import_path: capgraph.serve.app:build`.
 
-A graph file is also a Serve config file. Its `applications:` entry names this builder
-and carries the graph in `args` (YAML aliases of the file's own sections), so the same
-file works with `serve run FILE` locally and `serve deploy FILE` on a remote cluster
-with nothing else to copy; `serve run capgraph.serve.app:build graph=FILE` and `capgraph serve`
-(`serve.operate.run.serve_graph`) go through the same steps:
-
-1. validate the graph, with the same checks and messages as `capgraph validate`;
-2. compile it into deployment units (`serve.compile.compiler`): the planner (`serve.compile.planner`)
-   chooses fusion, batching, threads and CPUs from the nodes' costs, measured by
-   `capgraph tune` where its overlay matches (`serve.compile.overlay`), the graph's own fields first;
-3. pre-flight it against the cluster (`serve.cluster.preflight`): on a cluster with no GPU every
-   node falls back to the CPU with one warning; what does not fit is named;
-4. bind one `UnitReplica` deployment per unit and the `Capability` ingress, each with
-   the settings its replicas need wherever they run (`serve.cluster.environment`).
-
-A graph that fails step 1 or 3 never reaches Ray: where the builder runs in the `serve
-run` process it prints the errors and exits with status 2. Where it runs inside the
-cluster (a config file), it fails the application with the errors as its message, which
-`serve status` shows, and stops a local `serve run` that would otherwise wait forever.
+A graph file's `applications:` entry names this builder and carries the graph in `args`,
+so `serve run FILE`, `serve deploy FILE` and `capgraph serve` build the same way: validate,
+compile into units, pre-flight against the cluster, bind the unit replicas and the ingress.
+An invalid graph or one that does not fit never reaches Ray. docs/serving.md explains the
+steps and where an invalid graph stops.
 """
 
 import logging

@@ -1,31 +1,9 @@
 """A node deployment: one Ray Serve replica running one unit (a node, or a fused group).
 
-The replica loads its nodes at the planner's share of torch threads (one after another,
-`engine.runloop.load_nodes` says why); each batch then runs on the threads `serve.cluster.cores`
-gives it: every core of the machine when it is the only replica busy, its share when others
-are, never more than the machine has between them. It runs one warm-up batch per node in
-`__init__`, so Ray marks it RUNNING, and routes traffic to it, only once its weights are
-in memory and warm; a new replica added by autoscaling never takes a request cold.
-
-Frames arrive one per call and leave the batcher as one list: each node's `run_batch`
-runs once per batch, in a worker thread. The batcher starts the next batch as soon as the
-previous one ends, with every frame that queued meanwhile (up to the batch size); only a
-frame that finds the replica idle waits `batch_wait_s` for company. Ray's `@serve.batch`
-instead closes each batch `batch_wait_timeout_s` after its first frame, even while the
-previous batch still runs, which kept batches at a third of their size under load.
-
-What crosses the replica boundary is plain data (numpy arrays, pydantic params, dicts).
-A call returns `{"values": {"node.port": value}, "meta": {node_id: {...}}}`, or
-`{"error": exc.to_dict()}` for a frame that failed (an `InputError` or a `NodeFailed`),
-which downstream units pass on untouched and the ingress raises again, so one bad frame
-never fails the other frames of its batch.
-
-A node that hangs cannot be stopped: its worker thread holds the batch, and every frame
-routed to the replica later waits behind it, long after the ingress answered 504. So the
-replica records when its running batch started and which node runs it; once the batch has
-run `stuck_after_s` (far past the request timeout, see `stuck_after`) `check_health`
-raises, Ray replaces the replica (the hung thread dies with the process), and `state()`
-says so meanwhile, so /health names the node before Ray acts.
+It loads and warms its nodes before Ray routes traffic to it, batches concurrent frames
+(the next batch starts as the last ends), passes a failed frame on as data so its batch
+survives, and fails its health check when a batch hangs past `stuck_after_s` so Ray
+replaces it. docs/serving.md ("The code, module by module") has the reasons.
 """
 
 import asyncio

@@ -1,30 +1,8 @@
-"""The console: a page on the served capability for the people who run it. It draws the
-graph with the deployments the planner chose, colours each node by its live state with its
-recent figures, and has a form, built from the capability's schema, that runs one frame.
-
-    GET /  and  GET /console         the page
-    GET /console/static/NAME         its script and style sheet (package data, serve/capability/static/)
-    GET /console/api/graph           the picture (`engine.render.picture`, what `capgraph render`
-                                     draws), each deployment's settings, the schema, the version
-    GET /console/api/live            each node's state (`serve.capability.health`), figures (`serve.capability.traffic`),
-                                     queue, device and models (the replicas' own reports)
-
-The figures are those of the ingress replica that answers the poll (`serve.capability.traffic`): with
-several ingress replicas (`ingress_replicas`), each shows the frames it ran.
-
-None of these is in the OpenAPI document: they are for people, not clients. The form posts
-to `POST /v1/{capability}`, the route every client uses, so its errors are the service's own.
-
-The bearer token (the Livepeer section's `token_env`) guards the JSON feeds and the job
-route as it guards every route but /health and /ready. The page itself and its two files
-are the same bytes for every graph and carry nothing of it; they are answered ahead of the
-bearer check (`Shell`), so a browser, which cannot send a header when it opens a page, gets
-a page that asks for the token and sends it with every call after.
-
-What the page runs is only its own files: a strict Content-Security-Policy (scripts and
-styles from this origin only, images from `data:` URLs, calls to this origin, no frames,
-no forms posted elsewhere), and its script puts every value it is sent into the page as
-text, never as HTML.
+"""The console: a page on the served capability for the people who run it (`GET /`,
+`/console`, its static files and two JSON feeds): the graph in its deployments, each
+node's live state and figures, and a form that runs one frame through the job route.
+The page opens without the bearer token and runs under a strict CSP.
+docs/serving.md ("The console") has its routes and security.
 """
 
 import time

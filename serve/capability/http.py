@@ -1,23 +1,8 @@
 """The capability's wire format: JSON or multipart requests in, JSON answers out.
 
-No Ray and no FastAPI here, so the rules can be tested on their own:
-
-- request: `{"inputs": {...}, "params": {"node.param": value}}`; a multipart form carries
-  image files under the input's name and other inputs as text fields, with `params` as a
-  JSON text field.
-- answer: `{"outputs": {...}, "timings_ms": {...}}`.
-
-Each input and output is decoded and encoded by its port type's codec (`engine.codecs`):
-base64 images, greyscale masks, the pixel limit, text booleans are the same as on the CLI
-and the Livepeer routes.
-
-Every fault in a request is an `InputError` naming the field, found before any node runs:
-the JSON itself (NaN, Infinity, nesting past `MAX_DEPTH`), then the params (JSON types as
-the family declares them, bounds, fixed params, a requested size over the pixel limit),
-then the inputs (base64, `data:` URL types, text length, then decoding).
-`request_schema` describes the same rules as JSON Schema for the OpenAPI document.
-A request's params come back resolved per node (`check_params`, once per request), as the
-capability's `run` takes them.
+No Ray and no FastAPI, so the rules are testable alone: every fault is an `InputError`
+naming the field, found before any node runs; `request_schema` gives the same rules as
+JSON Schema. docs/serving.md ("Calling it") and docs/reliability.md have the rules.
 """
 
 import functools

@@ -1,13 +1,5 @@
-"""Which node replicas Ray replaced, and why: what /health's `replaced` shows.
-
-An incident is a unit's replica that reported itself hung (a batch past `stuck_after_s`)
-or broken (an unrecoverable device error), or that failed Ray's health check. It opens
-when the ingress first sees the report (Ray is replacing the replica) and closes when
-Ray has replaced it: Ray reports the deployment UNHEALTHY after a failed health check,
-or the one replica running is another process. A replica that stops being hung before
-Ray acts was not replaced: its incident is dropped. /health names each node's latest
-incident for `REPLACED_FOR_S` (an hour) after it opened or closed, at most
-`REPLACED_KEPT` nodes; each ingress replica keeps its own record.
+"""Which node replicas Ray replaced, and why: what /health's `replaced` shows,
+for an hour after, per ingress replica. docs/reliability.md ("/health").
 """
 
 import logging

@@ -1,30 +1,9 @@
 """The capability's HTTP front: a FastAPI ingress deployment that walks the compiled units.
 
-This module holds the run path; the app it serves (routes, error handlers) is built by
-`serve.capability.routes`, and its health is `serve.capability.health`'s. A request's frame is dispatched to
-every unit at once: each unit's call gets the DeploymentResponses of the units it reads
-from, unawaited, so intermediate values go from replica to replica through Ray's object
-store without passing through the ingress; the ingress awaits only the units nobody
-reads from.
-
-`run(inputs, params)` and `is_ready()` are the two entry points other front-ends (the
-Livepeer routes) share with HTTP: decoded values and each node's params in (resolved once
-per request by the front end, `serve.capability.http.check_params`), numpy values and timings out.
-
-What a gateway can count on (tests/reliability proves each):
-
-- a caller's mistake is a 4xx JSON naming the field, found before any node runs; an
-  unknown route or method too; nothing answers with a traceback;
-- a replica that dies fails only the frames it held, at once, with a retryable 503;
-- past `max_in_flight` graph requests the next one gets 503 with `Retry-After` at once,
-  instead of queueing without bound;
-- past `request_timeout_s` (or a caller's shorter `x-capgraph-timeout-s`) the answer is 504;
-- with a bearer token configured (the Livepeer section's `token_env`), every route but
-  `/health` and `/ready` needs it;
-- a node that hangs is not left holding its replica: past `stuck_after_s` the replica
-  fails Ray's health check and Ray replaces it; /health turns 503 naming the node, and its
-  `replaced` object says which node's replica was replaced, why and when, for an hour
-  after (`serve.capability.incidents` keeps that record, one per ingress replica).
+It dispatches a frame to every unit at once (values go replica to replica through Ray's
+object store) and awaits only the final units; `run` and `is_ready` are what other front
+ends (mounts such as Livepeer) share with HTTP. The app's routes are `routes`', its health
+`health`'s. What a gateway can count on is in docs/reliability.md and docs/serving.md.
 """
 
 import asyncio

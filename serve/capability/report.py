@@ -1,11 +1,6 @@
-"""One run of a graph as a single self-contained HTML file, for sharing a result
-(`capgraph run GRAPH --html report.html`): the console's picture of the graph, the run's
-inputs and outputs (images embedded as `data:` URLs) and each node's timings.
-
-Everything is in the file: the console's style sheet and drawing script, inlined, and the
-run as a JSON block the script reads (never executed). Its Content-Security-Policy lets
-only those two inlined pieces run (by their hashes) and images load only from `data:` URLs,
-so the file opens the same from a disk, a mail or a web server, and loads nothing.
+"""One run of a graph as a single self-contained HTML file (`capgraph run GRAPH --html
+FILE`): the console's picture, the run's inputs, outputs and timings, loading nothing
+and running only its own inlined, hash-pinned script. docs/serving.md ("The console").
 """
 
 import base64

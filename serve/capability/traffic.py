@@ -1,13 +1,6 @@
 """What one ingress replica saw of the frames it ran of late, node by node: frames per
 second, latency percentiles, mean batch size, queue wait and failed frames (the console's
-live figures).
-
-The figures are the ones each node replica measures for its Prometheus metrics (a batch's
-milliseconds and size, `serve.replica`), as they come back to the ingress with every frame's
-answer (`meta`), so they cover every replica of a node, not only one. A frame counts once
-per node it went through, with its batch's latency: p50 and p99 are what a frame waited for
-that node. The mean batch size is per batch, as the `capgraph_node_batch_size` histogram
-has it: a batch of b frames is seen b times, so batches = sum of 1/b over the frames.
+live figures), from the measurements every frame's answer carries.
 """
 
 import math

@@ -1,14 +1,6 @@
-"""Reading a job off the wire: the one path every route that takes a graph job goes through.
-
-    inputs, params = await read_job(request, plan, max_pixels, max_body_bytes)
-
-`POST /v1/{capability}` and the BYOC job route (`POST /{capability}`) both call it, so a
-request gets the same checks and the same answer on either: the content type (JSON or
-multipart, anything else 415), the body bounded while it is read (413 as soon as it passes
-`max_body_bytes`, chunked or not), then `serve.capability.http`'s rules for JSON and forms. The
-ai-runner routes read their own field names, but through the same bounded body and the
-same multipart parser (`read_body`, `read_form`). Every fault is an `InputError` naming
-the field; each route renders it in its own error shape.
+"""Reading a job off the wire: the one path every route that takes a graph job goes through
+(`read_job`: content type, a bounded body, then `http`'s rules), so `/v1/{capability}`
+and the BYOC route check and answer alike. docs/serving.md ("The code, module by module").
 """
 
 import asyncio

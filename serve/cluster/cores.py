@@ -1,28 +1,9 @@
 """Torch threads that follow the load: one machine's cores, shared by the capgraph replicas
-busy on it at this moment.
+busy on it at this moment (`CAPGRAPH_SHARE_CORES=1`).
 
-A replica alone on a machine should run a lone frame on every core; two replicas busy at
-once should split the cores, never run more threads than there are cores between them (two
-processes of two torch threads each on two cores took 6.6 s a frame here instead of 0.1 s:
-OpenMP threads spin at their barriers while the other process holds the core). A fixed
-thread count per replica can do only one of the two.
-
-So before each batch a replica says it is busy in a small file every replica on the
-machine shares (in /dev/shm, read and written under an exclusive `flock`, so it is one
-machine's and needs no server), and takes
-
-    threads = cores x its weight / the weight of every replica busy now
-
-rounded down, at least one, at most its `cap`, and at most the cores no other replica
-holds: where none is free it sleeps until one is (at most the batch another replica is in).
-After the batch it gives them back. The weight is the replica's CPU share from the planner
-(`Unit.num_cpus`), so the planner's proportions hold whenever replicas overlap; a lone
-one gets every core. On a GPU machine with many cores it works the same: CPU replicas
-share the cores, and a GPU replica (capped at the planner's threads: its CPU work only
-feeds the GPU) holds its few while its batch runs, so no one oversubscribes it.
-
-A replica that dies holding cores frees them (a core is a `flock`, which dies with its
-process), and its entry in the share file is dropped by the next replica to read it.
+Before each batch a replica registers in a shared file in /dev/shm (under `flock`) and takes
+cores in proportion to its CPU weight, never more than are free; it gives them back after.
+docs/cluster.md ("The code, module by module") has why and how.
 """
 
 import fcntl

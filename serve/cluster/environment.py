@@ -1,18 +1,8 @@
 """The settings every replica needs, wherever Ray places it.
 
-A Ray worker inherits the environment of whatever started its machine's raylet (`ray
-start` on that machine, a Kubernetes pod spec), not of the `capgraph serve` or `serve
-deploy` that deployed the graph. Left so, a replica on another machine never sees
-`CAPGRAPH_MODELS=tiny` or `HF_HUB_OFFLINE=1`, tries to download the real model, and the
-capability stays unhealthy. So the builder copies the variables capgraph and the
-libraries under it read into each deployment's `runtime_env`; Ray merges them into the
-application's own `runtime_env.env_vars` (those of a Serve config win nothing here: the
-builder runs inside that runtime_env, so it sees and forwards them too).
-
-Secrets among them (the bearer token, the orchestrator secret) travel the same way: a
-replica needs them. They are visible to whoever can read the cluster's Serve config,
-which Ray's token authentication guards. The KubeRay manifest never writes them inline
-(`serve.operate.kuberay`): it refers to a Kubernetes Secret instead.
+A Ray worker inherits its raylet's environment, not the deploying shell's, so the builder
+copies the variables capgraph and its libraries read (secrets included) into each
+deployment's `runtime_env`. docs/cluster.md ("Settings travel with the application").
 """
 
 import os

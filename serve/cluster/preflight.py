@@ -1,13 +1,8 @@
 """Pre-flight: will the compiled graph fit the cluster, before anything is deployed?
 
-Ray would otherwise accept the deployment and leave the replicas that do not fit PENDING
-forever, with no word on why. Here every replica is placed machine by machine the way Ray
-places it (CPU per machine; a GPU fraction below 1 on one GPU, whole GPUs on one machine)
-and whatever finds no room is named, with what is already on the GPUs it could have used;
-`capgraph plan --address` shows where each replica would go.
-
-Also here: what the cluster is (from Ray, or from this machine before Ray starts), how
-much memory its GPUs have, and how many bytes a node's weight files take before loading.
+Every replica is placed machine by machine as Ray places it, and whatever finds no room
+is named (Ray would leave it PENDING without a word). Also: what the cluster is, its GPU
+memory, and the bytes of a node's weight files. docs/serving.md ("Pre-flight").
 """
 
 import json

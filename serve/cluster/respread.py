@@ -1,33 +1,9 @@
 """Replicas spread again when a machine returns.
 
-When a machine is lost, Ray starts its replicas again wherever they fit, often all on the
-machines left; it never moves a running replica afterwards, so when the machine comes back
-the survivors keep the crowd and the returned machine idles. Here every node replica looks,
-every `CHECK_EVERY_S`, at where its deployment's replicas run. When one machine holds two
-replicas more than a machine that joined the cluster after them (a machine back from a loss
-is a new Ray node) and has room for one more right now, one replica moves: the newest on
-the most crowded machine. Machines are Ray's nodes, alive or dead (Ray keeps the dead in its
-node table), and when the replicas first saw each. It claims the move in Ray's key-value store (one move per
-deployment at a time), then fails its health check; Ray drains it (a graceful stop: the
-frames it holds finish) and starts its replacement where there is room. Where the crowded
-machine is full (its GPU taken), that is the machine that has room.
-
-Only a replica started after a machine was lost moves, and only to a machine that joined
-after it started: when autoscaling scales a deployment down, Ray stops replicas on the
-least busy machines on purpose, so that an idle machine can leave the cluster; moving a
-replica back there would keep it. A replica that cannot be the one to move (no machine
-joined since it started, or no machine was lost shortly before) asks Ray's GCS two cheap
-questions at each look and nothing more.
-
-Where the crowded machine has room too, Ray may put the replacement back on it; the next
-move of that deployment then waits twice as long (`COOLDOWN_S`, doubled per move up to
-`COOLDOWN_MAX_S`) until a check finds the replicas spread.
-
-While a claim is young (three health checks and two loads of the node), Ray is replacing
-only that one replica and another serves, the ingress's /health counts the node as
-`moving`, not down: a planned move loses no capacity it had before the machine came back,
-and a crash meanwhile still shows. `CAPGRAPH_RESPREAD=0` turns moves off (a model that takes minutes to
-load may not be worth moving).
+Ray never moves a running replica, so after a lost machine comes back one replica at a
+time fails its health check on purpose and Ray restarts it where there is room; /health
+calls the node `moving` meanwhile. `CAPGRAPH_RESPREAD=0` turns it off.
+docs/cluster.md ("When the machine comes back") has the rules.
 """
 
 import json

@@ -1,27 +1,7 @@
 """From a validated Plan to deployment units: which nodes run in which Ray Serve
-deployment, with what resources, batching and replicas. Pure data, no Ray import, so the
-compiled shape can be inspected and tested without starting a cluster.
-
-A *unit* is one deployment. Which nodes share one, and how each batches and how many
-threads and CPUs it takes, is the planner's choice (`serve.compile.planner`) unless the graph (or
-the tuned overlay of `capgraph tune`) says otherwise: `fuse="auto"`, the default. The
-other modes are for comparison: `"groups"` fuses only nodes that share a `group`, `"all"`
-fuses the whole graph, `"none"` gives every node its own deployment.
-
-How a unit's GPU fraction is chosen (the rule the README documents):
-
-1. `resources.gpu` set on the node: used as written (0 keeps the node on the CPU).
-2. unset, and the family runs no model (`uses_gpu = False`): 0.
-3. unset, for a model family: `(2 x weight bytes + 1 GiB) / GPU memory`, rounded up to a
-   multiple of 0.05 and kept within [0.05, 1]. Weight bytes are the node's weight files
-   as found on this machine (the bytes `load` will put on the device, counted before
-   loading); twice over leaves room for activations, plus 1 GiB for the CUDA context and
-   workspace. Where the files are not on this machine the fraction is 0.25, with a warning.
-   GPU memory comes from `gpu_memory_gib`, else the GPU this process sees, else Ray's
-   `accelerator_type`, else 24 GiB.
-
-A fused unit asks for the sum of its nodes' fractions (rounded up to whole GPUs past 1,
-as Ray requires).
+deployment, with what resources, batching and replicas, and each unit's GPU fraction.
+Pure data, no Ray import, so the compiled shape can be tested without a cluster.
+The fuse modes and the GPU-fraction rule are in docs/serving.md.
 """
 
 import math

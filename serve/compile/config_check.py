@@ -1,20 +1,8 @@
 """A graph file that is also a Ray Serve config: keep its two halves from drifting apart.
 
-The graph's sections sit at the top of the file with YAML anchors, and the `applications:`
-entry hands them to the builder as aliases:
-
-    capability: &capability canny-edges
-    nodes: &nodes
-      ...
-    applications:
-      - name: canny-edges
-        route_prefix: /
-        import_path: capgraph.serve.app:build
-        args: {graph: {capability: *capability, nodes: *nodes, ...}}
-
-`check_applications` reports an entry whose `args.graph` is not the file's own graph (a
-pasted copy that went stale), in the same `GraphError` form `capgraph validate` prints.
-`with_applications` adds the anchors and the entry to a graph file's text.
+`check_applications` reports an `applications:` entry whose `args.graph` is not the file's
+own graph (as a `GraphError`); `with_applications` adds the YAML anchors and the entry to a
+graph file's text. docs/serving.md ("One file, two halves") shows the layout.
 """
 
 import re

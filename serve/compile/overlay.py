@@ -1,20 +1,6 @@
 """The tuned overlay: the serving settings `capgraph tune` measured for a graph on this
-machine, its file format, where it lives, and reading it back at build time.
-
-The overlay is a YAML file of graph-node fields (`group`, `batch`, `resources`,
-`replicas`) plus the measured profile. By default it goes to
-`$CAPGRAPH_TUNED_DIR/<capability>.yaml` (default `~/.cache/capgraph/tuned`): it describes
-this machine, not the graph, so it lives with the machine. The builder (`serve run`,
-`capgraph serve`, `capgraph plan`) reads it when it matches the graph (same nodes, params
-and wiring: a fingerprint), the models (tiny or real) and the device kind (CPU or GPU);
-otherwise it says why it is ignored. Fields written in the graph file still win.
-`args.tuned` names another file, or `false` ignores it.
-
-Without an overlay, the planner still uses measured costs where it has them: each replica
-records what its nodes cost on real frames while serving (`write_measured`, beside the
-overlays), and the next plan of the same graph on this machine reads them
-(`measured_costs`). `capgraph tune` stays the thorough version (every batch size, GPU
-memory); these are what traffic happened to show.
+machine (file format, where it lives, reading it back at build time), and the costs
+replicas measure while serving, which the next plan reads. docs/planner.md has the rules.
 """
 
 import hashlib

@@ -1,48 +1,7 @@
-"""The placement planner: which nodes share a deployment, and how each deployment batches,
-how many threads and CPUs it takes and how many requests Ray may send it, chosen from
-what the nodes cost. Pure data, no Ray and no torch, so every choice can be tested
-without a cluster.
-
-Where a setting comes from, first match wins:
-
-1. the graph file: a node's own `group`, `batch`, `resources` and `replicas`;
-2. the tuned overlay `capgraph tune` wrote for this graph on this machine (same fields);
-3. this planner, from each node's cost: measured by `capgraph tune` (milliseconds per
-   batch at batch sizes 1..N), else declared by its family (`Node.cost_ms`).
-
-The rules, each with the reason it is printed with (`capgraph plan` shows them):
-
-- **Fusion.** A node that costs at least `HEAVY_SHARE` of the bottleneck's time per frame
-  (and more than a hop, `HOP_MS`) anchors its own deployment; every cheaper node joins the deployment of the heavy node
-  before it in the graph's order (or after it, at the start). A separate deployment for
-  a cheap node costs a hop (a few ms each way, and a copy through the object store) and
-  a batch wait, and overlaps almost nothing, since the bottleneck sets the pace anyway.
-  Nodes with their own `resources` or `replicas` stay apart: their author sized that
-  deployment. Explicit groups stay exactly as written.
-- **Batch.** A deployment batches as its costliest node does: as written; else, measured,
-  the smallest batch whose time a frame is within `BATCH_SLACK` of the best measured one
-  (a larger batch only adds latency); else its family's `max_batch`. Every other node
-  runs that batch in chunks of its own limit (written `max_size`, else its best measured
-  size, else its family's): an upscaler that is fastest at 2 frames a call is not fed 16.
-- **Batch wait.** A frame only waits when its deployment is idle: the replica's batcher
-  starts the next batch as soon as the previous one ends, with whatever queued meanwhile,
-  so under load batches fill without any wait. A deployment fed by the ingress alone does
-  not wait (independent callers do not arrive together); one fed by other deployments
-  waits `WAIT_SHARE` of its time for one frame, at most `MAX_WAIT_MS`, which catches the
-  frames of an upstream batch, as they arrive a few ms apart.
-- **max_ongoing_requests.** `ONGOING_BATCHES` batches: one running, one filling, and a
-  queue behind them, so the batcher never runs short and Ray's router never holds frames
-  back (Ray's default of 5 caps every batch at 5).
-- **CPUs, replicas and threads.** The deployments share the largest machine's CPUs, less
-  the ingress's, in proportion to their cost. On a machine without GPUs a deployment's
-  share is split into replicas of about `CPUS_PER_REPLICA` each (at most
-  `MAX_CPU_REPLICAS`, and as many as `MEMORY_SHARE` of the memory holds): frames of
-  small models run faster side by side in processes than spread over the threads of
-  one, and a one-thread replica does not stall when another process takes a core (a
-  two-thread torch on two busy cores ran 10x slower here). Each replica gets as many
-  torch threads as its share rounds to (`threads_for`); Ray alone would give a
-  fractional-CPU replica one. A GPU deployment keeps one replica and takes its share up
-  to `GPU_UNIT_MAX_CPUS`: its CPU only feeds the GPU.
+"""The placement planner: which nodes share a deployment, and how each batches, how many
+threads and CPUs it takes and how many requests Ray may send it, chosen from the nodes'
+costs. The graph file wins, then the tuned overlay, then this planner. Pure data, no Ray
+and no torch, so every choice can be tested. docs/planner.md has each rule and its reason.
 """
 
 import math

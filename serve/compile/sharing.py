@@ -1,24 +1,8 @@
 """Several graphs on one cluster, one copy of each model.
 
-Two nodes load the same weights when they are of the same family with the same load-time
-params (every param but the family's `request_params`, which a request may change) and
-the same optional inputs wired. Where graphs served together hold such nodes, the model
-runs once, in an application of its own (`capgraph-model-<family>-<hash>`, no HTTP route:
-`serve.app.build_model`), and the ingress of each graph calls that deployment instead of
-deploying its own copy. The weights then sit in GPU memory once, pre-flight counts them
-once, and the model's replicas batch the frames of every graph together.
-
-A family may name fewer params as what decides its weights (`Node.shared_weights`; sdxl:
-`model` and `vae`). Its nodes are then shared whatever their other params and wiring: the
-one node loads what the family's `for_callers` gives for all of them (sdxl: every caller's
-ControlNets, once each) and takes every port one of them wires, and each frame runs with
-its caller's params and brings only the ports its caller wires, so img2img.yaml's frames
-are img2img and hybrid.yaml's go through their ControlNet on the same SDXL.
-
-What a caller graph sends the shared deployment is its own frame under its own names; an
-`Alias` tells the shared replica which of the caller's values feed which of its ports, the
-caller's params for the node (request params may differ between graphs), and the caller's
-node id to give its outputs back under.
+Nodes of served-together graphs that load the same weights run once, in an application
+of their own, and each graph's ingress calls it (`Alias` maps a caller's frame onto the
+shared node). docs/cluster.md has when nodes count as the same and how frames travel.
 """
 
 import hashlib

@@ -1,24 +1,8 @@
 """A KubeRay RayService manifest for a graph file: `capgraph kuberay GRAPH --image IMAGE`.
 
-Pure data: nothing here starts Ray or talks to Kubernetes.
-
-- `serveConfigV2` is the graph file's own `applications:` entry (YAML aliases resolved),
-  so KubeRay submits exactly what `serve deploy FILE` would, through the same builder
-  (`capgraph.serve.app:build`). The variables replicas must see (`serve.cluster.environment`) go
-  into its application-level `runtime_env.env_vars`; secrets among them never do: the
-  containers read those from a Kubernetes Secret (`<name>-secrets`), and the replicas
-  inherit them from their raylet.
-- The head group holds no replica: `num-cpus: "0"` keeps Serve's replicas (and the
-  ingress) off it; the Serve controller and proxy ask for no CPU, so they still run there.
-- The worker group is sized from the plan (`serve.app.plan_app`) on a hypothetical
-  cluster of identical worker machines: as many as the deployments' minimum replicas need
-  (`minReplicas`), up to what their maximum replicas need (`maxReplicas`, with Ray's
-  autoscaler on when the two differ), placed machine by machine the way pre-flight
-  places them (`serve.cluster.preflight.check_fit`).
-- Worker pods are ready when the capability's `/health` is 200 (every node loaded and
-  warm), not when Ray's proxy is up: only they carry traffic (`excludeHeadPodFromServeSvc`).
-  The head keeps KubeRay's own probes: KubeRay submits `serveConfigV2` only once the head
-  pod is ready, so a head waiting for the capability would never become ready.
+Pure data: nothing here starts Ray or talks to Kubernetes. `serveConfigV2` is the file's
+own `applications:` entry, secrets come from a Kubernetes Secret, the head holds no
+replica and the worker group is sized from the plan. docs/cluster.md ("Kubernetes with KubeRay").
 """
 
 import re

@@ -1,18 +1,8 @@
 """`capgraph serve GRAPH`: the same builder as `serve run`, with checks before Ray starts.
 
-    from capgraph.serve.operate.run import serve_graph
-    raise SystemExit(serve_graph("graphs/hybrid.yaml", host="127.0.0.1", port=8000))
-
-The graph is validated before Ray is started, and pre-flighted against the cluster before
-anything is deployed; the call returns once every node is loaded and warm (or blocks
-serving until Ctrl-C or SIGTERM). Exit codes: 0 served, 2 invalid graph, 3 does not fit,
-1 the deployment failed, 130 (Ctrl-C) or 143 (SIGTERM) stopped before it was healthy.
-
-Stopping: SIGTERM (what Docker and Kubernetes send) stops it like Ctrl-C does. Serve is
-drained (each replica's lifespan ends: the ingress unregisters from the orchestrator),
-then the local Ray that this call started is stopped, and any of its processes that
-outlive `ray.shutdown()` (e.g. `ray::DashboardAgent`, `ray::RuntimeEnvAgent`) are
-terminated. A joined cluster (`address`) is only disconnected from, never stopped.
+The graph is validated before Ray starts and pre-flighted before anything is deployed;
+it serves until Ctrl-C or SIGTERM, then drains and stops the Ray it started.
+docs/serving.md ("Stopping") has the exit codes and the steps.
 """
 
 import json

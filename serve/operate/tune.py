@@ -1,20 +1,8 @@
 """`capgraph tune GRAPH`: fit a graph's serving settings to this machine.
 
-    from capgraph.serve.operate.tune import tune_graph
-    raise SystemExit(tune_graph("graphs/hybrid.yaml", max_batch=16, params={"generate.steps": 4}))
-
-1. Load every node of the graph on this machine's device, on the weights `CAPGRAPH_MODELS`
-   selects (real, or tiny), and push one example frame through the graph so that each
-   node has real inputs.
-2. Time each node at batch sizes 1, 2, 4 ... `max_batch`: one untimed run at each size
-   (new shapes), then the median of `repeats` runs. A progress bar shows where it is.
-3. Hand the measured costs to the planner (`serve.compile.planner`) and print a table: each
-   node's milliseconds per batch, and the deployment, batch, wait, threads and GPU
-   fraction chosen for it.
-4. Write the chosen settings as a *tuned overlay* (`serve.compile.overlay`), or print them as
-   YAML to paste into the graph's nodes (`print_yaml`).
-
-The overlay's format, where it goes and how the builder reads it back: `serve.compile.overlay`.
+It loads every node, times each at batch sizes 1..`max_batch`, hands the costs to the
+planner and writes the chosen settings as a tuned overlay (or prints them as YAML).
+docs/planner.md ("`capgraph tune`").
 """
 
 import statistics
