@@ -1,9 +1,6 @@
-"""The capability's HTTP app: the FastAPI app the ingress serves, its routes and its
-error handlers.
-
-Routes: `POST /v1/{capability}` (JSON or multipart), `GET /v1/{capability}/schema`,
-`GET /health`, OpenAPI docs at `/docs`, the console page at `/` (`serve.capability.console`); plus the
-Livepeer routes where `livepeer` is installed. Every answer is JSON, errors included (`_json_errors`).
+"""The capability's HTTP app: `POST /v1/{capability}`, its schema, `/health`, the OpenAPI
+docs, the console at `/`, plus the routes of each installed mount (`engine.mounts`:
+Livepeer's among them). Every answer is JSON, errors included (`_json_errors`).
 """
 
 import asyncio
