@@ -22,8 +22,6 @@ from capgraph.engine.types import PortType, check_value, compatible
 from capgraph.engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
 
 _IDENT = re.compile(IDENT)
-EXTRA_KEYS = RAY_KEYS | section_names()  # the sections of installed mounts (Livepeer's `livepeer:`)
-"""Top-level keys beside the graph: Ray Serve's config and the Livepeer section."""
 _DEFAULTABLE = {PortType.TEXT, PortType.NUMBER, PortType.INTEGER, PortType.BOOL, PortType.POINTS, PortType.BOXES}
 
 
@@ -103,7 +101,7 @@ class _Validator:
         for key, pos, first in _duplicates(tree):
             self.problems.append(GraphError("duplicate", f"duplicate key '{key}' (first defined at line {first}).", self.file, *pos))
         for key in tree:
-            if key not in GRAPH_KEYS and key not in EXTRA_KEYS:
+            if key not in GRAPH_KEYS and key not in RAY_KEYS and key not in section_names():  # a mount's (Livepeer's)
                 self.report("unknown_field", f"unknown top-level field '{key}'.", (key,), hint=did_you_mean(str(key), GRAPH_KEYS))
         sections: dict[str, Any] = {}
         for key in ("inputs", "nodes", "outputs"):

@@ -1,8 +1,10 @@
 """Who may import whom, read from the source. Everything is imported under the `capgraph`
 namespace (a bare `engine` or `serve` would be a second copy of a module, and the name of
-someone else's package once installed); the engine imports neither the Serve layer nor the
-CLI; node families import neither, nor the catalogue (the engine finds them through the one
-list `capgraph.nodes.BUILTIN`, never the other way round)."""
+someone else's package once installed). The layers, bottom up: engine (the graph, the node
+and weights contracts, the executor, the mount registry), nodes (families), serve (the Ray
+Serve layer, which finds Livepeer and any other mount through `engine.mounts` only),
+livepeer, cli. Node families do not import the catalogue (the engine finds them through the
+one list `capgraph.nodes.BUILTIN`), and no package reaches into another's private names."""
 
 import ast
 from pathlib import Path
@@ -10,11 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("engine", "nodes", "serve", "cli", "capgraph", "tests", "benchmarks")
-BARE = ("engine", "nodes", "serve", "cli")
+PRODUCT = ("engine", "nodes", "serve", "livepeer", "cli", "capgraph")
+FOLDERS = (*PRODUCT, "tests", "benchmarks")
+BARE = ("engine", "nodes", "serve", "livepeer", "cli")
 FORBIDDEN = {
-    "engine": ("capgraph.serve", "capgraph.cli"),
-    "nodes": ("capgraph.serve", "capgraph.cli", "capgraph.engine.registry"),
+    "engine": ("capgraph.nodes", "capgraph.serve", "capgraph.livepeer", "capgraph.cli"),
+    "nodes": ("capgraph.serve", "capgraph.livepeer", "capgraph.cli", "capgraph.engine.registry"),
+    "serve": ("capgraph.livepeer", "capgraph.cli"),
+    "livepeer": ("capgraph.cli",),
 }
 
 
@@ -60,3 +65,25 @@ def test_the_ingress_imports_no_model_library() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'cv2') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code, str(ROOT / "graphs" / "hybrid.yaml")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def _package(module: str) -> str:
+    """The folder or serve sub-package a module belongs to: `capgraph.serve.compile.planner`
+    -> `capgraph.serve.compile`, `capgraph.engine.plan` -> `capgraph.engine`."""
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[1:2] == ["serve"] and len(parts) > 3 else parts[:2])
+
+
+def test_no_package_imports_another_packages_private_names() -> None:
+    found = []
+    for folder in PRODUCT:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            here = _package(".".join(["capgraph", *rel.parts]) if folder != "capgraph" else ".".join(rel.parts))
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("capgraph.") and node.level == 0:
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    hidden = any(p.startswith("_") for p in node.module.split("."))
+                    if _package(node.module) != here and (private or hidden):
+                        found.append(f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private) or '...'}")
+    assert not found, "\n".join(found)
