@@ -65,7 +65,7 @@ def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
     prepare` on a GPU machine fetches only those): they load upcast."""
     import torch
 
-    from capgraph.nodes.weights import FP16_FILE
+    from capgraph.engine.weights import FP16_FILE
 
     folder = Path(path)
     if not folder.is_dir():

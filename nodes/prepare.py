@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from capgraph.nodes.weights import FP16_FILE, WEIGHT_SUFFIXES, model_dir, split_weights
+from capgraph.engine.weights import FP16_FILE, WEIGHT_SUFFIXES, model_dir, split_weights
 
 Variant = Literal["fp16", "fp32", "all"]
 

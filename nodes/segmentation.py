@@ -24,7 +24,7 @@ from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.nodes import _random, _tiny_vision
 from capgraph.nodes._shared import module_bytes, no_progress_bars
-from capgraph.nodes.weights import Weights
+from capgraph.engine.weights import Weights
 
 MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", _tiny_vision.segformer, _random.segformer)
 

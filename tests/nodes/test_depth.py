@@ -11,7 +11,7 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.types import check_value
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.nodes import _tiny_vision
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
 from capgraph.nodes.depth import Depth, DepthParams, colorize
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

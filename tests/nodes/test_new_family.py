@@ -12,7 +12,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes.weights import Weights
+from capgraph.engine.weights import Weights
 
 # --- the family: what a newcomer's module holds -------------------------------------------
 
@@ -92,7 +92,7 @@ def test_the_new_family_runs_through_the_executor_on_its_tiny_model(
 ) -> None:
     from capgraph.engine.executor import Executor
     from capgraph.engine.validate import plan_from_data
-    from capgraph.nodes.weights import tiny_root
+    from capgraph.engine.weights import tiny_root
 
     monkeypatch.setenv("CAPGRAPH_TINY_DIR", str(tmp_path))  # builds its tiny model here, not in the shared cache
     executor = Executor(plan_from_data(GRAPH), device="cpu")
@@ -116,7 +116,7 @@ def test_prepare_tiny_random_and_the_planner_read_the_declaration(registered: No
 def test_without_a_random_builder_random_mode_says_so_and_a_missing_model_names_the_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from capgraph.nodes.weights import ModelMissing
+    from capgraph.engine.weights import ModelMissing
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     with pytest.raises(KeyError, match="no node family declares a full-size random model 'test-vit-classifier'"):

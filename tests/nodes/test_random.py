@@ -16,7 +16,7 @@ import torch
 
 from capgraph.engine.registry import catalogue
 from capgraph.nodes import _random
-from capgraph.nodes.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
+from capgraph.engine.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
 from capgraph.nodes.depth import Depth, DepthParams
 from capgraph.nodes.segmentation import Segmentation, SegmentationParams
 from capgraph.nodes.upscale import Upscale, UpscaleParams

@@ -14,7 +14,7 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.nodes import _tiny_vision
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
 from capgraph.nodes.sam2 import Sam2, Sam2Params
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

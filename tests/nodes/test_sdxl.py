@@ -16,7 +16,7 @@ from capgraph.engine.node import example_value
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.validate import load_plan
 from capgraph.nodes import _tiny_sd
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
 from capgraph.nodes.sdxl import SCHEDULERS, Sdxl, SdxlParams
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

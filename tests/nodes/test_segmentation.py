@@ -13,7 +13,7 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.types import check_value
 from capgraph.engine.validate import plan_from_text
 from capgraph.nodes import _tiny_vision
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
 from capgraph.nodes.segmentation import Segmentation, SegmentationParams, UnknownClass
 
 GRAPH = """

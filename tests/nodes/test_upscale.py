@@ -12,7 +12,7 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.validate import load_plan
 from capgraph.nodes import _tiny_sd
-from capgraph.nodes.weights import ModelMissing, split_weights, tiny_model
+from capgraph.engine.weights import ModelMissing, split_weights, tiny_model
 from capgraph.nodes.upscale import Upscale, UpscaleParams, _save_tiny_esrgan
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
