@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from capgraph.nodes import _tiny_sd, _tiny_vision
-from capgraph.nodes._shared import no_progress_bars
+from capgraph.nodes.helpers import no_progress_bars
 
 Config = dict[str, dict[str, Any]]
 """Hyperparameters by section: a model's constructor kwargs, or a processor's settings."""

@@ -12,7 +12,7 @@ Seeded, so two builds of a model hold the same weights.
 
 from pathlib import Path
 
-from capgraph.nodes._shared import no_progress_bars
+from capgraph.nodes.helpers import no_progress_bars
 
 ADE_LABELS = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",

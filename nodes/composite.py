@@ -12,7 +12,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import resize
+from capgraph.nodes.helpers import resize
 
 
 class CompositeParams(NodeParams):

@@ -20,7 +20,8 @@ from pydantic import Field
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.nodes import _random, _tiny_vision
-from capgraph.nodes._shared import gray_to_rgb, module_bytes, no_progress_bars
+from capgraph.engine.values import gray_to_rgb
+from capgraph.nodes.helpers import module_bytes, no_progress_bars
 from capgraph.engine.weights import Weights
 
 MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf", _tiny_vision.depth_anything, _random.depth_anything)

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import gray_to_rgb
+from capgraph.engine.values import gray_to_rgb
 
 
 class DepthControlParams(NodeParams):

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import resize, to_multiple
+from capgraph.nodes.helpers import resize, to_multiple
 
 
 class ResizeParams(NodeParams):

@@ -24,7 +24,7 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.nodes import _random, _tiny_vision
-from capgraph.nodes._shared import module_bytes, no_progress_bars
+from capgraph.nodes.helpers import module_bytes, no_progress_bars
 from capgraph.engine.weights import Weights
 
 MODEL = Weights("sam2", "facebook/sam2-hiera-large", _tiny_vision.sam2, _random.sam2)

@@ -47,7 +47,7 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
 from capgraph.nodes import _random, _tiny_sd
-from capgraph.nodes._shared import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
+from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
 from capgraph.engine.weights import Weights
 
 BASE = Weights("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", _tiny_sd.save_sdxl, _random.sdxl)

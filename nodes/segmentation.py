@@ -23,7 +23,7 @@ from capgraph.engine.errors import InputError, did_you_mean
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.nodes import _random, _tiny_vision
-from capgraph.nodes._shared import module_bytes, no_progress_bars
+from capgraph.nodes.helpers import module_bytes, no_progress_bars
 from capgraph.engine.weights import Weights
 
 MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", _tiny_vision.segformer, _random.segformer)

@@ -25,7 +25,7 @@ from pydantic import Field
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
 from capgraph.nodes import _random, _tiny_sd
-from capgraph.nodes._shared import fp16_variant, module_bytes, no_progress_bars
+from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars
 from capgraph.engine.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
 
 WARMUP_SIDE = 32

@@ -9,7 +9,7 @@ import torch
 
 from capgraph.nodes import _tiny_sd
 from capgraph.nodes.prepare import wanted_files
-from capgraph.nodes._shared import fp16_variant
+from capgraph.nodes.helpers import fp16_variant
 from capgraph.engine.weights import split_weights, tiny_model
 
 SDXL_BASE = [  # stabilityai/stable-diffusion-xl-base-1.0, about 70 GB whole

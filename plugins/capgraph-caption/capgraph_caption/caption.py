@@ -26,7 +26,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import module_bytes, no_progress_bars
+from capgraph.nodes.helpers import module_bytes, no_progress_bars
 from capgraph.engine.weights import Weights
 from capgraph_caption import models
 

@@ -1,11 +1,9 @@
-"""Small helpers shared by node families: resizing and mask handling live here once."""
+"""Helpers shared by node families (and plug-ins): resizing, byte counts, quiet loading, fp16 variants."""
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from capgraph.engine.values import gray_to_rgb  # noqa: F401  (nodes import it from here)
 
 
 def resize(array: np.ndarray, width: int, height: int, *, smooth: bool = True) -> np.ndarray:
