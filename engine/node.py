@@ -16,7 +16,7 @@ read without loading anything (`Params`, `inputs`, `outputs`); its methods do th
 A family that loads models declares each one once, as a `Weights` entry (`engine.weights`):
 
     MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
-                    _tiny_vision.depth_anything, _random.depth_anything)
+                    tiny, FullSize(CONFIG, full_size_modules, save))  # its tiny and full-size builders
 
     class Depth(Node):
         weights = {"model": MODEL}                # the param `model` holds its id
