@@ -65,6 +65,17 @@ def building(device: str | None = None) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+def save_seeded(folder: Path, model_class: Any, config: Any, processor: Any) -> None:
+    """A tiny model: `model_class(config)` built with seed 0 (two builds hold the same
+    weights), saved with its processor by `save_pretrained`, as the hub repos hold them."""
+    import torch
+
+    no_progress_bars()  # "Writing model shards" bars on every build otherwise
+    torch.manual_seed(0)
+    model_class(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 def clip_tokenizer() -> Any:
     """A byte-level CLIP tokenizer built with no network: the 256 byte symbols, their
     end-of-word forms and the two special tokens, no merges. `model_max_length=77` is what

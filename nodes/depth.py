@@ -22,8 +22,8 @@ from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.engine.values import gray_to_rgb
 from capgraph.engine.weights import Weights
-from capgraph.nodes.building import Config, FullSize
-from capgraph.nodes.helpers import module_bytes, no_progress_bars
+from capgraph.nodes.building import Config, FullSize, save_seeded
+from capgraph.nodes.helpers import load_pretrained
 
 # Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
 
@@ -49,14 +49,8 @@ def _processor(side: int, **extra: Any) -> Any:
 
 def tiny(folder: Path) -> None:
     """Depth Anything V2 on a 4-layer DINOv2 (139 k params)."""
-    import torch
-    from transformers import (
-        DepthAnythingConfig,
-        DepthAnythingForDepthEstimation,
-        Dinov2Config,
-    )
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
-    no_progress_bars()  # "Writing model shards" bars on every build otherwise
     backbone = Dinov2Config(
         hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=14,
         image_size=112, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
@@ -65,17 +59,11 @@ def tiny(folder: Path) -> None:
         backbone_config=backbone, patch_size=14, fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32],
         head_hidden_size=8, reassemble_hidden_size=32,
     )
-    torch.manual_seed(0)
-    DepthAnythingForDepthEstimation(config).eval().save_pretrained(folder)
-    _processor(112).save_pretrained(folder)
+    save_seeded(folder, DepthAnythingForDepthEstimation, config, _processor(112))
 
 
 def full_size_modules(config: Config) -> dict[str, Any]:
-    from transformers import (
-        DepthAnythingConfig,
-        DepthAnythingForDepthEstimation,
-        Dinov2Config,
-    )
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
     backbone = dict(config["backbone"])
     backbone["out_features"] = [f"stage{i}" for i in backbone.pop("out_indices")]
@@ -129,17 +117,12 @@ class Depth(Node):
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
-        import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        no_progress_bars()
         path = self.resolve_weights("model")
-        self.torch_dtype = getattr(torch, dtype)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModelForDepthEstimation.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()
+        self.processor, self.model = load_pretrained(self, path, AutoModelForDepthEstimation, AutoImageProcessor)
         config = self.model.config
         self.metric = config.model_type in METRIC_MODEL_TYPES or getattr(config, "depth_estimation_type", None) == "metric"
-        self.weight_bytes = module_bytes(self.model)
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[DepthParams]) -> list[Frame]:
         import torch

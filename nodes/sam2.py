@@ -25,7 +25,7 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.engine.weights import Weights
-from capgraph.nodes.building import Config, FullSize
+from capgraph.nodes.building import Config, FullSize, save_seeded
 from capgraph.nodes.helpers import module_bytes, no_progress_bars
 
 # Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
@@ -47,18 +47,16 @@ TINY_SIZE = 64
 """Input side of the tiny SAM 2: the processor must resize to the model's own size."""
 
 
-def _save_processor(folder: Path, size: int) -> None:
+def _processor(size: int) -> Any:
     """The `Sam2VideoProcessor` the default repo ships, at the model's input size."""
     from transformers import Sam2ImageProcessor, Sam2VideoProcessor
-    from transformers.models.sam2_video.video_processing_sam2_video import (
-        Sam2VideoVideoProcessor,
-    )
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
-    Sam2VideoProcessor(
+    return Sam2VideoProcessor(
         image_processor=Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": size // 4, "width": size // 4}),
         video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}),
         target_size=size,
-    ).save_pretrained(folder)
+    )
 
 
 def tiny(folder: Path) -> None:
@@ -66,10 +64,8 @@ def tiny(folder: Path) -> None:
     a `sam2_video` checkpoint (image model plus memory modules) with its processor.
     Hiera rules: no global-attention block may open a query-pooling stage, and the FPN
     feature sizes are S/4, S/8, S/16."""
-    import torch
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
-    no_progress_bars()  # "Writing model shards" bars on every build otherwise
     size = TINY_SIZE
     backbone = dict(
         model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[size, size],
@@ -89,9 +85,7 @@ def tiny(folder: Path) -> None:
         memory_attention_rope_feat_sizes=[size // 16] * 2, memory_encoder_hidden_size=32, memory_encoder_output_channels=16,
         mask_downsampler_embed_dim=32, memory_fuser_embed_dim=32, memory_fuser_intermediate_dim=32,
     )
-    torch.manual_seed(0)
-    Sam2VideoModel(config).eval().save_pretrained(folder)
-    _save_processor(folder, size)
+    save_seeded(folder, Sam2VideoModel, config, _processor(size))
 
 
 def _video_config(config: Config) -> Any:
@@ -130,7 +124,7 @@ def image_modules(config: Config) -> dict[str, Any]:
 
 def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> None:
     modules["model"].save_pretrained(folder)
-    _save_processor(folder, config["model"]["image_size"])
+    _processor(config["model"]["image_size"]).save_pretrained(folder)
 
 
 MODEL = Weights("sam2", "facebook/sam2-hiera-large", tiny, FullSize(CONFIG, full_size_modules, _save_full_size))
@@ -187,12 +181,7 @@ class Sam2(Node):
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
         import torch
-        from transformers import (
-            AutoConfig,
-            Sam2ImageProcessor,
-            Sam2Model,
-            Sam2Processor,
-        )
+        from transformers import AutoConfig, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
         no_progress_bars()
         path = self.resolve_weights("model")

@@ -48,23 +48,8 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
 from capgraph.engine.weights import Weights
-from capgraph.nodes.building import (
-    TEXT_HIDDEN,
-    TOKENS,
-    Config,
-    FullSize,
-    clip_text,
-    clip_tokenizer,
-    tiny_clip_text,
-    tiny_vae,
-)
-from capgraph.nodes.helpers import (
-    fp16_variant,
-    module_bytes,
-    no_progress_bars,
-    resize,
-    to_multiple,
-)
+from capgraph.nodes.building import TEXT_HIDDEN, TOKENS, Config, FullSize, clip_text, clip_tokenizer, tiny_clip_text, tiny_vae
+from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
 
 # Weights: the default checkpoints, and the tiny and full-size random models built in their layouts.
 

@@ -24,8 +24,8 @@ from capgraph.engine.errors import InputError, did_you_mean
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
 from capgraph.engine.weights import Weights
-from capgraph.nodes.building import Config, FullSize
-from capgraph.nodes.helpers import module_bytes, no_progress_bars
+from capgraph.nodes.building import Config, FullSize, save_seeded
+from capgraph.nodes.helpers import load_pretrained, no_progress_bars
 
 # Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
 
@@ -64,35 +64,20 @@ def _labels(names: Sequence[str]) -> dict[str, Any]:
 
 def tiny(folder: Path) -> None:
     """SegFormer (54 k params) with ADE20K's first class names, so `classes: [person]` works."""
-    import torch
-    from transformers import (
-        SegformerConfig,
-        SegformerForSemanticSegmentation,
-        SegformerImageProcessor,
-    )
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
-    no_progress_bars()  # "Writing model shards" bars on every build otherwise
     config = SegformerConfig(
         depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 32, 32], num_attention_heads=[1, 1, 2, 2],
         mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=16, **_labels(ADE_LABELS),
     )
-    torch.manual_seed(0)
-    SegformerForSemanticSegmentation(config).eval().save_pretrained(folder)
-    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    save_seeded(folder, SegformerForSemanticSegmentation, config, SegformerImageProcessor(size={"height": 64, "width": 64}))
 
 
 def tiny_mask2former(folder: Path) -> None:
     """Mask2Former on a Swin backbone (267 k params; the decoder widths are multiples of 32
     for its GroupNorms), the universal-segmentation path of this family."""
-    import torch
-    from transformers import (
-        Mask2FormerConfig,
-        Mask2FormerForUniversalSegmentation,
-        Mask2FormerImageProcessor,
-        SwinConfig,
-    )
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
 
-    no_progress_bars()
     backbone = SwinConfig(
         image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, mlp_ratio=2.0,
         out_features=["stage1", "stage2", "stage3", "stage4"],
@@ -101,9 +86,8 @@ def tiny_mask2former(folder: Path) -> None:
         backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
         encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64, num_queries=8, **_labels(ADE_LABELS),
     )
-    torch.manual_seed(0)
-    Mask2FormerForUniversalSegmentation(config).eval().save_pretrained(folder)
-    Mask2FormerImageProcessor(size={"height": 64, "width": 64}, ignore_index=255).save_pretrained(folder)
+    processor = Mask2FormerImageProcessor(size={"height": 64, "width": 64}, ignore_index=255)
+    save_seeded(folder, Mask2FormerForUniversalSegmentation, config, processor)
 
 
 def full_size_modules(config: Config) -> dict[str, Any]:
@@ -156,29 +140,19 @@ class Segmentation(Node):
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
-        import torch
-        from transformers import (
-            AutoConfig,
-            AutoModelForSemanticSegmentation,
-            AutoModelForUniversalSegmentation,
-            AutoProcessor,
-        )
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
-        )
+        from transformers import AutoConfig, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation, AutoProcessor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
         no_progress_bars()
         path = self.resolve_weights("model")
         config = AutoConfig.from_pretrained(path)
         semantic = config.model_type in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
         auto = AutoModelForSemanticSegmentation if semantic else AutoModelForUniversalSegmentation
-        self.torch_dtype = getattr(torch, dtype)
-        self.processor = AutoProcessor.from_pretrained(path)  # the image processor, or OneFormer's with its tokenizer
-        self.model = auto.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()
+        # AutoProcessor: the image processor, or OneFormer's with its tokenizer
+        self.processor, self.model = load_pretrained(self, path, auto, AutoProcessor)
         self.oneformer = config.model_type == "oneformer"  # it is told the task alongside the image
         self.label_ids = _label_ids(config.id2label)
         self.palette = np.random.default_rng(0).integers(32, 256, (max(config.id2label) + 1, 3)).astype(np.float32)
-        self.weight_bytes = module_bytes(self.model)
         self.class_ids(self.params.classes)  # a typo in the graph fails here, before any frame
 
     def class_ids(self, classes: Sequence[str]) -> list[int]:

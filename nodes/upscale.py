@@ -25,16 +25,7 @@ from pydantic import Field
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
 from capgraph.engine.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
-from capgraph.nodes.building import (
-    TEXT_HIDDEN,
-    TOKENS,
-    Config,
-    FullSize,
-    clip_text,
-    clip_tokenizer,
-    tiny_clip_text,
-    tiny_vae,
-)
+from capgraph.nodes.building import TEXT_HIDDEN, TOKENS, Config, FullSize, clip_text, clip_tokenizer, tiny_clip_text, tiny_vae
 from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars
 
 WARMUP_SIDE = 32
