@@ -1,8 +1,9 @@
 """Who may import whom, read from the source. Everything is imported under the `capgraph`
 namespace (a bare `engine` or `serve` would be a second copy of a module, and the name of
-someone else's package once installed); the engine imports neither the Serve layer nor the
-CLI; node families import neither, nor the catalogue (the engine finds them through the one
-list `capgraph.nodes.BUILTIN`, never the other way round)."""
+someone else's package once installed); the engine imports neither the node families, the
+Serve layer nor the CLI (it reads the one list `capgraph.nodes.BUILTIN` by name, as it reads
+plug-ins); node families import neither, nor the catalogue; no package imports another's
+underscore names."""
 
 import ast
 from pathlib import Path
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("engine", "nodes", "serve", "cli", "capgraph", "tests", "benchmarks")
 BARE = ("engine", "nodes", "serve", "cli")
 FORBIDDEN = {
-    "engine": ("capgraph.serve", "capgraph.cli"),
+    "engine": ("capgraph.serve", "capgraph.cli", "capgraph.nodes"),
     "nodes": ("capgraph.serve", "capgraph.cli", "capgraph.engine.registry"),
 }
 
@@ -60,3 +61,19 @@ def test_the_ingress_imports_no_model_library() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'cv2') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code, str(ROOT / "graphs" / "hybrid.yaml")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_no_package_imports_another_packages_private_names() -> None:
+    """`from capgraph.x._y import z` or `from capgraph.x import _z` from outside `capgraph.x`."""
+    found = []
+    for folder in ("engine", "nodes", "serve", "cli", "livepeer", "plugins"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                    continue
+                parts = node.module.split(".")
+                if parts[0] != "capgraph" or len(parts) < 2 or parts[1] == folder:
+                    continue
+                names = parts[2:] + [alias.name for alias in node.names]
+                found += [f"{path.relative_to(ROOT)} imports {node.module}:{n}" for n in names if n.startswith("_")]
+    assert not found, "\n".join(found)
