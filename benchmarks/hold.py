@@ -8,15 +8,14 @@ serving layer's own: Ray's proxy, the capability's ingress, the replica's batche
 Not a built-in. benchmarks/scale.py adds it to every process, Ray replicas included, with
 `CAPGRAPH_NODES=benchmarks.hold:Hold` and the repository on `PYTHONPATH`
 (engine/registry.py reads that variable; `serve.cluster.environment` forwards it to replicas).
+The sleeping pass-through is tests/reliability/sleepy.py's, so the repository root must be importable.
 """
-
-import time
-from collections.abc import Sequence
 
 from pydantic import Field
 
-from capgraph.engine.node import Frame, Node, NodeParams
+from capgraph.engine.node import NodeParams
 from capgraph.engine.types import PortType, port
+from tests.reliability.sleepy import Sleepy
 
 FAMILY = "benchmarks.hold:Hold"
 """What `CAPGRAPH_NODES` names to add this family."""
@@ -26,19 +25,16 @@ class HoldParams(NodeParams):
     batch_ms: float = Field(1000.0, ge=0.0, le=60_000.0, description="how long one batch holds the replica, whatever its size")
 
 
-class Hold(Node):
+class Hold(Sleepy):
     """Passes its number through after holding the replica `batch_ms` per batch."""
 
     type = "hold"
-    category = "condition"
     Params = HoldParams
     inputs = {"value": port(PortType.NUMBER, doc="any number")}
     outputs = {"value": port(PortType.NUMBER, doc="the same number")}
+    request_params = frozenset()
     max_batch = 64
 
-    def warmup(self) -> None:
-        """Warm-up holds nothing: a replica is ready at once."""
-
-    def run_batch(self, inputs: Sequence[Frame], params: Sequence[HoldParams]) -> list[Frame]:
-        time.sleep(params[0].batch_ms / 1000 if params else 0.0)
-        return [{"value": frame["value"]} for frame in inputs]
+    @staticmethod
+    def seconds(params: NodeParams) -> float:
+        return params.batch_ms / 1000  # type: ignore[attr-defined]

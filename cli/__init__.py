@@ -55,7 +55,7 @@ def _known_failure(exc: Exception) -> str | None:
     """Failures that are the environment's, not capgraph's: say them plainly."""
     from capgraph.engine.errors import NodeFailed
     from capgraph.engine.render import GraphvizMissing
-    from capgraph.nodes.weights import ModelMissing
+    from capgraph.engine.weights import ModelMissing
 
     if isinstance(exc, (ModelMissing, GraphvizMissing, NodeFailed)):
         return str(exc)

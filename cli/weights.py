@@ -22,7 +22,7 @@ def prepare(
     Only the files the nodes load: no ONNX/OpenVINO/Flax exports, no single-file
     checkpoints beside a diffusers pipeline, one precision of each weight file."""
     from capgraph.nodes.prepare import prepare as fetch
-    from capgraph.nodes.weights import MODEL_DIR_ENV
+    from capgraph.engine.weights import MODEL_DIR_ENV
 
     if variant not in (None, "fp16", "fp32", "all"):
         raise typer.BadParameter(f"'{variant}' is not fp16, fp32 or all", param_hint="--variant")
@@ -60,7 +60,7 @@ def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="wh
     """Write the tiny random-initialised model of every family (real repo layouts), for
     offline runs and tests. CAPGRAPH_MODELS=tiny uses them automatically."""
     from capgraph.engine.registry import catalogue
-    from capgraph.nodes.weights import tiny_model
+    from capgraph.engine.weights import tiny_model
 
     written = {}
     for family in catalogue().values():
@@ -83,7 +83,7 @@ def random_models(
     """Write every family's model at its real full size with random fp16 weights (on CUDA
     when present), for measuring speed and VRAM with no hub: CAPGRAPH_MODELS=random."""
     from capgraph.engine.registry import catalogue
-    from capgraph.nodes.weights import write_random_models
+    from capgraph.engine.weights import write_random_models
 
     try:
         written = write_random_models(folder, catalogue().values(), only or None)

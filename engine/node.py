@@ -13,10 +13,10 @@ read without loading anything (`Params`, `inputs`, `outputs`); its methods do th
         def load(self, device, dtype): ...        # heavy imports and weights, once
         def run_batch(self, inputs, params): ...  # list of frames in, list out
 
-A family that loads models declares each one once, as a `Weights` entry (`nodes.weights`):
+A family that loads models declares each one once, as a `Weights` entry (`engine.weights`):
 
     MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
-                    _tiny_vision.depth_anything, _random.depth_anything)
+                    tiny, FullSize(CONFIG, full_size_modules, save))  # its tiny and full-size builders
 
     class Depth(Node):
         weights = {"model": MODEL}                # the param `model` holds its id
@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from capgraph.engine.types import Port, PortType
-from capgraph.nodes.weights import Weights, resolve
+from capgraph.engine.weights import Weights, resolve
 
 FAMILY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -136,7 +136,7 @@ class Node:
         """What `from_pretrained` should load for the weights `name`: `model` (default: the
         param called `name`) as a local folder, a cached hub snapshot or, online and not
         cached, the id itself; in tiny and random modes that entry's own model, whatever
-        the id. A missing model raises `nodes.weights.ModelMissing` naming this node."""
+        the id. A missing model raises `engine.weights.ModelMissing` naming this node."""
         return resolve(getattr(self.params, name) if model is None else model, self.node_id, self.weights[name])
 
     @classmethod

@@ -19,6 +19,8 @@ EXTRA_ENV = "CAPGRAPH_NODES"
 PYTHONPATH is enough); read in every process, Ray replicas included."""
 log = logging.getLogger("capgraph")
 BUILTIN_PACKAGE = "capgraph"
+BUILTIN_LIST = "capgraph.nodes:BUILTIN"
+"""The built-in families' `module:Class` lines, read by name as plug-ins are: the engine imports no node module."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,9 @@ def _check(family: object, source: str) -> type[Node]:
 @functools.cache
 def catalogue() -> dict[str, type[Node]]:
     """Every node family by id, built-ins first; third-party ids may not shadow them."""
-    from capgraph.nodes import BUILTIN
-
     families: dict[str, type[Node]] = {}
     builtin = Origin(BUILTIN_PACKAGE, _version(BUILTIN_PACKAGE), "built-in")
-    for target in BUILTIN:
+    for target in _import(BUILTIN_LIST):
         family = _check(_import(target), target)
         families[family.type] = family
         _origins[family.type] = builtin

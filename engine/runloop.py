@@ -17,7 +17,7 @@ from typing import Any
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan, PlannedNode
-from capgraph.nodes.weights import models_mode
+from capgraph.engine.weights import models_mode
 
 log = logging.getLogger("capgraph")
 

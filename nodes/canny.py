@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import resize
+from capgraph.nodes.helpers import resize
 
 
 class CannyParams(NodeParams):

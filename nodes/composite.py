@@ -12,7 +12,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import resize
+from capgraph.nodes.helpers import per_frame, resize
 
 
 class CompositeParams(NodeParams):
@@ -40,20 +40,21 @@ class Composite(Node):
     max_batch = 32
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[CompositeParams]) -> list[Frame]:
-        out = []
-        for frame, p in zip(inputs, params):
-            fg = frame["foreground"]
-            height, width = fg.shape[:2]
-            bg = resize(frame["background"], width, height)
-            mask = resize(frame["mask"].astype(np.float32), width, height)
-            if p.invert:
-                mask = 1.0 - mask
-            if p.feather > 0:
-                mask = _blur(mask, p.feather)
-            weight = (np.clip(mask, 0.0, 1.0) * p.opacity)[..., None]
-            blend = fg.astype(np.float32) * weight + bg.astype(np.float32) * (1.0 - weight)
-            out.append({"image": (blend + 0.5).astype(np.uint8), "mask": weight[..., 0]})
-        return out
+        return per_frame(_blend, inputs, params)
+
+
+def _blend(frame: Frame, p: CompositeParams) -> Frame:
+    fg = frame["foreground"]
+    height, width = fg.shape[:2]
+    bg = resize(frame["background"], width, height)
+    mask = resize(frame["mask"].astype(np.float32), width, height)
+    if p.invert:
+        mask = 1.0 - mask
+    if p.feather > 0:
+        mask = _blur(mask, p.feather)
+    weight = (np.clip(mask, 0.0, 1.0) * p.opacity)[..., None]
+    blend = fg.astype(np.float32) * weight + bg.astype(np.float32) * (1.0 - weight)
+    return {"image": (blend + 0.5).astype(np.uint8), "mask": weight[..., 0]}
 
 
 def _blur(mask: np.ndarray, radius: float) -> np.ndarray:

@@ -12,18 +12,72 @@ distance, so their maps are flipped. Either way each frame's map is stretched to
 """
 
 from collections.abc import Sequence
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes import _random, _tiny_vision
-from capgraph.nodes._shared import gray_to_rgb, module_bytes, no_progress_bars
-from capgraph.nodes.weights import Weights
+from capgraph.engine.values import gray_to_rgb
+from capgraph.engine.weights import Weights
+from capgraph.nodes.building import Config, FullSize, save_seeded
+from capgraph.nodes.helpers import load_pretrained
 
-MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf", _tiny_vision.depth_anything, _random.depth_anything)
+# Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
+
+CONFIG: Config = {  # depth-anything/Depth-Anything-V2-Small-hf: 24.8 M
+    "backbone": dict(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518,
+        layerscale_value=1.0, out_indices=[3, 6, 9, 12], reshape_hidden_states=False,
+    ),
+    "model": dict(
+        patch_size=14, reassemble_hidden_size=384, reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=[48, 96, 192, 384],
+        fusion_hidden_size=64, head_in_index=-1, head_hidden_size=32, depth_estimation_type="relative",
+    ),
+}
+
+
+def _processor(side: int, **extra: Any) -> Any:
+    """The processor of the -hf repos: aspect kept, sides a multiple of the patch size 14."""
+    from transformers import DPTImageProcessor
+
+    return DPTImageProcessor(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                             resample=3, do_pad=False, **extra)
+
+
+def tiny(folder: Path) -> None:
+    """Depth Anything V2 on a 4-layer DINOv2 (139 k params)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=14,
+        image_size=112, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone, patch_size=14, fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32],
+        head_hidden_size=8, reassemble_hidden_size=32,
+    )
+    save_seeded(folder, DepthAnythingForDepthEstimation, config, _processor(112))
+
+
+def full_size_modules(config: Config) -> dict[str, Any]:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = dict(config["backbone"])
+    backbone["out_features"] = [f"stage{i}" for i in backbone.pop("out_indices")]
+    model_config = DepthAnythingConfig(backbone_config=Dinov2Config(**backbone), **config["model"])
+    return {"model": DepthAnythingForDepthEstimation(model_config).eval()}
+
+
+def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> None:
+    modules["model"].save_pretrained(folder)
+    _processor(518, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+
+
+MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf", tiny,
+                FullSize(CONFIG, full_size_modules, _save_full_size))
 METRIC_MODEL_TYPES = frozenset({"zoedepth", "depth_pro"})
 """Model types whose output is distance (far = large) whatever their config says."""
 
@@ -63,17 +117,12 @@ class Depth(Node):
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
-        import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        no_progress_bars()
         path = self.resolve_weights("model")
-        self.torch_dtype = getattr(torch, dtype)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModelForDepthEstimation.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()
+        self.processor, self.model = load_pretrained(self, path, AutoModelForDepthEstimation, AutoImageProcessor)
         config = self.model.config
         self.metric = config.model_type in METRIC_MODEL_TYPES or getattr(config, "depth_estimation_type", None) == "metric"
-        self.weight_bytes = module_bytes(self.model)
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[DepthParams]) -> list[Frame]:
         import torch

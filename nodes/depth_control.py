@@ -9,7 +9,8 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import gray_to_rgb
+from capgraph.engine.values import gray_to_rgb
+from capgraph.nodes.helpers import per_frame
 
 
 class DepthControlParams(NodeParams):
@@ -30,16 +31,17 @@ class DepthControl(Node):
     max_batch = 32
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[DepthControlParams]) -> list[Frame]:
-        out = []
-        for frame, p in zip(inputs, params):
-            depth = frame["depth"].astype(np.float32)
-            if p.normalize:
-                low, high = float(depth.min()), float(depth.max())
-                if (low, high) != (0.0, 1.0):  # the depth node's maps are stretched already: no second pass over them
-                    depth = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
-            if p.invert:
-                depth = 1.0 - depth
-            if p.gamma != 1.0:
-                depth = np.power(np.clip(depth, 0.0, 1.0), p.gamma)
-            out.append({"image": gray_to_rgb(depth)})
-        return out
+        return per_frame(_control, inputs, params)
+
+
+def _control(frame: Frame, p: DepthControlParams) -> Frame:
+    depth = frame["depth"].astype(np.float32)
+    if p.normalize:
+        low, high = float(depth.min()), float(depth.max())
+        if (low, high) != (0.0, 1.0):  # the depth node's maps are stretched already: no second pass over them
+            depth = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    if p.invert:
+        depth = 1.0 - depth
+    if p.gamma != 1.0:
+        depth = np.power(np.clip(depth, 0.0, 1.0), p.gamma)
+    return {"image": gray_to_rgb(depth)}

@@ -13,7 +13,7 @@ what a GPU replica loads is under 7 GB. `wanted_files` picks, from the repo's fi
   to the other kind where a folder has only that one), both for `"all"`;
 - never exports for other runtimes (ONNX, OpenVINO, Core ML, Flax, TensorFlow, GGUF).
 
-The nodes load what this keeps: `nodes._shared.fp16_variant` asks for the `.fp16.` files
+The nodes load what this keeps: `nodes.helpers.fp16_variant` asks for the `.fp16.` files
 whenever a folder has no others. A model id naming one file (`owner/repo/file.pth`, as
 the ESRGAN node takes) fetches that file alone.
 """
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from capgraph.nodes.weights import FP16_FILE, WEIGHT_SUFFIXES, model_dir, split_weights
+from capgraph.engine.weights import FP16_FILE, WEIGHT_SUFFIXES, model_dir, split_weights
 
 Variant = Literal["fp16", "fp32", "all"]
 

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import resize, to_multiple
+from capgraph.nodes.helpers import per_frame, resize, to_multiple
 
 
 class ResizeParams(NodeParams):
@@ -73,13 +73,13 @@ class Resize(Node):
     max_batch = 32
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[ResizeParams]) -> list[Frame]:
-        out = []
-        for frame, p in zip(inputs, params):
-            image = frame["image"]
-            width, height = target_size(image.shape[1], image.shape[0], p)
-            result: Frame = {"image": fit_image(image, width, height, p.fit)}
-            if "mask" in self.wanted:
-                mask = frame.get("mask")
-                result["mask"] = fit_image(np.ones(image.shape[:2], np.float32) if mask is None else mask, width, height, p.fit)
-            out.append(result)
-        return out
+        return per_frame(self._fit, inputs, params)
+
+    def _fit(self, frame: Frame, p: ResizeParams) -> Frame:
+        image = frame["image"]
+        width, height = target_size(image.shape[1], image.shape[0], p)
+        result: Frame = {"image": fit_image(image, width, height, p.fit)}
+        if "mask" in self.wanted:
+            mask = frame.get("mask")
+            result["mask"] = fit_image(np.ones(image.shape[:2], np.float32) if mask is None else mask, width, height, p.fit)
+        return result

@@ -15,6 +15,7 @@ frames whose prompts have the same shape (once per batch for a stream).
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -23,11 +24,111 @@ from pydantic import Field, model_validator
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes import _random, _tiny_vision
-from capgraph.nodes._shared import module_bytes, no_progress_bars
-from capgraph.nodes.weights import Weights
+from capgraph.engine.weights import Weights
+from capgraph.nodes.building import Config, FullSize, save_seeded
+from capgraph.nodes.helpers import module_bytes, no_progress_bars
 
-MODEL = Weights("sam2", "facebook/sam2-hiera-large", _tiny_vision.sam2, _random.sam2)
+# Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
+
+CONFIG: Config = {  # facebook/sam2-hiera-large: 216.9 M in the image model, plus the video memory modules
+    "backbone": dict(
+        hidden_size=144, num_attention_heads=2, image_size=[1024, 1024], blocks_per_stage=[2, 6, 36, 4],
+        embed_dim_per_stage=[144, 288, 576, 1152], num_attention_heads_per_stage=[2, 4, 8, 16],
+        window_size_per_stage=[8, 4, 16, 8], global_attention_blocks=[23, 33, 43],
+        window_positional_embedding_background_size=[7, 7],
+    ),
+    "vision": dict(
+        backbone_channel_list=[1152, 576, 288, 144], backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]],
+        fpn_hidden_size=256,
+    ),
+    "model": dict(image_size=1024),  # prompt encoder, mask decoder and memory modules: the library's defaults are SAM 2's
+}
+TINY_SIZE = 64
+"""Input side of the tiny SAM 2: the processor must resize to the model's own size."""
+
+
+def _processor(size: int) -> Any:
+    """The `Sam2VideoProcessor` the default repo ships, at the model's input size."""
+    from transformers import Sam2ImageProcessor, Sam2VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    return Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": size // 4, "width": size // 4}),
+        video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}),
+        target_size=size,
+    )
+
+
+def tiny(folder: Path) -> None:
+    """SAM 2 with a 5-block Hiera (301 k params, 109 k of them the image model), saved like the default:
+    a `sam2_video` checkpoint (image model plus memory modules) with its processor.
+    Hiera rules: no global-attention block may open a query-pooling stage, and the FPN
+    feature sizes are S/4, S/8, S/16."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    size = TINY_SIZE
+    backbone = dict(
+        model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[size, size],
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+    )
+    vision = dict(
+        model_type="sam2_vision_model", backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2], fpn_hidden_size=32,
+    )
+    config = Sam2VideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16),
+        image_size=size, num_maskmem=2, max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=32, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=32,
+        memory_attention_rope_feat_sizes=[size // 16] * 2, memory_encoder_hidden_size=32, memory_encoder_output_channels=16,
+        mask_downsampler_embed_dim=32, memory_fuser_embed_dim=32, memory_fuser_intermediate_dim=32,
+    )
+    save_seeded(folder, Sam2VideoModel, config, _processor(size))
+
+
+def _video_config(config: Config) -> Any:
+    """The `sam2_video` config the default repo ships: the image model plus memory modules."""
+    from transformers import Sam2VideoConfig
+
+    backbone = dict(model_type="sam2_hiera_det_model", **config["backbone"])
+    vision = dict(model_type="sam2_vision_model", backbone_config=backbone, **config["vision"])
+    size = config["model"]["image_size"]
+    return Sam2VideoConfig(
+        vision_config=vision, prompt_encoder_config=dict(image_size=size),
+        memory_attention_rope_feat_sizes=[size // 16] * 2, **config["model"],
+    )
+
+
+def _image_config(video: Any) -> Any:
+    """The image model's part of a `sam2_video` config (what this family loads)."""
+    from transformers import Sam2Config
+
+    parts = ("vision_config", "prompt_encoder_config", "mask_decoder_config")
+    return Sam2Config(**{name: getattr(video, name).to_dict() for name in parts})
+
+
+def full_size_modules(config: Config) -> dict[str, Any]:
+    from transformers import Sam2VideoModel
+
+    return {"model": Sam2VideoModel(_video_config(config)).eval()}
+
+
+def image_modules(config: Config) -> dict[str, Any]:
+    """The image model (`Sam2Model`) this family loads out of the video checkpoint."""
+    from transformers import Sam2Model
+
+    return {"model": Sam2Model(_image_config(_video_config(config))).eval()}
+
+
+def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> None:
+    modules["model"].save_pretrained(folder)
+    _processor(config["model"]["image_size"]).save_pretrained(folder)
+
+
+MODEL = Weights("sam2", "facebook/sam2-hiera-large", tiny, FullSize(CONFIG, full_size_modules, _save_full_size))
+
 Coordinate = Annotated[float, Field(ge=0, le=16384)]
 Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
 Box = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
@@ -80,14 +181,13 @@ class Sam2(Node):
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
         import torch
-        from transformers import AutoConfig, Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+        from transformers import AutoConfig, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
         no_progress_bars()
         path = self.resolve_weights("model")
         config = AutoConfig.from_pretrained(path)
         if config.model_type != "sam2":  # a video checkpoint: keep the image model's part of its config
-            parts = ("vision_config", "prompt_encoder_config", "mask_decoder_config")
-            config = Sam2Config(**{name: getattr(config, name).to_dict() for name in parts})
+            config = _image_config(config)
         self.torch_dtype = getattr(torch, dtype)
         self.model = Sam2Model.from_pretrained(path, config=config, dtype=self.torch_dtype).to(device).eval()
         try:

@@ -38,6 +38,7 @@ architectures, not measured). Pipelines and schedulers keep per-call state: one
 import logging
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
@@ -46,13 +47,147 @@ from pydantic import Field, model_validator
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
-from capgraph.nodes import _random, _tiny_sd
-from capgraph.nodes._shared import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
-from capgraph.nodes.weights import Weights
+from capgraph.engine.weights import Weights
+from capgraph.nodes.building import TEXT_HIDDEN, TOKENS, Config, FullSize, clip_text, clip_tokenizer, tiny_clip_text, tiny_vae
+from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
 
-BASE = Weights("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", _tiny_sd.save_sdxl, _random.sdxl)
-VAE = Weights("sdxl-vae", None, _tiny_sd.save_vae, _random.sdxl_vae)
-CONTROLNET = Weights("sdxl-controlnet", None, _tiny_sd.save_sdxl_controlnet, _random.sdxl_controlnet)
+# Weights: the default checkpoints, and the tiny and full-size random models built in their layouts.
+
+CLIP_L: dict[str, Any] = dict(  # the base's text_encoder (OpenAI CLIP ViT-L/14 text): 123 M
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+    projection_dim=768, max_position_embeddings=77, hidden_act="quick_gelu", **TOKENS,
+)
+UNET: dict[str, Any] = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet: 2.567 B
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+)
+VAE_CONFIG: dict[str, Any] = dict(  # the SDXL VAE: 83.65 M
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.13025, force_upcast=True,
+)
+BASE_CONFIG: Config = {
+    "unet": UNET,
+    "vae": VAE_CONFIG,
+    "text_encoder": CLIP_L,
+    "text_encoder_2": dict(  # OpenCLIP ViT-bigG/14 text with projection: 695 M
+        vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+        projection_dim=1280, max_position_embeddings=77, hidden_act="gelu", **TOKENS,
+    ),
+}
+VAE_ONLY_CONFIG: Config = {"vae": {**VAE_CONFIG, "force_upcast": False}}  # madebyollin/sdxl-vae-fp16-fix
+CONTROLNET_CONFIG: Config = {  # diffusers/controlnet-{depth,canny}-sdxl-1.0: 1.25 B
+    "controlnet": dict(
+        {k: v for k, v in UNET.items() if k not in ("sample_size", "out_channels", "up_block_types")},
+        conditioning_channels=3, conditioning_embedding_out_channels=[16, 32, 96, 256],
+    ),
+}
+
+
+def _save_base(folder: Path, modules: dict[str, Any], config: Config | None = None) -> None:
+    """The base pipeline in the layout of stabilityai/stable-diffusion-xl-base-1.0 (tokenizers: the tiny byte-level one)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(**modules, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), scheduler=scheduler,
+                                     add_watermarker=False)
+    pipe.save_pretrained(folder)
+
+
+def _steering(net: Any) -> Any:
+    """A fresh ControlNet's output convolutions are zero, so it would not steer at all and a
+    test could not tell a wired control image from none (nor is a trained one's zero): small random weights."""
+    import torch
+
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            if conv.weight.device.type != "meta":
+                conv.weight.normal_(0.0, 0.05)
+    return net
+
+
+def _save_single(folder: Path, modules: dict[str, Any], config: Config | None = None) -> None:
+    """A VAE or a ControlNet on its own, the layout of its own repo."""
+    (module,) = modules.values()
+    module.save_pretrained(folder)
+
+
+def tiny_unet() -> Any:
+    """The tiny SDXL UNet: text_time added embedding, two text encoders' widths for cross-attention."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    time_dim = 8
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN,  # 6 size/crop ids + pooled text
+        cross_attention_dim=2 * TEXT_HIDDEN,  # both text encoders' hidden states, concatenated
+        norm_num_groups=16,
+    ).eval()
+
+
+def tiny_base(folder: Path) -> None:
+    """A tiny base pipeline: two 2-layer text encoders, a 2-block UNet, an 8x VAE, Euler."""
+    _save_base(folder, {"vae": tiny_vae(), "text_encoder": tiny_clip_text(seed=1),
+                        "text_encoder_2": tiny_clip_text(projection=True, seed=2), "unet": tiny_unet()})
+
+
+def tiny_vae_only(folder: Path) -> None:
+    """A tiny SDXL VAE on its own, the layout of a replacement VAE repo such as madebyollin/sdxl-vae-fp16-fix."""
+    tiny_vae().save_pretrained(folder)
+
+
+def tiny_controlnet(folder: Path) -> None:
+    """A ControlNet copied from the tiny UNet, as diffusers/controlnet-*-sdxl-1.0 are; its
+    conditioning embedding downsamples by the tiny VAE's factor of 8."""
+    import torch
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(tiny_unet(), conditioning_embedding_out_channels=(16, 16, 32, 32))
+    torch.manual_seed(3)
+    _steering(net).save_pretrained(folder)
+
+
+def base_modules(config: Config) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    return {
+        "unet": UNet2DConditionModel(**config["unet"]).eval(),
+        "vae": AutoencoderKL(**config["vae"]).eval(),
+        "text_encoder": clip_text(config["text_encoder"]),
+        "text_encoder_2": clip_text(config["text_encoder_2"], projection=True),
+    }
+
+
+def vae_modules(config: Config) -> dict[str, Any]:
+    from diffusers import AutoencoderKL
+
+    return {"vae": AutoencoderKL(**config["vae"]).eval()}
+
+
+def controlnet_modules(config: Config) -> dict[str, Any]:
+    """A full ControlNet whose output convolutions get small random weights, as the tiny one's do."""
+    from diffusers import ControlNetModel
+
+    return {"controlnet": _steering(ControlNetModel(**config["controlnet"]).eval())}
+
+
+BASE = Weights("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", tiny_base,
+               FullSize(BASE_CONFIG, base_modules, _save_base, diffusers=True))
+VAE = Weights("sdxl-vae", None, tiny_vae_only, FullSize(VAE_ONLY_CONFIG, vae_modules, _save_single, diffusers=True))
+CONTROLNET = Weights("sdxl-controlnet", None, tiny_controlnet,
+                     FullSize(CONTROLNET_CONFIG, controlnet_modules, _save_single, diffusers=True))
+
 CONTROL_PORTS = ("control_image", "control_image_2", "control_image_3")
 DEFAULT_SIDE = 1024
 """Text-to-image size when neither params nor a wired image give one: SDXL's native size."""

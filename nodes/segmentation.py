@@ -14,7 +14,8 @@ task token (untested here: its processor fetches class metadata from the hub).
 
 import re
 from collections.abc import Sequence
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
@@ -22,11 +23,88 @@ from pydantic import Field
 from capgraph.engine.errors import InputError, did_you_mean
 from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.types import PortType, port
-from capgraph.nodes import _random, _tiny_vision
-from capgraph.nodes._shared import module_bytes, no_progress_bars
-from capgraph.nodes.weights import Weights
+from capgraph.engine.weights import Weights
+from capgraph.nodes.building import Config, FullSize, save_seeded
+from capgraph.nodes.helpers import load_pretrained, no_progress_bars
 
-MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", _tiny_vision.segformer, _random.segformer)
+# Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
+
+ADE_LABELS = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car",
+)
+"""The first 21 ADE20K classes (the tiny models'), ids as in the default checkpoint."""
+ADE20K_LABELS = ADE_LABELS + (
+    "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence",
+    "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+"""ADE20K's 150 classes, ids as in `nvidia/segformer-b0-finetuned-ade-512-512`."""
+CONFIG: Config = {  # nvidia/segformer-b0-finetuned-ade-512-512: 3.75 M
+    "model": dict(
+        hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1],
+        mlp_ratios=[4, 4, 4, 4], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], decoder_hidden_size=256,
+    ),
+}
+
+
+def _labels(names: Sequence[str]) -> dict[str, Any]:
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def tiny(folder: Path) -> None:
+    """SegFormer (54 k params) with ADE20K's first class names, so `classes: [person]` works."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    config = SegformerConfig(
+        depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 32, 32], num_attention_heads=[1, 1, 2, 2],
+        mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=16, **_labels(ADE_LABELS),
+    )
+    save_seeded(folder, SegformerForSemanticSegmentation, config, SegformerImageProcessor(size={"height": 64, "width": 64}))
+
+
+def tiny_mask2former(folder: Path) -> None:
+    """Mask2Former on a Swin backbone (267 k params; the decoder widths are multiples of 32
+    for its GroupNorms), the universal-segmentation path of this family."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+
+    backbone = SwinConfig(
+        image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, mlp_ratio=2.0,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = Mask2FormerConfig(
+        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
+        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64, num_queries=8, **_labels(ADE_LABELS),
+    )
+    processor = Mask2FormerImageProcessor(size={"height": 64, "width": 64}, ignore_index=255)
+    save_seeded(folder, Mask2FormerForUniversalSegmentation, config, processor)
+
+
+def full_size_modules(config: Config) -> dict[str, Any]:
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    return {"model": SegformerForSemanticSegmentation(SegformerConfig(**config["model"], **_labels(ADE20K_LABELS))).eval()}
+
+
+def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> None:
+    """SegFormer-b0 with ADE20K's 150 class names, processor at 512 px."""
+    from transformers import SegformerImageProcessor
+
+    modules["model"].save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 512, "width": 512}, do_reduce_labels=True).save_pretrained(folder)
+
+
+MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", tiny, FullSize(CONFIG, full_size_modules, _save_full_size))
 
 
 class UnknownClass(ValueError):
@@ -62,7 +140,6 @@ class Segmentation(Node):
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
-        import torch
         from transformers import AutoConfig, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation, AutoProcessor
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
@@ -71,13 +148,11 @@ class Segmentation(Node):
         config = AutoConfig.from_pretrained(path)
         semantic = config.model_type in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
         auto = AutoModelForSemanticSegmentation if semantic else AutoModelForUniversalSegmentation
-        self.torch_dtype = getattr(torch, dtype)
-        self.processor = AutoProcessor.from_pretrained(path)  # the image processor, or OneFormer's with its tokenizer
-        self.model = auto.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()
+        # AutoProcessor: the image processor, or OneFormer's with its tokenizer
+        self.processor, self.model = load_pretrained(self, path, auto, AutoProcessor)
         self.oneformer = config.model_type == "oneformer"  # it is told the task alongside the image
         self.label_ids = _label_ids(config.id2label)
         self.palette = np.random.default_rng(0).integers(32, 256, (max(config.id2label) + 1, 3)).astype(np.float32)
-        self.weight_bytes = module_bytes(self.model)
         self.class_ids(self.params.classes)  # a typo in the graph fails here, before any frame
 
     def class_ids(self, classes: Sequence[str]) -> list[int]:

@@ -24,27 +24,112 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
-from capgraph.nodes import _random, _tiny_sd
-from capgraph.nodes._shared import fp16_variant, module_bytes, no_progress_bars
-from capgraph.nodes.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
+from capgraph.engine.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
+from capgraph.nodes.building import TEXT_HIDDEN, TOKENS, Config, FullSize, clip_text, clip_tokenizer, tiny_clip_text, tiny_vae
+from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars
 
 WARMUP_SIDE = 32
 
 
-def _save_tiny_esrgan(path: Path) -> None:
-    """A tiny ESRGAN x4 (8 filters, 1 RRDB block, 226 k params) saved as a plain `.pth`
-    state dict, which spandrel recognises as it does Real-ESRGAN's files."""
+# Weights: the default checkpoints, and the tiny and full-size random models built in their layouts.
+
+X4_CONFIG: Config = {  # stabilityai/stable-diffusion-x4-upscaler
+    "unet": dict(  # 473 M
+        sample_size=128, in_channels=7, out_channels=4, layers_per_block=2, block_out_channels=[256, 512, 512, 1024],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        attention_head_dim=8, cross_attention_dim=1024, use_linear_projection=True,
+        only_cross_attention=[True, True, True, False], num_class_embeds=1000, norm_num_groups=32,
+    ),
+    "vae": dict(  # 55.3 M, upsamples by 4
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512],
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, norm_num_groups=32,
+        sample_size=256, scaling_factor=0.08333,
+    ),
+    "text_encoder": dict(  # OpenCLIP ViT-H/14 text, 23 layers: 340 M
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+        projection_dim=512, max_position_embeddings=77, hidden_act="gelu", **TOKENS,
+    ),
+}
+ESRGAN_CONFIG: Config = {"model": dict(num_filters=64, num_blocks=23, scale=4)}  # Real-ESRGAN x4plus: 16.7 M
+
+
+def _save_x4(folder: Path, modules: dict[str, Any], config: Config | None = None) -> None:
+    """The x4 upscaler pipeline in the layout of stabilityai/stable-diffusion-x4-upscaler: its
+    two schedulers and noise levels, the tiny byte-level tokenizer."""
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
+
+    pipe = StableDiffusionUpscalePipeline(
+        **modules,
+        tokenizer=clip_tokenizer(),
+        low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+            set_alpha_to_one=False, steps_offset=1, clip_sample=False,
+        ),
+        max_noise_level=350,
+    )
+    pipe.save_pretrained(folder)
+
+
+def _save_pth(folder: Path, modules: dict[str, Any], config: Config | None = None) -> None:
+    """An ESRGAN as a plain `.pth` state dict, which spandrel recognises as it does Real-ESRGAN's files."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in modules["model"].state_dict().items()}, folder / "model.pth")
+
+
+def tiny_x4(folder: Path) -> None:
+    """A tiny x4 upscaler: the UNet sees the noisy latents next to the low-res image (4 + 3 =
+    7 channels) and the noise level as a class label; the VAE upsamples by 4."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=32, in_channels=7, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, use_linear_projection=True,
+        only_cross_attention=(True, True, False),
+        num_class_embeds=1000,  # must exceed the pipeline's max_noise_level (350)
+        norm_num_groups=16,
+    ).eval()
+    _save_x4(folder, {"unet": unet, "vae": tiny_vae((32, 32, 64), scaling_factor=0.08333, seed=1),
+                      "text_encoder": tiny_clip_text(seed=2)})
+
+
+def tiny_esrgan(folder: Path) -> None:
+    """A tiny ESRGAN x4 (8 filters, 1 RRDB block, 226 k params)."""
     import torch
     from spandrel.architectures.ESRGAN import ESRGAN
 
     torch.manual_seed(0)
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), path / "model.pth")
+    _save_pth(folder, {"model": ESRGAN(num_filters=8, num_blocks=1, scale=4)})
+
+
+def x4_modules(config: Config) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    return {
+        "unet": UNet2DConditionModel(**config["unet"]).eval(),
+        "vae": AutoencoderKL(**config["vae"]).eval(),
+        "text_encoder": clip_text(config["text_encoder"]),
+    }
+
+
+def esrgan_modules(config: Config) -> dict[str, Any]:
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    return {"model": ESRGAN(**config["model"]).eval()}
 
 
 WEIGHTS = {
-    "sd_x4": Weights("sd-x4-upscaler", "stabilityai/stable-diffusion-x4-upscaler", _tiny_sd.save_x4_upscaler, _random.x4_upscaler),
-    "esrgan": Weights("esrgan-x4", "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth", _save_tiny_esrgan, _random.esrgan_x4),
+    "sd_x4": Weights("sd-x4-upscaler", "stabilityai/stable-diffusion-x4-upscaler", tiny_x4,
+                     FullSize(X4_CONFIG, x4_modules, _save_x4, diffusers=True)),
+    "esrgan": Weights("esrgan-x4", "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth", tiny_esrgan,
+                      FullSize(ESRGAN_CONFIG, esrgan_modules, _save_pth)),
 }
 """The weights of each method, whose default is the model when `model` is unset."""
 

@@ -123,7 +123,7 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
     smaller) and prefers safetensors over other formats in a folder, as loaders do.
     Tiny models count as 0: they take a few MB.
     """
-    from capgraph.nodes.weights import model_dir, models_mode, split_weights
+    from capgraph.engine.weights import model_dir, models_mode, split_weights
 
     if models_mode() == "tiny":
         return 0
@@ -147,7 +147,7 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
 
 
 def _folder_weight_bytes(path: Path) -> int:
-    from capgraph.nodes.weights import WEIGHT_SUFFIXES
+    from capgraph.engine.weights import WEIGHT_SUFFIXES
     if path.is_file():
         return path.stat().st_size
     by_folder: dict[Path, list[Path]] = {}

@@ -67,7 +67,7 @@ def measured_path(capability: str, unit: str) -> Path:
 def write_measured(plan: Plan, unit: str, device: str, profile: Mapping[str, Mapping[int, float]]) -> None:
     """Record milliseconds per batch, by node and batch size, as one replica measured them
     serving real frames on this machine (replaced whole: the newest replica's view wins)."""
-    from capgraph.nodes.weights import models_mode
+    from capgraph.engine.weights import models_mode
 
     path = measured_path(plan.capability, unit)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def measured_costs(plan: Plan, device: str) -> dict[str, Cost]:
     """What replicas measured serving this graph (same nodes, params and wiring, models and
     device) on this machine, when it covers every node; else none: declared figures and
     measured ones are not on one scale."""
-    from capgraph.nodes.weights import models_mode
+    from capgraph.engine.weights import models_mode
 
     costs: dict[str, Cost] = {}
     for path in sorted(tuned_dir().glob(f"{plan.capability}.measured.*.json")):
@@ -124,7 +124,7 @@ def find_overlay(plan: Plan, tuned: str | bool | None, device: str) -> tuple[Ove
     what the cluster will run on. A named file that cannot be read is a GraphInvalid."""
     if tuned is False or (isinstance(tuned, str) and tuned.lower() in ("false", "off", "no", "none")):
         return None, []
-    from capgraph.nodes.weights import models_mode
+    from capgraph.engine.weights import models_mode
 
     path = Path(tuned) if isinstance(tuned, str) else default_path(plan.capability)
     if tuned is None and not path.exists():

@@ -131,7 +131,7 @@ def tune_graph(
 
     from capgraph.engine.errors import InputError
     from capgraph.engine.validate import load_plan
-    from capgraph.nodes.weights import ModelMissing, models_mode
+    from capgraph.engine.weights import ModelMissing, models_mode
 
     out, err = out or sys.stdout, err or sys.stderr
     if not 1 <= max_batch <= 256:

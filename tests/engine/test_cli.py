@@ -108,7 +108,7 @@ def test_prepare_reports_each_model_it_cannot_fetch_and_skips_weightless_graphs(
 
 
 def test_tiny_models_writes_every_family_in_real_repo_layouts() -> None:
-    from capgraph.nodes.weights import tiny_root
+    from capgraph.engine.weights import tiny_root
 
     done = capgraph("tiny-models", str(tiny_root()), "--json")
     assert done.returncode == 0, done.stderr

@@ -68,8 +68,9 @@ def test_composite_blends_through_a_feathered_mask() -> None:
 
 
 def test_decode_refuses_a_decompression_bomb_before_decoding() -> None:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("L", (8000, 8000)).save(buf, format="PNG")

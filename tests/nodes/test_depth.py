@@ -10,9 +10,8 @@ import pytest
 from capgraph.engine.executor import Executor
 from capgraph.engine.types import check_value
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.nodes import _tiny_vision
-from capgraph.nodes.weights import ModelMissing, tiny_model
-from capgraph.nodes.depth import Depth, DepthParams, colorize
+from capgraph.engine.weights import ModelMissing, tiny_model
+from capgraph.nodes.depth import MODEL, Depth, DepthParams, colorize
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
@@ -79,7 +78,7 @@ def test_colormap_is_a_request_param_and_inferno_runs_dark_to_bright() -> None:
 
 def test_a_local_folder_loads_without_the_tiny_switch(node: Depth, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
-    folder = tiny_model("depth-anything", _tiny_vision.depth_anything)
+    folder = tiny_model("depth-anything", MODEL.tiny)
     assert (folder / "config.json").exists() and (folder / "preprocessor_config.json").exists()
     local = Depth(DepthParams(model=str(folder)), "depth")
     local.load("cpu", "float32")

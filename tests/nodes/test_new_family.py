@@ -1,73 +1,15 @@
-"""A model family as a newcomer writes it: one `Weights` declaration and a `load` that asks
-for it, nothing else about where weights come from. The family below is what its own file
-would hold; the tests register it and check that prepare, tiny mode (through the
-executor), random mode, offline errors and the planner all follow from the declaration."""
+"""A model family as a newcomer writes it (tests/nodes/classify_family.py: one `Weights`
+declaration and a `load` that asks for it), added through its `module:Class` line in
+`nodes.BUILTIN` as a built-in is; prepare, tiny mode (through the executor), random mode,
+offline errors and the planner all follow from the declaration."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import Field
 
-from capgraph.engine.node import Frame, Node, NodeParams
-from capgraph.engine.types import PortType, port
-from capgraph.nodes.weights import Weights
-
-# --- the family: what a newcomer's module holds -------------------------------------------
-
-
-def tiny_vit(folder: Path) -> None:
-    """A 2-layer ViT classifier over 32 px frames with three labels, saved like google/vit-base-patch16-224."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    labels = {0: "cat", 1: "dog", 2: "bird"}
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-                       patch_size=8, id2label=labels, label2id={name: i for i, name in labels.items()})
-    torch.manual_seed(0)
-    ViTForImageClassification(config).eval().save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-
-
-MODEL = Weights("test-vit-classifier", "google/vit-base-patch16-224", tiny_vit)
-
-
-class ClassifyParams(NodeParams):
-    model: str = Field(MODEL.default, min_length=1, max_length=512, description="a transformers image-classification model")
-
-
-class Classify(Node):
-    """The most likely label of a frame."""
-
-    type = "classify"
-    category = "vision"
-    Params = ClassifyParams
-    inputs = {"image": port(PortType.IMAGE, doc="frame to classify")}
-    outputs = {"label": port(PortType.TEXT, doc="the best label"), "score": port(PortType.NUMBER, doc="its probability")}
-    uses_gpu = True
-    weights = {"model": MODEL}
-    cost_ms = 5.0
-
-    def load(self, device: str, dtype: str) -> None:
-        super().load(device, dtype)
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-        path = self.resolve_weights("model")
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModelForImageClassification.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-
-    def run_batch(self, inputs: Sequence[Frame], params: Sequence[ClassifyParams]) -> list[Frame]:
-        import torch
-
-        pixels = self.processor(images=[f["image"] for f in inputs], return_tensors="pt")["pixel_values"]
-        with torch.inference_mode():
-            scores, ids = self.model(pixel_values=pixels.to(self.device, self.model.dtype)).logits.float().softmax(-1).max(-1)
-        return [{"label": self.model.config.id2label[int(i)], "score": float(s)} for s, i in zip(scores, ids)]
-
-
-# --- the tests ----------------------------------------------------------------------------
+from tests.nodes.classify_family import FAMILY, Classify, ClassifyParams, tiny_vit
 
 GRAPH = {
     "capability": "classify",
@@ -78,13 +20,17 @@ GRAPH = {
 
 
 @pytest.fixture
-def registered() -> Iterator[None]:
-    """The family in this process's catalogue for one test (other tests read the built-in catalogue)."""
-    from capgraph.engine.registry import catalogue, register
+def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The family's line added to `nodes.BUILTIN` for one test: the catalogue loads it as it
+    loads the built-ins (other tests read the catalogue without it)."""
+    import capgraph.nodes
+    from capgraph.engine.registry import catalogue, origin
 
-    register(Classify)
+    monkeypatch.setattr(capgraph.nodes, "BUILTIN", (*capgraph.nodes.BUILTIN, FAMILY))
+    catalogue.cache_clear()
+    assert catalogue()[Classify.type] is Classify and origin(Classify.type).via == "built-in"
     yield
-    catalogue().pop(Classify.type)
+    catalogue.cache_clear()
 
 
 def test_the_new_family_runs_through_the_executor_on_its_tiny_model(
@@ -92,7 +38,7 @@ def test_the_new_family_runs_through_the_executor_on_its_tiny_model(
 ) -> None:
     from capgraph.engine.executor import Executor
     from capgraph.engine.validate import plan_from_data
-    from capgraph.nodes.weights import tiny_root
+    from capgraph.engine.weights import tiny_root
 
     monkeypatch.setenv("CAPGRAPH_TINY_DIR", str(tmp_path))  # builds its tiny model here, not in the shared cache
     executor = Executor(plan_from_data(GRAPH), device="cpu")
@@ -116,7 +62,7 @@ def test_prepare_tiny_random_and_the_planner_read_the_declaration(registered: No
 def test_without_a_random_builder_random_mode_says_so_and_a_missing_model_names_the_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from capgraph.nodes.weights import ModelMissing
+    from capgraph.engine.weights import ModelMissing
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     with pytest.raises(KeyError, match="no node family declares a full-size random model 'test-vit-classifier'"):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from capgraph.nodes import _tiny_sd
+from capgraph.engine.weights import split_weights, tiny_model
+from capgraph.nodes import sdxl
+from capgraph.nodes.helpers import fp16_variant
 from capgraph.nodes.prepare import wanted_files
-from capgraph.nodes._shared import fp16_variant
-from capgraph.nodes.weights import split_weights, tiny_model
 
 SDXL_BASE = [  # stabilityai/stable-diffusion-xl-base-1.0, about 70 GB whole
     ".gitattributes", "01.png", "LICENSE.md", "README.md", "comparison.png", "model_index.json", "pipeline.png",
@@ -71,7 +71,7 @@ def test_a_pipeline_prepared_with_fp16_files_only_loads_on_the_cpu_in_fp32(tmp_p
     replica too: `fp16_variant` asks for them where a folder has no others."""
     from diffusers import StableDiffusionXLPipeline
 
-    source = tiny_model("sdxl", _tiny_sd.save_sdxl)
+    source = tiny_model("sdxl", sdxl.tiny_base)
     half = tmp_path / "half"
     pipe = StableDiffusionXLPipeline.from_pretrained(source)
     pipe.save_pretrained(half, variant="fp16")  # names only: the tiny weights stay fp32, as the hub's layout is what matters

@@ -15,13 +15,19 @@ import pytest
 import torch
 
 from capgraph.engine.registry import catalogue
-from capgraph.nodes import _random
-from capgraph.nodes.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
+from capgraph.engine.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
+from capgraph.nodes import sam2
+from capgraph.nodes.depth import MODEL as DEPTH_MODEL
 from capgraph.nodes.depth import Depth, DepthParams
 from capgraph.nodes.segmentation import Segmentation, SegmentationParams
 from capgraph.nodes.upscale import Upscale, UpscaleParams
 
 MILLION = 1e6
+FULL_SIZE = {key: build for family in catalogue().values() if family.__module__.startswith("capgraph.")
+             for key, build in family.random_models().items()}
+"""The built-in families' full-size random builders by key: each holds its config and module builder."""
+CONFIGS = {key: build.config for key, build in FULL_SIZE.items()}
+MODELS = {key: build.modules for key, build in FULL_SIZE.items()}
 PUBLISHED = {  # millions of parameters, as published for each default repo (its model card or paper)
     ("depth-anything", "model"): 24.8,
     ("segformer", "model"): 3.75,
@@ -48,9 +54,9 @@ def on_meta(build: Any, config: Any) -> dict[str, torch.nn.Module]:
         return build(copy.deepcopy(config))
 
 
-@pytest.mark.parametrize("key", sorted(_random.CONFIGS))
+@pytest.mark.parametrize("key", sorted(CONFIGS))
 def test_full_size_architectures_have_the_published_parameter_counts(key: str) -> None:
-    modules = on_meta(_random.MODELS[key], _random.CONFIGS[key])
+    modules = on_meta(MODELS[key], CONFIGS[key])
     counts = {name: millions(module) for name, module in modules.items()}
     expected = {name: count for (k, name), count in PUBLISHED.items() if k == key}
     assert counts.keys() == expected.keys()
@@ -59,7 +65,7 @@ def test_full_size_architectures_have_the_published_parameter_counts(key: str) -
 
 
 def test_sam2_image_model_is_hiera_large() -> None:
-    (image_model,) = on_meta(_random.sam2_image_models, _random.SAM2).values()
+    (image_model,) = on_meta(sam2.image_modules, sam2.CONFIG).values()
     assert millions(image_model) == pytest.approx(216.9, rel=0.01)
 
 
@@ -68,7 +74,7 @@ def test_every_tiny_model_has_a_random_one_under_the_same_key() -> None:
         assert family.random_models().keys() == family.tiny_models().keys(), family.type
     builtin = [f for f in catalogue().values() if f.__module__.startswith("capgraph.")]  # a plug-in brings its own
     declared = {key for family in builtin for key in family.random_models()}
-    assert declared == set(_random.CONFIGS) == set(_random.MODELS)
+    assert declared == set(CONFIGS) == set(MODELS)
 
 
 # Shrunk variants of the real configs: every other hyperparameter stays the published one.
@@ -112,7 +118,7 @@ SHRINK: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def shrunk(key: str) -> dict[str, dict[str, Any]]:
-    config = copy.deepcopy(_random.CONFIGS[key])
+    config = copy.deepcopy(CONFIGS[key])
     for section, overrides in SHRINK[key].items():
         config[section].update(overrides)
     return config
@@ -127,7 +133,7 @@ def builder(key: str) -> Any:
 def shrunk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CAPGRAPH_RANDOM_DIR holding a shrunk random model per key, written by the random writers."""
     base = tmp_path_factory.mktemp("random")
-    for key in _random.CONFIGS:
+    for key in CONFIGS:
         random_model(key, partial(builder(key), config=shrunk(key), device="cpu"), root=random_root(base))
     return base
 
@@ -157,7 +163,7 @@ def tensors(file: Path) -> dict[str, torch.Tensor]:
     return load_file(file)
 
 
-@pytest.mark.parametrize("key", sorted(_random.CONFIGS))
+@pytest.mark.parametrize("key", sorted(CONFIGS))
 def test_random_folders_have_the_tiny_layout_and_fp16_weights(key: str, shrunk_root: Path) -> None:
     random_folder = random_root(shrunk_root) / key
     tiny_folder = tiny_model(key, next(f.tiny_models()[key] for f in catalogue().values() if key in f.tiny_models()))
@@ -198,7 +204,7 @@ def test_resolve_in_random_mode_uses_the_random_folder_whatever_the_model(
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     monkeypatch.setenv("CAPGRAPH_RANDOM_DIR", str(shrunk_root))
-    depth = Weights("depth-anything", None, no_tiny, _random.depth_anything)
+    depth = Weights("depth-anything", None, no_tiny, DEPTH_MODEL.random)
     assert resolve("Intel/dpt-large", "depth", depth) == str(shrunk_root / "v1" / "depth-anything")
     with pytest.raises(KeyError, match="no node family declares a full-size random model 'nope'"):
         resolve("x", "n", Weights("nope", None, no_tiny))

@@ -13,12 +13,12 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.executor import Executor
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.nodes import _tiny_vision
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
+from capgraph.nodes import sam2
 from capgraph.nodes.sam2 import Sam2, Sam2Params
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
-LOW_RES = _tiny_vision.SAM2_SIZE // 4
+LOW_RES = sam2.TINY_SIZE // 4
 """Side of the tiny model's mask logits (256 for the real ones)."""
 
 
@@ -137,7 +137,7 @@ def test_a_weights_only_hf_folder_loads_with_sams_default_processor(node: Sam2, 
 
 def test_a_local_folder_loads_without_the_tiny_switch(node: Sam2, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
-    folder = tiny_model("sam2", _tiny_vision.sam2)
+    folder = tiny_model("sam2", sam2.MODEL.tiny)
     local = Sam2(Sam2Params(model=str(folder)), "sam")
     local.load("cpu", "float32")
     frame = {"image": image(0), "boxes": [[10, 10, 90, 70]]}

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from pydantic import ValidationError
 
 from capgraph.engine.errors import InputError
@@ -15,8 +15,8 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.node import example_value
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.validate import load_plan
-from capgraph.nodes import _tiny_sd
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
+from capgraph.nodes import sdxl
 from capgraph.nodes.sdxl import SCHEDULERS, Sdxl, SdxlParams
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
@@ -140,8 +140,8 @@ def test_request_params_are_bounded_and_never_load_anything() -> None:
 
 def test_local_folders_load_without_the_tiny_switch(controlled: Sdxl, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
-    base = tiny_model("sdxl", _tiny_sd.save_sdxl)
-    net = tiny_model("sdxl-controlnet", _tiny_sd.save_sdxl_controlnet)
+    base = tiny_model("sdxl", sdxl.tiny_base)
+    net = tiny_model("sdxl-controlnet", sdxl.tiny_controlnet)
     assert (base / "model_index.json").exists() and (base / "unet" / "config.json").exists()
     node = Sdxl(SdxlParams(**FAST, model=str(base), controlnets=[{"model": str(net), "scale": 0.7}]), "gen")
     node.load("cpu", "float32")
@@ -153,7 +153,7 @@ def test_local_folders_load_without_the_tiny_switch(controlled: Sdxl, monkeypatc
 def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    base = tiny_model("sdxl", _tiny_sd.save_sdxl)
+    base = tiny_model("sdxl", sdxl.tiny_base)
     missing = Sdxl(SdxlParams(model=str(base), controlnets=[{"model": "capgraph-tests/no-such-controlnet"}]), "painter")
     with pytest.raises(ModelMissing, match="node 'painter': model 'capgraph-tests/no-such-controlnet'"):
         missing.load("cpu", "float32")

@@ -12,8 +12,8 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.executor import Executor
 from capgraph.engine.types import check_value
 from capgraph.engine.validate import plan_from_text
-from capgraph.nodes import _tiny_vision
-from capgraph.nodes.weights import ModelMissing, tiny_model
+from capgraph.engine.weights import ModelMissing, tiny_model
+from capgraph.nodes import segmentation
 from capgraph.nodes.segmentation import Segmentation, SegmentationParams, UnknownClass
 
 GRAPH = """
@@ -55,7 +55,7 @@ def test_a_batch_gives_labels_a_class_mask_and_a_preview_per_frame(node: Segment
             assert check_value(Segmentation.outputs[name].type, value) is None, name
         labels, mask = result["labels"], result["mask"]
         assert labels.shape == mask.shape == frame["image"].shape[:2] and labels.dtype == np.int32
-        assert set(np.unique(labels)) <= set(range(len(_tiny_vision.ADE_LABELS)))
+        assert set(np.unique(labels)) <= set(range(len(segmentation.ADE_LABELS)))
         assert np.array_equal(mask, np.isin(labels, [0, 12]).astype(np.float32))  # wall = 0, person = 12
         assert result["preview"].shape == frame["image"].shape
     assert out[0]["mask"].any() and not out[0]["mask"].all()
@@ -92,7 +92,7 @@ def test_label_synonyms_each_name_the_class() -> None:
 
 def test_a_local_mask2former_folder_loads_through_universal_segmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
-    _tiny_vision.mask2former(tmp_path)
+    segmentation.tiny_mask2former(tmp_path)
     node = Segmentation(SegmentationParams(model=str(tmp_path)), "seg")
     node.load("cpu", "float32")
     assert type(node.model).__name__ == "Mask2FormerForUniversalSegmentation"
@@ -102,7 +102,7 @@ def test_a_local_mask2former_folder_loads_through_universal_segmentation(tmp_pat
 
 def test_a_local_folder_loads_without_the_tiny_switch(node: Segmentation, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
-    folder = tiny_model("segformer", _tiny_vision.segformer)
+    folder = tiny_model("segformer", segmentation.tiny)
     local = Segmentation(SegmentationParams(model=str(folder), classes=["person", "wall"]), "seg")
     local.load("cpu", "float32")
     assert np.array_equal(local.run_batch(frames()[:1], [local.params])[0]["labels"],

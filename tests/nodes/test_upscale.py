@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from capgraph.engine.executor import Executor
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.validate import load_plan
-from capgraph.nodes import _tiny_sd
-from capgraph.nodes.weights import ModelMissing, split_weights, tiny_model
-from capgraph.nodes.upscale import Upscale, UpscaleParams, _save_tiny_esrgan
+from capgraph.engine.weights import ModelMissing, split_weights, tiny_model
+from capgraph.nodes import upscale
+from capgraph.nodes.upscale import Upscale, UpscaleParams, tiny_esrgan
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
@@ -79,8 +79,8 @@ def test_sd_x4_is_seeded_per_frame_and_follows_the_prompt_port(sd_x4: Upscale) -
 
 def test_local_files_and_folders_load_without_the_tiny_switch(esrgan: Upscale, sd_x4: Upscale, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
-    weights = tiny_model("esrgan-x4", _save_tiny_esrgan) / "model.pth"
-    folder = tiny_model("sd-x4-upscaler", _tiny_sd.save_x4_upscaler)
+    weights = tiny_model("esrgan-x4", tiny_esrgan) / "model.pth"
+    folder = tiny_model("sd-x4-upscaler", upscale.tiny_x4)
     assert (folder / "model_index.json").exists() and (folder / "low_res_scheduler").is_dir()
     for reference, params in ((esrgan, {"method": "esrgan", "model": str(weights)}),
                               (sd_x4, {"method": "sd_x4", "model": str(folder), "steps": 2})):

@@ -5,7 +5,7 @@ Not a built-in. The reliability tests add it to every process, Ray replicas incl
 
 `seconds` is a request param, so one request can hang while the others run at once; the
 sleep is per batch (the longest of its frames), as a stuck kernel would hold its batch.
-The image passes through unchanged. No weights, no GPU.
+The image passes through unchanged. No weights, no GPU. benchmarks/hold.py reuses it.
 """
 
 import time
@@ -38,6 +38,11 @@ class Sleepy(Node):
     def warmup(self) -> None:
         """Warm-up must not sleep: a graph that asks for a slow default still loads at once."""
 
-    def run_batch(self, inputs: Sequence[Frame], params: Sequence[SleepyParams]) -> list[Frame]:
-        time.sleep(max((p.seconds for p in params), default=0.0))
-        return [{"image": frame["image"]} for frame in inputs]
+    def run_batch(self, inputs: Sequence[Frame], params: Sequence[NodeParams]) -> list[Frame]:
+        time.sleep(max((self.seconds(p) for p in params), default=0.0))
+        return [{name: frame[name] for name in self.outputs} for frame in inputs]  # inputs pass through
+
+    @staticmethod
+    def seconds(params: NodeParams) -> float:
+        """How long a batch holding a frame with these params sleeps (benchmarks/hold.py reads its own param)."""
+        return params.seconds  # type: ignore[attr-defined]

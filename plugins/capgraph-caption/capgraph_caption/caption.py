@@ -26,8 +26,8 @@ from pydantic import Field
 
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
-from capgraph.nodes._shared import module_bytes, no_progress_bars
-from capgraph.nodes.weights import Weights
+from capgraph.engine.weights import Weights
+from capgraph.nodes.helpers import load_pretrained, no_progress_bars
 from capgraph_caption import models
 
 BLIP = Weights("blip-caption", "Salesforce/blip-image-captioning-large", models.blip, models.random_blip)
@@ -68,7 +68,6 @@ class Caption(Node):
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
-        import torch
         import transformers
         from transformers import AutoConfig
 
@@ -81,10 +80,7 @@ class Caption(Node):
             raise ValueError(f"node '{self.node_id}': model '{self.params.model}' is a '{kind}' checkpoint; caption loads "
                              f"BLIP ({', '.join(MODEL_TYPES)}) captioning checkpoints")
         model_class, processor_class = (getattr(transformers, name) for name in MODEL_TYPES[kind])
-        self.torch_dtype = getattr(torch, dtype)
-        self.processor = processor_class.from_pretrained(path)
-        self.model = model_class.from_pretrained(path, dtype=self.torch_dtype).to(device).eval()
-        self.weight_bytes = module_bytes(self.model)
+        self.processor, self.model = load_pretrained(self, path, model_class, processor_class)
 
     def warmup(self) -> None:
         """One short caption with beam search, so generate's kernels and caches are ready."""

@@ -14,7 +14,7 @@ saves and loads back, and `generate` runs on a batch with and without a prompt.
 from pathlib import Path
 from typing import Any
 
-from capgraph.nodes._shared import no_progress_bars
+from capgraph.nodes.helpers import no_progress_bars
 
 WORDS = ("a an the of in on with and at photo picture painting drawing cat dog house tree sky man woman child car "
          "road street field water red blue green white black small large standing sitting sunset").split()

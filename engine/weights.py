@@ -1,32 +1,9 @@
-"""Where a model node's weights come from: a local folder, the Hugging Face cache, or the
-tiny random-initialised models capgraph builds itself.
+"""The weights contract: where a model node's weights come from (a local folder, the Hugging
+Face cache, or the tiny and full-size random models a family builds itself), chosen for
+every node at once by `CAPGRAPH_MODELS` (unset, `tiny` or `random`).
 
-A family declares each model it loads once, as a `Weights` entry on its class
-(`Node.weights`): the key naming it in tiny and random modes, the param's default id, and
-the builders of its tiny and full-size random models. The node base class derives from
-it what `capgraph prepare` fetches (`Node.models()`), what `capgraph tiny-models` and
-`capgraph random-models` write (`Node.tiny_models()`, `Node.random_models()`), and what
-`load` reads (`Node.resolve_weights(name)`, which calls `resolve` here).
-
-`CAPGRAPH_MODELS` picks the source for every model node at once:
-
-- unset (production): `model` is a local path or a Hugging Face id. Ids resolve to the
-  local cache (`HF_HOME`, or `CAPGRAPH_MODEL_DIR` / `capgraph prepare --model-dir`) and,
-  with `HF_HUB_OFFLINE=1`, a model that is not there is a `ModelMissing` error at load
-  time naming the node, the id and the command that fixes it.
-- `tiny`: each entry's tiny model, built from a config on first use, saved in the real
-  repo's folder layout under `CAPGRAPH_TINY_DIR` (default `~/.cache/capgraph/tiny`) and
-  loaded back through the same `from_pretrained` path. Any graph runs on a fresh CPU
-  machine with no downloads.
-- `random`: each entry's default architecture at its real size with random fp16 weights,
-  written once under `CAPGRAPH_RANDOM_DIR` (default `~/.cache/capgraph/random`) in the
-  same layout, built on the GPU when there is one. For measuring latency and VRAM of a
-  served graph where the hub cannot be reached; prepare them ahead with
-  `write_random_models(dir, families)` (`capgraph random-models DIR`).
-
-In `tiny` and `random` modes the node's `model` is ignored: the entry's key decides.
-This module imports nothing of the engine: whatever needs every family (the catalogue)
-is handed the families by its caller.
+A family declares each model once, as a `Weights` entry (`Node.weights`); `resolve` gives
+the folder `load` reads. Engine-owned: serve and the CLI read it without the nodes.
 """
 
 import fcntl

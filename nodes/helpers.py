@@ -1,11 +1,17 @@
-"""Small helpers shared by node families: resizing and mask handling live here once."""
+"""Helpers shared by node families (and plug-ins): resizing, byte counts, quiet loading, fp16 variants."""
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from capgraph.engine.values import gray_to_rgb  # noqa: F401  (nodes import it from here)
+from capgraph.engine.node import Frame
+
+if TYPE_CHECKING:
+    from capgraph.engine.node import Node
+
+P = TypeVar("P")
 
 
 def resize(array: np.ndarray, width: int, height: int, *, smooth: bool = True) -> np.ndarray:
@@ -65,7 +71,7 @@ def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
     prepare` on a GPU machine fetches only those): they load upcast."""
     import torch
 
-    from capgraph.nodes.weights import FP16_FILE
+    from capgraph.engine.weights import FP16_FILE
 
     folder = Path(path)
     if not folder.is_dir():
@@ -75,3 +81,21 @@ def fp16_variant(path: str, torch_dtype: Any) -> dict[str, str]:
     if half and (torch_dtype == torch.float16 or len(half) == len(weights)):
         return {"variant": "fp16"}
     return {}
+
+
+def per_frame(run: Callable[[Frame, P], Frame], inputs: Sequence[Frame], params: Sequence[P]) -> list[Frame]:
+    """The batch of a family that works frame by frame: `run(frame, params)` for each, in order."""
+    return [run(frame, p) for frame, p in zip(inputs, params)]
+
+
+def load_pretrained(node: "Node", path: str, model_class: Any, processor_class: Any) -> tuple[Any, Any]:
+    """The processor and model of a transformers checkpoint folder, the model in the node's
+    dtype on its device for inference; sets `node.torch_dtype` and `node.weight_bytes`."""
+    import torch
+
+    no_progress_bars()
+    node.torch_dtype = getattr(torch, node.dtype)  # type: ignore[attr-defined]
+    processor = processor_class.from_pretrained(path)
+    model = model_class.from_pretrained(path, dtype=node.torch_dtype).to(node.device).eval()  # type: ignore[attr-defined]
+    node.weight_bytes = module_bytes(model)
+    return processor, model
