@@ -153,7 +153,7 @@ def build(args: CapabilityArgs) -> Application:
     except GraphInvalid as exc:
         _refuse(exc.render())
     if blueprint.problems and args.preflight == "fail":
-        _refuse(_fit_report(blueprint))
+        _refuse(fit_report(blueprint))
     return bind(blueprint, args)
 
 
@@ -217,7 +217,7 @@ def build_model(args: CapabilityArgs) -> Application:
     except GraphInvalid as exc:
         _refuse(exc.render())
     if blueprint.problems and args.preflight == "fail":
-        _refuse(_fit_report(blueprint))
+        _refuse(fit_report(blueprint))
     return bind_model(blueprint, args)
 
 
@@ -317,7 +317,7 @@ def current_cluster() -> preflight.Cluster:
     return preflight.local_cluster(probe_gpus=True)
 
 
-def _fit_report(blueprint: Blueprint) -> str:
+def fit_report(blueprint: Blueprint) -> str:
     lines = [f"capability '{blueprint.compiled.plan.capability}' does not fit the cluster "
              f"({preflight.demand(blueprint.compiled)} wanted; the cluster has {blueprint.cluster.describe()}):"]
     lines += [f"  - {p}" for p in blueprint.problems]
