@@ -196,3 +196,72 @@ def _signal_all(processes: Iterable[Any], send: Callable[[Any], None]) -> None:
             send(process)
         except psutil.Error:  # gone meanwhile, or not ours to signal
             continue
+
+
+def stop_local_serve_run(log: Any) -> None:
+    """Stop a `serve run CONFIG` waiting on an application whose build failed.
+
+    Ray's `serve run CONFIG` (`ray/serve/scripts.py`, Ray 2.60) submits the config and then
+    sleeps until Ctrl-C, whatever the build does: it does not poll the application's status,
+    and no flag makes it exit on DEPLOY_FAILED (`--non-blocking` returns once the config is
+    submitted, before the build). So the builder interrupts it as Ctrl-C would (it shuts
+    Serve down and exits), when it runs on this machine and nothing is deployed yet; a
+    cluster that already serves something is left alone.
+
+    The driver is looked for among this process's ancestors first: a `serve run` that
+    started its own Ray is the parent of the raylet that started this worker, found with no
+    call to Ray. Only where it is not (a `serve run` that joined a cluster on this machine)
+    is Ray's job table asked, once, for the driver of this job. Best effort: the failed
+    application says why either way."""
+    try:
+        pid = _serve_run_ancestor() or _serve_run_driver()
+        if pid is None or _serving():
+            return
+        log.error("capgraph: stopping `serve run` (pid %d): the graph cannot be deployed", pid)
+        for handler in log.handlers:  # the line goes to the driver's log before it stops
+            handler.flush()
+        os.kill(pid, signal.SIGINT)
+    except Exception as exc:
+        log.debug("capgraph: could not stop serve run: %s", exc)
+
+
+def _serve_run_ancestor() -> int | None:
+    import psutil
+
+    for process in psutil.Process().parents():
+        try:
+            if _is_serve_run(process.cmdline()):
+                return process.pid
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return None
+
+
+def _serve_run_driver() -> int | None:
+    """The driver of this job when it runs on this machine and is a `serve run CONFIG`: its
+    command line as Ray recorded it at `ray.init` (the job table's entrypoint)."""
+    import shlex
+
+    import ray
+    from ray._private import state
+
+    job_id = ray.get_runtime_context().get_job_id()
+    here = ray.util.get_node_ip_address()
+    for job in state.jobs():
+        if job["JobID"] == job_id and not job["IsDead"] and job["DriverIPAddress"] == here:
+            argv = shlex.split(job.get("Entrypoint") or "")
+            return int(job["DriverPid"]) if _is_serve_run(argv) else None
+    return None
+
+
+def _is_serve_run(argv: list[str]) -> bool:
+    """`serve run FILE.yaml`, however the `serve` script was started (by path, through python)."""
+    names = [os.path.basename(a) for a in argv]
+    return "serve" in names and "run" in argv and any(a.endswith((".yaml", ".yml")) for a in argv)
+
+
+def _serving() -> bool:
+    """Whether any application of this Serve instance has a deployment."""
+    from ray import serve
+
+    return any(app.deployments for app in serve.status().applications.values())
