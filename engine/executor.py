@@ -81,8 +81,9 @@ class Executor:
         return self.run_resolved(frames, self.plan.params_for(params))
 
     def run_resolved(self, frames: Sequence[Mapping[str, Any]], node_params: Mapping[str, NodeParams]) -> RunResult:
-        """`run` with each node's params already resolved (`Plan.params_for`, as a front end
-        that checked a request has them); a node left out runs with the graph's params."""
+        """`run` with every node's params already resolved, in the form the front ends pass on
+        (`serve.capability.http.check_params`, `Plan.params_for`); a node left out (`{}`: no
+        request params) runs with the graph's params."""
         if not self.nodes:
             self.load()
         checked = [check_inputs(self.plan, f, "inputs" if len(frames) == 1 else f"inputs[{i}]") for i, f in enumerate(frames)]

@@ -18,8 +18,8 @@ from capgraph.serve.capability.http import route_path
 from capgraph.livepeer.settings import LivepeerSettings
 
 RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
-"""One frame's graph inputs and each node's params, resolved once per request by the route
-(`serve.capability.http.check_params` or `Plan.params_for`; a node left out runs with the graph's)
+"""One frame's graph inputs and every node's params, resolved once per request by the route
+(`serve.capability.http.check_params` or `Plan.params_for`) and passed on as they are
 -> (graph outputs, timings_ms)."""
 RunBatchFn = Callable[[list[dict[str, Any]], Mapping[str, NodeParams]], Awaitable[list[dict[str, Any]]]]
 """Frames sharing one set of node params -> one dict of graph outputs per frame."""

@@ -8,8 +8,6 @@ steps and where an invalid graph stops.
 """
 
 import logging
-import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from capgraph.serve.compile.compiler import INGRESS, Compiled, Remote, Unit, com
 from capgraph.serve.capability.ingress import RETRY_AFTER_S, Capability, Settings
 from capgraph.serve.compile.overlay import find_overlay, measured_costs
 from capgraph.serve.compile.planner import Cost, machine_for
+from capgraph.serve.operate.process import stop_local_serve_run
 from capgraph.serve.replica import UnitReplica, stuck_after
 from capgraph.serve.capability.wire import MAX_BODY_BYTES
 
@@ -147,7 +146,7 @@ def build(args: CapabilityArgs) -> Application:
     except GraphInvalid as exc:
         _refuse(exc.render())
     if blueprint.problems and args.preflight == "fail":
-        _refuse(_fit_report(blueprint))
+        _refuse(fit_report(blueprint))
     return bind(blueprint, args)
 
 
@@ -211,7 +210,7 @@ def build_model(args: CapabilityArgs) -> Application:
     except GraphInvalid as exc:
         _refuse(exc.render())
     if blueprint.problems and args.preflight == "fail":
-        _refuse(_fit_report(blueprint))
+        _refuse(fit_report(blueprint))
     return bind_model(blueprint, args)
 
 
@@ -311,7 +310,7 @@ def current_cluster() -> preflight.Cluster:
     return preflight.local_cluster(probe_gpus=True)
 
 
-def _fit_report(blueprint: Blueprint) -> str:
+def fit_report(blueprint: Blueprint) -> str:
     lines = [f"capability '{blueprint.compiled.plan.capability}' does not fit the cluster "
              f"({preflight.demand(blueprint.compiled)} wanted; the cluster has {blueprint.cluster.describe()}):"]
     lines += [f"  - {p}" for p in blueprint.problems]
@@ -326,7 +325,7 @@ def _refuse(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
     if not _inside_cluster():
         raise SystemExit(2)
-    _stop_local_serve_run()
+    stop_local_serve_run(log)
     raise BuildRefused(message)
 
 
@@ -336,29 +335,3 @@ def _inside_cluster() -> bool:
     from ray._private.worker import WORKER_MODE, global_worker
 
     return ray.is_initialized() and global_worker.mode == WORKER_MODE
-
-
-def _stop_local_serve_run() -> None:
-    """`serve run CONFIG` submits the config and then sleeps forever, whatever the build
-    does. When the process that started this Serve instance is such a `serve run` on this
-    machine and nothing has been deployed yet, interrupt it as Ctrl-C would: it shuts Serve
-    down and exits. A cluster that already serves something is left alone."""
-    try:
-        import ray
-        from ray._private import state
-
-        if any(app.deployments for app in serve.status().applications.values()):
-            return
-        job_id = ray.get_runtime_context().get_job_id()
-        here = ray.util.get_node_ip_address()
-        for job in state.jobs():
-            if job["JobID"] != job_id or job["IsDead"] or job["DriverIPAddress"] != here:
-                continue
-            pid = int(job["DriverPid"])
-            argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-            names = [Path(a).name for a in argv]
-            if "serve" in names and "run" in argv and any(a.endswith((".yaml", ".yml")) for a in argv):
-                log.error("capgraph: stopping `serve run` (pid %d): the graph cannot be deployed", pid)
-                os.kill(pid, signal.SIGINT)
-    except Exception as exc:  # best effort: the failed application still says why
-        log.debug("capgraph: could not stop serve run: %s", exc)

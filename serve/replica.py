@@ -176,10 +176,11 @@ class UnitReplica:
                  len(self.nodes), "s" if len(self.nodes) != 1 else "", self.unit.threads, "s" if self.unit.threads != 1 else "",
                  self.unit.max_batch_size, self.unit.batch_wait_s * 1000)
 
-    async def __call__(self, graph_inputs: Mapping[str, Any], overrides: Mapping[str, NodeParams], *upstream: Mapping[str, Any],
+    async def __call__(self, graph_inputs: Mapping[str, Any], params: Mapping[str, NodeParams], *upstream: Mapping[str, Any],
                        alias: Alias | None = None) -> dict[str, Any]:
-        """One frame: the graph inputs this unit reads, its nodes' param overrides, and
-        the results of the units it reads from (resolved by Ray from their responses).
+        """One frame: the graph inputs this unit reads, its nodes' params as the front end
+        resolved them (`check_params`), and the results of the units it reads from (resolved
+        by Ray from their responses).
         `alias`: the frame is another graph's, named as that graph names it (a shared
         model, `serve.compile.sharing`); the answer goes back under the caller's names."""
         values = dict(graph_inputs)
@@ -190,18 +191,18 @@ class UnitReplica:
             values.update(result["values"])
             meta.update(result["meta"])
         if alias is not None:
-            return await self._for_caller(values, overrides, meta, alias)
-        params = {node_id: overrides.get(node_id, self.plan.nodes[node_id].params) for node_id in self.unit.nodes}
-        return await self._submit(_Frame(values, params, time.perf_counter(), meta))
+            return await self._for_caller(values, params, meta, alias)
+        own = {node_id: params[node_id] for node_id in self.unit.nodes}
+        return await self._submit(_Frame(values, own, time.perf_counter(), meta))
 
     async def _submit(self, frame: _Frame) -> dict[str, Any]:
         self.queue_length.set(self.queued + 1)
         return await self.batcher.submit(frame)
 
-    async def _for_caller(self, values: Mapping[str, Any], overrides: Mapping[str, NodeParams], meta: dict[str, Any],
+    async def _for_caller(self, values: Mapping[str, Any], params: Mapping[str, NodeParams], meta: dict[str, Any],
                           alias: Alias) -> dict[str, Any]:
         (mine,) = self.unit.nodes  # a shared model's application runs one node
-        frame = _Frame({port: values[key] for port, key in alias.inputs}, {mine: overrides.get(alias.node, alias.params)},
+        frame = _Frame({port: values[key] for port, key in alias.inputs}, {mine: params[alias.node]},
                        time.perf_counter(), {})
         result = await self._submit(frame)
         if "error" in result:

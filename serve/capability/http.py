@@ -118,8 +118,9 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> dict
     settable, of the JSON type its family declares (`"20"` is not a number), within its
     bounds, and a width x height it asks for fits the pixel limit. Raises InputError.
 
-    Returns each node's params with the request's applied (`Plan.params_for`): resolved
-    here, once per request, and passed on to `run` as they are."""
+    Returns every node's params with the request's applied (`Plan.params_for`; the graph's
+    own objects where it changes none): resolved here, once per request, and passed on as
+    they are, through `run` and the ingress to the node replicas."""
     settable = plan.request_params()
     for key, value in params.items():
         if key not in settable:

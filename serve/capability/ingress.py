@@ -72,8 +72,8 @@ class Capability:
     # -- the shared entry points ------------------------------------------------------------
 
     async def run(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One frame through the graph, with each node's params as `check_params` resolved
-        them (a node left out runs with the graph's). Raises InputError on bad input,
+        """One frame through the graph, with every node's params as `check_params` resolved
+        them (`Plan.params_for`). Raises InputError on bad input,
         NodeFailed when the graph could not answer (a node failed: 500; a replica is gone
         or the capability is full: 503; past the request timeout: 504)."""
         with self.admitted():
@@ -103,9 +103,8 @@ class Capability:
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
-        overrides = {k: v for k, v in params.items() if v is not self.plan.nodes[k].params}
         try:
-            results = await self._dispatch(checked, overrides, timeout)
+            results = await self._dispatch(checked, params, timeout)
         except NodeFailed:
             self.traffic.failure(None)
             raise
@@ -131,14 +130,15 @@ class Capability:
         batches = {node_id: int(m["batch"]) for node_id, m in meta.items()}
         return outputs, timings, batches
 
-    async def _dispatch(self, checked: Mapping[str, Any], overrides: Mapping[str, NodeParams], timeout: float) -> list[dict[str, Any]]:
-        """Send the frame to every unit at once; the results of the units nobody reads from."""
+    async def _dispatch(self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float) -> list[dict[str, Any]]:
+        """Send the frame to every unit at once, each with its nodes' entries of the request's
+        resolved params; the results of the units nobody reads from."""
         responses: dict[str, DeploymentResponse] = {}
         for unit in self.compiled.units:
-            mine = {k: v for k, v in overrides.items() if k in unit.nodes}
             shared = {"alias": unit.remote.alias} if unit.remote else {}
             responses[unit.name] = self.handles[unit.name].remote(
-                {name: checked[name] for name in unit.graph_inputs}, mine, *(responses[u] for u in unit.upstream), **shared)
+                {name: checked[name] for name in unit.graph_inputs}, {node_id: params[node_id] for node_id in unit.nodes},
+                *(responses[u] for u in unit.upstream), **shared)
         awaited = [responses[name] for name in self.compiled.awaited]
         try:
             return await asyncio.wait_for(asyncio.gather(*awaited), timeout)

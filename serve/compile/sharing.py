@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan, PlannedNode, Source
 from capgraph.engine.types import PortType
 
@@ -46,8 +45,6 @@ class Alias:
     inputs: tuple[tuple[str, str], ...]
     """(the shared graph's input = its node's port, the caller's value key: a graph input
     name or `node.port`)."""
-    params: NodeParams
-    """The caller's params for the node, where a request does not override them."""
 
 
 def share_key(node: PlannedNode) -> str | None:
@@ -99,7 +96,7 @@ def shared_in(plan: Plan, shared: Mapping[str, SharedModel]) -> dict[str, Shared
 
 def alias(plan: Plan, node_id: str) -> Alias:
     node = plan.nodes[node_id]
-    return Alias(node_id, tuple((port, str(src)) for port, src in node.inputs.items()), node.params)
+    return Alias(node_id, tuple((port, str(src)) for port, src in node.inputs.items()))
 
 
 def _one_node_graph(users: Sequence[tuple[Plan, str]], key: str) -> dict[str, Any]:

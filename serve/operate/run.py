@@ -7,24 +7,18 @@ docs/serving.md ("Stopping") has the exit codes and the steps.
 
 import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal, TextIO
 
 from capgraph.engine.errors import GraphInvalid
+from capgraph.serve.operate.process import LocalRay, StopSignals, wait_until_stopped
 
 EXIT_INVALID = 2
 EXIT_DOES_NOT_FIT = 3
 EXIT_DEPLOY_FAILED = 1
 EXIT_SIGNALLED = 128  # + the signal's number, as shells report it: 130 Ctrl-C, 143 SIGTERM
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-LEFTOVER_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL, for Ray processes outliving ray.shutdown()
 
 
 def serve_graph(
@@ -72,7 +66,7 @@ def serve_graph(
         print(exc, file=sys.stderr)
         return EXIT_DEPLOY_FAILED
 
-    signals = _StopSignals(out)
+    signals = StopSignals(out)
     signals.take()  # from before ray.init: a SIGTERM while Ray starts stops it like Ctrl-C too
     code = EXIT_DEPLOY_FAILED
     try:
@@ -80,7 +74,7 @@ def serve_graph(
             _start_ray(address, out)
         code = deploy_apps(apps, host, port, out)
         if code == 0 and blocking:
-            _serve_until_stopped()
+            wait_until_stopped()
         return code
     except ClusterUnreachable as exc:
         print(exc, file=sys.stderr)
@@ -182,7 +176,7 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
     models first; 0 once every one is healthy."""
     from ray import serve
 
-    from capgraph.serve.app import _fit_report, bind, bind_model
+    from capgraph.serve.app import bind, bind_model, fit_report
     from capgraph.serve.operate.together import plan_all
 
     try:
@@ -193,7 +187,7 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
     refused = next((b for b in blueprints if b.problems), None)
     if refused is not None and apps[0].args.preflight == "fail":
         if len(apps) == 1:
-            print(_fit_report(refused), file=sys.stderr)
+            print(fit_report(refused), file=sys.stderr)
         else:
             print(f"the graphs served together ({', '.join(a.name for a in apps if not a.model)}, and the models they share) "
                   f"do not fit the cluster ({refused.cluster.describe()}):", file=sys.stderr)
@@ -246,84 +240,6 @@ def _until_healthy(health_url: str, limit_s: float = 30.0) -> float:
     return time.time() - psutil.Process().create_time()
 
 
-def _serve_until_stopped() -> None:
-    """Block until Ctrl-C or SIGTERM (both arrive as KeyboardInterrupt, see `_StopSignals`)."""
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-
-
-class _StopSignals:
-    """SIGTERM behaves like Ctrl-C while `serve_graph` runs, and neither aborts the shutdown.
-
-    Left to Ray, a SIGTERM reaches the core worker's crash handler (`*** SIGTERM received
-    ***`), which aborts the driver: no `finally` runs, Serve is not drained (the
-    orchestrator is never told) and the raylet's `ray::DashboardAgent` and
-    `ray::RuntimeEnvAgent` are orphaned. `signal.signal` puts Python's handler back in
-    front of it; raising KeyboardInterrupt in the main thread then takes the same path as
-    Ctrl-C. Signal handlers can only be set from the main thread: elsewhere (an
-    application embedding `serve_graph`) this does nothing and that application's handlers apply.
-    """
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._original: dict[int, Any] = {}
-        self._ray_sigterm: Any = None
-        self._stopping = False
-        self.received: int = signal.SIGINT  # the last stop signal; a KeyboardInterrupt from elsewhere counts as Ctrl-C
-
-    def take(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._original = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-
-    @contextmanager
-    def keeping_sigterm(self) -> Iterator[None]:
-        """Ours stays SIGTERM's handler while `ray.init` runs, which sets a Python one of its
-        own (it kills Ray's processes, the raylet with one second's grace, and exits 1):
-        Ray's is kept instead, for when Ray outlives this call. Only the core worker's
-        crash handler, set in C++ near the end of `ray.init`, gets in first until
-        `ray.init` returns and ours is set again."""
-        if not self._original:
-            yield
-            return
-        from ray._private import utils as ray_utils
-
-        setter = getattr(ray_utils, "set_sigterm_handler", None)  # private: if Ray renames it, ours is set again after
-        if setter is not None:
-            ray_utils.set_sigterm_handler = self._keep_ray_sigterm
-        try:
-            yield
-        finally:
-            if setter is not None:
-                ray_utils.set_sigterm_handler = setter
-            self._keep_ray_sigterm(signal.signal(signal.SIGTERM, self._handle))
-
-    def _keep_ray_sigterm(self, handler: Any) -> None:
-        if handler != self._handle:
-            self._ray_sigterm = handler
-
-    def stopping(self) -> None:
-        self._stopping = True
-
-    def give_back(self, ray_running: bool) -> None:
-        """The handlers found before; Ray's SIGTERM handler if Ray stays up (it stops Ray's processes)."""
-        for sig, previous in self._original.items():
-            if sig == signal.SIGTERM and ray_running and self._ray_sigterm is not None:
-                previous = self._ray_sigterm
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
-        self._original = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-        if self._stopping:
-            print(f"{signal.Signals(signum).name}: already shutting down, letting it finish (SIGKILL forces it)",
-                  file=self._out, flush=True)
-            return
-        raise KeyboardInterrupt
-
-
 def _shut_down(names: Sequence[str], out: TextIO) -> None:
     """Drain, then stop the local Ray this process started, or leave a joined cluster.
 
@@ -340,7 +256,7 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
     node = ray._private.worker._global_node  # set as soon as ray.init started or found a node
     if node is None and not ray.is_initialized():
         return
-    local = _LocalRay.of(node)
+    local = LocalRay.of(node)
     print(f"shutting down: draining, unregistering, {'stopping the local Ray' if local else 'disconnecting from the Ray cluster'}",
           file=out, flush=True)
     started = time.monotonic()
@@ -364,121 +280,6 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
         if local:
             local.stop_leftovers(processes, out)
     print(f"stopped in {time.monotonic() - started:.1f}s", file=out, flush=True)
-
-
-@dataclass(frozen=True)
-class _LocalRay:
-    """The Ray instance this process started: the processes `ray.init` spawned, and the
-    session directory that names them.
-
-    `ray.shutdown()` stops the processes `ray.init` spawned (raylet, gcs_server, dashboard,
-    ...) but not always theirs, as it gives each one second before SIGKILL: the dashboard's
-    head modules (`ray-dashboard-*Head-0`) outlive it every time here, and the raylet's
-    `ray::DashboardAgent` and `ray::RuntimeEnvAgent` have been seen running minutes later,
-    orphaned. So their descendants are recorded while they are still their parents, and
-    whatever of them still runs after `ray.shutdown()` is terminated.
-    """
-
-    session_dir: str
-    pids: tuple[int, ...]  # the processes ray.init spawned
-
-    @classmethod
-    def of(cls, node: Any) -> "_LocalRay | None":
-        """None when joined to a cluster: a driver that only connects spawns nothing, and
-        that cluster's processes are never ours to stop (whatever `address` said: Ray
-        may have found a running cluster on its own)."""
-        if node is None or not node.all_processes:
-            return None
-        pids = tuple(info.process.pid for infos in node.all_processes.values() for info in infos)
-        return cls(node.get_session_dir_path(), pids)
-
-    def processes(self) -> list[Any]:
-        """The processes of this Ray now: those spawned and all their descendants (agents, workers)."""
-        import psutil
-
-        found: dict[int, psutil.Process] = {}
-        for pid in self.pids:
-            try:
-                root = psutil.Process(pid)
-                found[pid] = root
-                found.update((child.pid, child) for child in root.children(recursive=True))
-            except psutil.Error:  # already gone
-                continue
-        return list(found.values())
-
-    def stop_leftovers(self, recorded: list[Any], out: TextIO) -> None:
-        """Terminate what of this Ray outlived `ray.shutdown()`: the recorded processes, and
-        any whose command line names this session's directory (unique to it: other Ray
-        instances on the machine are left alone)."""
-        import psutil
-
-        leftovers = {p.pid: p for p in recorded if _running(p)}
-        leftovers.update((p.pid, p) for p in _naming(self.session_dir) if p.pid not in leftovers)
-        if not leftovers:
-            return
-        names = ", ".join(f"{_name(p)} ({p.pid})" for p in leftovers.values())
-        print(f"stopping {len(leftovers)} Ray process(es) that outlived ray.shutdown(): {names}", file=out, flush=True)
-        _signal_all(leftovers.values(), lambda p: p.terminate())
-        _, alive = psutil.wait_procs(list(leftovers.values()), timeout=LEFTOVER_GRACE_S)
-        if alive:
-            _signal_all(alive, lambda p: p.kill())
-            psutil.wait_procs(alive, timeout=LEFTOVER_GRACE_S)
-
-
-def _running(process: Any) -> bool:
-    """Running and not a zombie (a zombie is gone already; it only waits to be reaped).
-    `is_running` also tells a reused pid from the process recorded."""
-    import psutil
-
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _naming(session_dir: str) -> list[Any]:
-    """Running processes whose command line mentions `session_dir`, this one excepted."""
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if process.pid != os.getpid() and any(session_dir in part for part in cmdline) and _running(process):
-            found.append(process)
-    return found
-
-
-def _name(process: Any) -> str:
-    import psutil
-
-    try:
-        return process.name()
-    except psutil.Error:  # gone meanwhile
-        return "?"
-
-
-def _signal_all(processes: Iterable[Any], send: Callable[[Any], None]) -> None:
-    import psutil
-
-    for process in processes:
-        try:
-            send(process)
-        except psutil.Error:  # gone meanwhile, or not ours to signal
-            continue
-
-
-def deployments(plan: Any) -> dict[str, tuple[str, ...]]:
-    """Deployment name -> its nodes, as the builder would compile `plan` here (this
-    machine's tuned overlay included, when it matches). No Ray, no torch: for pictures
-    (`capgraph render`), where only the grouping matters."""
-    from capgraph.serve.cluster import preflight
-    from capgraph.serve.compile.compiler import compile_plan
-    from capgraph.serve.compile.overlay import find_overlay
-
-    cluster = preflight.local_cluster(probe_gpus=False)
-    overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")
-    compiled = compile_plan(plan, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
-    return {u.name: u.nodes for u in compiled.units}
 
 
 def _print_blueprint(summary: dict[str, Any], out: TextIO) -> None:

@@ -21,11 +21,13 @@ SERVE = str(Path(sys.executable).with_name("serve"))
 
 
 def env() -> dict[str, str]:
-    """Tiny models, offline, and never the test session's own cluster: without RAY_ADDRESS,
-    `serve run` starts a local Ray instance of its own, as on a laptop."""
-    environ = os.environ | TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"], "RAY_USAGE_STATS_ENABLED": "0"}
-    environ.pop("RAY_ADDRESS", None)
-    return environ
+    """Tiny models, offline, and never the test session's own cluster: with RAY_ADDRESS=local
+    (`serve run --address` defaults to it), `serve run` starts a local Ray instance of its own,
+    as on a laptop, even where a `ray start` cluster runs on this machine, which it would join
+    otherwise (and a build failing there would leave it waiting on a cluster that serves
+    something)."""
+    return os.environ | TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"], "RAY_USAGE_STATS_ENABLED": "0",
+                                    "RAY_ADDRESS": "local"}
 
 
 def with_port(graph: Path, folder: Path, port: int, edit: tuple[str, str] | None = None) -> Path:

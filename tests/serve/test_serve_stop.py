@@ -16,7 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from capgraph.serve.operate.run import EXIT_SIGNALLED, _LocalRay, _StopSignals
+from capgraph.serve.operate.process import LocalRay as _LocalRay
+from capgraph.serve.operate.process import StopSignals as _StopSignals
+from capgraph.serve.operate.run import EXIT_SIGNALLED
 
 
 def _sleeper(*argv: str) -> subprocess.Popen:
