@@ -28,7 +28,7 @@ def kuberay(
     """Write a KubeRay RayService manifest: the graph file's Serve application as serveConfigV2,
     a head that holds no replica, and a worker group sized from the plan. Apply it with
     `kubectl apply -f FILE`."""
-    from capgraph.serve.operate.kuberay import Shape, check_name, memory_bytes, rayservice
+    from capgraph.serve.operate import Shape, check_name, memory_bytes, rayservice
 
     load_graph(graph)  # the same messages and exit code as `capgraph validate`
     if name is not None:
@@ -79,7 +79,7 @@ def serve_config_cmd(
     of their own, called by them all (what `capgraph serve A B` deploys)."""
     import yaml
 
-    from capgraph.serve.operate.together import serve_config
+    from capgraph.serve.operate import serve_config
 
     plans = [load_graph(path) for path in graph]
     text = yaml.safe_dump(serve_config([str(p) for p in graph], plans), sort_keys=False, width=120)

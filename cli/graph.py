@@ -21,7 +21,7 @@ def validate(graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=
     from capgraph.engine.validate import load_plan
 
     from capgraph.engine.yamlload import load_yaml
-    from capgraph.serve.compile.config_check import check_deployment_sections
+    from capgraph.serve.compile import check_deployment_sections
 
     report, failed = [], False
     for path in graphs:
@@ -98,8 +98,8 @@ def write_report(plan: Plan, frame: dict[str, Any], outputs: dict[str, Any], tim
                  device: str, path: Path) -> None:
     """The run as one HTML file (`serve.capability.report`), its nodes boxed as `capgraph render` boxes them."""
     from capgraph.engine.executor import check_inputs
-    from capgraph.serve.capability.report import run_report
-    from capgraph.serve.compile.compiler import deployments
+    from capgraph.serve.capability import run_report
+    from capgraph.serve.compile import deployments
 
     page = run_report(plan, check_inputs(plan, frame), outputs, timings_ms, load_s, device, deployments(plan))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,7 @@ def render(
     plan = load_graph(graph)
     boxes = None
     if deployments:
-        from capgraph.serve.compile.compiler import deployments as compiled_deployments
+        from capgraph.serve.compile import deployments as compiled_deployments
 
         boxes = compiled_deployments(plan)
     suffix = output.suffix.lower().lstrip(".") if output else "mmd"

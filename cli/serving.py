@@ -29,7 +29,7 @@ def serve_cmd(
     """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`).
     Several graphs are each a capability at /<capability>, and a model their nodes load
     alike runs once for all of them."""
-    from capgraph.serve.operate.run import serve_graph
+    from capgraph.serve.operate import serve_graph
 
     for path in graph:
         load_graph(path)  # the same messages and exit code as `capgraph validate`
@@ -45,7 +45,7 @@ def plan_cmd(
 ) -> None:
     """Print the Ray Serve deployments a graph compiles to, where each replica would go, and
     whether it fits the cluster."""
-    from capgraph.serve.operate.run import serve_graph
+    from capgraph.serve.operate import serve_graph
 
     for path in graph:
         load_graph(path)
@@ -64,7 +64,7 @@ def tune(
     """Profile each node on this machine at batch sizes 1..N and write the serving settings
     (batch sizes and waits, groups, GPU fractions, replicas) as an overlay that `serve run`,
     `capgraph serve` and `capgraph plan` pick up."""
-    from capgraph.serve.operate.tune import tune_graph
+    from capgraph.serve.operate import tune_graph
 
     load_graph(graph)
     overrides = {}

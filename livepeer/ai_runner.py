@@ -23,10 +23,10 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.capability.http import check_params, render_json
+from capgraph.serve.capability import check_params, render_json
 from capgraph.livepeer.guard import Guard, RunFn, error, failure
 from capgraph.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
-from capgraph.serve.capability.wire import MAX_BODY_BYTES, media_type, read_body, read_form
+from capgraph.serve.capability import MAX_BODY_BYTES, media_type, read_body, read_form
 
 log = logging.getLogger("capgraph.livepeer")
 

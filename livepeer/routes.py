@@ -16,12 +16,12 @@ from capgraph.engine.codecs import encode_outputs
 from capgraph.engine.errors import InputError
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.capability.http import render_json, request_schema
+from capgraph.serve.capability import render_json, request_schema
 from capgraph.livepeer.ai_runner import add_ai_runner_routes
-from capgraph.serve.capability.errors import RETRY_AFTER_S
+from capgraph.serve.capability import RETRY_AFTER_S
 from capgraph.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
 from capgraph.livepeer.settings import LivepeerSettings, load_settings
-from capgraph.serve.capability.wire import MAX_BODY_BYTES, read_job
+from capgraph.serve.capability import MAX_BODY_BYTES, read_job
 
 log = logging.getLogger("capgraph.livepeer")
 

@@ -27,13 +27,13 @@ from capgraph.engine.values import MAX_PIXELS
 from capgraph.engine.yamlload import YamlProblem, load_yaml
 from capgraph.serve.cluster import environment, preflight
 from capgraph.serve.compile import sharing
-from capgraph.serve.compile.compiler import INGRESS, Compiled, Remote, Unit, compile_plan
-from capgraph.serve.capability.ingress import RETRY_AFTER_S, Capability, Settings
-from capgraph.serve.compile.overlay import find_overlay, measured_costs
-from capgraph.serve.compile.planner import Cost, machine_for
-from capgraph.serve.operate.process import stop_local_serve_run
+from capgraph.serve.compile import INGRESS, Compiled, Remote, Unit, compile_plan
+from capgraph.serve.capability import RETRY_AFTER_S, Capability, Settings
+from capgraph.serve.compile import find_overlay, measured_costs
+from capgraph.serve.compile import Cost, machine_for
+from capgraph.serve.operate import stop_local_serve_run
 from capgraph.serve.replica import UnitReplica, stuck_after
-from capgraph.serve.capability.wire import MAX_BODY_BYTES
+from capgraph.serve.capability import MAX_BODY_BYTES
 
 log = logging.getLogger("ray.serve")
 

@@ -22,10 +22,10 @@ from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
 from capgraph.serve.cluster import respread
-from capgraph.serve.compile.compiler import Unit
-from capgraph.serve.cluster.cores import CoreShare, machine_cores, sharing_on
-from capgraph.serve.compile.overlay import write_measured
-from capgraph.serve.compile.sharing import Alias
+from capgraph.serve.compile import Unit
+from capgraph.serve.cluster import CoreShare, machine_cores, sharing_on
+from capgraph.serve.compile import write_measured
+from capgraph.serve.compile import Alias
 
 log = logging.getLogger("ray.serve")
 

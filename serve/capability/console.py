@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from capgraph.engine.render import picture
 from capgraph.serve.capability import http
 from capgraph.serve.capability.http import route_path
-from capgraph.serve.compile.compiler import Unit
+from capgraph.serve.compile import Unit
 from capgraph.serve.capability.traffic import RATE_S, WINDOW_S
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from capgraph.serve.compile.compiler import Compiled, Unit
+from capgraph.serve.compile import Compiled, Unit
 from capgraph.serve.capability.incidents import RayStatus, Replacements, unusable
-from capgraph.serve.cluster.respread import claimed
+from capgraph.serve.cluster import claimed
 
 log = logging.getLogger("ray.serve")
 

@@ -21,7 +21,7 @@ from capgraph.engine.errors import NodeFailed, from_dict
 from capgraph.engine.executor import check_inputs
 from capgraph.engine.node import NodeParams
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.compile.compiler import Compiled
+from capgraph.serve.compile import Compiled
 from capgraph.serve.capability.errors import RETRY_AFTER_S, first_line
 from capgraph.serve.capability.health import Health
 from capgraph.serve.capability.routes import capability_app

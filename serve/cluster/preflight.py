@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from capgraph.engine.plan import Plan, PlannedNode
-from capgraph.serve.compile.compiler import GIB, INGRESS, Compiled, Unit
+from capgraph.serve.compile import GIB, INGRESS, Compiled, Unit
 
 log = logging.getLogger("capgraph.serve")
 

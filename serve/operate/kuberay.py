@@ -18,8 +18,8 @@ from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.spec import Autoscale
 from capgraph.serve.cluster import environment, preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.compile.compiler import Compiled
-from capgraph.serve.compile.config_check import application
+from capgraph.serve.compile import Compiled
+from capgraph.serve.compile import application
 
 API_VERSION = "ray.io/v1"
 SERVE_PORT = 8000

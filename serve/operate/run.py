@@ -121,7 +121,7 @@ def _start_ray(address: str | None, out: TextIO, *, quiet: bool = False) -> None
         ray.init(address=address, namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
     except Exception as exc:  # ConnectionError, an authentication error, a bad address: Ray's words say which
         raise ClusterUnreachable(_join_failure(address, exc)) from None
-    from capgraph.serve.cluster.preflight import cluster_from_ray
+    from capgraph.serve.cluster import cluster_from_ray
 
     cluster = cluster_from_ray()
     at = ray.get_runtime_context().gcs_address if address == "auto" else address
@@ -251,7 +251,7 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
     import ray
     from ray import serve
 
-    from capgraph.serve.compile.sharing import MODEL_APP_PREFIX
+    from capgraph.serve.compile import MODEL_APP_PREFIX
 
     node = ray._private.worker._global_node  # set as soon as ray.init started or found a node
     if node is None and not ray.is_initialized():

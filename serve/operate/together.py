@@ -17,8 +17,8 @@ from capgraph.engine.plan import Plan
 from capgraph.serve.cluster import preflight
 from capgraph.serve.compile import sharing
 from capgraph.serve.app import Blueprint, CapabilityArgs, current_cluster, plan_app
-from capgraph.serve.compile.compiler import INGRESS, Compiled
-from capgraph.serve.compile.config_check import application
+from capgraph.serve.compile import INGRESS, Compiled
+from capgraph.serve.compile import application
 
 
 MODEL_BUILDER = "capgraph.serve.app:build_model"

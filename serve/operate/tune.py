@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.plan import Plan
-from capgraph.serve.compile.overlay import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
+from capgraph.serve.compile import OVERLAY_FORMAT, Overlay, default_path, fingerprint, overlay_yaml
 
 INGRESS_CPUS = 0.25
 """What the ingress is assumed to take when tuning (CapabilityArgs.ingress_cpus's default)."""
@@ -204,8 +204,8 @@ def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapp
 
 def _compile(plan: Plan, overlay: Mapping[str, Any]) -> Any:
     from capgraph.serve.cluster import preflight
-    from capgraph.serve.compile.compiler import compile_plan
-    from capgraph.serve.compile.planner import machine_for
+    from capgraph.serve.compile import compile_plan
+    from capgraph.serve.compile import machine_for
 
     cluster = preflight.local_cluster(probe_gpus=overlay["machine"]["device"] == "cuda")
     read = Overlay("", plan.capability, overlay["fingerprint"], overlay["machine"], overlay["profile"], overlay["nodes"])

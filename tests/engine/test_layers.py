@@ -89,3 +89,21 @@ def test_no_package_imports_another_packages_private_names() -> None:
                     if _package(node.module) != here and (private or hidden):
                         found.append(f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private) or '...'}")
     assert not found, "\n".join(found)
+
+
+def test_serve_sub_packages_are_entered_through_their_surface() -> None:
+    """Outside `serve/compile`, `serve/cluster`, `serve/capability` and `serve/operate`,
+    product code imports what each names in its `__init__.py` (or a whole module), never
+    a name from inside one of its modules."""
+    subs = ("compile", "cluster", "capability", "operate")
+    found = []
+    for folder in PRODUCT:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    parts = node.module.split(".")
+                    if parts[:2] == ["capgraph", "serve"] and len(parts) > 3 and parts[2] in subs \
+                            and rel.parts[:2] != ("serve", parts[2]):
+                        found.append(f"{rel}: from {node.module} import ...")
+    assert not found, "\n".join(found)
