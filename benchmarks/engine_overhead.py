@@ -48,8 +48,15 @@ class Step(Node):
 
 
 def chain(n: int) -> dict:
-    nodes = {f"s{i}": {"type": "bench_step", "inputs": {"image": "image" if i == 0 else f"s{i - 1}.image"}} for i in range(n)}
-    return {"capability": "bench-chain", "inputs": {"image": "image"}, "nodes": nodes, "outputs": {"image": f"s{n - 1}.image"}}
+    nodes = {
+        f"s{i}": {"type": "bench_step", "inputs": {"image": "image" if i == 0 else f"s{i - 1}.image"}} for i in range(n)
+    }
+    return {
+        "capability": "bench-chain",
+        "inputs": {"image": "image"},
+        "nodes": nodes,
+        "outputs": {"image": f"s{n - 1}.image"},
+    }
 
 
 def main() -> None:

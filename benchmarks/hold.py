@@ -22,7 +22,9 @@ FAMILY = "benchmarks.hold:Hold"
 
 
 class HoldParams(NodeParams):
-    batch_ms: float = Field(1000.0, ge=0.0, le=60_000.0, description="how long one batch holds the replica, whatever its size")
+    batch_ms: float = Field(
+        1000.0, ge=0.0, le=60_000.0, description="how long one batch holds the replica, whatever its size"
+    )
 
 
 class Hold(Sleepy):

@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -35,7 +33,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "segmentation": ("segmentation", {}),
     "sam2": ("sam2", {}),
     "sdxl t2i 2 steps": ("sdxl", {"steps": 2, "width": 64, "height": 64}),
-    "sdxl controlnet 2 steps": ("sdxl", {"steps": 2, "width": 64, "height": 64, "controlnets": [{"model": "diffusers/controlnet-depth-sdxl-1.0"}]}),
+    "sdxl controlnet 2 steps": (
+        "sdxl",
+        {"steps": 2, "width": 64, "height": 64, "controlnets": [{"model": "diffusers/controlnet-depth-sdxl-1.0"}]},
+    ),
     "upscale esrgan": ("upscale", {"method": "esrgan"}),
     "upscale sd_x4 2 steps": ("upscale", {"method": "sd_x4", "steps": 2}),
 }
@@ -49,7 +50,9 @@ def frames_for(node: Node, size: int, count: int) -> list[dict[str, Any]]:
     return [dict(frame) for _ in range(count)]
 
 
-def measure(name: str, family_id: str, params: dict[str, Any], size: int, rounds: int, device: str, dtype: str) -> dict[str, Any]:
+def measure(
+    name: str, family_id: str, params: dict[str, Any], size: int, rounds: int, device: str, dtype: str
+) -> dict[str, Any]:
     family = catalogue()[family_id]
     node = family(family.Params(**params), family_id)
     start = time.perf_counter()
@@ -104,18 +107,28 @@ def main() -> None:
         if not args.json:
             print(f"  {name}…", file=sys.stderr, flush=True)
         rows.append(measure(name, family_id, params, args.size, args.rounds, device, dtype))
-    report = {"device": device, "dtype": dtype, "models": os.environ.get("CAPGRAPH_MODELS", "real"), "size": args.size, "nodes": rows}
+    report = {
+        "device": device,
+        "dtype": dtype,
+        "models": os.environ.get("CAPGRAPH_MODELS", "real"),
+        "size": args.size,
+        "nodes": rows,
+    }
     if args.json:
         print(json.dumps(report))
         return
-    print(f"\n{device} {dtype}, {report['models']} models, {args.size} px frames, median of {args.rounds} interleaved rounds")
+    print(
+        f"\n{device} {dtype}, {report['models']} models, {args.size} px frames, median of {args.rounds} interleaved rounds"
+    )
     header = f"{'node':<26}{'load s':>8}{'b1 ms':>9}{'b4 ms':>9}{'b4 ms/frame':>13}{'speed-up':>10}{'weights MB':>12}"
     if device.startswith("cuda"):
         header += f"{'peak VRAM MB':>14}"
     print(header)
     for r in rows:
-        line = (f"{r['node']:<26}{r['load_s']:>8.2f}{r['b1_ms']:>9.2f}{r['b4_ms']:>9.2f}{r['b4_ms_per_frame']:>13.2f}"
-                f"{r['batching_speedup']:>9.2f}x{r['weight_bytes'] / 1e6:>12.2f}")
+        line = (
+            f"{r['node']:<26}{r['load_s']:>8.2f}{r['b1_ms']:>9.2f}{r['b4_ms']:>9.2f}{r['b4_ms_per_frame']:>13.2f}"
+            f"{r['batching_speedup']:>9.2f}x{r['weight_bytes'] / 1e6:>12.2f}"
+        )
         if r["peak_vram_bytes"] is not None:
             line += f"{r['peak_vram_bytes'] / 1e6:>14.1f}"
         print(line)

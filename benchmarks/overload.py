@@ -59,11 +59,20 @@ def main() -> None:
     graph = nap_graph(capability="busy", seconds=FRAME_S)
     graph["nodes"]["nap"]["batch"] = {"max_size": 1, "wait_ms": 0}
     port = _free_port()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="overload", runtime_env={"env_vars": env})
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="overload",
+        runtime_env={"env_vars": env},
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build(CapabilityArgs(graph=graph, tuned=False, max_concurrency=MAX_CONCURRENCY, request_timeout_s=30)),
-                  name="busy", route_prefix="/busy")
+        serve.run(
+            build(CapabilityArgs(graph=graph, tuned=False, max_concurrency=MAX_CONCURRENCY, request_timeout_s=30)),
+            name="busy",
+            route_prefix="/busy",
+        )
         url = f"http://127.0.0.1:{port}/busy/v1/busy"
         body = {"inputs": {"image": png_b64(frame(16, 16))}}
         load = asyncio.run(run_load(url, body, args.clients, args.seconds, timeout_s=30, honour_retry_after=True))
@@ -75,11 +84,18 @@ def main() -> None:
     refused = sorted(r.seconds for r in load.records if r.status == 503)
     bound = (ADMITTED + 1) * FRAME_S
     report: dict[str, Any] = {
-        "clients": args.clients, "seconds": args.seconds, "frame_s": FRAME_S, "admitted": ADMITTED, "cpus": os.cpu_count(),
-        "accepted": len(accepted), "refused": len(refused),
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "frame_s": FRAME_S,
+        "admitted": ADMITTED,
+        "cpus": os.cpu_count(),
+        "accepted": len(accepted),
+        "refused": len(refused),
         "others": sum(1 for r in load.records if r.status not in (200, 503)),
-        "refusal_p50_s": statistics.median(refused) if refused else None, "refusal_p99_s": percentile(refused, 0.99),
-        "accepted_p50_s": statistics.median(accepted) if accepted else None, "accepted_p99_s": percentile(accepted, 0.99),
+        "refusal_p50_s": statistics.median(refused) if refused else None,
+        "refusal_p99_s": percentile(refused, 0.99),
+        "accepted_p50_s": statistics.median(accepted) if accepted else None,
+        "accepted_p99_s": percentile(accepted, 0.99),
         "queue_bound_s": bound,
     }
     report["refusal_p99_over_frame"] = report["refusal_p99_s"] / FRAME_S if refused else None
@@ -87,12 +103,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"\noverload: {args.clients} clients x {args.seconds:g} s on a {1 / FRAME_S:g} frame/s graph admitting {ADMITTED}, "
-          f"{report['cpus']} CPUs")
-    print(f"  refused {len(refused)} (503 + Retry-After): p50 {report['refusal_p50_s']:.3f} s, p99 {report['refusal_p99_s']:.3f} s "
-          f"= {report['refusal_p99_over_frame']:.2f} x one frame")
-    print(f"  accepted {len(accepted)}: p50 {report['accepted_p50_s']:.2f} s, p99 {report['accepted_p99_s']:.2f} s "
-          f"= {report['accepted_p99_over_bound']:.2f} x the queue bound ({bound:g} s); other statuses: {report['others']}")
+    print(
+        f"\noverload: {args.clients} clients x {args.seconds:g} s on a {1 / FRAME_S:g} frame/s graph admitting {ADMITTED}, "
+        f"{report['cpus']} CPUs"
+    )
+    print(
+        f"  refused {len(refused)} (503 + Retry-After): p50 {report['refusal_p50_s']:.3f} s, p99 {report['refusal_p99_s']:.3f} s "
+        f"= {report['refusal_p99_over_frame']:.2f} x one frame"
+    )
+    print(
+        f"  accepted {len(accepted)}: p50 {report['accepted_p50_s']:.2f} s, p99 {report['accepted_p99_s']:.2f} s "
+        f"= {report['accepted_p99_over_bound']:.2f} x the queue bound ({bound:g} s); other statuses: {report['others']}"
+    )
 
 
 if __name__ == "__main__":

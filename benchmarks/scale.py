@@ -65,11 +65,19 @@ def graph(replicas: int, batch: int, batch_ms: float) -> dict[str, Any]:
     """One `hold` node with its replicas, batch and CPU share written out (the planner's
     own choices would fit one machine)."""
     return {
-        "capability": "hold", "version": "v1",
+        "capability": "hold",
+        "version": "v1",
         "inputs": {"value": {"type": "number"}},
-        "nodes": {"hold": {"type": "hold", "params": {"batch_ms": batch_ms}, "inputs": {"value": "value"},
-                           "replicas": replicas, "resources": {"cpu": REPLICA_CPUS},
-                           "batch": {"max_size": batch, "wait_ms": 10}}},
+        "nodes": {
+            "hold": {
+                "type": "hold",
+                "params": {"batch_ms": batch_ms},
+                "inputs": {"value": "value"},
+                "replicas": replicas,
+                "resources": {"cpu": REPLICA_CPUS},
+                "batch": {"max_size": batch, "wait_ms": 10},
+            }
+        },
         "outputs": {"value": "hold.value"},
     }
 
@@ -78,10 +86,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8, help="frames per batch")
     parser.add_argument("--batch-ms", type=float, default=1000.0, help="how long a batch holds its replica")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per configuration (after a warm-up)")
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="measured seconds per configuration (after a warm-up)"
+    )
     parser.add_argument("--ingress-replicas", type=int, default=1)
-    parser.add_argument("--configs", default=",".join(f"{r}x{n}" for r, n in CONFIGS),
-                        help="REPLICASxNODES,... (default: %(default)s)")
+    parser.add_argument(
+        "--configs", default=",".join(f"{r}x{n}" for r, n in CONFIGS), help="REPLICASxNODES,... (default: %(default)s)"
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the batch_ms 0 run")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # the load process: a JSON job on stdin
@@ -100,8 +111,15 @@ def main() -> None:
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        report = run(configs, args.batch, args.batch_ms, args.seconds, args.ingress_replicas, not args.no_ceiling,
-                     log=lambda *_: None)
+        report = run(
+            configs,
+            args.batch,
+            args.batch_ms,
+            args.seconds,
+            args.ingress_replicas,
+            not args.no_ceiling,
+            log=lambda *_: None,
+        )
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -109,17 +127,27 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def run(configs: list[tuple[int, int]], batch: int, batch_ms: float, seconds: float, ingress_replicas: int,
-        ceiling: bool, log: Any = print) -> dict[str, Any]:
+def run(
+    configs: list[tuple[int, int]],
+    batch: int,
+    batch_ms: float,
+    seconds: float,
+    ingress_replicas: int,
+    ceiling: bool,
+    log: Any = print,
+) -> dict[str, Any]:
     """Every configuration on one cluster that grows a node at a time, then the ceiling."""
     # Every process of the cluster (raylets are this process's children) finds the family;
     # a temp dir of its own keeps other Ray users on this machine off this cluster.
     temp = tempfile.mkdtemp(prefix="cgscale-")
-    os.environ.update({
-        "CAPGRAPH_NODES": "benchmarks.hold:Hold", "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        "RAY_TMPDIR": temp,
-    })
+    os.environ.update(
+        {
+            "CAPGRAPH_NODES": "benchmarks.hold:Hold",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+            "RAY_TMPDIR": temp,
+        }
+    )
     sys.path.insert(0, str(ROOT))
     import ray
     from ray import serve
@@ -145,15 +173,25 @@ def run(configs: list[tuple[int, int]], batch: int, batch_ms: float, seconds: fl
             while nodes < want:
                 cluster.add_node(num_cpus=CPUS_PER_NODE)
                 nodes += 1
-            log(f"{replicas} replicas on {want} node{'s' if want > 1 else ''}, batch {batch} x {hold_ms:g} ms: deploying")
+            log(
+                f"{replicas} replicas on {want} node{'s' if want > 1 else ''}, batch {batch} x {hold_ms:g} ms: deploying"
+            )
             _deploy(graph(replicas, batch, hold_ms), ingress_replicas, port)
             clients = max(8, 2 * replicas * batch)
             # A whole number of batch times: completions come a batch at a time.
             window = max(1, round(seconds * 1000 / hold_ms)) * hold_ms / 1000 if hold_ms else seconds
             result = load(f"http://127.0.0.1:{port}/v1/hold", clients, window, _processes())
             ideal = replicas * batch * 1000 / hold_ms if hold_ms else None
-            row = {"replicas": replicas, "nodes": want, "batch": batch, "batch_ms": hold_ms, "clients": clients,
-                   "ideal_rps": ideal, "efficiency": result["rps"] / ideal if ideal else None, **result}
+            row = {
+                "replicas": replicas,
+                "nodes": want,
+                "batch": batch,
+                "batch_ms": hold_ms,
+                "clients": clients,
+                "ideal_rps": ideal,
+                "efficiency": result["rps"] / ideal if ideal else None,
+                **result,
+            }
             rows.append(row)
             log(_line(row))
     finally:
@@ -163,7 +201,11 @@ def run(configs: list[tuple[int, int]], batch: int, batch_ms: float, seconds: fl
         shutil.rmtree(temp, ignore_errors=True)
     eights = [r for r in rows if r["replicas"] == 8 and r["batch_ms"]]
     return {
-        "cpus": os.cpu_count(), "batch": batch, "batch_ms": batch_ms, "seconds": seconds, "ingress_replicas": ingress_replicas,
+        "cpus": os.cpu_count(),
+        "batch": batch,
+        "batch_ms": batch_ms,
+        "seconds": seconds,
+        "ingress_replicas": ingress_replicas,
         "efficiency_8": eights[-1]["efficiency"] if eights else None,
         "ceiling_rps": max((r["rps"] for r in rows), default=0.0),
         "bottleneck": _bottleneck(rows[-1]) if rows else None,
@@ -179,7 +221,9 @@ def _deploy(app_graph: dict[str, Any], ingress_replicas: int, port: int) -> None
 
     # preflight warn: today's pre-flight keys machines by IP address, and these fake nodes
     # share one, so it counts 4 nodes as one (the replicas themselves fit).
-    args = CapabilityArgs(graph=app_graph, tuned=False, ingress_replicas=ingress_replicas, request_timeout_s=30, preflight="warn")
+    args = CapabilityArgs(
+        graph=app_graph, tuned=False, ingress_replicas=ingress_replicas, request_timeout_s=30, preflight="warn"
+    )
     serve.run(build(args), name="scale", route_prefix="/")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -218,8 +262,13 @@ def load(url: str, clients: int, seconds: float, kinds: dict[str, list[int]]) ->
     """The closed-loop load, from a process of its own (`--client`) so the client's CPU is
     not the driver's; it measures the cluster's CPU over exactly its measured window."""
     job = {"url": url, "clients": clients, "warmup_s": WARMUP_S, "seconds": seconds, "kinds": kinds}
-    done = subprocess.run([sys.executable, __file__, "--client", "-"], input=json.dumps(job), capture_output=True, text=True,
-                          timeout=WARMUP_S + seconds + 120)
+    done = subprocess.run(
+        [sys.executable, __file__, "--client", "-"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=WARMUP_S + seconds + 120,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the load client failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
@@ -243,7 +292,7 @@ async def drive(url: str, clients: int, warmup_s: float, seconds: float, kinds: 
                 async with session.post(url, data=body, headers=headers) as reply:
                     await reply.read()
                     status = reply.status
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 status = 0
             records.append((began, time.monotonic(), status))
 
@@ -267,8 +316,11 @@ async def drive(url: str, clients: int, warmup_s: float, seconds: float, kinds: 
     span = t1 - t0
     served = sum(used[k] for k in SERVE_KINDS)
     return {
-        "rps": len(ok) / span, "ok": len(ok), "failed": len(inside) - len(ok),
-        "p50_ms": statistics.median(ok) if ok else None, "p99_ms": _percentile(ok, 0.99),
+        "rps": len(ok) / span,
+        "ok": len(ok),
+        "failed": len(inside) - len(ok),
+        "p50_ms": statistics.median(ok) if ok else None,
+        "p99_ms": _percentile(ok, 0.99),
         "cpu_ms_per_request": {k: 1000 * v / max(len(ok), 1) for k, v in used.items()},
         "serve_rps_per_cpu": len(ok) / served if served else None,
         "busy": {k: used[k] / span / max(counts.get(k, 1.0), 1.0) for k in KINDS},
@@ -324,21 +376,27 @@ def _line(row: dict[str, Any]) -> str:
     eff = f"{row['efficiency']:.2f} of {row['ideal_rps']:.0f}/s" if row["ideal_rps"] else "ceiling"
     cpu = " ".join(f"{k} {row['cpu_ms_per_request'][k]:.2f}" for k in (*KINDS, "client"))
     p50, p99 = row["p50_ms"] or 0.0, row["p99_ms"] or 0.0
-    return (f"  {row['rps']:7.1f} req/s ({eff}), p50 {p50:.0f} ms, p99 {p99:.0f} ms, {row['failed']} failed; "
-            f"CPU ms/request: {cpu}; machine {row['machine_busy']:.0%} busy")
+    return (
+        f"  {row['rps']:7.1f} req/s ({eff}), p50 {p50:.0f} ms, p99 {p99:.0f} ms, {row['failed']} failed; "
+        f"CPU ms/request: {cpu}; machine {row['machine_busy']:.0%} busy"
+    )
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"\nreplicas nodes  batch_ms  clients   req/s    ideal  eff   p50 ms  p99 ms  serve ms/req  proxies  machine")
+    print("\nreplicas nodes  batch_ms  clients   req/s    ideal  eff   p50 ms  p99 ms  serve ms/req  proxies  machine")
     for r in report["rows"]:
         serve_ms = sum(r["cpu_ms_per_request"][k] for k in SERVE_KINDS)
         ideal = f"{r['ideal_rps']:7.0f}" if r["ideal_rps"] else "      -"
         eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "   -"
-        print(f"{r['replicas']:8d} {r['nodes']:5d} {r['batch_ms']:9g} {r['clients']:8d} {r['rps']:7.1f} {ideal}  {eff} "
-              f"{r['p50_ms'] or 0:8.0f} {r['p99_ms'] or 0:7.0f} {serve_ms:13.2f} {r['processes']['proxy']:8d} {r['machine_busy']:7.0%}")
+        print(
+            f"{r['replicas']:8d} {r['nodes']:5d} {r['batch_ms']:9g} {r['clients']:8d} {r['rps']:7.1f} {ideal}  {eff} "
+            f"{r['p50_ms'] or 0:8.0f} {r['p99_ms'] or 0:7.0f} {serve_ms:13.2f} {r['processes']['proxy']:8d} {r['machine_busy']:7.0%}"
+        )
     eff8 = report["efficiency_8"]
     print(f"\nefficiency_8 {eff8:.2f}" if eff8 is not None else "\nefficiency_8 -", end="")
-    print(f"  ceiling_rps {report['ceiling_rps']:.1f}  bottleneck at the ceiling: {report['bottleneck']}  ({report['cpus']} CPUs)")
+    print(
+        f"  ceiling_rps {report['ceiling_rps']:.1f}  bottleneck at the ceiling: {report['bottleneck']}  ({report['cpus']} CPUs)"
+    )
 
 
 if __name__ == "__main__":

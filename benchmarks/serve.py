@@ -60,9 +60,15 @@ sys.path.insert(0, str(ROOT))
 NO_OVERLAY = tempfile.mkdtemp(prefix="capgraph-no-tuned-")
 """An empty tuned-overlay folder: "default settings" must not pick up a `capgraph tune` result."""
 atexit.register(shutil.rmtree, NO_OVERLAY, True)
-ENV = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")), "RAY_USAGE_STATS_ENABLED": "0",
-       "CAPGRAPH_TUNED_DIR": NO_OVERLAY}
+ENV = {
+    "CAPGRAPH_MODELS": "tiny",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")),
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "CAPGRAPH_TUNED_DIR": NO_OVERLAY,
+}
 os.environ.update(ENV)
 PARAMS = {"generate.steps": 2}
 CONCURRENCY = (1, 8, 32)
@@ -198,10 +204,14 @@ def handwritten_app(graph: str) -> Any:
             values: dict[str, Any] = {"image": image, "prompt": body["inputs"].get("prompt", "")}
             params = plan.params_for(body.get("params"))
             for node_id, planned in plan.nodes.items():
-                out = await self.stages[node_id].remote({port: values[str(src)] for port, src in planned.inputs.items()}, params[node_id])
+                out = await self.stages[node_id].remote(
+                    {port: values[str(src)] for port, src in planned.inputs.items()}, params[node_id]
+                )
                 values.update({f"{node_id}.{port}": value for port, value in out.items()})
             outputs = {name: values[str(src)] for name, src in plan.outputs.items()}
-            encoded = await asyncio.to_thread(lambda: {k: base64.b64encode(encode_image(v)).decode() for k, v in outputs.items()})
+            encoded = await asyncio.to_thread(
+                lambda: {k: base64.b64encode(encode_image(v)).decode() for k, v in outputs.items()}
+            )
             return JSONResponse({"outputs": encoded})
 
         @web.get("/health")
@@ -258,7 +268,9 @@ def fused_app(graph: str) -> Any:
             image = await asyncio.to_thread(decode_image, base64.b64decode(body["inputs"]["image"]))
             inputs = {"image": image, "prompt": body["inputs"].get("prompt", "")}
             outputs = await self.batched((inputs, plan.params_for(body.get("params"))))
-            encoded = await asyncio.to_thread(lambda: {k: base64.b64encode(encode_image(v)).decode() for k, v in outputs.items()})
+            encoded = await asyncio.to_thread(
+                lambda: {k: base64.b64encode(encode_image(v)).decode() for k, v in outputs.items()}
+            )
             return JSONResponse({"outputs": encoded})
 
         @web.get("/health")
@@ -290,7 +302,9 @@ async def load(url: str, concurrency: int, requests: int, body: dict[str, Any]) 
                 latencies.append(time.perf_counter() - t)
                 if reply.status_code != 200:
                     raise RuntimeError(f"{reply.status_code}: {reply.text[:300]}")
-                sizes = dict(p.split("=") for p in reply.headers.get("x-capgraph-batch-sizes", "").split(",") if "=" in p)
+                sizes = dict(
+                    p.split("=") for p in reply.headers.get("x-capgraph-batch-sizes", "").split(",") if "=" in p
+                )
                 if sizes:
                     batches.append(int(sizes.get("generate", max(map(int, sizes.values())))))
 
@@ -323,14 +337,21 @@ def serve_runs(graph: str, requests: int, scenarios: tuple = SCENARIOS) -> tuple
     try:
         for label, kind, options, levels in scenarios:
             print(f"  serve: {label}…", file=sys.stderr, flush=True)
-            app = {"capgraph": lambda: build(CapabilityArgs(graph=graph, **options)), "handwritten": lambda: handwritten_app(graph),
-                   "fused": lambda: fused_app(graph)}[kind]()
+            app = {
+                "capgraph": lambda: build(CapabilityArgs(graph=graph, **options)),
+                "handwritten": lambda: handwritten_app(graph),
+                "fused": lambda: fused_app(graph),
+            }[kind]()
             serve.run(app, name="bench", route_prefix="/")
             for c in levels:
                 n = max(requests // 2, 8) if c == 1 else requests * (2 if c == 32 else 1)
                 before = load_average()
                 measured, batch = asyncio.run(load(f"http://127.0.0.1:{port}/v1/{capability}", c, n, body))
-                results[f"{label} c{c}"] = measured | {"batch": batch, "load_before": before, "load_after": load_average()}
+                results[f"{label} c{c}"] = measured | {
+                    "batch": batch,
+                    "load_before": before,
+                    "load_after": load_average(),
+                }
             serve.delete("bench")
     finally:
         serve.shutdown()
@@ -378,9 +399,15 @@ def cold_start(config_text: str, ready_path: str, *, app_dir: str | None = None)
         with open(log_path, "wb") as log_file:
             # Ctrl-C's default action in `serve run` even when this benchmark was started as a
             # background job (SIGINT ignored, and inherited): else it cannot be stopped cleanly
-            proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(config)], cwd=ROOT, env=env,
-                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("serve")), "run", str(config)],
+                cwd=ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
         proxy = healthy = None
         try:
             while time.monotonic() - start < 300 and healthy is None and proc.poll() is None:
@@ -416,8 +443,11 @@ def cold_starts(graph: str) -> dict[str, Any]:
     floor: the trivial app's (`serve run`, to its first 200), one after the other."""
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "capgraph_bench_trivial.py").write_text(TRIVIAL_APP)
-        floor = cold_start("applications:\n  - {name: trivial, route_prefix: /, import_path: 'capgraph_bench_trivial:app'}\n",
-                           "/", app_dir=folder)
+        floor = cold_start(
+            "applications:\n  - {name: trivial, route_prefix: /, import_path: 'capgraph_bench_trivial:app'}\n",
+            "/",
+            app_dir=folder,
+        )
     capgraph = cold_start(Path(graph).read_text(), "/health")
     return capgraph | {"floor": floor}
 
@@ -428,32 +458,46 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     ratios = {f"ratio_c{c}": round(served[f"{DEFAULT} c{c}"]["rps"] / base, 3) for c in CONCURRENCY}
     hand = {f"handwritten_ratio_c{c}": round(served[f"{HANDWRITTEN} c{c}"]["rps"] / base, 3) for c in CONCURRENCY}
     fused = {f"fused_ratio_c{c}": round(served[f"{FUSED} c{c}"]["rps"] / base, 3) for c in CONCURRENCY}
-    best = {f"over_best_handwritten_c{c}": round(served[f"{DEFAULT} c{c}"]["rps"] / max(served[f"{h} c{c}"]["rps"] for h in HAND_WRITTEN), 3)
-            for c in CONCURRENCY}
+    best = {
+        f"over_best_handwritten_c{c}": round(
+            served[f"{DEFAULT} c{c}"]["rps"] / max(served[f"{h} c{c}"]["rps"] for h in HAND_WRITTEN), 3
+        )
+        for c in CONCURRENCY
+    }
     c32, cold = served[f"{DEFAULT} c32"], report["cold_start"]
-    return ratios | best | {
-        "c32_over_batches_of_8": round(c32["rps"] / report["executor"]["b8"]["rps"], 3),
-        "p99_over_p50_c32": round(c32["p99_ms"] / c32["p50_ms"], 3),
-        "cold_start_s": round(cold["healthy_s"], 2),
-        "cold_start_floor_s": round(cold["floor"]["healthy_s"], 2),
-        "cold_start_over_floor": round(cold["healthy_s"] / cold["floor"]["healthy_s"], 3),
-        "cold_start_breakdown": cold_breakdown(cold),
-    } | hand | fused
+    return (
+        ratios
+        | best
+        | {
+            "c32_over_batches_of_8": round(c32["rps"] / report["executor"]["b8"]["rps"], 3),
+            "p99_over_p50_c32": round(c32["p99_ms"] / c32["p50_ms"], 3),
+            "cold_start_s": round(cold["healthy_s"], 2),
+            "cold_start_floor_s": round(cold["floor"]["healthy_s"], 2),
+            "cold_start_over_floor": round(cold["healthy_s"] / cold["floor"]["healthy_s"], 3),
+            "cold_start_breakdown": cold_breakdown(cold),
+        }
+        | hand
+        | fused
+    )
 
 
 def cold_breakdown(cold: dict[str, Any]) -> dict[str, Any]:
     """Where capgraph's cold start goes: Ray and Serve up (the proxy answering, and the
     floor app's whole start for comparison), then per unit its process start to the
     replica's constructor, and per node loading and warming."""
-    return {"proxy_up_s": round(cold["proxy_s"], 2), "floor_proxy_up_s": round(cold["floor"]["proxy_s"], 2),
-            "to_health_after_proxy_s": round(cold["healthy_s"] - cold["proxy_s"], 2)} | {
-        key: cold.get(key, {}) for key in LOG_LINES}
+    return {
+        "proxy_up_s": round(cold["proxy_s"], 2),
+        "floor_proxy_up_s": round(cold["floor"]["proxy_s"], 2),
+        "to_health_after_proxy_s": round(cold["healthy_s"] - cold["proxy_s"], 2),
+    } | {key: cold.get(key, {}) for key in LOG_LINES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graph", default=str(ROOT / "graphs" / "hybrid.yaml"))
-    parser.add_argument("--requests", type=int, default=48, help="requests per measurement at concurrency 8 (x2 at 32, /2 at 1)")
+    parser.add_argument(
+        "--requests", type=int, default=48, help="requests per measurement at concurrency 8 (x2 at 32, /2 at 1)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--tune", action="store_true", help="also run `capgraph tune` first and serve with its overlay")
     args = parser.parse_args()
@@ -480,7 +524,13 @@ def main() -> None:
     # measured before and after the served runs, and the faster of the two is the one
     # every ratio is taken against, so drift never flatters the served figures.
     local = max(before, after, key=lambda m: m["c1"]["rps"]) | {"runs_rps": [before["c1"]["rps"], after["c1"]["rps"]]}
-    report = {"cold_start": cold, "executor": local, "serve": served, "cpus": os.cpu_count(), "scenarios": [s[0] for s in scenarios]}
+    report = {
+        "cold_start": cold,
+        "executor": local,
+        "serve": served,
+        "cpus": os.cpu_count(),
+        "scenarios": [s[0] for s in scenarios],
+    }
     report = summary(report) | {"settings": settings["deployments"]} | report
     if json_out is not None:
         json_out.write(json.dumps(report, indent=2) + "\n")
@@ -500,7 +550,10 @@ def _claim_stdout() -> Any:
 
 def print_table(report: dict[str, Any]) -> None:
     served, local, cold = report["serve"], report["executor"], report["cold_start"]
-    rows = [("in-process executor", "1", local["c1"], None), ("in-process executor, batches of 8", "8", local["b8"], 8.0)]
+    rows = [
+        ("in-process executor", "1", local["c1"], None),
+        ("in-process executor, batches of 8", "8", local["b8"], 8.0),
+    ]
     for label, _, _, levels in SCENARIOS + ((TUNED, None, None, CONCURRENCY),):
         for c in levels if f"{label} c1" in served else ():
             m = served[f"{label} c{c}"]
@@ -511,22 +564,34 @@ def print_table(report: dict[str, Any]) -> None:
     for label, c, m, batch in rows:
         shown = f"{batch:6.2f}" if batch is not None and batch == batch else f"{'':>6}"
         load = f"{m.get('load_before', local.get('load_before')):5.1f}"
-        print(f"{label:36} {c:>4} {m['rps']:8.2f} {m['rps'] / base:7.2f} {m['p50_ms']:9.1f} {m['p99_ms']:9.1f} {shown} {load}")
+        print(
+            f"{label:36} {c:>4} {m['rps']:8.2f} {m['rps'] / base:7.2f} {m['p50_ms']:9.1f} {m['p99_ms']:9.1f} {shown} {load}"
+        )
     runs = ", ".join(f"{r:.2f}" for r in local.get("runs_rps", []))
-    print(f"\n  in-process sequential measured before and after the served runs ({runs} req/s): the faster is the baseline")
-    print(f"  ratio to in-process sequential, default settings: c1 {report['ratio_c1']:.2f}x (target >= 0.9), "
-          f"c8 {report['ratio_c8']:.2f}x, c32 {report['ratio_c32']:.2f}x; c32 over in-process batches of 8: "
-          f"{report['c32_over_batches_of_8']:.2f}x (target >= 0.9)")
-    print("  over the best hand-written app (target >= 1.0): " + ", ".join(
-        f"c{c} {report[f'over_best_handwritten_c{c}']:.2f}x" for c in CONCURRENCY))
+    print(
+        f"\n  in-process sequential measured before and after the served runs ({runs} req/s): the faster is the baseline"
+    )
+    print(
+        f"  ratio to in-process sequential, default settings: c1 {report['ratio_c1']:.2f}x (target >= 0.9), "
+        f"c8 {report['ratio_c8']:.2f}x, c32 {report['ratio_c32']:.2f}x; c32 over in-process batches of 8: "
+        f"{report['c32_over_batches_of_8']:.2f}x (target >= 0.9)"
+    )
+    print(
+        "  over the best hand-written app (target >= 1.0): "
+        + ", ".join(f"c{c} {report[f'over_best_handwritten_c{c}']:.2f}x" for c in CONCURRENCY)
+    )
     print(f"  p99 / p50 at c32: {report['p99_over_p50_c32']:.2f} (target <= 1.5)")
-    print(f"  cold start, serve run -> /health 200: {cold['healthy_s']:.1f} s (proxy up at {cold['proxy_s']:.1f} s); a trivial "
-          f"one-deployment app: {cold['floor']['healthy_s']:.1f} s; {report['cold_start_over_floor']:.2f}x (target <= 1.1)")
+    print(
+        f"  cold start, serve run -> /health 200: {cold['healthy_s']:.1f} s (proxy up at {cold['proxy_s']:.1f} s); a trivial "
+        f"one-deployment app: {cold['floor']['healthy_s']:.1f} s; {report['cold_start_over_floor']:.2f}x (target <= 1.1)"
+    )
     print(f"  cold start breakdown: {json.dumps(report['cold_start_breakdown'])}")
     for d in report["settings"]:
-        print(f"  chosen: {d['name']} runs {', '.join(d['nodes'])}: {d['replicas']} replica(s) x {d['num_cpus']:g} CPU, "
-              f"{d['threads']} thread(s), batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms, "
-              f"max_ongoing_requests {d['max_ongoing_requests']}")
+        print(
+            f"  chosen: {d['name']} runs {', '.join(d['nodes'])}: {d['replicas']} replica(s) x {d['num_cpus']:g} CPU, "
+            f"{d['threads']} thread(s), batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms, "
+            f"max_ongoing_requests {d['max_ongoing_requests']}"
+        )
     print("  load: the 1-minute load average before each measurement (other processes on the machine)")
 
 

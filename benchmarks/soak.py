@@ -85,9 +85,16 @@ def request_body(size: int = 64, prompt: str = "a castle") -> dict[str, Any]:
     return {"inputs": {"image": base64.b64encode(buf.getvalue()).decode(), "prompt": prompt}, "params": PARAMS}
 
 
-async def run_load(url: str, body: dict[str, Any], clients: int, seconds: float, timeout_s: float = 120.0,
-                   headers: dict[str, str] | None = None, honour_retry_after: bool = False,
-                   stop: asyncio.Event | None = None) -> Load:
+async def run_load(
+    url: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    timeout_s: float = 120.0,
+    headers: dict[str, str] | None = None,
+    honour_retry_after: bool = False,
+    stop: asyncio.Event | None = None,
+) -> Load:
     """`clients` closed-loop clients POST `body` to `url` until `seconds` have passed (or
     `stop` is set); every request is recorded, answered or not. With `honour_retry_after`,
     a client told `Retry-After` waits that long before its next request, as a gateway would."""
@@ -103,7 +110,11 @@ async def run_load(url: str, body: dict[str, Any], clients: int, seconds: float,
                 began = time.monotonic()
                 try:
                     reply = await client.post(url, json=body)
-                    status, retry, error = reply.status_code, reply.headers.get("retry-after"), "" if reply.status_code == 200 else reply.text[:300]
+                    status, retry, error = (
+                        reply.status_code,
+                        reply.headers.get("retry-after"),
+                        "" if reply.status_code == 200 else reply.text[:300],
+                    )
                 except httpx.HTTPError as exc:
                     status, retry, error = 0, None, f"{type(exc).__name__}: {exc}"[:300]
                 load.records.append(Record(began - start, time.monotonic() - began, status, retry, error))
@@ -126,7 +137,7 @@ def replica_memory(app: str) -> dict[str, int]:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         title = " ".join(proc.info["cmdline"] or []).strip()
         if title.startswith(prefix):
-            deployment = title[len(prefix):].split()[0].split(".")[0]
+            deployment = title[len(prefix) :].split()[0].split(".")[0]
             try:
                 found[f"{deployment}#{proc.info['pid']}"] = proc.memory_info().rss
             except psutil.Error:
@@ -134,7 +145,9 @@ def replica_memory(app: str) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def memory_growth(before: dict[str, int], after: dict[str, int], middle: dict[str, int] | None = None) -> list[dict[str, Any]]:
+def memory_growth(
+    before: dict[str, int], after: dict[str, int], middle: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
     """Per replica present at both samples: start and end RSS, and whether it kept in bound;
     with a `middle` sample, the growth of the second half alone (a leak keeps growing, a
     warming allocator levels off)."""
@@ -142,8 +155,13 @@ def memory_growth(before: dict[str, int], after: dict[str, int], middle: dict[st
     rows = []
     for name in sorted(before.keys() & after.keys()):
         limit = max(before[name] * ratio, before[name] + slack)
-        row = {"replica": name, "start_mib": before[name] / 2**20, "end_mib": after[name] / 2**20,
-               "growth_mib": (after[name] - before[name]) / 2**20, "within_bound": after[name] <= limit}
+        row = {
+            "replica": name,
+            "start_mib": before[name] / 2**20,
+            "end_mib": after[name] / 2**20,
+            "growth_mib": (after[name] - before[name]) / 2**20,
+            "within_bound": after[name] <= limit,
+        }
         if middle is not None and name in middle:
             row["second_half_growth_mib"] = (after[name] - middle[name]) / 2**20
         rows.append(row)
@@ -165,8 +183,14 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    env = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "RAY_USAGE_STATS_ENABLED": "0", "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny"))}
+    env = {
+        "CAPGRAPH_MODELS": "tiny",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")),
+    }
     os.environ.update(env)
     import httpx
     import ray
@@ -175,7 +199,9 @@ def main() -> None:
     from capgraph.serve.app import CapabilityArgs, build
 
     port = _free_port()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="soak", runtime_env={"env_vars": env})
+    ray.init(
+        address="local", include_dashboard=False, log_to_driver=False, namespace="soak", runtime_env={"env_vars": env}
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         print("serving the graph on tiny models…", file=sys.stderr, flush=True)
@@ -187,8 +213,9 @@ def main() -> None:
         print(f"{args.clients} clients for {args.seconds:g} s…", file=sys.stderr, flush=True)
 
         async def soak() -> tuple[Load, dict[str, int]]:
-            load, middle = await asyncio.gather(run_load(url, body, args.clients, args.seconds),
-                                                sample_memory("soak", args.seconds / 2))
+            load, middle = await asyncio.gather(
+                run_load(url, body, args.clients, args.seconds), sample_memory("soak", args.seconds / 2)
+            )
             return load, middle
 
         load, middle = asyncio.run(soak())
@@ -197,9 +224,14 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-    report = load.summary() | {"clients": args.clients, "seconds": args.seconds, "health_after": healthy,
-                               "memory": memory_growth(before, after, middle), "memory_bound": "max(+25 %, +64 MiB)",
-                               "cpus": os.cpu_count()}
+    report = load.summary() | {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "health_after": healthy,
+        "memory": memory_growth(before, after, middle),
+        "memory_bound": "max(+25 %, +64 MiB)",
+        "cpus": os.cpu_count(),
+    }
     failures = Counter((r.status, r.error[:120]) for r in load.records if r.status != 200)
     report["failures"] = [{"status": s, "error": e, "count": n} for (s, e), n in failures.most_common(10)]
     if args.json:
@@ -211,17 +243,23 @@ def main() -> None:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\nsoak: hybrid graph, tiny models, 64 px, 2 SDXL steps, {report['clients']} clients x {report['seconds']:g} s, "
-          f"{report['cpus']} CPUs, no GPU")
-    print(f"  requests {report['requests']}, failed {report['failed']} {report['statuses']}, {report['rps']:.2f} req/s, "
-          f"p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms, max {report['max_ms']:.0f} ms; /health after: {report['health_after']}")
+    print(
+        f"\nsoak: hybrid graph, tiny models, 64 px, 2 SDXL steps, {report['clients']} clients x {report['seconds']:g} s, "
+        f"{report['cpus']} CPUs, no GPU"
+    )
+    print(
+        f"  requests {report['requests']}, failed {report['failed']} {report['statuses']}, {report['rps']:.2f} req/s, "
+        f"p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms, max {report['max_ms']:.0f} ms; /health after: {report['health_after']}"
+    )
     for failure in report["failures"]:
         print(f"  failed x{failure['count']}: {failure['status']} {failure['error']}")
     print(f"  replica memory (bound {report['memory_bound']}):")
     for row in report["memory"]:
-        print(f"    {row['replica']:32} {row['start_mib']:8.1f} MiB -> {row['end_mib']:8.1f} MiB "
-              f"({row['growth_mib']:+.1f}; second half {row.get('second_half_growth_mib', float('nan')):+.1f})"
-              f"{'' if row['within_bound'] else '  OVER BOUND'}")
+        print(
+            f"    {row['replica']:32} {row['start_mib']:8.1f} MiB -> {row['end_mib']:8.1f} MiB "
+            f"({row['growth_mib']:+.1f}; second half {row.get('second_half_growth_mib', float('nan')):+.1f})"
+            f"{'' if row['within_bound'] else '  OVER BOUND'}"
+        )
 
 
 def _free_port() -> int:

@@ -23,11 +23,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for name, command in (("validate", graph.validate), ("run", graph.run), ("nodes", graph.nodes), ("schema", graph.schema),
-                      ("render", graph.render), ("prepare", weights.prepare), ("tiny-models", weights.tiny_models),
-                      ("random-models", weights.random_models), ("serve", serving.serve_cmd), ("plan", serving.plan_cmd),
-                      ("tune", serving.tune), ("register", serving.register), ("runners-json", serving.runners_json_cmd),
-                      ("kuberay", deploy.kuberay), ("serve-config", deploy.serve_config_cmd)):
+for name, command in (
+    ("validate", graph.validate),
+    ("run", graph.run),
+    ("nodes", graph.nodes),
+    ("schema", graph.schema),
+    ("render", graph.render),
+    ("prepare", weights.prepare),
+    ("tiny-models", weights.tiny_models),
+    ("random-models", weights.random_models),
+    ("serve", serving.serve_cmd),
+    ("plan", serving.plan_cmd),
+    ("tune", serving.tune),
+    ("register", serving.register),
+    ("runners-json", serving.runners_json_cmd),
+    ("kuberay", deploy.kuberay),
+    ("serve-config", deploy.serve_config_cmd),
+):
     app.command(name)(command)
 
 
@@ -60,4 +72,3 @@ def _known_failure(exc: Exception) -> str | None:
     if isinstance(exc, (ModelMissing, GraphvizMissing, NodeFailed)):
         return str(exc)
     return None
-

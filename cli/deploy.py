@@ -14,14 +14,27 @@ from capgraph.cli.common import GraphArg, err, load_graph
 
 def kuberay(
     graph: GraphArg,
-    image: Annotated[str, typer.Option(help="container image with capgraph (and its models) installed, e.g. one built from docker/Dockerfile")],
+    image: Annotated[
+        str,
+        typer.Option(
+            help="container image with capgraph (and its models) installed, e.g. one built from docker/Dockerfile"
+        ),
+    ],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="manifest to write (default: stdout)")] = None,
     name: Annotated[str | None, typer.Option(help="the RayService's name (default: the capability)")] = None,
-    gpus_per_worker: Annotated[int, typer.Option(min=0, max=16, help="GPUs of one worker machine (0: a CPU-only cluster)")] = 1,
+    gpus_per_worker: Annotated[
+        int, typer.Option(min=0, max=16, help="GPUs of one worker machine (0: a CPU-only cluster)")
+    ] = 1,
     worker_cpus: Annotated[float, typer.Option(min=0.5, max=1024, help="CPUs of one worker machine")] = 8.0,
     worker_memory: Annotated[str, typer.Option(help="memory of one worker machine, a Kubernetes quantity")] = "32Gi",
-    gpu_memory_gib: Annotated[float | None, typer.Option(min=1, max=1024, help="memory of one GPU, for GPU fractions the "
-                                                         "graph leaves unset (also passed to the cluster's builder)")] = None,
+    gpu_memory_gib: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="memory of one GPU, for GPU fractions the graph leaves unset (also passed to the cluster's builder)",
+        ),
+    ] = None,
     head_cpus: Annotated[float, typer.Option(min=0.5, max=1024, help="CPUs of the head (no replica runs there)")] = 2.0,
     head_memory: Annotated[str, typer.Option(help="memory of the head, a Kubernetes quantity")] = "8Gi",
 ) -> None:
@@ -45,8 +58,14 @@ def kuberay(
     level = serve_log.level
     serve_log.setLevel(logging.ERROR)  # the plan's notes are printed below, once
     try:
-        manifest = rayservice(graph, image, worker=Shape(worker_cpus, worker_memory, gpus_per_worker),
-                              head=Shape(head_cpus, head_memory), name=name, gpu_memory_gib=gpu_memory_gib)
+        manifest = rayservice(
+            graph,
+            image,
+            worker=Shape(worker_cpus, worker_memory, gpus_per_worker),
+            head=Shape(head_cpus, head_memory),
+            name=name,
+            gpu_memory_gib=gpu_memory_gib,
+        )
     finally:
         serve_log.setLevel(level)
     text = manifest.to_yaml()
@@ -58,14 +77,20 @@ def kuberay(
         err.print(f"[yellow]{escape(note)}[/yellow]", highlight=False)
     w = manifest.workers
     gpus = f"{w.shape.gpus} GPU, " if w.shape.gpus else ""
-    err.print(f"worker group '{w.name}': {w.min_workers} to {w.max_workers} machine{'s' if w.max_workers != 1 else ''} of "
-              f"{gpus}{w.shape.cpus:g} CPU, {w.shape.memory}", highlight=False)
+    err.print(
+        f"worker group '{w.name}': {w.min_workers} to {w.max_workers} machine{'s' if w.max_workers != 1 else ''} of "
+        f"{gpus}{w.shape.cpus:g} CPU, {w.shape.memory}",
+        highlight=False,
+    )
     if manifest.forwarded:
         err.print(f"replicas get from this shell: {', '.join(manifest.forwarded)}", highlight=False)
     if manifest.secrets:
         literals = " ".join(f"--from-literal={k}=..." for k in manifest.secrets)
-        err.print(f"secrets are not in the manifest; create them first: kubectl create secret generic "
-                  f"{manifest.secret_name} {literals}", highlight=False)
+        err.print(
+            f"secrets are not in the manifest; create them first: kubectl create secret generic "
+            f"{manifest.secret_name} {literals}",
+            highlight=False,
+        )
     if output:
         err.print(f"[green]→[/green] {escape(str(output))}   kubectl apply -f {escape(str(output))}", highlight=False)
 

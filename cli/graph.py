@@ -16,10 +16,12 @@ from capgraph.engine.plan import Plan
 from capgraph.engine.types import PortType
 
 
-def validate(graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="graph files")], as_json: JsonOpt = False) -> None:
+def validate(
+    graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="graph files")],
+    as_json: JsonOpt = False,
+) -> None:
     """Check graph files: YAML, node types, params, wiring, port types, cycles."""
     from capgraph.engine.validate import load_plan
-
     from capgraph.engine.yamlload import load_yaml
     from capgraph.serve.compile import check_deployment_sections
 
@@ -27,7 +29,9 @@ def validate(graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=
     for path in graphs:
         try:
             plan = load_plan(path)
-            problems = list(plan.warnings) + check_deployment_sections(load_yaml(path.read_text(encoding="utf-8")), plan, str(path))
+            problems = list(plan.warnings) + check_deployment_sections(
+                load_yaml(path.read_text(encoding="utf-8")), plan, str(path)
+            )
             ok = not any(p.severity == "error" for p in problems)
         except GraphInvalid as exc:
             problems, ok = exc.problems, False
@@ -36,7 +40,10 @@ def validate(graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=
         if not as_json:
             print_problems(problems)
             if ok:
-                out.print(f"[green]✓[/green] {path}: valid ({len(plan.nodes)} node{'s' if len(plan.nodes) != 1 else ''}, capability '{plan.capability}')", highlight=False)
+                out.print(
+                    f"[green]✓[/green] {path}: valid ({len(plan.nodes)} node{'s' if len(plan.nodes) != 1 else ''}, capability '{plan.capability}')",
+                    highlight=False,
+                )
             else:
                 count = sum(p.severity == "error" for p in problems)
                 err.print(f"[red]✗[/red] {path}: {count} error{'s' if count != 1 else ''}", highlight=False)
@@ -51,12 +58,17 @@ def run(
     sets: Annotated[list[str], typer.Option("--set", "-s", help="NODE.PARAM=VALUE (YAML value)")] = [],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the outputs")] = Path("out"),
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA if present)")] = None,
-    html: Annotated[Path | None, typer.Option("--html", help="also write the run (picture, inputs, outputs, timings) as one self-contained HTML file")] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="also write the run (picture, inputs, outputs, timings) as one self-contained HTML file"
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a graph in this process on one frame and write its outputs to a folder."""
-    from capgraph.engine.executor import Executor
     from capgraph.engine.codecs import from_arg
+    from capgraph.engine.executor import Executor
 
     plan = load_graph(graph, sets)
     frame: dict[str, Any] = {}
@@ -66,7 +78,10 @@ def run(
             raise typer.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--input")
         spec = plan.spec.inputs.get(name)
         if spec is None:
-            raise InputError(f"--input {name}", f"the graph has no input '{name}'; its inputs are {', '.join(plan.spec.inputs) or '(none)'}")
+            raise InputError(
+                f"--input {name}",
+                f"the graph has no input '{name}'; its inputs are {', '.join(plan.spec.inputs) or '(none)'}",
+            )
         frame[name] = from_arg(spec.type, value, f"--input {name}")
     executor = Executor(plan, device=device)
     with err.status(f"loading {len(plan.nodes)} nodes on {executor.device}…", spinner="dots"):
@@ -76,10 +91,20 @@ def run(
     total_ms = (time.perf_counter() - start) * 1000.0
     files = write_outputs(plan, result.outputs[0], output)
     if html is not None:
-        write_report(plan, frame, result.outputs[0], result.timings_ms | {"total": total_ms}, load_s, executor.device, html)
+        write_report(
+            plan, frame, result.outputs[0], result.timings_ms | {"total": total_ms}, load_s, executor.device, html
+        )
     if as_json:
-        emit_json({"outputs": files, "timings_ms": result.timings_ms, "total_ms": total_ms, "load_s": load_s, "device": executor.device}
-                  | ({"html": str(html)} if html is not None else {}))
+        emit_json(
+            {
+                "outputs": files,
+                "timings_ms": result.timings_ms,
+                "total_ms": total_ms,
+                "load_s": load_s,
+                "device": executor.device,
+            }
+            | ({"html": str(html)} if html is not None else {})
+        )
         return
     table = Table(title=f"{plan.capability} on {executor.device}", title_justify="left")
     for column, justify in (("node", "left"), ("type", "left"), ("load s", "right"), ("run ms", "right")):
@@ -94,8 +119,15 @@ def run(
         out.print(f"[green]→[/green] report: {html}", highlight=False)
 
 
-def write_report(plan: Plan, frame: dict[str, Any], outputs: dict[str, Any], timings_ms: dict[str, float], load_s: dict[str, float],
-                 device: str, path: Path) -> None:
+def write_report(
+    plan: Plan,
+    frame: dict[str, Any],
+    outputs: dict[str, Any],
+    timings_ms: dict[str, float],
+    load_s: dict[str, float],
+    device: str,
+    path: Path,
+) -> None:
     """The run as one HTML file (`serve.capability.report`), its nodes boxed as `capgraph render` boxes them."""
     from capgraph.engine.executor import check_inputs
     from capgraph.serve.capability import run_report
@@ -159,8 +191,16 @@ def nodes(
         return
     for name, entry in entries.items():
         found = entry["origin"] or {"via": "built-in"}
-        source = "" if found["via"] == "built-in" else f" from {' '.join(filter(None, (found['package'], found['version']))) or found['via']}"
-        table = Table(title=f"[b]{name}[/b] ({entry['category']}){source} — {entry['description']}", title_justify="left", show_header=True)
+        source = (
+            ""
+            if found["via"] == "built-in"
+            else f" from {' '.join(filter(None, (found['package'], found['version']))) or found['via']}"
+        )
+        table = Table(
+            title=f"[b]{name}[/b] ({entry['category']}){source} — {entry['description']}",
+            title_justify="left",
+            show_header=True,
+        )
         for column in ("", "name", "type", "default", "about"):
             table.add_column(column)
         for port_name, p in entry["inputs"].items():
@@ -180,7 +220,11 @@ def describe_family(family: Any) -> dict[str, Any]:
     params = {}
     for name, field in family.Params.model_fields.items():
         prop = schema.get("properties", {}).get(name, {})
-        kind = prop.get("type") or " | ".join(x.get("type", x.get("$ref", "?").split("/")[-1]) for x in prop.get("anyOf", [])) or "object"
+        kind = (
+            prop.get("type")
+            or " | ".join(x.get("type", x.get("$ref", "?").split("/")[-1]) for x in prop.get("anyOf", []))
+            or "object"
+        )
         if "enum" in prop:
             kind = " | ".join(map(str, prop["enum"]))
         params[name] = {
@@ -220,8 +264,15 @@ def schema(output: Annotated[Path | None, typer.Option("--output", "-o", help="w
 
 def render(
     graph: GraphArg,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=".mmd/.md (Mermaid), .dot, .svg or .png")] = None,
-    deployments: Annotated[bool, typer.Option("--deployments/--no-deployments", help="box the nodes by the Ray Serve deployment they compile to")] = True,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help=".mmd/.md (Mermaid), .dot, .svg or .png")
+    ] = None,
+    deployments: Annotated[
+        bool,
+        typer.Option(
+            "--deployments/--no-deployments", help="box the nodes by the Ray Serve deployment they compile to"
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw a graph: Mermaid text always, SVG/PNG through Graphviz's `dot`; nodes boxed by
@@ -246,7 +297,9 @@ def render(
         text = mermaid(plan, boxes)
         data = (f"```mermaid\n{text}```\n" if suffix == "md" else text).encode()
     else:
-        raise typer.BadParameter(f"unknown format '.{suffix}'; use .mmd, .md, .dot, .svg or .png", param_hint="--output")
+        raise typer.BadParameter(
+            f"unknown format '.{suffix}'; use .mmd, .md, .dot, .svg or .png", param_hint="--output"
+        )
     if output is None:
         sys.stdout.write(data.decode())
         return

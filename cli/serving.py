@@ -12,18 +12,34 @@ from rich.markup import escape
 from capgraph.cli.common import GraphArg, JsonOpt, emit_json, err, load_graph, out
 from capgraph.engine.errors import InputError
 
-
-GraphsArg = Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
-                                                 help="graph file(s) (YAML); several are served together, sharing their models")]
+GraphsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="graph file(s) (YAML); several are served together, sharing their models",
+    ),
+]
 
 
 def serve_cmd(
     graph: GraphsArg,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
-    fuse: Annotated[str, typer.Option(help="auto: the planner chooses (default); groups: only nodes sharing a group; all: one deployment; none: one per node")] = "auto",
-    address: Annotated[str | None, typer.Option(help="join a running Ray cluster: auto (the one `ray start` left here) or "
-                                                     "HOST:PORT of its head (default: start a local Ray of its own)")] = None,
+    fuse: Annotated[
+        str,
+        typer.Option(
+            help="auto: the planner chooses (default); groups: only nodes sharing a group; all: one deployment; none: one per node"
+        ),
+    ] = "auto",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="join a running Ray cluster: auto (the one `ray start` left here) or "
+            "HOST:PORT of its head (default: start a local Ray of its own)"
+        ),
+    ] = None,
     preflight: Annotated[str, typer.Option(help="fail, warn or off when the graph does not fit the cluster")] = "fail",
 ) -> None:
     """Serve a graph as one capability on Ray Serve (the same builder as `serve run GRAPH`).
@@ -33,14 +49,21 @@ def serve_cmd(
 
     for path in graph:
         load_graph(path)  # the same messages and exit code as `capgraph validate`
-    raise typer.Exit(serve_graph([str(p) for p in graph], host=host, port=port, fuse=fuse, address=address, preflight=preflight))  # type: ignore[arg-type]
+    raise typer.Exit(
+        serve_graph([str(p) for p in graph], host=host, port=port, fuse=fuse, address=address, preflight=preflight)
+    )  # type: ignore[arg-type]
 
 
 def plan_cmd(
     graph: GraphsArg,
     fuse: Annotated[str, typer.Option(help="auto (the planner), groups, all or none")] = "auto",
-    address: Annotated[str | None, typer.Option(help="plan against a running Ray cluster (auto or HOST:PORT) and show "
-                                                     "which machine each replica would land on (default: this machine)")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="plan against a running Ray cluster (auto or HOST:PORT) and show "
+            "which machine each replica would land on (default: this machine)"
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Ray Serve deployments a graph compiles to, where each replica would go, and
@@ -49,17 +72,29 @@ def plan_cmd(
 
     for path in graph:
         load_graph(path)
-    raise typer.Exit(serve_graph([str(p) for p in graph], fuse=fuse, dry_run=True, as_json=as_json, preflight="warn", address=address))  # type: ignore[arg-type]
+    raise typer.Exit(
+        serve_graph(
+            [str(p) for p in graph], fuse=fuse, dry_run=True, as_json=as_json, preflight="warn", address=address
+        )
+    )  # type: ignore[arg-type]
 
 
 def tune(
     graph: GraphArg,
     max_batch: Annotated[int, typer.Option("--max-batch", help="profile batch sizes 1, 2, 4 ... up to this")] = 16,
-    size: Annotated[int | None, typer.Option(help="side of the example frame in pixels (default 64 on tiny models, 512 on real)")] = None,
-    params: Annotated[list[str], typer.Option("--param", "-p", help="NODE.PARAM=VALUE request params to profile with")] = [],
+    size: Annotated[
+        int | None, typer.Option(help="side of the example frame in pixels (default 64 on tiny models, 512 on real)")
+    ] = None,
+    params: Annotated[
+        list[str], typer.Option("--param", "-p", help="NODE.PARAM=VALUE request params to profile with")
+    ] = [],
     repeats: Annotated[int, typer.Option(help="timed runs per batch size (the median counts)")] = 3,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="overlay file (default: the machine's tuned folder)")] = None,
-    print_yaml: Annotated[bool, typer.Option("--print", help="print the settings as YAML to paste instead of writing an overlay")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="overlay file (default: the machine's tuned folder)")
+    ] = None,
+    print_yaml: Annotated[
+        bool, typer.Option("--print", help="print the settings as YAML to paste instead of writing an overlay")
+    ] = False,
 ) -> None:
     """Profile each node on this machine at batch sizes 1..N and write the serving settings
     (batch sizes and waits, groups, GPU fractions, replicas) as an overlay that `serve run`,
@@ -73,8 +108,15 @@ def tune(
         if not eq:
             raise typer.BadParameter(f"'{item}' is not NODE.PARAM=VALUE", param_hint="--param")
         overrides[key] = yaml.safe_load(value)
-    code = tune_graph(str(graph), max_batch=max_batch, size=size, params=overrides, repeats=repeats,
-                      output=str(output) if output else None, print_yaml=print_yaml)
+    code = tune_graph(
+        str(graph),
+        max_batch=max_batch,
+        size=size,
+        params=overrides,
+        repeats=repeats,
+        output=str(output) if output else None,
+        print_yaml=print_yaml,
+    )
     raise typer.Exit(code)
 
 
@@ -98,13 +140,18 @@ def register(
     for answer in answers if not as_json else ():
         ok = 200 <= int(answer.get("status") or 0) < 300
         mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
-        out.print(f"{mark} {answer['kind']} {escape(str(answer['orchestrator']))}: {answer['status']} {escape(str(answer.get('body', ''))[:200])}", highlight=False)
+        out.print(
+            f"{mark} {answer['kind']} {escape(str(answer['orchestrator']))}: {answer['status']} {escape(str(answer.get('body', ''))[:200])}",
+            highlight=False,
+        )
     raise typer.Exit(0 if all(200 <= int(a.get("status") or 0) < 300 for a in answers) else 1)
 
 
 def runners_json_cmd(
     graph: GraphArg,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="runners.json to write (merged if it exists)")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="runners.json to write (merged if it exists)")
+    ] = None,
 ) -> None:
     """Write the static Live Runner entry (runners.json) for this graph."""
     from capgraph.livepeer.registrar import runners_json

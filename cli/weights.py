@@ -12,17 +12,24 @@ from capgraph.engine.errors import InputError
 
 def prepare(
     graphs: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="graph files")],
-    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="cache folder (default: the Hugging Face cache)")] = None,
-    variant: Annotated[str | None, typer.Option(
-        "--variant", help="fp16: the .fp16 weight files where a repo has them; fp32: the full-precision ones; all: both "
-                          "(default: fp16 on a machine with a CUDA GPU, else fp32)")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option("--model-dir", help="cache folder (default: the Hugging Face cache)")
+    ] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant",
+            help="fp16: the .fp16 weight files where a repo has them; fp32: the full-precision ones; all: both "
+            "(default: fp16 on a machine with a CUDA GPU, else fp32)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Download every model the graphs name, so serving starts warm with HF_HUB_OFFLINE=1.
     Only the files the nodes load: no ONNX/OpenVINO/Flax exports, no single-file
     checkpoints beside a diffusers pipeline, one precision of each weight file."""
-    from capgraph.nodes.prepare import prepare as fetch
     from capgraph.engine.weights import MODEL_DIR_ENV
+    from capgraph.nodes.prepare import prepare as fetch
 
     if variant not in (None, "fp16", "fp32", "all"):
         raise typer.BadParameter(f"'{variant}' is not fp16, fp32 or all", param_hint="--variant")
@@ -56,7 +63,9 @@ def prepare(
     raise typer.Exit(1 if failed else 0)
 
 
-def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="where to write them")], as_json: JsonOpt = False) -> None:
+def tiny_models(
+    folder: Annotated[Path, typer.Argument(file_okay=False, help="where to write them")], as_json: JsonOpt = False
+) -> None:
     """Write the tiny random-initialised model of every family (real repo layouts), for
     offline runs and tests. CAPGRAPH_MODELS=tiny uses them automatically."""
     from capgraph.engine.registry import catalogue
@@ -76,7 +85,9 @@ def tiny_models(folder: Annotated[Path, typer.Argument(file_okay=False, help="wh
 
 
 def random_models(
-    folder: Annotated[Path, typer.Argument(file_okay=False, help="where to write them (then set CAPGRAPH_RANDOM_DIR to it)")],
+    folder: Annotated[
+        Path, typer.Argument(file_okay=False, help="where to write them (then set CAPGRAPH_RANDOM_DIR to it)")
+    ],
     only: Annotated[list[str], typer.Option("--only", help="model keys to write (default: all)")] = [],
     as_json: JsonOpt = False,
 ) -> None:

@@ -26,7 +26,15 @@ MAX_TEXT_CHARS = 10_000
 IMAGE_MIME = ("image/png", "image/jpeg", "image/webp", "image/bmp")
 """Media types a `data:` URL for an image, mask or map may say."""
 MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif", b"RIFF": "image/webp"}
-JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+JSON_TYPES = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
 BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 """The one rule for booleans written as text (CLI and multipart), compared case-insensitively."""
 
@@ -140,15 +148,20 @@ class _Rows(Codec):
         return super().check(value, field)
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": self.width, "maxItems": self.width}}
+        return {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "number"}, "minItems": self.width, "maxItems": self.width},
+        }
 
 
 class _Masks(Codec):
     encoding = "{masks: [base64 PNG], scores: [float]}"
 
     def encode(self, value: Any, data_url: bool = False) -> Any:
-        return {"masks": [_png(encode_image(m), data_url) for m in np.asarray(value["masks"], dtype=np.float32)],
-                "scores": [float(s) for s in value["scores"]]}
+        return {
+            "masks": [_png(encode_image(m), data_url) for m in np.asarray(value["masks"], dtype=np.float32)],
+            "scores": [float(s) for s in value["scores"]],
+        }
 
 
 class _File(Codec):
@@ -170,7 +183,9 @@ class _File(Codec):
         except InputError as exc:
             if exc.status != 400:
                 raise
-            raise InputError(field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400) from None
+            raise InputError(
+                field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400
+            ) from None
         return self.from_bytes(data, field, max_pixels)
 
     def from_base64(self, text: str, field: str, max_pixels: int = MAX_PIXELS) -> Any:
@@ -189,7 +204,11 @@ class _File(Codec):
                 raise InputError(field, f"the data: URL says '{mime[:40]}'; send {', '.join(self.media[:3])}", 415)
         limit = max_pixels * 4 + (1 << 20)  # an uncompressed RGBA frame and a header is the most a file can need
         if len(text) * 3 // 4 > limit:
-            raise InputError(field, f"payload of about {len(text) * 3 // 4:,} bytes is larger than any image under the pixel limit", 413)
+            raise InputError(
+                field,
+                f"payload of about {len(text) * 3 // 4:,} bytes is larger than any image under the pixel limit",
+                413,
+            )
         try:
             return base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError):
@@ -317,7 +336,11 @@ def label_png(labels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise ValueError(f"segmentation ids out of the 16-bit range ({labels.min()}..{labels.max()})")
-    image = Image.fromarray(labels.astype(np.uint8)) if labels.size == 0 or labels.max() < 256 else Image.fromarray(labels.astype(np.uint16))
+    image = (
+        Image.fromarray(labels.astype(np.uint8))
+        if labels.size == 0 or labels.max() < 256
+        else Image.fromarray(labels.astype(np.uint16))
+    )
     image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 

@@ -43,7 +43,10 @@ def check_inputs(plan: Plan, frame: Mapping[str, Any], prefix: str = "inputs") -
     unknown = frame.keys() - plan.spec.inputs.keys()
     if unknown:
         name = sorted(unknown)[0]
-        raise InputError(f"{prefix}.{name}", f"the graph has no input '{name}'; its inputs are {', '.join(plan.spec.inputs) or '(none)'}")
+        raise InputError(
+            f"{prefix}.{name}",
+            f"the graph has no input '{name}'; its inputs are {', '.join(plan.spec.inputs) or '(none)'}",
+        )
     values = {}
     for name, spec in plan.spec.inputs.items():
         value = frame.get(name, spec.default)
@@ -58,7 +61,9 @@ class Executor:
         self.plan = plan
         auto_device, auto_dtype = pick_device(plan)
         self.device = device or auto_device
-        self.dtype = dtype or (auto_dtype if device is None else ("float16" if self.device.startswith("cuda") else "float32"))
+        self.dtype = dtype or (
+            auto_dtype if device is None else ("float16" if self.device.startswith("cuda") else "float32")
+        )
         self.nodes: dict[str, Node] = {}
         self.load_s: dict[str, float] = {}
         self.release_after = release_schedule(plan)
@@ -86,7 +91,9 @@ class Executor:
         request params) runs with the graph's params."""
         if not self.nodes:
             self.load()
-        checked = [check_inputs(self.plan, f, "inputs" if len(frames) == 1 else f"inputs[{i}]") for i, f in enumerate(frames)]
+        checked = [
+            check_inputs(self.plan, f, "inputs" if len(frames) == 1 else f"inputs[{i}]") for i, f in enumerate(frames)
+        ]
         resolved = {node_id: node_params.get(node_id, node.params) for node_id, node in self.plan.nodes.items()}
         return self.run_checked(checked, [resolved] * len(checked))
 

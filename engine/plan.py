@@ -99,8 +99,11 @@ class Plan:
                 raise InputError(f"params.{key}", "must be a finite number")
             node_id, name = allowed[key]
             if (node_id, name) in sent_as:
-                raise InputError(f"params.{key}", f"sets {node_id}.{name}, which this request already sets as "
-                                 f"'{sent_as[node_id, name]}'; send one of them")
+                raise InputError(
+                    f"params.{key}",
+                    f"sets {node_id}.{name}, which this request already sets as "
+                    f"'{sent_as[node_id, name]}'; send one of them",
+                )
             sent_as[node_id, name] = key
             changes.setdefault(node_id, {})[name] = value
         for node_id, values in changes.items():

@@ -79,15 +79,27 @@ def catalogue() -> dict[str, type[Node]]:
     plugins = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
-        plugins.append((ep.name, ep.value, ep.load, Origin(dist.name if dist else "", dist.version if dist else "", f"entry point {ep.name}")))
-    plugins += [(t.strip(), t.strip(), functools.partial(_import, t.strip()), Origin("", "", EXTRA_ENV))
-                for t in os.environ.get(EXTRA_ENV, "").split(",") if t.strip()]
+        plugins.append(
+            (
+                ep.name,
+                ep.value,
+                ep.load,
+                Origin(dist.name if dist else "", dist.version if dist else "", f"entry point {ep.name}"),
+            )
+        )
+    plugins += [
+        (t.strip(), t.strip(), functools.partial(_import, t.strip()), Origin("", "", EXTRA_ENV))
+        for t in os.environ.get(EXTRA_ENV, "").split(",")
+        if t.strip()
+    ]
     for name, target, load, origin in plugins:
         try:
             family = _check(load(), target)
         except Exception as exc:  # a broken plug-in must not take the catalogue down
             log.warning("skipping node family plug-in %s: %s", target, exc)
-            _broken[name] = f"the plug-in '{name}' ({target}{', from ' + str(origin) if origin.package else ''}) failed to load: {exc}"
+            _broken[name] = (
+                f"the plug-in '{name}' ({target}{', from ' + str(origin) if origin.package else ''}) failed to load: {exc}"
+            )
             continue
         if family.type in families and families[family.type] is not family:
             log.warning("skipping plug-in %s: family id '%s' is already taken", target, family.type)

@@ -30,7 +30,11 @@ def _edges(plan: Plan) -> list[tuple[str, str, str]]:
     edges = []
     for node_id, node in plan.nodes.items():
         for port, src in node.inputs.items():
-            src_type = plan.spec.inputs[src.port].type if src.node is None else plan.nodes[src.node].family.outputs[src.port].type
+            src_type = (
+                plan.spec.inputs[src.port].type
+                if src.node is None
+                else plan.nodes[src.node].family.outputs[src.port].type
+            )
             label = f"{src.port} → {port} : {src_type.title}" if src.node else f"{port} : {src_type.title}"
             edges.append((_id(src), node_id, label))
     for name, src in plan.outputs.items():
@@ -53,8 +57,13 @@ def _boxes(plan: Plan, deployments: Deployments | None) -> list[tuple[str | None
     return [(name, [n for n in plan.nodes if n in members]) for name, members in deployments.items()]
 
 
-def _boxed(plan: Plan, deployments: Deployments | None, open_box: Callable[[str], str], close_box: str,
-           node: Callable[[str], str]) -> list[str]:
+def _boxed(
+    plan: Plan,
+    deployments: Deployments | None,
+    open_box: Callable[[str], str],
+    close_box: str,
+    node: Callable[[str], str],
+) -> list[str]:
     """Every node's line, those of one deployment between its box's opening and closing lines."""
     lines = []
     for box, members in _boxes(plan, deployments):
@@ -70,6 +79,7 @@ def mermaid(plan: Plan, deployments: Deployments | None = None) -> str:
     lines = ["flowchart LR"]
     for name, spec in plan.spec.inputs.items():
         lines.append(f'  in_{name}[/"{name}<br/><i>{spec.type.title}</i>"/]')
+
     def node(node_id: str) -> str:
         title, sub = _node_label(plan, node_id)
         return f'{node_id}["<b>{title}</b><br/>{sub}"]'
@@ -86,17 +96,28 @@ def picture(plan: Plan, deployments: Deployments | None = None) -> dict[str, Any
     """The drawing as JSON-ready data: graph inputs, nodes (id, family, label, category,
     whether it runs a model), outputs, every wire with the label Mermaid and DOT give it,
     and each deployment's nodes; ids are those of `mermaid` and `dot` (`in_x`, `out_x`)."""
+
     def node(node_id: str) -> dict[str, Any]:
         title, sub = _node_label(plan, node_id)
         family = plan.nodes[node_id].family
-        return {"id": title, "family": family.type, "label": sub, "category": family.category, "uses_gpu": family.uses_gpu}
+        return {
+            "id": title,
+            "family": family.type,
+            "label": sub,
+            "category": family.category,
+            "uses_gpu": family.uses_gpu,
+        }
 
     return {
-        "inputs": [{"id": f"in_{name}", "name": name, "type": spec.type.title} for name, spec in plan.spec.inputs.items()],
+        "inputs": [
+            {"id": f"in_{name}", "name": name, "type": spec.type.title} for name, spec in plan.spec.inputs.items()
+        ],
         "nodes": [node(node_id) for node_id in plan.nodes],
         "outputs": [{"id": f"out_{name}", "name": name, "type": plan.output_type(name).title} for name in plan.outputs],
         "edges": [{"from": src, "to": dst, "label": label} for src, dst, label in _edges(plan)],
-        "deployments": [{"name": box, "nodes": members} for box, members in _boxes(plan, deployments) if box is not None],
+        "deployments": [
+            {"name": box, "nodes": members} for box, members in _boxes(plan, deployments) if box is not None
+        ],
     }
 
 
@@ -108,14 +129,22 @@ def dot(plan: Plan, deployments: Deployments | None = None) -> str:
         '  edge [fontname="Helvetica", fontsize=9, color="#555555"];',
     ]
     for name, spec in plan.spec.inputs.items():
-        lines.append(f'  in_{name} [shape=parallelogram, style=filled, fillcolor="#e8f0fe", label="{name}\\n{spec.type.title}"];')
+        lines.append(
+            f'  in_{name} [shape=parallelogram, style=filled, fillcolor="#e8f0fe", label="{name}\\n{spec.type.title}"];'
+        )
+
     def node(node_id: str) -> str:
         title, sub = _node_label(plan, node_id)
         fill = "#fde7e7" if plan.nodes[node_id].family.uses_gpu else "#eef7ee"
         return f'{node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];'
 
-    lines += _boxed(plan, deployments, lambda box: f'  subgraph cluster_{box} {{ label="deployment {box}"; style="dashed"; color="#888888";',
-                    "  }", node)
+    lines += _boxed(
+        plan,
+        deployments,
+        lambda box: f'  subgraph cluster_{box} {{ label="deployment {box}"; style="dashed"; color="#888888";',
+        "  }",
+        node,
+    )
     for name in plan.outputs:
         lines.append(f'  out_{name} [shape=invhouse, style=filled, fillcolor="#fff4d6", label="{name}"];')
     for src, dst, label in _edges(plan):

@@ -22,8 +22,15 @@ from capgraph.engine.weights import models_mode
 log = logging.getLogger("capgraph")
 
 
-def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, report: dict[str, dict[str, Any]] | None = None,
-               warmup: bool = True, logger: logging.Logger = log) -> dict[str, Node]:
+def load_nodes(
+    plan: Plan,
+    node_ids: Sequence[str],
+    device: str,
+    dtype: str,
+    report: dict[str, dict[str, Any]] | None = None,
+    warmup: bool = True,
+    logger: logging.Logger = log,
+) -> dict[str, Node]:
     """Build, load and warm the nodes, one after another, each told which of its outputs
     the graph reads (`Node.wanted`). Returns them in the order given
     and fills `report` (what /health and `capgraph run` show) as each one becomes ready;
@@ -45,18 +52,34 @@ def load_nodes(plan: Plan, node_ids: Sequence[str], device: str, dtype: str, rep
         if warmup:
             node.warmup()
         warm = time.perf_counter()
-        report[node_id] = {"loaded": True, "warm": warmup, "device": device, "dtype": dtype, "weight_bytes": node.weight_bytes,
-                           "models": node.models(), "models_mode": models_mode(),
-                           "load_s": round(loaded - start, 3), "warmup_s": round(warm - loaded, 3)}
+        report[node_id] = {
+            "loaded": True,
+            "warm": warmup,
+            "device": device,
+            "dtype": dtype,
+            "weight_bytes": node.weight_bytes,
+            "models": node.models(),
+            "models_mode": models_mode(),
+            "load_s": round(loaded - start, 3),
+            "warmup_s": round(warm - loaded, 3),
+        }
         return node
 
     return {node_id: one(node_id) for node_id in node_ids}
 
 
-def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], values: Sequence[dict[str, Any]],
-              params: Sequence[Mapping[str, NodeParams]], *, chunks: Mapping[str, int] | None = None,
-              release: Mapping[str, Sequence[str]] | None = None, on_start: Callable[[str], None] | None = None,
-              on_done: Callable[[str, float, int], None] | None = None) -> dict[str, float]:
+def run_nodes(
+    plan: Plan,
+    nodes: Mapping[str, Node],
+    node_ids: Sequence[str],
+    values: Sequence[dict[str, Any]],
+    params: Sequence[Mapping[str, NodeParams]],
+    *,
+    chunks: Mapping[str, int] | None = None,
+    release: Mapping[str, Sequence[str]] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[str, float, int], None] | None = None,
+) -> dict[str, float]:
     """Run `node_ids` (in plan order) over a batch: `values[i]` holds frame i's values by
     wire name and gets each node's outputs; `params[i]` frame i's params by node id. Each
     node's `run_batch` runs once for the batch, or in `chunks[node_id]`-frame pieces.
@@ -72,15 +95,24 @@ def run_nodes(plan: Plan, nodes: Mapping[str, Node], node_ids: Sequence[str], va
         # an optional port fed by a graph input the frame did not bring is left out: a model shared
         # by several graphs (`serve.compile.sharing`) takes every port one of them wires as a graph input,
         # and each frame brings its own graph's; a node's output missing stays an error
-        wires = [(port, str(src), src.node is None and planned.family.inputs[port].optional) for port, src in planned.inputs.items()]
-        batch = [{port: frame[key] for port, key, may_lack in wires if key in frame or not may_lack} for frame in values]
+        wires = [
+            (port, str(src), src.node is None and planned.family.inputs[port].optional)
+            for port, src in planned.inputs.items()
+        ]
+        batch = [
+            {port: frame[key] for port, key, may_lack in wires if key in frame or not may_lack} for frame in values
+        ]
         own = [p[node_id] for p in params]
         step = (chunks or {}).get(node_id) or count or 1
         if on_start is not None:
             on_start(node_id)
         start = time.perf_counter()
         try:
-            out = [o for i in range(0, count, step) for o in nodes[node_id].run_batch(batch[i : i + step], own[i : i + step])]
+            out = [
+                o
+                for i in range(0, count, step)
+                for o in nodes[node_id].run_batch(batch[i : i + step], own[i : i + step])
+            ]
         except InputError:
             raise
         except Exception as exc:
@@ -120,8 +152,11 @@ def release_schedule(plan: Plan) -> dict[str, list[str]]:
 def _failed(node: PlannedNode, batch: Sequence[Mapping[str, Any]], cause: BaseException) -> NodeFailed:
     """A node raised while running: the error names the node, its family and what it was given."""
     shapes = ", ".join(f"{k}={_shape(v)}" for k, v in (batch[0].items() if batch else ()))
-    return NodeFailed(f"node '{node.id}' ({node.family.type}) failed on a batch of {len(batch)} [{shapes}]: "
-                      f"{type(cause).__name__}: {cause}", node.id)
+    return NodeFailed(
+        f"node '{node.id}' ({node.family.type}) failed on a batch of {len(batch)} [{shapes}]: "
+        f"{type(cause).__name__}: {cause}",
+        node.id,
+    )
 
 
 def _shape(value: Any) -> str:

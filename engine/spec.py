@@ -18,7 +18,15 @@ REFERENCE = re.compile(r"^(?P<first>[a-z_][a-z0-9_]*)(\.(?P<port>[a-z_][a-z0-9_]
 # Top-level keys of a Ray Serve config file (ray.serve.schema.ServeDeploySchema): allowed so
 # that a graph file is also a valid `serve run` / `serve deploy` config.
 RAY_KEYS = frozenset(
-    {"applications", "proxy_location", "http_options", "grpc_options", "logging_config", "target_capacity", "controller_options"}
+    {
+        "applications",
+        "proxy_location",
+        "http_options",
+        "grpc_options",
+        "logging_config",
+        "target_capacity",
+        "controller_options",
+    }
 )
 
 
@@ -61,10 +69,15 @@ class Autoscale(_Strict):
 
     min: int = Field(1, ge=0, le=1024)
     max: int = Field(1, ge=1, le=1024)
-    target_ongoing_requests: float | None = Field(None, gt=0, le=100_000, description="frames a replica holds before "
-                                                  "another is added; default: two batches")
-    upscale_delay_s: float = Field(10.0, ge=0, le=3600, description="load must stay high this long before a replica is added")
-    downscale_delay_s: float = Field(120.0, ge=0, le=86_400, description="load must stay low this long before a replica goes")
+    target_ongoing_requests: float | None = Field(
+        None, gt=0, le=100_000, description="frames a replica holds before another is added; default: two batches"
+    )
+    upscale_delay_s: float = Field(
+        10.0, ge=0, le=3600, description="load must stay high this long before a replica is added"
+    )
+    downscale_delay_s: float = Field(
+        120.0, ge=0, le=86_400, description="load must stay low this long before a replica goes"
+    )
     look_back_period_s: float = Field(30.0, gt=0, le=3600, description="the window the load is averaged over")
 
     @model_validator(mode="after")
@@ -101,15 +114,19 @@ class GraphSpec(_Strict):
     version: str = Field("v1", pattern=r"^v[0-9]+(\.[0-9]+)*$")
     description: str = ""
     requires: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
-        default_factory=list, max_length=32,
+        default_factory=list,
+        max_length=32,
         description="pip requirements that provide the graph's plug-in node families, e.g. capgraph-caption>=0.1: "
-                    "a machine without one says which package to install")
+        "a machine without one says which package to install",
+    )
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
     outputs: dict[str, str]
     params: dict[Annotated[str, StringConstraints(pattern=IDENT)], str] = Field(
-        default_factory=dict, description="request params by a name of the graph's own -> the node.param it sets "
-                                          "(one the node's family lets a request set), e.g. {seed: generate.seed}")
+        default_factory=dict,
+        description="request params by a name of the graph's own -> the node.param it sets "
+        "(one the node's family lets a request set), e.g. {seed: generate.seed}",
+    )
 
     def sections(self) -> dict[str, Any]:
         """The graph as plain data (what a Serve builder gets in its args)."""
@@ -166,4 +183,3 @@ def json_schema_for(families: dict[str, Any]) -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "capgraph graph file"
     return schema
-

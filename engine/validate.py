@@ -62,14 +62,22 @@ class _Validator:
         line, column = locate(self.tree, path) or (None, None)
         self.problems.append(GraphError(code, message, self.file, line, column, **extra))
 
-    def report_pydantic(self, exc: ValidationError, prefix: tuple[Any, ...], model: type[BaseModel], **extra: Any) -> None:
+    def report_pydantic(
+        self, exc: ValidationError, prefix: tuple[Any, ...], model: type[BaseModel], **extra: Any
+    ) -> None:
         for err in exc.errors():
             loc = prefix + tuple(err["loc"])
             field = ".".join(str(p) for p in err["loc"])
             owner = f"node '{extra['node']}': " if extra.get("node") else ""
             if err["type"] == "extra_forbidden":
                 known = _fields_at(model, err["loc"][:-1])
-                self.report("unknown_field", f"{owner}unknown field '{field}'.", loc, hint=did_you_mean(str(err["loc"][-1]), known), **extra)
+                self.report(
+                    "unknown_field",
+                    f"{owner}unknown field '{field}'.",
+                    loc,
+                    hint=did_you_mean(str(err["loc"][-1]), known),
+                    **extra,
+                )
             elif err["type"] == "missing":
                 self.report("missing_field", f"{owner}missing required field '{field}'.", loc[:-1], **extra)
             else:
@@ -96,13 +104,22 @@ class _Validator:
     def read(self) -> GraphSpec | None:
         tree = self.tree
         if not isinstance(tree, Mapping):
-            self.report("not_a_graph", "a graph file must be a YAML mapping with capability, inputs, nodes and outputs.")
+            self.report(
+                "not_a_graph", "a graph file must be a YAML mapping with capability, inputs, nodes and outputs."
+            )
             return None
         for key, pos, first in _duplicates(tree):
-            self.problems.append(GraphError("duplicate", f"duplicate key '{key}' (first defined at line {first}).", self.file, *pos))
+            self.problems.append(
+                GraphError("duplicate", f"duplicate key '{key}' (first defined at line {first}).", self.file, *pos)
+            )
         for key in tree:
             if key not in GRAPH_KEYS and key not in RAY_KEYS and key not in section_names():  # a mount's (Livepeer's)
-                self.report("unknown_field", f"unknown top-level field '{key}'.", (key,), hint=did_you_mean(str(key), GRAPH_KEYS))
+                self.report(
+                    "unknown_field",
+                    f"unknown top-level field '{key}'.",
+                    (key,),
+                    hint=did_you_mean(str(key), GRAPH_KEYS),
+                )
         sections: dict[str, Any] = {}
         for key in ("inputs", "nodes", "outputs"):
             value = tree.get(key, {} if key == "inputs" else None)
@@ -115,10 +132,19 @@ class _Validator:
                 value = {}
             for name in value:
                 if not (isinstance(name, str) and _IDENT.match(name)):
-                    self.report("bad_name", f"{key[:-1]} name {name!r} must be lowercase letters, digits and '_', starting with a letter.", (key, name))
+                    self.report(
+                        "bad_name",
+                        f"{key[:-1]} name {name!r} must be lowercase letters, digits and '_', starting with a letter.",
+                        (key, name),
+                    )
             sections[key] = value
         for name in sections["inputs"].keys() & sections["nodes"].keys():
-            self.report("duplicate", f"'{name}' is both a graph input and a node id; wires could not tell them apart.", ("nodes", name), node=name)
+            self.report(
+                "duplicate",
+                f"'{name}' is both a graph input and a node id; wires could not tell them apart.",
+                ("nodes", name),
+                node=name,
+            )
 
         header = {k: v for k, v in tree.items() if k in GRAPH_KEYS} | {"inputs": {}, "nodes": {}, "outputs": {}}
         try:
@@ -146,14 +172,24 @@ class _Validator:
         outputs = {}
         for name, ref in sections["outputs"].items():
             if ref is None or ref == "":
-                self.report("unwired_output", f"output '{name}' is wired to nothing.", ("outputs", name), hint="Wire it to a node port, e.g. 'depth.depth_map'.")
+                self.report(
+                    "unwired_output",
+                    f"output '{name}' is wired to nothing.",
+                    ("outputs", name),
+                    hint="Wire it to a node port, e.g. 'depth.depth_map'.",
+                )
             elif not isinstance(ref, str):
-                self.report("bad_value", f"output '{name}' must name a node port such as 'depth.depth_map', found {_short(ref)}.", ("outputs", name))
+                self.report(
+                    "bad_value",
+                    f"output '{name}' must name a node port such as 'depth.depth_map', found {_short(ref)}.",
+                    ("outputs", name),
+                )
             else:
                 outputs[name] = ref
         try:
             return GraphSpec.model_validate(
-                {k: v for k, v in header.items() if k in GRAPH_KEYS} | {"inputs": inputs, "nodes": nodes, "outputs": outputs}
+                {k: v for k, v in header.items() if k in GRAPH_KEYS}
+                | {"inputs": inputs, "nodes": nodes, "outputs": outputs}
             )
         except ValidationError:
             return None  # already reported above, section by section
@@ -161,9 +197,17 @@ class _Validator:
     def check_default(self, name: str, spec: InputSpec) -> None:
         where = ("inputs", name, "default")
         if spec.type not in _DEFAULTABLE:
-            self.report("bad_value", f"input '{name}' of type {spec.type.title} cannot have a default; it must come with each request.", where)
+            self.report(
+                "bad_value",
+                f"input '{name}' of type {spec.type.title} cannot have a default; it must come with each request.",
+                where,
+            )
             return
-        value = float(spec.default) if spec.type is PortType.NUMBER and isinstance(spec.default, int) and not isinstance(spec.default, bool) else spec.default
+        value = (
+            float(spec.default)
+            if spec.type is PortType.NUMBER and isinstance(spec.default, int) and not isinstance(spec.default, bool)
+            else spec.default
+        )
         problem = check_value(spec.type, value)
         if problem:
             self.report("bad_value", f"default of input '{name}': {problem}.", where)
@@ -176,14 +220,23 @@ class _Validator:
         missing = unmet(spec.requires)
         for index, requirement in enumerate(spec.requires):
             if requirement in missing:
-                self.report("requires", f"this graph requires '{requirement}', which {missing[requirement]}.", ("requires", index),
-                            hint=f"Install it: pip install '{requirement}'.")
+                self.report(
+                    "requires",
+                    f"this graph requires '{requirement}', which {missing[requirement]}.",
+                    ("requires", index),
+                    hint=f"Install it: pip install '{requirement}'.",
+                )
         for node_id, node in spec.nodes.items():
             at = ("nodes", node_id)
             family = families.get(node.type)
             if family is None:
-                self.report("unknown_type", f"node '{node_id}': unknown node type '{node.type}'.", at + ("type",), node=node_id,
-                            hint=_missing_family_hint(node.type, missing, families))
+                self.report(
+                    "unknown_type",
+                    f"node '{node_id}': unknown node type '{node.type}'.",
+                    at + ("type",),
+                    node=node_id,
+                    hint=_missing_family_hint(node.type, missing, families),
+                )
                 self.broken.add(node_id)
                 continue
             try:
@@ -198,17 +251,40 @@ class _Validator:
                 if port is None:
                     misnamed = True
                     ports = {f"{n} ({p.label})": n for n, p in family.inputs.items()}
-                    self.report("unknown_port", f"node '{node_id}' ({node.type}) has no input port '{port_name}'.", at + ("inputs", port_name),
-                                node=node_id, port=port_name, hint=did_you_mean(port_name, ports.values(), allowed_label=f"Inputs of {node.type}"))
+                    self.report(
+                        "unknown_port",
+                        f"node '{node_id}' ({node.type}) has no input port '{port_name}'.",
+                        at + ("inputs", port_name),
+                        node=node_id,
+                        port=port_name,
+                        hint=did_you_mean(port_name, ports.values(), allowed_label=f"Inputs of {node.type}"),
+                    )
                     continue
-                src = self.resolve_ref(ref, spec, families, at + ("inputs", port_name), f"input '{node_id}.{port_name}'", node_id, port_name)
+                src = self.resolve_ref(
+                    ref,
+                    spec,
+                    families,
+                    at + ("inputs", port_name),
+                    f"input '{node_id}.{port_name}'",
+                    node_id,
+                    port_name,
+                )
                 if src is None:
                     continue
-                src_type = spec.inputs[src.port].type if src.node is None else families[spec.nodes[src.node].type].outputs[src.port].type
+                src_type = (
+                    spec.inputs[src.port].type
+                    if src.node is None
+                    else families[spec.nodes[src.node].type].outputs[src.port].type
+                )
                 if not compatible(src_type, port):
-                    self.report("type_mismatch", f"cannot connect '{src}' ({src_type.title}) to '{node_id}.{port_name}' ({port.label}).",
-                                at + ("inputs", port_name), node=node_id, port=port_name,
-                                hint=self.suggest_port(src_type, spec, families, src, node_id))
+                    self.report(
+                        "type_mismatch",
+                        f"cannot connect '{src}' ({src_type.title}) to '{node_id}.{port_name}' ({port.label}).",
+                        at + ("inputs", port_name),
+                        node=node_id,
+                        port=port_name,
+                        hint=self.suggest_port(src_type, spec, families, src, node_id),
+                    )
                     continue
                 wires[port_name] = src
                 if src.node is not None:
@@ -216,13 +292,20 @@ class _Validator:
                     graph.add_edge(src.node, node_id, line=line)
             for port_name, port in family.inputs.items():
                 if not port.optional and port_name not in node.inputs and not misnamed:  # a misnamed port explains it
-                    self.report("missing_input", f"node '{node_id}' ({node.type}): required input port '{port_name}' ({port.label}) is not wired.",
-                                at + ("inputs",) if "inputs" in _raw(self.tree, at) else at, node=node_id, port=port_name,
-                                hint=f"Add 'inputs: {{{port_name}: <graph input or node.port>}}'.")
+                    self.report(
+                        "missing_input",
+                        f"node '{node_id}' ({node.type}): required input port '{port_name}' ({port.label}) is not wired.",
+                        at + ("inputs",) if "inputs" in _raw(self.tree, at) else at,
+                        node=node_id,
+                        port=port_name,
+                        hint=f"Add 'inputs: {{{port_name}: <graph input or node.port>}}'.",
+                    )
             if params is not None and not misnamed:
                 for port_name, problem in family.check_wiring(params, frozenset(node.inputs)):
                     where = at + ("inputs", port_name) if port_name in node.inputs else at
-                    self.report("wiring", f"node '{node_id}' ({node.type}): {problem}", where, node=node_id, port=port_name)
+                    self.report(
+                        "wiring", f"node '{node_id}' ({node.type}): {problem}", where, node=node_id, port=port_name
+                    )
             if params is not None:
                 planned[node_id] = PlannedNode(node_id, family, params, wires, node)
         outputs: dict[str, Source] = {}
@@ -231,7 +314,9 @@ class _Validator:
             if src is not None:
                 outputs[name] = src
         if not spec.outputs and "outputs" in (self.tree or {}):
-            self.report("no_outputs", "the graph declares no outputs; a capability must answer something.", ("outputs",))
+            self.report(
+                "no_outputs", "the graph declares no outputs; a capability must answer something.", ("outputs",)
+            )
         self.resolve_params(spec, planned)
         return planned, outputs, graph
 
@@ -240,36 +325,71 @@ class _Validator:
         for name, target in spec.params.items():
             at = ("params", name)
             if name in spec.inputs:
-                self.report("duplicate", f"'{name}' is both a graph input and a graph param; a route mapping could not "
-                            "tell them apart.", at)
+                self.report(
+                    "duplicate",
+                    f"'{name}' is both a graph input and a graph param; a route mapping could not tell them apart.",
+                    at,
+                )
             parsed = parse_reference(target)
             if parsed is None or parsed[0] is None:
-                self.report("bad_reference", f"param '{name}': '{target}' is not a 'node.param' reference.", at,
-                            hint="Name the node and its param, e.g. 'generate.seed'.")
+                self.report(
+                    "bad_reference",
+                    f"param '{name}': '{target}' is not a 'node.param' reference.",
+                    at,
+                    hint="Name the node and its param, e.g. 'generate.seed'.",
+                )
                 continue
             node_id, param = parsed
             if node_id in self.broken or "*nodes" in self.broken:
                 continue  # the node is reported already
             if node_id not in spec.nodes:
-                self.report("bad_reference", f"param '{name}': no node named '{node_id}'.", at,
-                            hint=did_you_mean(node_id, spec.nodes, allowed_label="Nodes"))
+                self.report(
+                    "bad_reference",
+                    f"param '{name}': no node named '{node_id}'.",
+                    at,
+                    hint=did_you_mean(node_id, spec.nodes, allowed_label="Nodes"),
+                )
                 continue
             node = planned.get(node_id)
             if node is None:
                 continue  # its type or params are reported already
             settable = sorted(node.family.request_params)
             if param not in node.family.Params.model_fields:
-                self.report("bad_reference", f"param '{name}': node '{node_id}' ({node.family.type}) has no param '{param}'.", at,
-                            node=node_id, hint=did_you_mean(param, settable, allowed_label=f"Settable params of {node.family.type}"))
+                self.report(
+                    "bad_reference",
+                    f"param '{name}': node '{node_id}' ({node.family.type}) has no param '{param}'.",
+                    at,
+                    node=node_id,
+                    hint=did_you_mean(param, settable, allowed_label=f"Settable params of {node.family.type}"),
+                )
             elif param not in node.family.request_params:
-                self.report("fixed_param", f"param '{name}': '{target}' is fixed by the graph; a request may not set it "
-                            f"(a {node.family.type} node lets a request set {', '.join(settable) or 'nothing'}).", at, node=node_id)
+                self.report(
+                    "fixed_param",
+                    f"param '{name}': '{target}' is fixed by the graph; a request may not set it "
+                    f"(a {node.family.type} node lets a request set {', '.join(settable) or 'nothing'}).",
+                    at,
+                    node=node_id,
+                )
 
-    def resolve_ref(self, ref: str, spec: GraphSpec, families: Mapping[str, Any], at: tuple[Any, ...], what: str,
-                    node_id: str | None, port_name: str | None) -> Source | None:
+    def resolve_ref(
+        self,
+        ref: str,
+        spec: GraphSpec,
+        families: Mapping[str, Any],
+        at: tuple[Any, ...],
+        what: str,
+        node_id: str | None,
+        port_name: str | None,
+    ) -> Source | None:
         parsed = parse_reference(ref)
         if parsed is None:
-            self.report("bad_reference", f"{what}: '{ref}' is not a graph input name or a 'node.port' reference.", at, node=node_id, port=port_name)
+            self.report(
+                "bad_reference",
+                f"{what}: '{ref}' is not a graph input name or a 'node.port' reference.",
+                at,
+                node=node_id,
+                port=port_name,
+            )
             return None
         src_node, src_port = parsed
         if (src_node or src_port) in self.broken or ("*nodes" if src_node else "*inputs") in self.broken:
@@ -278,22 +398,48 @@ class _Validator:
             if src_port in spec.inputs:
                 return Source(None, src_port)
             if src_port in spec.nodes:
-                self.report("bad_reference", f"{what}: '{ref}' is a node; name one of its output ports.", at, node=node_id, port=port_name,
-                            hint=self.ports_hint(src_port, spec, families))
+                self.report(
+                    "bad_reference",
+                    f"{what}: '{ref}' is a node; name one of its output ports.",
+                    at,
+                    node=node_id,
+                    port=port_name,
+                    hint=self.ports_hint(src_port, spec, families),
+                )
             else:
-                self.report("bad_reference", f"{what}: no graph input named '{ref}'.", at, node=node_id, port=port_name,
-                            hint=did_you_mean(ref, list(spec.inputs) + list(spec.nodes), allowed_label="Graph inputs and nodes"))
+                self.report(
+                    "bad_reference",
+                    f"{what}: no graph input named '{ref}'.",
+                    at,
+                    node=node_id,
+                    port=port_name,
+                    hint=did_you_mean(
+                        ref, list(spec.inputs) + list(spec.nodes), allowed_label="Graph inputs and nodes"
+                    ),
+                )
             return None
         if src_node not in spec.nodes:
-            self.report("bad_reference", f"{what}: no node named '{src_node}'.", at, node=node_id, port=port_name,
-                        hint=did_you_mean(src_node, spec.nodes, allowed_label="Nodes"))
+            self.report(
+                "bad_reference",
+                f"{what}: no node named '{src_node}'.",
+                at,
+                node=node_id,
+                port=port_name,
+                hint=did_you_mean(src_node, spec.nodes, allowed_label="Nodes"),
+            )
             return None
         family = families.get(spec.nodes[src_node].type)
         if family is None:
             return None  # its unknown type is already reported
         if src_port not in family.outputs:
-            self.report("bad_reference", f"{what}: node '{src_node}' has no output port '{src_port}'.", at, node=node_id, port=port_name,
-                        hint=self.ports_hint(src_node, spec, families, src_port))
+            self.report(
+                "bad_reference",
+                f"{what}: node '{src_node}' has no output port '{src_port}'.",
+                at,
+                node=node_id,
+                port=port_name,
+                hint=self.ports_hint(src_node, spec, families, src_port),
+            )
             return None
         return Source(src_node, src_port)
 
@@ -305,7 +451,9 @@ class _Validator:
         close = did_you_mean(near, family.outputs).split("Allowed")[0] if near else ""
         return f"{close}Outputs of {node}: {listed}."
 
-    def suggest_port(self, src_type: PortType, spec: GraphSpec, families: Mapping[str, Any], src: Source, dst: str) -> str:
+    def suggest_port(
+        self, src_type: PortType, spec: GraphSpec, families: Mapping[str, Any], src: Source, dst: str
+    ) -> str:
         """Name the ports that would fit: another input port of the destination that takes
         this type, or another output of the source that the destination port takes."""
         family = families[spec.nodes[dst].type]
@@ -314,13 +462,20 @@ class _Validator:
             return f"Did you mean {' or '.join(fits)}?"
         return ""
 
-    def check_graph(self, spec: GraphSpec, nodes: Mapping[str, PlannedNode], outputs: Mapping[str, Source], graph: nx.DiGraph) -> list[str]:
+    def check_graph(
+        self, spec: GraphSpec, nodes: Mapping[str, PlannedNode], outputs: Mapping[str, Source], graph: nx.DiGraph
+    ) -> list[str]:
         cycles = list(_first_cycles(graph))
         for cycle in cycles:
             lines = [graph.edges[a, b].get("line") for a, b in zip(cycle, cycle[1:])]
             last = cycle[-2]
-            self.report("cycle", f"cycle: {' -> '.join(cycle)} (edges at lines {', '.join(str(x) for x in lines)}).",
-                        ("nodes", last), node=last, hint="Remove one edge or add a second node.")
+            self.report(
+                "cycle",
+                f"cycle: {' -> '.join(cycle)} (edges at lines {', '.join(str(x) for x in lines)}).",
+                ("nodes", last),
+                node=last,
+                hint="Remove one edge or add a second node.",
+            )
         if cycles:
             return []
         order = list(nx.lexicographical_topological_sort(graph, key=list(spec.nodes).index))
@@ -331,12 +486,25 @@ class _Validator:
             reaching |= nx.ancestors(graph, target)
         for node_id in spec.nodes:
             if node_id not in reaching:
-                self.report("dead_end", f"node '{node_id}' reaches no output; its results would be computed and thrown away.",
-                            ("nodes", node_id), node=node_id, severity="warning", hint="Wire one of its ports to an output or remove it.")
-        used = {s.port for n in nodes.values() for s in n.inputs.values() if s.node is None} | {s.port for s in outputs.values() if s.node is None}
+                self.report(
+                    "dead_end",
+                    f"node '{node_id}' reaches no output; its results would be computed and thrown away.",
+                    ("nodes", node_id),
+                    node=node_id,
+                    severity="warning",
+                    hint="Wire one of its ports to an output or remove it.",
+                )
+        used = {s.port for n in nodes.values() for s in n.inputs.values() if s.node is None} | {
+            s.port for s in outputs.values() if s.node is None
+        }
         for name in spec.inputs:
             if name not in used:
-                self.report("unused_input", f"graph input '{name}' is not wired to any node.", ("inputs", name), severity="warning")
+                self.report(
+                    "unused_input",
+                    f"graph input '{name}' is not wired to any node.",
+                    ("inputs", name),
+                    severity="warning",
+                )
         return order
 
 
@@ -349,12 +517,17 @@ def _missing_family_hint(name: str, missing: Mapping[str, str], families: Mappin
     absent = [r for r, problem in missing.items() if "not installed" in problem or "is not met" in problem]
     if absent:
         listed = " ".join(f"'{r}'" for r in absent)
-        return (f"It is not a built-in family; it comes from a package this graph requires: pip install {listed}, "
-                f"then `capgraph nodes {name}` lists it.")
+        return (
+            f"It is not a built-in family; it comes from a package this graph requires: pip install {listed}, "
+            f"then `capgraph nodes {name}` lists it."
+        )
     hint = did_you_mean(name, families, allowed_label="Registered types")
     if hint.startswith("Did you mean"):
         return hint
-    return hint + " A plug-in family needs its package installed (list it under 'requires:' and a machine without it names it)."
+    return (
+        hint
+        + " A plug-in family needs its package installed (list it under 'requires:' and a machine without it names it)."
+    )
 
 
 def _first_cycles(graph: nx.DiGraph, limit: int = 5) -> Iterator[list[str]]:

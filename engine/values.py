@@ -14,7 +14,9 @@ MAX_PIXELS = 4096 * 4096
 """Largest image accepted by default (16.7 MP): bigger headers are refused before decoding."""
 
 
-def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS, *, labels: bool = False) -> np.ndarray:
+def decode_image(
+    data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS, *, labels: bool = False
+) -> np.ndarray:
     """PNG/JPEG/WebP bytes -> uint8 RGB array, refusing oversized headers before decoding.
 
     With `labels=True` a single-channel or palette file keeps its values (8- or 16-bit class
@@ -27,7 +29,9 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise InputError(field, f"image is {width}x{height} pixels, over the limit of {max_pixels:,} pixels", 413)
+                raise InputError(
+                    field, f"image is {width}x{height} pixels, over the limit of {max_pixels:,} pixels", 413
+                )
             if img.format not in ("PNG", "JPEG", "WEBP", "BMP"):
                 raise InputError(field, f"unsupported image format {img.format}; send PNG, JPEG or WebP", 415)
             if labels:
@@ -37,8 +41,12 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS
     except InputError:
         raise
     except Image.DecompressionBombError:  # Pillow will not even open a header over twice its MAX_IMAGE_PIXELS
-        raise InputError(field, f"the image header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
-                         f"bomb?), over the limit of {max_pixels:,} pixels", 413) from None
+        raise InputError(
+            field,
+            f"the image header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+            f"bomb?), over the limit of {max_pixels:,} pixels",
+            413,
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(field, f"not a decodable image ({type(exc).__name__}: {str(exc)[:80]})", 400) from None
 

@@ -53,7 +53,9 @@ class Weights:
 class ModelMissing(RuntimeError):
     """A model a node needs is not on this machine and the hub may not be used."""
 
-    def __init__(self, node_id: str, model: str, detail: str = "", offline: bool = True, unreachable: str | None = None):
+    def __init__(
+        self, node_id: str, model: str, detail: str = "", offline: bool = True, unreachable: str | None = None
+    ):
         self.node_id, self.model = node_id, model
         where = "is not in the local cache and HF_HUB_OFFLINE is set" if offline else "cannot be found"
         if unreachable:
@@ -143,8 +145,10 @@ def resolve(model: str, node_id: str, weights: Weights) -> str:
         return str(tiny_model(weights.key, weights.tiny))
     if mode == "random":
         if weights.random is None:
-            raise KeyError(f"node '{node_id}': {MODELS_ENV}=random, but no node family declares a full-size random "
-                           f"model '{weights.key}' (Weights.random)")
+            raise KeyError(
+                f"node '{node_id}': {MODELS_ENV}=random, but no node family declares a full-size random "
+                f"model '{weights.key}' (Weights.random)"
+            )
         return str(random_model(weights.key, weights.random))
     if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
@@ -154,7 +158,9 @@ def resolve(model: str, node_id: str, weights: Weights) -> str:
     try:
         return snapshot_download(model, cache_dir=model_dir(), local_files_only=True)
     except HFValidationError as exc:  # neither an existing folder nor a possible hub id
-        raise ModelMissing(node_id, model, "; it is not an existing local path nor a valid Hugging Face id", offline=False) from exc
+        raise ModelMissing(
+            node_id, model, "; it is not an existing local path nor a valid Hugging Face id", offline=False
+        ) from exc
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
         if offline():
             raise ModelMissing(node_id, model) from exc
@@ -191,7 +197,9 @@ def split_weights(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-def write_random_models(folder: Path | str, families: Iterable["type[Node]"], keys: Iterable[str] | None = None) -> dict[str, str]:
+def write_random_models(
+    folder: Path | str, families: Iterable["type[Node]"], keys: Iterable[str] | None = None
+) -> dict[str, str]:
     """Write the full-size random model of every one of `families` (the catalogue's, say),
     or only those of `keys`, under `folder`, where `CAPGRAPH_RANDOM_DIR=folder` finds them;
     key -> model folder. Models already there are kept. What `capgraph random-models DIR` runs."""

@@ -102,7 +102,9 @@ def load_yaml(text: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise YamlProblem(f"YAML syntax error: {message}", *((mark.line + 1, mark.column + 1) if mark else ())) from None
+        raise YamlProblem(
+            f"YAML syntax error: {message}", *((mark.line + 1, mark.column + 1) if mark else ())
+        ) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(f"YAML error: {exc}") from None
     except RecursionError:

@@ -23,10 +23,9 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.capability import check_params, render_json
 from capgraph.livepeer.guard import Guard, RunFn, error, failure
 from capgraph.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
-from capgraph.serve.capability import MAX_BODY_BYTES, media_type, read_body, read_form
+from capgraph.serve.capability import MAX_BODY_BYTES, check_params, media_type, read_body, read_form, render_json
 
 log = logging.getLogger("capgraph.livepeer")
 
@@ -55,9 +54,17 @@ class _Invalid(Exception):
         self.detail = detail
 
 
-def add_ai_runner_routes(router: APIRouter, plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings,
-                         job: Callable[[Request], Awaitable[Response]] | None = None, *, max_pixels: int = MAX_PIXELS,
-                         max_body_bytes: int = MAX_BODY_BYTES) -> None:
+def add_ai_runner_routes(
+    router: APIRouter,
+    plan: Plan,
+    run: RunFn,
+    guard: Guard,
+    settings: LivepeerSettings,
+    job: Callable[[Request], Awaitable[Response]] | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
     """Add each declared route (with its trailing-slash twin), `/version` and `/hardware/*`.
 
     A capability named like a route (`segment-anything-2`) shares its path with the BYOC
@@ -68,8 +75,13 @@ def add_ai_runner_routes(router: APIRouter, plan: Plan, run: RunFn, guard: Guard
         handler = _handler(route, mapping, plan, run, guard, settings, limits)
         if route == settings.name and job is not None:
             handler = _shared_path(handler, job, limits.max_body_bytes)
-        router.add_api_route(f"/{route}", handler, methods=["POST"], summary=f"ai-runner {route}",
-                             openapi_extra={"requestBody": _request_body(route)})
+        router.add_api_route(
+            f"/{route}",
+            handler,
+            methods=["POST"],
+            summary=f"ai-runner {route}",
+            openapi_extra={"requestBody": _request_body(route)},
+        )
         router.add_api_route(f"/{route}/", handler, methods=["POST"], include_in_schema=False)
     pipeline = next(iter(settings.routes))
 
@@ -92,8 +104,15 @@ class _Limits:
     max_body_bytes: int
 
 
-def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, guard: Guard, settings: LivepeerSettings,
-             limits: _Limits):
+def _handler(
+    route: str,
+    mapping: Mapping[str, str],
+    plan: Plan,
+    run: RunFn,
+    guard: Guard,
+    settings: LivepeerSettings,
+    limits: _Limits,
+):
     output = default_output(plan, route, settings)
     response_field = RESPONSE_FIELD[route]
     fields = {k: v for k, v in mapping.items() if k != response_field}
@@ -106,7 +125,9 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
             values = await _read(route, request, limits.max_body_bytes)
             model_id = values.get("model_id") or ""
             if model_id and model_id != settings.model_id:
-                return error(400, f"pipeline configured with {settings.model_id} but called with {model_id}.", field="model_id")
+                return error(
+                    400, f"pipeline configured with {settings.model_id} but called with {model_id}.", field="model_id"
+                )
             if route == "text-to-image" and not values.get("prompt"):
                 return error(400, "Prompt must be provided.")
             if route == "segment-anything-2":
@@ -131,8 +152,11 @@ def _handler(route: str, mapping: Mapping[str, str], plan: Plan, run: RunFn, gua
     return handle
 
 
-def _shared_path(ai_runner: Callable[[Request], Awaitable[Response]], job: Callable[[Request], Awaitable[Response]],
-                 max_body_bytes: int):
+def _shared_path(
+    ai_runner: Callable[[Request], Awaitable[Response]],
+    job: Callable[[Request], Awaitable[Response]],
+    max_body_bytes: int,
+):
     async def either(request: Request) -> Response:
         if not request.headers.get("content-type", "").startswith("multipart/"):
             try:
@@ -184,7 +208,9 @@ async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, 
         except (ValueError, RecursionError):
             raise _Invalid([{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error"}]) from None
         if not isinstance(raw, dict):
-            raise _Invalid([{"type": "model_attributes_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
+            raise _Invalid(
+                [{"type": "model_attributes_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}]
+            )
     elif media_type(request) == "multipart/form-data":
         raw = await read_form(request, body, max_body_bytes, prefix="")
     else:  # not multipart at all: every required field is missing
@@ -197,7 +223,13 @@ async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, 
             continue
         if kind == "image":
             if isinstance(value, str):
-                problems.append({"type": "value_error", "loc": ["body", name], "msg": "Expected UploadFile, received: <class 'str'>"})
+                problems.append(
+                    {
+                        "type": "value_error",
+                        "loc": ["body", name],
+                        "msg": "Expected UploadFile, received: <class 'str'>",
+                    }
+                )
                 continue
             values[name] = value
         elif kind in _ADAPTERS:
@@ -218,7 +250,9 @@ async def _read(route: str, request: Request, max_body_bytes: int) -> dict[str, 
     return values
 
 
-def _to_graph(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+def _to_graph(
+    values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int
+) -> tuple[dict[str, Any], dict[str, NodeParams]]:
     """Mapped request fields -> (graph inputs, each node's params), checked as `/v1`
     checks them (params first, then images under the pixel limit); a fault names the
     request's own field, not the graph's."""
@@ -239,7 +273,9 @@ def _params(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, ma
     except InputError as exc:
         if exc.field not in named:
             raise
-        raise InputError(named[exc.field], f"{exc.message} (it sets the graph's {exc.field.removeprefix('params.')})", exc.status) from None
+        raise InputError(
+            named[exc.field], f"{exc.message} (it sets the graph's {exc.field.removeprefix('params.')})", exc.status
+        ) from None
 
 
 def _inputs(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, max_pixels: int) -> dict[str, Any]:
@@ -250,7 +286,11 @@ def _inputs(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, ma
         if field not in values or spec is None:
             continue
         value, port = values[field], codec(spec.type)
-        inputs[target] = port.from_bytes(value, field, max_pixels) if isinstance(value, bytes) else port.from_json(value, field, max_pixels)
+        inputs[target] = (
+            port.from_bytes(value, field, max_pixels)
+            if isinstance(value, bytes)
+            else port.from_json(value, field, max_pixels)
+        )
     return inputs
 
 
@@ -264,7 +304,9 @@ def _json_field(values: Mapping[str, Any], name: str) -> Any:
 # -- answering -----------------------------------------------------------------------------
 
 
-async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:
+async def _images(
+    values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int
+) -> Response:
     count = values.get("num_images_per_prompt", 1)
     if not 1 <= count <= MAX_IMAGES:
         raise InputError("num_images_per_prompt", f"must be between 1 and {MAX_IMAGES}", 400)
@@ -288,7 +330,9 @@ async def _images(values: dict[str, Any], fields: Mapping[str, str], plan: Plan,
     return Response(await asyncio.to_thread(render_json, {"images": list(images)}), media_type="application/json")
 
 
-async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:
+async def _segment(
+    values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int
+) -> Response:
     """SAM2 prompts arrive as JSON strings. A Points/Boxes graph input gets them combined
     ([x, y, label] points, a list of boxes); a node param gets them as ai-runner sends them."""
     values = dict(values)
@@ -316,10 +360,14 @@ async def _segment(values: dict[str, Any], fields: Mapping[str, str], plan: Plan
         values["box"] = boxes if to_input["box"] else boxes[0]
     inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan, max_pixels)
     outputs, _ = await run(inputs, params)
-    return Response(await asyncio.to_thread(lambda: render_json(_masks_answer(outputs[output]))), media_type="application/json")
+    return Response(
+        await asyncio.to_thread(lambda: render_json(_masks_answer(outputs[output]))), media_type="application/json"
+    )
 
 
-async def _text(values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int) -> Response:
+async def _text(
+    values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int
+) -> Response:
     """ai-runner's image-to-text answer: `{"text": ...}`, the graph's Text output."""
     inputs, params = await asyncio.to_thread(_to_graph, values, fields, plan, max_pixels)
     outputs, _ = await run(inputs, params)

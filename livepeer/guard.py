@@ -13,9 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import NodeParams
-from capgraph.serve.capability import RETRY_AFTER_S, retry_headers
-from capgraph.serve.capability import route_path
 from capgraph.livepeer.settings import LivepeerSettings
+from capgraph.serve.capability import RETRY_AFTER_S, retry_headers, route_path
 
 RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dict[str, Any], dict[str, float]]]]
 """One frame's graph inputs and every node's params, resolved once per request by the route

@@ -21,19 +21,23 @@ from fastapi.responses import JSONResponse, Response
 from pytrickle import FrameProcessor, StreamServer
 from pytrickle.frames import AudioFrame, VideoFrame
 
+from capgraph.engine.codecs import coerce
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
-from capgraph.engine.codecs import coerce
 from capgraph.engine.values import gray_to_rgb
 from capgraph.livepeer.guard import Guard, ReadyFn, RunBatchFn, RunFn, error
-from capgraph.livepeer.settings import LiveSettings, LivepeerSettings
+from capgraph.livepeer.settings import LivepeerSettings, LiveSettings
 
 log = logging.getLogger("capgraph.livepeer")
 
 STREAM_KEYS = frozenset({"width", "height", "max_framerate", "detect_out_resolution", "show_loading"})
 """Stream params pytrickle itself reads; never graph params."""
-LOADING_BODY = {"status": "error", "message": "Pipeline is still initializing. Please wait for IDLE status.", "current_state": "LOADING"}
+LOADING_BODY = {
+    "status": "error",
+    "message": "Pipeline is still initializing. Please wait for IDLE status.",
+    "current_state": "LOADING",
+}
 
 
 def frame_to_image(tensor: torch.Tensor) -> np.ndarray:
@@ -94,8 +98,15 @@ class _Batcher:
 class GraphFrameProcessor(FrameProcessor):
     """Feeds each video frame through a graph; audio passes through untouched."""
 
-    def __init__(self, plan: Plan, run: RunFn, is_ready: ReadyFn, live: LiveSettings,
-                 run_batch: RunBatchFn | None = None, ready_poll_s: float = 0.25):
+    def __init__(
+        self,
+        plan: Plan,
+        run: RunFn,
+        is_ready: ReadyFn,
+        live: LiveSettings,
+        run_batch: RunBatchFn | None = None,
+        ready_poll_s: float = 0.25,
+    ):
         super().__init__()
         self.plan, self.run, self.is_ready, self.live = plan, run, is_ready, live
         self.ready_poll_s = ready_poll_s
@@ -116,7 +127,9 @@ class GraphFrameProcessor(FrameProcessor):
             await asyncio.sleep(self.ready_poll_s)
 
     async def process_video_async(self, frame: VideoFrame) -> VideoFrame | None:
-        missing = [n for n, s in self.plan.spec.inputs.items() if s.required and n != self.live.input and n not in self.inputs]
+        missing = [
+            n for n, s in self.plan.spec.inputs.items() if s.required and n != self.live.input and n not in self.inputs
+        ]
         if missing:  # e.g. no prompt yet: show the input rather than stall the stream
             return frame
         start = time.perf_counter()
@@ -168,8 +181,13 @@ class GraphFrameProcessor(FrameProcessor):
     def stats(self) -> dict[str, Any]:
         """Frames done and latency percentiles (ms) over the last 512 frames."""
         ms = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(1)
-        return {"frames": self.frames, "failures": self.failures, "p50_ms": float(np.percentile(ms, 50)),
-                "p95_ms": float(np.percentile(ms, 95)), "fps": 1000.0 / float(ms.mean()) if self.latency_ms else 0.0}
+        return {
+            "frames": self.frames,
+            "failures": self.failures,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)),
+            "fps": 1000.0 / float(ms.mean()) if self.latency_ms else 0.0,
+        }
 
 
 def _auth_and_loading(token: str | None, is_ready: ReadyFn) -> Callable[..., Any]:
@@ -190,8 +208,17 @@ def _auth_and_loading(token: str | None, is_ready: ReadyFn) -> Callable[..., Any
     return middleware
 
 
-def stream_server(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings, *, host: str = "0.0.0.0",
-                  port: int = 8000, run_batch: RunBatchFn | None = None, check_token: bool = True) -> StreamServer:
+def stream_server(
+    plan: Plan,
+    run: RunFn,
+    is_ready: ReadyFn,
+    settings: LivepeerSettings,
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    run_batch: RunBatchFn | None = None,
+    check_token: bool = True,
+) -> StreamServer:
     """pytrickle's `StreamServer` for the graph, with `/ready`, the bearer check (token from
     `settings.token_env`) and 503 LOADING on start until warm."""
     if settings.live is None:
@@ -219,13 +246,22 @@ def stream_server(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerS
 class LiveBridge:
     """pytrickle's `StreamServer` on a loopback port, its `/stream/*` routes served by the ingress."""
 
-    ROUTES = (("/stream/start", "POST"), ("/stream/params", "POST"), ("/stream/stop", "POST"),
-              ("/stream/status", "GET"), ("/live-video-to-video", "POST"))
+    ROUTES = (
+        ("/stream/start", "POST"),
+        ("/stream/params", "POST"),
+        ("/stream/stop", "POST"),
+        ("/stream/status", "GET"),
+        ("/live-video-to-video", "POST"),
+    )
 
-    def __init__(self, plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings, run_batch: RunBatchFn | None = None):
+    def __init__(
+        self, plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings, run_batch: RunBatchFn | None = None
+    ):
         self.is_ready = is_ready
         # The ingress checks the token before forwarding; the loopback server needs none.
-        self.server = stream_server(plan, run, is_ready, settings, host="127.0.0.1", port=0, run_batch=run_batch, check_token=False)
+        self.server = stream_server(
+            plan, run, is_ready, settings, host="127.0.0.1", port=0, run_batch=run_batch, check_token=False
+        )
         self.processor: GraphFrameProcessor = self.server.frame_processor  # type: ignore[assignment]
         self._runner: web.AppRunner | None = None
         self._client: httpx.AsyncClient | None = None
@@ -256,7 +292,9 @@ class LiveBridge:
                 return JSONResponse(LOADING_BODY, status_code=503)
             headers = {"Content-Type": request.headers.get("content-type", "application/json")}
             answer = await self._client.request(request.method, path, content=await request.body(), headers=headers)
-            return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
+            return Response(
+                answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type")
+            )
 
         forward.__name__ = "stream_" + path.strip("/").replace("/", "_").replace("-", "_")
         return forward

@@ -40,7 +40,9 @@ class ExecutorBackend:
     async def is_ready(self) -> bool:
         return self._ready
 
-    async def run(self, inputs: dict[str, Any], params: Mapping[str, NodeParams]) -> tuple[dict[str, Any], dict[str, float]]:
+    async def run(
+        self, inputs: dict[str, Any], params: Mapping[str, NodeParams]
+    ) -> tuple[dict[str, Any], dict[str, float]]:
         result = await asyncio.to_thread(self._run, [inputs], params)
         return result.outputs[0], result.timings_ms
 

@@ -25,8 +25,15 @@ class LivepeerMount:
         from capgraph.livepeer.routes import mount
 
         limits = capability.settings
-        return mount(app, capability.plan, capability.run, capability.is_ready, settings, max_pixels=limits.max_pixels,
-                     max_body_bytes=limits.max_body_bytes)
+        return mount(
+            app,
+            capability.plan,
+            capability.run,
+            capability.is_ready,
+            settings,
+            max_pixels=limits.max_pixels,
+            max_body_bytes=limits.max_body_bytes,
+        )
 
     def error(self, exc: Exception, headers: Mapping[str, str] | None) -> Any:
         from capgraph.livepeer.guard import failure

@@ -66,8 +66,10 @@ def runner_entry(settings: LivepeerSettings) -> dict[str, Any]:
     """One static `runners.json` entry (go-livepeer `-liveRunnerConfig`): the orchestrator
     polls `health_url` every 5 s with a 3 s timeout and wants exactly 200."""
     if settings.runner is None or not settings.url:
-        raise ValueError("a runners.json entry needs livepeer.url and a livepeer.runner section "
-                         "(or CAPGRAPH_LIVEPEER__URL and CAPGRAPH_LIVEPEER__RUNNER__APP)")
+        raise ValueError(
+            "a runners.json entry needs livepeer.url and a livepeer.runner section "
+            "(or CAPGRAPH_LIVEPEER__URL and CAPGRAPH_LIVEPEER__RUNNER__APP)"
+        )
     runner = settings.runner
     return {
         "label": runner.label or settings.name,
@@ -95,7 +97,12 @@ def parse_duration(text: Any, default: float) -> float:
 class Registrar:
     """Keeps one graph registered with its orchestrator(s) while the service runs."""
 
-    def __init__(self, settings: LivepeerSettings, is_ready: Callable[[], Awaitable[bool]], environ: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        settings: LivepeerSettings,
+        is_ready: Callable[[], Awaitable[bool]],
+        environ: Mapping[str, str] | None = None,
+    ):
         self.settings = settings
         self.is_ready = is_ready
         self.environ = environ
@@ -115,8 +122,10 @@ class Registrar:
         s = self.settings
         self._client = httpx.AsyncClient(verify=s.verify_tls, timeout=TIMEOUT_S)
         if not s.url:
-            log.error("livepeer: no url set (livepeer.url or CAPGRAPH_LIVEPEER__URL): the orchestrator could not reach "
-                      "this service, so it is not registered")
+            log.error(
+                "livepeer: no url set (livepeer.url or CAPGRAPH_LIVEPEER__URL): the orchestrator could not reach "
+                "this service, so it is not registered"
+            )
             return
         if s.orch_secret(self.environ) is None:
             log.error("livepeer: the orchestrator secret env var %s is empty: not registering", s.secret_env)
@@ -213,7 +222,12 @@ class Registrar:
                     response = await self.byoc_register()
                 except httpx.HTTPError as exc:
                     self.byoc_registered = False
-                    self._log_once("byoc:down", "livepeer: orchestrator %s unreachable (%s); retrying", orchestrator, type(exc).__name__)
+                    self._log_once(
+                        "byoc:down",
+                        "livepeer: orchestrator %s unreachable (%s); retrying",
+                        orchestrator,
+                        type(exc).__name__,
+                    )
                     await asyncio.sleep(s.probe_s)
                     continue
                 if response.status_code == 200:
@@ -221,8 +235,13 @@ class Registrar:
                     log.info("livepeer: BYOC capability '%s' registered with %s at %s", s.name, orchestrator, s.url)
                     next_at = time.monotonic() + s.byoc.interval_s
                 else:  # a wrong secret answers 400: retry slowly, the operator has to fix it
-                    self._log_once(f"byoc:{response.status_code}", "livepeer: %s refused the registration: %d %s",
-                               orchestrator, response.status_code, response.text[:200])
+                    self._log_once(
+                        f"byoc:{response.status_code}",
+                        "livepeer: %s refused the registration: %d %s",
+                        orchestrator,
+                        response.status_code,
+                        response.text[:200],
+                    )
                     next_at = time.monotonic() + s.byoc.interval_s
                     await self._sleep_until(next_at)
                     continue
@@ -230,7 +249,9 @@ class Registrar:
             if self.byoc_registered and not await self._alive(orchestrator):
                 # Down now; whether it restarted or not, register again as soon as it answers.
                 self.byoc_registered = False
-                self._log_once("byoc:down", "livepeer: orchestrator %s stopped answering; will register again", orchestrator)
+                self._log_once(
+                    "byoc:down", "livepeer: orchestrator %s stopped answering; will register again", orchestrator
+                )
 
     async def _alive(self, orchestrator: str) -> bool:
         """Whether the orchestrator answers HTTP at all (any status counts)."""
@@ -296,7 +317,12 @@ class Registrar:
             try:
                 response = await self.heartbeat(status)
             except httpx.HTTPError as exc:
-                self._log_once("runner:down", "livepeer: orchestrator %s unreachable (%s); retrying", orchestrator, type(exc).__name__)
+                self._log_once(
+                    "runner:down",
+                    "livepeer: orchestrator %s unreachable (%s); retrying",
+                    orchestrator,
+                    type(exc).__name__,
+                )
                 response = None
             if response is not None:
                 if response.status_code == 200:
@@ -310,8 +336,13 @@ class Registrar:
                     log.info("livepeer: %s forgot this runner (restarted?); registering again", orchestrator)
                     continue  # heartbeat again at once with the orchestrator secret
                 else:
-                    self._log_once(f"runner:{response.status_code}", "livepeer: %s refused the heartbeat: %d %s",
-                               orchestrator, response.status_code, response.text[:200])
+                    self._log_once(
+                        f"runner:{response.status_code}",
+                        "livepeer: %s refused the heartbeat: %d %s",
+                        orchestrator,
+                        response.status_code,
+                        response.text[:200],
+                    )
             # Wait for the next beat, but announce a change of readiness at once.
             deadline = time.monotonic() + interval
             while time.monotonic() < deadline:
@@ -330,8 +361,9 @@ def _settings_for(path: str | Path, environ: Mapping[str, str] | None) -> Livepe
     return settings_from_file(path, load_plan(path), environ)
 
 
-def register_graph(path: str | Path, *, unregister: bool = False, follow: bool = False,
-                   environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def register_graph(
+    path: str | Path, *, unregister: bool = False, follow: bool = False, environ: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """`capgraph register GRAPH`: register (or `unregister`) the graph's capability with the
     orchestrator(s) its `livepeer:` section names, once, and return what each answered:
     `[{"kind": "byoc"|"runner", "orchestrator": url, "status": int, "body": text}]`.
@@ -350,7 +382,9 @@ def register_graph(path: str | Path, *, unregister: bool = False, follow: bool =
     return asyncio.run(_register_once(settings, environ, unregister))
 
 
-async def _register_once(settings: LivepeerSettings, environ: Mapping[str, str] | None, unregister: bool) -> list[dict[str, Any]]:
+async def _register_once(
+    settings: LivepeerSettings, environ: Mapping[str, str] | None, unregister: bool
+) -> list[dict[str, Any]]:
     registrar = Registrar(settings, _always_ready, environ)
     registrar._client = httpx.AsyncClient(verify=settings.verify_tls, timeout=TIMEOUT_S)
     answers: list[dict[str, Any]] = []
@@ -361,17 +395,27 @@ async def _register_once(settings: LivepeerSettings, environ: Mapping[str, str] 
                 response = await (registrar.byoc_unregister() if unregister else registrar.byoc_register())
                 answers.append(_answer("byoc", orchestrator, response))
             except httpx.HTTPError as exc:
-                answers.append({"kind": "byoc", "orchestrator": orchestrator, "status": None, "body": f"unreachable: {exc}"})
+                answers.append(
+                    {"kind": "byoc", "orchestrator": orchestrator, "status": None, "body": f"unreachable: {exc}"}
+                )
         if settings.runner is not None and settings.runner.orchestrator:
             orchestrator = settings.runner.orchestrator
             if unregister:
-                answers.append({"kind": "runner", "orchestrator": orchestrator, "status": None,
-                                "body": "a runner registered by hand expires 20 s after its last heartbeat; nothing to send"})
+                answers.append(
+                    {
+                        "kind": "runner",
+                        "orchestrator": orchestrator,
+                        "status": None,
+                        "body": "a runner registered by hand expires 20 s after its last heartbeat; nothing to send",
+                    }
+                )
             else:
                 try:
                     answers.append(_answer("runner", orchestrator, await registrar.heartbeat("ready")))
                 except httpx.HTTPError as exc:
-                    answers.append({"kind": "runner", "orchestrator": orchestrator, "status": None, "body": f"unreachable: {exc}"})
+                    answers.append(
+                        {"kind": "runner", "orchestrator": orchestrator, "status": None, "body": f"unreachable: {exc}"}
+                    )
     finally:
         await registrar._client.aclose()
     return answers
@@ -414,11 +458,15 @@ def _answer(kind: str, orchestrator: str, response: httpx.Response | None) -> di
     return {"kind": kind, "orchestrator": orchestrator, "status": response.status_code, "body": body}
 
 
-def runners_json(path: str | Path, existing: Mapping[str, Any] | None = None,
-                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def runners_json(
+    path: str | Path, existing: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """`capgraph runners-json GRAPH`: a static Live Runner config with this graph's entry,
     merged into `existing` (an entry with the same app and runner_url is replaced)."""
     entry = runner_entry(_settings_for(path, environ))
-    runners = [r for r in (existing or {}).get("runners", [])
-               if not (r.get("app") == entry["app"] and r.get("runner_url") == entry["runner_url"])]
+    runners = [
+        r
+        for r in (existing or {}).get("runners", [])
+        if not (r.get("app") == entry["app"] and r.get("runner_url") == entry["runner_url"])
+    ]
     return {**(existing or {}), "runners": runners + [entry]}

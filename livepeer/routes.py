@@ -16,24 +16,33 @@ from capgraph.engine.codecs import encode_outputs
 from capgraph.engine.errors import InputError
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.capability import render_json, request_schema
 from capgraph.livepeer.ai_runner import add_ai_runner_routes
-from capgraph.serve.capability import RETRY_AFTER_S
 from capgraph.livepeer.guard import LOADING, BearerAuth, Guard, ReadyFn, RunBatchFn, RunFn, failure
 from capgraph.livepeer.settings import LivepeerSettings, load_settings
-from capgraph.serve.capability import MAX_BODY_BYTES, read_job
+from capgraph.serve.capability import MAX_BODY_BYTES, RETRY_AFTER_S, read_job, render_json, request_schema
 
 log = logging.getLogger("capgraph.livepeer")
 
 
-def mount(app: FastAPI, plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings, *,
-          run_batch: RunBatchFn | None = None, max_pixels: int = MAX_PIXELS, max_body_bytes: int = MAX_BODY_BYTES,
-          bearer_auth: bool = True) -> set[str]:
+def mount(
+    app: FastAPI,
+    plan: Plan,
+    run: RunFn,
+    is_ready: ReadyFn,
+    settings: LivepeerSettings,
+    *,
+    run_batch: RunBatchFn | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    bearer_auth: bool = True,
+) -> set[str]:
     """Add the Livepeer routes (`make_router`, same arguments) to `app`; with a token
     configured and `bearer_auth`, `BearerAuth` guards every route of the app but `/health`
     and `/ready` (without it, only the job and stream routes check the token, as
     `livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
-    router = make_router(plan, run, is_ready, settings, run_batch=run_batch, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
+    router = make_router(
+        plan, run, is_ready, settings, run_batch=run_batch, max_pixels=max_pixels, max_body_bytes=max_body_bytes
+    )
     app.include_router(router)
     token = settings.token()
     if bearer_auth and token is not None:
@@ -41,9 +50,16 @@ def mount(app: FastAPI, plan: Plan, run: RunFn, is_ready: ReadyFn, settings: Liv
     return {r.path for r in router.routes if hasattr(r, "path")}
 
 
-def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSettings | None = None, *,
-                run_batch: RunBatchFn | None = None, max_pixels: int = MAX_PIXELS,
-                max_body_bytes: int = MAX_BODY_BYTES) -> APIRouter:
+def make_router(
+    plan: Plan,
+    run: RunFn,
+    is_ready: ReadyFn,
+    settings: LivepeerSettings | None = None,
+    *,
+    run_batch: RunBatchFn | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> APIRouter:
     """The Livepeer routes for one graph. `settings` come from `load_settings(plan, section)`;
     None reads the environment only (`CAPGRAPH_LIVEPEER__...`). `run_batch`, where the
     backend has one (the in-process executor), lets live frames that arrive together run
@@ -58,7 +74,9 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         try:
             from capgraph.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
         except ImportError as exc:
-            raise RuntimeError(f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]") from exc
+            raise RuntimeError(
+                f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]"
+            ) from exc
 
         live = LiveBridge(plan, run, is_ready, settings, run_batch)
 
@@ -91,7 +109,9 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
         try:
             inputs, params = await read_job(request, plan, max_pixels, max_body_bytes)
             outputs, timings = await run(inputs, params)
-            answer = await asyncio.to_thread(lambda: render_json({"outputs": encode_outputs(plan, outputs, data_url=True), "timings_ms": timings}))
+            answer = await asyncio.to_thread(
+                lambda: render_json({"outputs": encode_outputs(plan, outputs, data_url=True), "timings_ms": timings})
+            )
             return Response(answer, media_type="application/json")
         except InputError as exc:
             return failure(exc)
@@ -102,11 +122,18 @@ def make_router(plan: Plan, run: RunFn, is_ready: ReadyFn, settings: LivepeerSet
             guard.gate.leave()
 
     if settings.routes:
-        add_ai_runner_routes(router, plan, run, guard, settings, job, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
+        add_ai_runner_routes(
+            router, plan, run, guard, settings, job, max_pixels=max_pixels, max_body_bytes=max_body_bytes
+        )
     if settings.name not in settings.routes:
         body = {"required": True, "content": {"application/json": request_schema(plan)["application/json"]}}
-        router.add_api_route(f"/{settings.name}", job, methods=["POST"], summary=f"BYOC job for capability '{settings.name}'",
-                             openapi_extra={"requestBody": body})
+        router.add_api_route(
+            f"/{settings.name}",
+            job,
+            methods=["POST"],
+            summary=f"BYOC job for capability '{settings.name}'",
+            openapi_extra={"requestBody": body},
+        )
     if live is not None:
         live.add_routes(router, guard)
     return router

@@ -28,27 +28,59 @@ AiRoute = Literal["text-to-image", "image-to-image", "upscale", "segment-anythin
 # response field a graph output fills. A route mapping may name only these.
 ROUTE_FIELDS: dict[str, dict[str, str]] = {
     "text-to-image": {
-        "prompt": "text", "model_id": "text", "loras": "text", "height": "integer", "width": "integer",
-        "guidance_scale": "number", "negative_prompt": "text", "safety_check": "bool", "seed": "integer",
-        "num_inference_steps": "integer", "num_images_per_prompt": "integer",
+        "prompt": "text",
+        "model_id": "text",
+        "loras": "text",
+        "height": "integer",
+        "width": "integer",
+        "guidance_scale": "number",
+        "negative_prompt": "text",
+        "safety_check": "bool",
+        "seed": "integer",
+        "num_inference_steps": "integer",
+        "num_images_per_prompt": "integer",
     },
     "image-to-image": {
-        "image": "image", "prompt": "text", "model_id": "text", "loras": "text", "strength": "number",
-        "guidance_scale": "number", "image_guidance_scale": "number", "negative_prompt": "text",
-        "safety_check": "bool", "seed": "integer", "num_inference_steps": "integer", "num_images_per_prompt": "integer",
+        "image": "image",
+        "prompt": "text",
+        "model_id": "text",
+        "loras": "text",
+        "strength": "number",
+        "guidance_scale": "number",
+        "image_guidance_scale": "number",
+        "negative_prompt": "text",
+        "safety_check": "bool",
+        "seed": "integer",
+        "num_inference_steps": "integer",
+        "num_images_per_prompt": "integer",
     },
     "upscale": {
-        "image": "image", "prompt": "text", "model_id": "text", "safety_check": "bool", "seed": "integer",
+        "image": "image",
+        "prompt": "text",
+        "model_id": "text",
+        "safety_check": "bool",
+        "seed": "integer",
         "num_inference_steps": "integer",
     },
     "segment-anything-2": {
-        "image": "image", "model_id": "text", "point_coords": "points", "point_labels": "labels", "box": "boxes",
-        "multimask_output": "bool", "return_logits": "bool", "normalize_coords": "bool",
+        "image": "image",
+        "model_id": "text",
+        "point_coords": "points",
+        "point_labels": "labels",
+        "box": "boxes",
+        "multimask_output": "bool",
+        "return_logits": "bool",
+        "normalize_coords": "bool",
     },
     "image-to-text": {"image": "image", "prompt": "text", "model_id": "text"},
 }
-RESPONSE_FIELD = {"text-to-image": "images", "image-to-image": "images", "upscale": "images", "segment-anything-2": "masks",
-                  "image-to-text": "text"}
+RESPONSE_FIELD = {
+    "text-to-image": "images",
+    "image-to-image": "images",
+    "upscale": "images",
+    "segment-anything-2": "masks",
+    "image-to-text": "text",
+}
 
 # Which graph types a request field of each kind may feed, and which a response may read.
 _INPUT_TYPES: dict[str, set[PortType]] = {
@@ -76,17 +108,27 @@ class _Strict(BaseModel):
 class ByocSettings(_Strict):
     """BYOC registration (go-livepeer `byoc/`, v0.8.6 to v0.9.1; being replaced by the Live Runner)."""
 
-    orchestrator: str | None = Field(None, pattern=r"^https?://", description="orchestrator base URL, e.g. https://orch:8935")
+    orchestrator: str | None = Field(
+        None, pattern=r"^https?://", description="orchestrator base URL, e.g. https://orch:8935"
+    )
     price_per_unit: int = Field(0, ge=0, le=10**18, description="wei per second of compute (numerator)")
     price_scaling: int = Field(1, ge=1, le=10**18, description="denominator of price_per_unit")
-    interval_s: float = Field(30.0, ge=1.0, le=3600.0, description="re-register this often (the orchestrator forgets on restart)")
+    interval_s: float = Field(
+        30.0, ge=1.0, le=3600.0, description="re-register this often (the orchestrator forgets on restart)"
+    )
 
 
 class RunnerSettings(_Strict):
     """Live Runner registration over `POST /runners/heartbeat` (go-livepeer v0.9.0+)."""
 
     orchestrator: str | None = Field(None, pattern=r"^https?://", description="orchestrator base URL")
-    app: str | None = Field(None, min_length=1, max_length=200, pattern=r"^\S(.*\S)?$", description="app name; default 'capgraph/<capability>'")
+    app: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^\S(.*\S)?$",
+        description="app name; default 'capgraph/<capability>'",
+    )
     mode: Literal["single-shot", "persistent"] = "single-shot"
     price: float = Field(0.0, ge=0.0, le=1e9, description="price per unit (on-chain orchestrators need > 0)")
     currency: Literal["usd"] = "usd"
@@ -101,7 +143,9 @@ class LiveSettings(_Strict):
 
     input: str = Field(description="graph input (Image) each video frame goes to")
     output: str = Field(description="graph output (Image, DepthMap or Mask) published as the frame")
-    params: dict[str, str] = Field(default_factory=dict, description="stream param name -> graph input, graph param or node.param")
+    params: dict[str, str] = Field(
+        default_factory=dict, description="stream param name -> graph input, graph param or node.param"
+    )
     max_batch: int = Field(4, ge=1, le=64, description="most frames run together when they arrive together")
 
 
@@ -112,11 +156,21 @@ class LivepeerSettings(_Strict):
     description: str = Field("", max_length=1000)
     url: str | None = Field(None, pattern=r"^https?://", description="base URL the orchestrator forwards to")
     capacity: int = Field(1, ge=1, le=1024, description="in-flight jobs before 503 busy")
-    secret_env: str = Field("LIVEPEER_ORCH_SECRET", pattern=ENV_NAME, description="env var holding the orchestrator secret")
-    token_env: str = Field("CAPGRAPH_AUTH_TOKEN", pattern=ENV_NAME, description="env var holding the bearer token jobs must carry")
-    verify_tls: bool = Field(False, description="check the orchestrator's TLS certificate (go-livepeer's is self-signed)")
-    probe_s: float = Field(2.0, ge=0.2, le=60.0, description="how often the registrar checks the orchestrator is still up")
-    model_id: str = Field("", max_length=300, description="ai-runner model_id this service answers for; '' = the capability")
+    secret_env: str = Field(
+        "LIVEPEER_ORCH_SECRET", pattern=ENV_NAME, description="env var holding the orchestrator secret"
+    )
+    token_env: str = Field(
+        "CAPGRAPH_AUTH_TOKEN", pattern=ENV_NAME, description="env var holding the bearer token jobs must carry"
+    )
+    verify_tls: bool = Field(
+        False, description="check the orchestrator's TLS certificate (go-livepeer's is self-signed)"
+    )
+    probe_s: float = Field(
+        2.0, ge=0.2, le=60.0, description="how often the registrar checks the orchestrator is still up"
+    )
+    model_id: str = Field(
+        "", max_length=300, description="ai-runner model_id this service answers for; '' = the capability"
+    )
     byoc: ByocSettings | None = None
     runner: RunnerSettings | None = None
     routes: dict[AiRoute, dict[str, str]] = Field(default_factory=dict)
@@ -147,7 +201,7 @@ def with_env(raw: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
         if not path:
             continue
         text = environ[name]
@@ -164,7 +218,9 @@ def with_env(raw: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
     return section
 
 
-def load_settings(plan: Plan, raw: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> LivepeerSettings:
+def load_settings(
+    plan: Plan, raw: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> LivepeerSettings:
     """Validate the section (after env overrides) against the plan and fill defaults.
 
     Raises ValueError listing every problem (never a secret's value)."""
@@ -221,8 +277,10 @@ def check_livepeer_section(raw: Any, plan: Plan | None = None) -> list[str]:
             where = ".".join(["livepeer", *(str(p) for p in err["loc"] if p != "[key]")])
             last = str(err["loc"][-1]) if err["loc"] else ""
             if err["type"] == "extra_forbidden" and any(w in last.lower() for w in SECRET_WORDS):
-                problems.append(f"{where}: secrets are never read from the graph file; put it in the environment "
-                                "variable named by 'secret_env' (orchestrator secret) or 'token_env' (bearer token).")
+                problems.append(
+                    f"{where}: secrets are never read from the graph file; put it in the environment "
+                    "variable named by 'secret_env' (orchestrator secret) or 'token_env' (bearer token)."
+                )
             elif err["type"] == "extra_forbidden":
                 problems.append(f"{where}: unknown field.")
             else:
@@ -244,42 +302,62 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
             where = f"livepeer.routes.{route}.{field}"
             if field == response:
                 if target not in plan.outputs:
-                    problems.append(f"{where}: '{target}' is not a graph output; outputs are {', '.join(plan.outputs)}.")
+                    problems.append(
+                        f"{where}: '{target}' is not a graph output; outputs are {', '.join(plan.outputs)}."
+                    )
                 elif plan.output_type(target) not in _OUTPUT_TYPES[response]:
-                    problems.append(f"{where}: output '{target}' is {plan.output_type(target).title}; "
-                                    f"'{response}' needs {_titles(_OUTPUT_TYPES[response])}.")
+                    problems.append(
+                        f"{where}: output '{target}' is {plan.output_type(target).title}; "
+                        f"'{response}' needs {_titles(_OUTPUT_TYPES[response])}."
+                    )
                 continue
             if field not in fields:
-                problems.append(f"{where}: '{route}' has no request field '{field}'; fields are {', '.join(sorted(fields))} "
-                                f"(and '{response}' for the output).")
+                problems.append(
+                    f"{where}: '{route}' has no request field '{field}'; fields are {', '.join(sorted(fields))} "
+                    f"(and '{response}' for the output)."
+                )
                 continue
-            problems += _check_target(where, target, _INPUT_TYPES[fields[field]], plan, allow_params=fields[field] != "image")
+            problems += _check_target(
+                where, target, _INPUT_TYPES[fields[field]], plan, allow_params=fields[field] != "image"
+            )
             if target in inputs:
                 fed.add(target)
         if response not in mapping and len(_outputs_of(plan, _OUTPUT_TYPES[response])) != 1:
-            problems.append(f"livepeer.routes.{route}: name the graph output that answers '{response}' "
-                            f"(e.g. {response}: <output>); the graph has {len(_outputs_of(plan, _OUTPUT_TYPES[response]))} of a fitting type.")
+            problems.append(
+                f"livepeer.routes.{route}: name the graph output that answers '{response}' "
+                f"(e.g. {response}: <output>); the graph has {len(_outputs_of(plan, _OUTPUT_TYPES[response]))} of a fitting type."
+            )
         for name, spec in inputs.items():
             if spec.required and name not in fed:
                 problems.append(f"livepeer.routes.{route}: required graph input '{name}' is fed by no request field.")
     if settings.live is not None:
         live = settings.live
         if live.input not in inputs:
-            problems.append(f"livepeer.live.input: '{live.input}' is not a graph input; inputs are {', '.join(inputs) or '(none)'}.")
+            problems.append(
+                f"livepeer.live.input: '{live.input}' is not a graph input; inputs are {', '.join(inputs) or '(none)'}."
+            )
         elif inputs[live.input].type is not PortType.IMAGE:
-            problems.append(f"livepeer.live.input: input '{live.input}' is {inputs[live.input].type.title}; frames are Images.")
+            problems.append(
+                f"livepeer.live.input: input '{live.input}' is {inputs[live.input].type.title}; frames are Images."
+            )
         if live.output not in plan.outputs:
-            problems.append(f"livepeer.live.output: '{live.output}' is not a graph output; outputs are {', '.join(plan.outputs)}.")
+            problems.append(
+                f"livepeer.live.output: '{live.output}' is not a graph output; outputs are {', '.join(plan.outputs)}."
+            )
         elif plan.output_type(live.output) not in LIVE_OUTPUT_TYPES:
-            problems.append(f"livepeer.live.output: output '{live.output}' is {plan.output_type(live.output).title}; "
-                            f"a frame needs {_titles(LIVE_OUTPUT_TYPES)}.")
+            problems.append(
+                f"livepeer.live.output: output '{live.output}' is {plan.output_type(live.output).title}; "
+                f"a frame needs {_titles(LIVE_OUTPUT_TYPES)}."
+            )
         every = set(PortType) - {PortType.IMAGE, PortType.MASKS}
         for name, target in live.params.items():
             problems += _check_target(f"livepeer.live.params.{name}", target, every, plan, allow_params=True)
         mapped = set(live.params.values()) | {live.input}
         for name, spec in inputs.items():
             if spec.required and name not in mapped:
-                problems.append(f"livepeer.live: required graph input '{name}' gets no value; give it a default or map a stream param to it.")
+                problems.append(
+                    f"livepeer.live: required graph input '{name}' gets no value; give it a default or map a stream param to it."
+                )
     return problems
 
 
@@ -287,7 +365,9 @@ def _check_target(where: str, target: str, types: set[PortType], plan: Plan, *, 
     inputs = plan.spec.inputs
     if target in inputs:
         if inputs[target].type not in types:
-            return [f"{where}: graph input '{target}' is {inputs[target].type.title}; this field needs {_titles(types)}."]
+            return [
+                f"{where}: graph input '{target}' is {inputs[target].type.title}; this field needs {_titles(types)}."
+            ]
         return []
     if allow_params and target in plan.request_params():  # a graph-level param or a settable node.param
         return []

@@ -101,10 +101,20 @@ def tiny_clip_text(*, projection: bool = False, seed: int = 0) -> Any:
     import torch
 
     torch.manual_seed(seed)
-    return clip_text(dict(
-        vocab_size=len(clip_tokenizer()), hidden_size=TEXT_HIDDEN, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, projection_dim=TEXT_HIDDEN, max_position_embeddings=77, hidden_act="gelu", **TOKENS,
-    ), projection=projection)
+    return clip_text(
+        dict(
+            vocab_size=len(clip_tokenizer()),
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=TEXT_HIDDEN,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            **TOKENS,
+        ),
+        projection=projection,
+    )
 
 
 def tiny_vae(blocks: tuple[int, ...] = (16, 16, 32, 32), *, scaling_factor: float = 0.13025, seed: int = 0) -> Any:
@@ -115,7 +125,13 @@ def tiny_vae(blocks: tuple[int, ...] = (16, 16, 32, 32), *, scaling_factor: floa
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=blocks, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(blocks), latent_channels=4, norm_num_groups=16, sample_size=64,
+        block_out_channels=blocks,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
         scaling_factor=scaling_factor,
     ).eval()

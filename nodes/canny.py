@@ -25,7 +25,9 @@ class CannyParams(NodeParams):
     @model_validator(mode="after")
     def _ordered(self) -> "CannyParams":
         if self.low_threshold > self.high_threshold:
-            raise ValueError(f"low_threshold ({self.low_threshold}) must not exceed high_threshold ({self.high_threshold})")
+            raise ValueError(
+                f"low_threshold ({self.low_threshold}) must not exceed high_threshold ({self.high_threshold})"
+            )
         return self
 
 

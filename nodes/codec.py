@@ -33,7 +33,9 @@ class Decode(Node):
         return {"data": encode_image(example_value(PortType.IMAGE))}
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[DecodeParams]) -> list[Frame]:
-        return [{"image": decode_image(f["data"], f"{self.node_id}.data", p.max_pixels)} for f, p in zip(inputs, params)]
+        return [
+            {"image": decode_image(f["data"], f"{self.node_id}.data", p.max_pixels)} for f, p in zip(inputs, params)
+        ]
 
 
 class EncodeParams(NodeParams):

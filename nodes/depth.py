@@ -29,12 +29,25 @@ from capgraph.nodes.helpers import load_pretrained
 
 CONFIG: Config = {  # depth-anything/Depth-Anything-V2-Small-hf: 24.8 M
     "backbone": dict(
-        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518,
-        layerscale_value=1.0, out_indices=[3, 6, 9, 12], reshape_hidden_states=False,
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=518,
+        layerscale_value=1.0,
+        out_indices=[3, 6, 9, 12],
+        reshape_hidden_states=False,
     ),
     "model": dict(
-        patch_size=14, reassemble_hidden_size=384, reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=[48, 96, 192, 384],
-        fusion_hidden_size=64, head_in_index=-1, head_hidden_size=32, depth_estimation_type="relative",
+        patch_size=14,
+        reassemble_hidden_size=384,
+        reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[48, 96, 192, 384],
+        fusion_hidden_size=64,
+        head_in_index=-1,
+        head_hidden_size=32,
+        depth_estimation_type="relative",
     ),
 }
 
@@ -43,8 +56,14 @@ def _processor(side: int, **extra: Any) -> Any:
     """The processor of the -hf repos: aspect kept, sides a multiple of the patch size 14."""
     from transformers import DPTImageProcessor
 
-    return DPTImageProcessor(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                             resample=3, do_pad=False, **extra)
+    return DPTImageProcessor(
+        size={"height": side, "width": side},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,
+        do_pad=False,
+        **extra,
+    )
 
 
 def tiny(folder: Path) -> None:
@@ -52,12 +71,22 @@ def tiny(folder: Path) -> None:
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
     backbone = Dinov2Config(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=14,
-        image_size=112, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=14,
+        image_size=112,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
     )
     config = DepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32],
-        head_hidden_size=8, reassemble_hidden_size=32,
+        backbone_config=backbone,
+        patch_size=14,
+        fusion_hidden_size=16,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        head_hidden_size=8,
+        reassemble_hidden_size=32,
     )
     save_seeded(folder, DepthAnythingForDepthEstimation, config, _processor(112))
 
@@ -76,25 +105,46 @@ def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> No
     _processor(518, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
 
 
-MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf", tiny,
-                FullSize(CONFIG, full_size_modules, _save_full_size))
+MODEL = Weights(
+    "depth-anything",
+    "depth-anything/Depth-Anything-V2-Small-hf",
+    tiny,
+    FullSize(CONFIG, full_size_modules, _save_full_size),
+)
 METRIC_MODEL_TYPES = frozenset({"zoedepth", "depth_pro"})
 """Model types whose output is distance (far = large) whatever their config says."""
 
 # matplotlib's "inferno" sampled at nine evenly spaced points: dark purple (far) to pale
 # yellow (near), perceptually ordered, so a preview reads correctly in greyscale too.
 INFERNO = np.array(
-    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
-     [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [31, 12, 72],
+        [85, 15, 109],
+        [136, 34, 106],
+        [186, 54, 85],
+        [227, 89, 51],
+        [249, 140, 10],
+        [249, 201, 50],
+        [252, 255, 164],
+    ],
     dtype=np.float32,
 )
 
 
 class DepthParams(NodeParams):
-    model: str = Field(MODEL.default, min_length=1, max_length=512,
-                       description="Hugging Face id or local folder of a transformers depth-estimation model")
-    resolution: int | None = Field(None, ge=64, le=2048,
-                                   description="side the model sees (a multiple of 14 for Depth Anything); unset = the checkpoint's own (518)")
+    model: str = Field(
+        MODEL.default,
+        min_length=1,
+        max_length=512,
+        description="Hugging Face id or local folder of a transformers depth-estimation model",
+    )
+    resolution: int | None = Field(
+        None,
+        ge=64,
+        le=2048,
+        description="side the model sees (a multiple of 14 for Depth Anything); unset = the checkpoint's own (518)",
+    )
     colormap: Literal["inferno", "gray"] = Field("inferno", description="colours of the preview image")
 
 
@@ -122,7 +172,9 @@ class Depth(Node):
         path = self.resolve_weights("model")
         self.processor, self.model = load_pretrained(self, path, AutoModelForDepthEstimation, AutoImageProcessor)
         config = self.model.config
-        self.metric = config.model_type in METRIC_MODEL_TYPES or getattr(config, "depth_estimation_type", None) == "metric"
+        self.metric = (
+            config.model_type in METRIC_MODEL_TYPES or getattr(config, "depth_estimation_type", None) == "metric"
+        )
 
     def run_batch(self, inputs: Sequence[Frame], params: Sequence[DepthParams]) -> list[Frame]:
         import torch
@@ -132,7 +184,11 @@ class Depth(Node):
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(inputs):
             by_size.setdefault(frame["image"].shape[:2], []).append(i)
-        resize = {} if self.params.resolution is None else {"size": {"height": self.params.resolution, "width": self.params.resolution}}
+        resize = (
+            {}
+            if self.params.resolution is None
+            else {"size": {"height": self.params.resolution, "width": self.params.resolution}}
+        )
         depths: dict[int, np.ndarray] = {}
         for size, indices in by_size.items():
             encoded = self.processor(images=[inputs[i]["image"] for i in indices], return_tensors="pt", **resize)
@@ -143,8 +199,10 @@ class Depth(Node):
             for i, result in zip(indices, maps):
                 depths[i] = _normalise(result["predicted_depth"].float().cpu().numpy(), flip=self.metric)
         preview = "preview" in self.wanted  # 31 ms a 768 px frame on a CPU: only when something reads it
-        return [{"depth_map": depths[i]} | ({"preview": colorize(depths[i], p.colormap)} if preview else {})
-                for i, p in enumerate(params)]
+        return [
+            {"depth_map": depths[i]} | ({"preview": colorize(depths[i], p.colormap)} if preview else {})
+            for i, p in enumerate(params)
+        ]
 
 
 def _normalise(depth: np.ndarray, *, flip: bool) -> np.ndarray:

@@ -95,4 +95,6 @@ def prepare(model: str, cache_dir: str | None = None, variant: Variant | None = 
         index = json.loads(Path(hf_hub_download(repo, "model_index.json", cache_dir=cache)).read_text())
         components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)]
     allow = wanted_files(files, variant or default_variant(), components)
-    return snapshot_download(repo, cache_dir=cache, allow_patterns=allow or None, max_workers=min(8, os.cpu_count() or 1))
+    return snapshot_download(
+        repo, cache_dir=cache, allow_patterns=allow or None, max_workers=min(8, os.cpu_count() or 1)
+    )

@@ -81,5 +81,7 @@ class Resize(Node):
         result: Frame = {"image": fit_image(image, width, height, p.fit)}
         if "mask" in self.wanted:
             mask = frame.get("mask")
-            result["mask"] = fit_image(np.ones(image.shape[:2], np.float32) if mask is None else mask, width, height, p.fit)
+            result["mask"] = fit_image(
+                np.ones(image.shape[:2], np.float32) if mask is None else mask, width, height, p.fit
+            )
         return result

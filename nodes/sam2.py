@@ -32,16 +32,24 @@ from capgraph.nodes.helpers import module_bytes, no_progress_bars
 
 CONFIG: Config = {  # facebook/sam2-hiera-large: 216.9 M in the image model, plus the video memory modules
     "backbone": dict(
-        hidden_size=144, num_attention_heads=2, image_size=[1024, 1024], blocks_per_stage=[2, 6, 36, 4],
-        embed_dim_per_stage=[144, 288, 576, 1152], num_attention_heads_per_stage=[2, 4, 8, 16],
-        window_size_per_stage=[8, 4, 16, 8], global_attention_blocks=[23, 33, 43],
+        hidden_size=144,
+        num_attention_heads=2,
+        image_size=[1024, 1024],
+        blocks_per_stage=[2, 6, 36, 4],
+        embed_dim_per_stage=[144, 288, 576, 1152],
+        num_attention_heads_per_stage=[2, 4, 8, 16],
+        window_size_per_stage=[8, 4, 16, 8],
+        global_attention_blocks=[23, 33, 43],
         window_positional_embedding_background_size=[7, 7],
     ),
     "vision": dict(
-        backbone_channel_list=[1152, 576, 288, 144], backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]],
+        backbone_channel_list=[1152, 576, 288, 144],
+        backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]],
         fpn_hidden_size=256,
     ),
-    "model": dict(image_size=1024),  # prompt encoder, mask decoder and memory modules: the library's defaults are SAM 2's
+    "model": dict(
+        image_size=1024
+    ),  # prompt encoder, mask decoder and memory modules: the library's defaults are SAM 2's
 }
 TINY_SIZE = 64
 """Input side of the tiny SAM 2: the processor must resize to the model's own size."""
@@ -53,7 +61,9 @@ def _processor(size: int) -> Any:
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
     return Sam2VideoProcessor(
-        image_processor=Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": size // 4, "width": size // 4}),
+        image_processor=Sam2ImageProcessor(
+            size={"height": size, "width": size}, mask_size={"height": size // 4, "width": size // 4}
+        ),
         video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}),
         target_size=size,
     )
@@ -68,22 +78,42 @@ def tiny(folder: Path) -> None:
 
     size = TINY_SIZE
     backbone = dict(
-        model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[size, size],
-        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+        model_type="sam2_hiera_det_model",
+        hidden_size=8,
+        num_attention_heads=1,
+        image_size=[size, size],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 4],
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[2, 2],
     )
     vision = dict(
-        model_type="sam2_vision_model", backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
-        backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2], fpn_hidden_size=32,
+        model_type="sam2_vision_model",
+        backbone_config=backbone,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
+        fpn_hidden_size=32,
     )
     config = Sam2VideoConfig(
         vision_config=vision,
         prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16),
-        image_size=size, num_maskmem=2, max_object_pointers_in_encoder=4,
-        memory_attention_hidden_size=32, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=32,
-        memory_attention_rope_feat_sizes=[size // 16] * 2, memory_encoder_hidden_size=32, memory_encoder_output_channels=16,
-        mask_downsampler_embed_dim=32, memory_fuser_embed_dim=32, memory_fuser_intermediate_dim=32,
+        mask_decoder_config=dict(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
+        image_size=size,
+        num_maskmem=2,
+        max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=32,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=32,
+        memory_attention_rope_feat_sizes=[size // 16] * 2,
+        memory_encoder_hidden_size=32,
+        memory_encoder_output_channels=16,
+        mask_downsampler_embed_dim=32,
+        memory_fuser_embed_dim=32,
+        memory_fuser_intermediate_dim=32,
     )
     save_seeded(folder, Sam2VideoModel, config, _processor(size))
 
@@ -96,8 +126,10 @@ def _video_config(config: Config) -> Any:
     vision = dict(model_type="sam2_vision_model", backbone_config=backbone, **config["vision"])
     size = config["model"]["image_size"]
     return Sam2VideoConfig(
-        vision_config=vision, prompt_encoder_config=dict(image_size=size),
-        memory_attention_rope_feat_sizes=[size // 16] * 2, **config["model"],
+        vision_config=vision,
+        prompt_encoder_config=dict(image_size=size),
+        memory_attention_rope_feat_sizes=[size // 16] * 2,
+        **config["model"],
     )
 
 
@@ -135,11 +167,18 @@ Box = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
 
 
 class Sam2Params(NodeParams):
-    model: str = Field(MODEL.default, min_length=1, max_length=512,
-                       description="Hugging Face id or local folder of a SAM 2 checkpoint in transformers layout")
-    point_coords: list[Point] | None = Field(None, max_length=64, description="prompt points [[x, y], ...] in frame pixels")
-    point_labels: list[int] | None = Field(None, max_length=64,
-                                           description="one label per point: 1 = foreground, 0 = background; unset = all 1")
+    model: str = Field(
+        MODEL.default,
+        min_length=1,
+        max_length=512,
+        description="Hugging Face id or local folder of a SAM 2 checkpoint in transformers layout",
+    )
+    point_coords: list[Point] | None = Field(
+        None, max_length=64, description="prompt points [[x, y], ...] in frame pixels"
+    )
+    point_labels: list[int] | None = Field(
+        None, max_length=64, description="one label per point: 1 = foreground, 0 = background; unset = all 1"
+    )
     box: Box | None = Field(None, description="prompt box [x0, y0, x1, y1] in frame pixels")
     multimask_output: bool = Field(True, description="three candidate masks per object (best first) instead of one")
 
@@ -148,7 +187,9 @@ class Sam2Params(NodeParams):
         if self.point_labels is not None:
             if self.point_coords is None or len(self.point_labels) != len(self.point_coords):
                 count = 0 if self.point_coords is None else len(self.point_coords)
-                raise ValueError(f"point_labels has {len(self.point_labels)} labels for {count} point_coords; give one label per point")
+                raise ValueError(
+                    f"point_labels has {len(self.point_labels)} labels for {count} point_coords; give one label per point"
+                )
             if any(label not in (0, 1) for label in self.point_labels):
                 raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), got {self.point_labels}")
         if self.box is not None and (self.box[2] < self.box[0] or self.box[3] < self.box[1]):
@@ -164,12 +205,20 @@ class Sam2(Node):
     Params = Sam2Params
     inputs = {
         "image": port(PortType.IMAGE, doc="frame to segment"),
-        "points": port(PortType.POINTS, doc="prompt points [x, y, label]; replace point_coords when not empty", optional=True),
+        "points": port(
+            PortType.POINTS, doc="prompt points [x, y, label]; replace point_coords when not empty", optional=True
+        ),
         "boxes": port(PortType.BOXES, doc="prompt boxes, one object each; replace box when not empty", optional=True),
-        "mask": port(PortType.MASK, doc="a rough mask whose bounding box is the box prompt (when `boxes` gives none)", optional=True),
+        "mask": port(
+            PortType.MASK,
+            doc="a rough mask whose bounding box is the box prompt (when `boxes` gives none)",
+            optional=True,
+        ),
     }
     outputs = {
-        "masks": port(PortType.MASKS, doc="one object: its candidates, best first; several boxes: each object's best mask"),
+        "masks": port(
+            PortType.MASKS, doc="one object: its candidates, best first; several boxes: each object's best mask"
+        ),
         "mask": port(PortType.MASK, doc="the best mask (the union of every object's best mask for several boxes)"),
     }
     request_params = frozenset({"point_coords", "point_labels", "box", "multimask_output"})
@@ -213,7 +262,9 @@ class Sam2(Node):
             embeddings = self.model.get_image_embeddings(pixels)
             for (_, multimask), indices in groups.items():
                 tensors = self.prompt_tensors([prompts[i] for i in indices], [sizes[i] for i in indices])
-                decoded = self.model(image_embeddings=[e[indices] for e in embeddings], multimask_output=multimask, **tensors)
+                decoded = self.model(
+                    image_embeddings=[e[indices] for e in embeddings], multimask_output=multimask, **tensors
+                )
                 logits = decoded.pred_masks.float()
                 masks = self.processor.post_process_masks(logits, [sizes[i] for i in indices])
                 candidates = "masks" in self.wanted  # else only the best mask leaves the GPU, no logits
@@ -235,8 +286,11 @@ class Sam2(Node):
         if not boxes and p.box is not None:
             boxes = [p.box]
         if coords and len(boxes) > 1:
-            raise InputError(f"{self.node_id}.points", f"points can go with one box only, got {len(boxes)} boxes; "
-                             "send several boxes without points, or one box with its points")
+            raise InputError(
+                f"{self.node_id}.points",
+                f"points can go with one box only, got {len(boxes)} boxes; "
+                "send several boxes without points, or one box with its points",
+            )
         return {"points": coords, "labels": labels, "boxes": boxes}
 
     def prompt_tensors(self, prompts: Sequence[dict[str, Any]], sizes: Sequence[list[int]]) -> dict[str, Any]:
@@ -252,8 +306,11 @@ class Sam2(Node):
         if first["boxes"]:
             kwargs["input_boxes"] = [pr["boxes"] for pr in prompts]
         encoded = self.processor(original_sizes=[list(s) for s in sizes], return_tensors="pt", **kwargs)
-        return {k: encoded[k].to(self.device, self.torch_dtype if encoded[k].is_floating_point() else encoded[k].dtype)
-                for k in ("input_points", "input_labels", "input_boxes") if k in encoded}
+        return {
+            k: encoded[k].to(self.device, self.torch_dtype if encoded[k].is_floating_point() else encoded[k].dtype)
+            for k in ("input_points", "input_labels", "input_boxes")
+            if k in encoded
+        }
 
 
 def _shape(prompt: dict[str, Any]) -> tuple[int, int]:

@@ -48,42 +48,83 @@ from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
 from capgraph.engine.weights import Weights
-from capgraph.nodes.building import TEXT_HIDDEN, TOKENS, Config, FullSize, clip_text, clip_tokenizer, tiny_clip_text, tiny_vae
+from capgraph.nodes.building import (
+    TEXT_HIDDEN,
+    TOKENS,
+    Config,
+    FullSize,
+    clip_text,
+    clip_tokenizer,
+    tiny_clip_text,
+    tiny_vae,
+)
 from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars, resize, to_multiple
 
 # Weights: the default checkpoints, and the tiny and full-size random models built in their layouts.
 
 CLIP_L: dict[str, Any] = dict(  # the base's text_encoder (OpenAI CLIP ViT-L/14 text): 123 M
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-    projection_dim=768, max_position_embeddings=77, hidden_act="quick_gelu", **TOKENS,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    projection_dim=768,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    **TOKENS,
 )
 UNET: dict[str, Any] = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet: 2.567 B
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=[320, 640, 1280],
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+    transformer_layers_per_block=[1, 2, 10],
+    attention_head_dim=[5, 10, 20],
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
 )
 VAE_CONFIG: dict[str, Any] = dict(  # the SDXL VAE: 83.65 M
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512, 512],
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32,
-    sample_size=1024, scaling_factor=0.13025, force_upcast=True,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
+    force_upcast=True,
 )
 BASE_CONFIG: Config = {
     "unet": UNET,
     "vae": VAE_CONFIG,
     "text_encoder": CLIP_L,
     "text_encoder_2": dict(  # OpenCLIP ViT-bigG/14 text with projection: 695 M
-        vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-        projection_dim=1280, max_position_embeddings=77, hidden_act="gelu", **TOKENS,
+        vocab_size=49408,
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_attention_heads=20,
+        num_hidden_layers=32,
+        projection_dim=1280,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        **TOKENS,
     ),
 }
 VAE_ONLY_CONFIG: Config = {"vae": {**VAE_CONFIG, "force_upcast": False}}  # madebyollin/sdxl-vae-fp16-fix
 CONTROLNET_CONFIG: Config = {  # diffusers/controlnet-{depth,canny}-sdxl-1.0: 1.25 B
     "controlnet": dict(
         {k: v for k, v in UNET.items() if k not in ("sample_size", "out_channels", "up_block_types")},
-        conditioning_channels=3, conditioning_embedding_out_channels=[16, 32, 96, 256],
+        conditioning_channels=3,
+        conditioning_embedding_out_channels=[16, 32, 96, 256],
     ),
 }
 
@@ -95,8 +136,9 @@ def _save_base(folder: Path, modules: dict[str, Any], config: Config | None = No
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
-    pipe = StableDiffusionXLPipeline(**modules, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), scheduler=scheduler,
-                                     add_watermarker=False)
+    pipe = StableDiffusionXLPipeline(
+        **modules, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), scheduler=scheduler, add_watermarker=False
+    )
     pipe.save_pretrained(folder)
 
 
@@ -126,10 +168,18 @@ def tiny_unet() -> Any:
     time_dim = 8
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim, transformer_layers_per_block=(1, 1),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN,  # 6 size/crop ids + pooled text
         cross_attention_dim=2 * TEXT_HIDDEN,  # both text encoders' hidden states, concatenated
         norm_num_groups=16,
@@ -138,8 +188,15 @@ def tiny_unet() -> Any:
 
 def tiny_base(folder: Path) -> None:
     """A tiny base pipeline: two 2-layer text encoders, a 2-block UNet, an 8x VAE, Euler."""
-    _save_base(folder, {"vae": tiny_vae(), "text_encoder": tiny_clip_text(seed=1),
-                        "text_encoder_2": tiny_clip_text(projection=True, seed=2), "unet": tiny_unet()})
+    _save_base(
+        folder,
+        {
+            "vae": tiny_vae(),
+            "text_encoder": tiny_clip_text(seed=1),
+            "text_encoder_2": tiny_clip_text(projection=True, seed=2),
+            "unet": tiny_unet(),
+        },
+    )
 
 
 def tiny_vae_only(folder: Path) -> None:
@@ -182,11 +239,19 @@ def controlnet_modules(config: Config) -> dict[str, Any]:
     return {"controlnet": _steering(ControlNetModel(**config["controlnet"]).eval())}
 
 
-BASE = Weights("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", tiny_base,
-               FullSize(BASE_CONFIG, base_modules, _save_base, diffusers=True))
+BASE = Weights(
+    "sdxl",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+    tiny_base,
+    FullSize(BASE_CONFIG, base_modules, _save_base, diffusers=True),
+)
 VAE = Weights("sdxl-vae", None, tiny_vae_only, FullSize(VAE_ONLY_CONFIG, vae_modules, _save_single, diffusers=True))
-CONTROLNET = Weights("sdxl-controlnet", None, tiny_controlnet,
-                     FullSize(CONTROLNET_CONFIG, controlnet_modules, _save_single, diffusers=True))
+CONTROLNET = Weights(
+    "sdxl-controlnet",
+    None,
+    tiny_controlnet,
+    FullSize(CONTROLNET_CONFIG, controlnet_modules, _save_single, diffusers=True),
+)
 
 CONTROL_PORTS = ("control_image", "control_image_2", "control_image_3")
 DEFAULT_SIDE = 1024
@@ -224,32 +289,53 @@ class ControlNetSpec(NodeParams):
 
 
 class SdxlParams(NodeParams):
-    model: Model = Field(BASE.default, description="Hugging Face id or local folder of an SDXL checkpoint (diffusers layout)")
-    vae: Model | None = Field(None, description="replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (decodes in fp16 with no fp32 upcast)")
+    model: Model = Field(
+        BASE.default, description="Hugging Face id or local folder of an SDXL checkpoint (diffusers layout)"
+    )
+    vae: Model | None = Field(
+        None, description="replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (decodes in fp16 with no fp32 upcast)"
+    )
     controlnets: tuple[ControlNetSpec, ...] = Field(
-        (), max_length=len(CONTROL_PORTS), description="ControlNets, entry i conditioned on port control_image, control_image_2, ..."
+        (),
+        max_length=len(CONTROL_PORTS),
+        description="ControlNets, entry i conditioned on port control_image, control_image_2, ...",
     )
     prompt: str = Field("", max_length=2000, description="prompt; a wired `prompt` port overrides it")
-    negative_prompt: str = Field("", max_length=2000, description="what to steer away from; empty = SDXL's zeroed negative embedding")
+    negative_prompt: str = Field(
+        "", max_length=2000, description="what to steer away from; empty = SDXL's zeroed negative embedding"
+    )
     steps: int = Field(30, ge=1, le=100, description="denoising steps (img2img runs steps x strength of them)")
-    guidance: float = Field(5.0, ge=0.0, le=30.0, description="classifier-free guidance scale; 1 or less turns CFG off (Turbo, Lightning)")
-    strength: float = Field(0.6, ge=0.0, le=1.0, description="img2img / inpainting: how much of the init image is re-noised")
+    guidance: float = Field(
+        5.0, ge=0.0, le=30.0, description="classifier-free guidance scale; 1 or less turns CFG off (Turbo, Lightning)"
+    )
+    strength: float = Field(
+        0.6, ge=0.0, le=1.0, description="img2img / inpainting: how much of the init image is re-noised"
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="noise seed; same seed and params give the same image")
     width: Side | None = Field(None, description="output width (multiple of 8); unset = the wired image's, or 1024")
     height: Side | None = Field(None, description="output height (multiple of 8); unset = the wired image's, or 1024")
-    scheduler: Literal["default", "euler", "euler_a", "euler_trailing", "euler_a_trailing", "lcm", "dpmpp_2m_karras"] = Field(
-        "default", description="sampler; 'default' keeps the checkpoint's own, *_trailing suit Lightning/Turbo few-step checkpoints"
+    scheduler: Literal[
+        "default", "euler", "euler_a", "euler_trailing", "euler_a_trailing", "lcm", "dpmpp_2m_karras"
+    ] = Field(
+        "default",
+        description="sampler; 'default' keeps the checkpoint's own, *_trailing suit Lightning/Turbo few-step checkpoints",
     )
-    controlnet_scales: tuple[Scale, ...] | None = Field(None, description="per-request ControlNet scales overriding controlnets[i].scale, one per ControlNet")
+    controlnet_scales: tuple[Scale, ...] | None = Field(
+        None, description="per-request ControlNet scales overriding controlnets[i].scale, one per ControlNet"
+    )
 
     @model_validator(mode="after")
     def _one_scale_per_controlnet(self) -> "SdxlParams":
         if self.controlnet_scales is not None and len(self.controlnet_scales) != len(self.controlnets):
-            raise ValueError(f"controlnet_scales has {len(self.controlnet_scales)} values for {len(self.controlnets)} ControlNets")
+            raise ValueError(
+                f"controlnet_scales has {len(self.controlnet_scales)} values for {len(self.controlnets)} ControlNets"
+            )
         return self
 
     def scales(self) -> tuple[float, ...]:
-        return self.controlnet_scales if self.controlnet_scales is not None else tuple(c.scale for c in self.controlnets)
+        return (
+            self.controlnet_scales if self.controlnet_scales is not None else tuple(c.scale for c in self.controlnets)
+        )
 
 
 class Sdxl(Node):
@@ -262,7 +348,9 @@ class Sdxl(Node):
         "prompt": port(PortType.TEXT, doc="prompt for this frame, overriding params.prompt", optional=True),
         "image": port(PortType.IMAGE, doc="init image: img2img, or inpainting when mask is wired too", optional=True),
         "mask": port(PortType.MASK, doc="where to repaint (1 = repaint, 0 = keep); needs image", optional=True),
-        "control_image": port(PortType.IMAGE, doc="control image of controlnets[0] (depth, edges, segment colours)", optional=True),
+        "control_image": port(
+            PortType.IMAGE, doc="control image of controlnets[0] (depth, edges, segment colours)", optional=True
+        ),
         "control_image_2": port(PortType.IMAGE, doc="control image of controlnets[1]", optional=True),
         "control_image_3": port(PortType.IMAGE, doc="control image of controlnets[2]", optional=True),
     }
@@ -312,7 +400,9 @@ class Sdxl(Node):
         loaded: dict[str, Any] = {}  # the same ControlNet twice is loaded once
         for path in net_paths.values():
             if path not in loaded:
-                loaded[path] = ControlNetModel.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype)).to(device)
+                loaded[path] = ControlNetModel.from_pretrained(
+                    path, dtype=torch_dtype, **fp16_variant(path, torch_dtype)
+                ).to(device)
         self.nets = {model: loaded[path] for model, path in net_paths.items()}
         """Loaded ControlNets by model id: a frame's params name the ones it runs with."""
         self.controlnets = self._nets(p)
@@ -336,8 +426,18 @@ class Sdxl(Node):
         for i, (frame, p) in enumerate(zip(inputs, params)):
             width, height = target_size(frame, p)
             nets = tuple(c.model for c in p.controlnets)  # one call never mixes ControlNet sets
-            key = (self._mode(frame, p), nets, width, height, p.steps, p.guidance, p.strength, p.scheduler, p.scales(),
-                   bool(p.negative_prompt))
+            key = (
+                self._mode(frame, p),
+                nets,
+                width,
+                height,
+                p.steps,
+                p.guidance,
+                p.strength,
+                p.scheduler,
+                p.scales(),
+                bool(p.negative_prompt),
+            )
             groups.setdefault(key, []).append(i)
         out: list[Frame] = [{} for _ in inputs]
         for (mode, _, width, height, *_), members in groups.items():
@@ -352,9 +452,19 @@ class Sdxl(Node):
         needed = CONTROL_PORTS[: len(params.controlnets)]
         for name in CONTROL_PORTS:
             if name in needed and name not in wired:
-                problems.append((name, f"has {len(needed)} ControlNet(s), so port '{name}' must be wired (one control image per ControlNet)."))
+                problems.append(
+                    (
+                        name,
+                        f"has {len(needed)} ControlNet(s), so port '{name}' must be wired (one control image per ControlNet).",
+                    )
+                )
             elif name in wired and name not in needed:
-                problems.append((name, f"port '{name}' is wired but the node has {len(needed)} ControlNet(s); add one to 'controlnets' or unwire it."))
+                problems.append(
+                    (
+                        name,
+                        f"port '{name}' is wired but the node has {len(needed)} ControlNet(s); add one to 'controlnets' or unwire it.",
+                    )
+                )
         if "mask" in wired and "image" not in wired:
             problems.append(("mask", "'mask' is wired but 'image' is not; inpainting needs the image to repaint."))
         return problems
@@ -367,7 +477,9 @@ class Sdxl(Node):
             raise ValueError(f"node '{self.node_id}': " + " ".join(problem for _, problem in problems))
         return "inpaint" if "mask" in frame else "img2img" if "image" in frame else "t2i"
 
-    def _generate(self, mode: str, width: int, height: int, frames: list[Frame], params: list[SdxlParams]) -> list[np.ndarray]:
+    def _generate(
+        self, mode: str, width: int, height: int, frames: list[Frame], params: list[SdxlParams]
+    ) -> list[np.ndarray]:
         """One pipeline call for frames that share every call-shaping param."""
         import torch
         from PIL import Image
@@ -417,7 +529,9 @@ class Sdxl(Node):
         """The loaded ControlNets of `p`, in its order."""
         missing = [c.model for c in p.controlnets if c.model not in self.nets]
         if missing:  # load-time params: a request cannot name another, so this is a wiring bug
-            raise ValueError(f"node '{self.node_id}' has not loaded ControlNet {', '.join(missing)} (it loaded {', '.join(self.nets) or 'none'})")
+            raise ValueError(
+                f"node '{self.node_id}' has not loaded ControlNet {', '.join(missing)} (it loaded {', '.join(self.nets) or 'none'})"
+            )
         return [self.nets[c.model] for c in p.controlnets]
 
     def _pipe(self, mode: str, models: tuple[str, ...], nets: list[Any]) -> Any:
@@ -476,7 +590,9 @@ def _base_pipeline(path: str, vae_path: str | None, device: str, torch_dtype: An
         from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
         extra = {"vae": AutoencoderKL.from_pretrained(vae_path, dtype=torch_dtype)} if vae_path else {}
-        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype), **extra)
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            path, dtype=torch_dtype, **fp16_variant(path, torch_dtype), **extra
+        )
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         _BASES[key] = pipe
@@ -500,4 +616,3 @@ def _drop_noise(record: logging.LogRecord) -> bool:
     """Logging filter dropping the diffusers warnings above, which fire on every call and are wrong here."""
     message = record.getMessage()
     return not any(fragment in message for fragment in NOISE)
-

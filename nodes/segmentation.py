@@ -30,30 +30,171 @@ from capgraph.nodes.helpers import load_pretrained, no_progress_bars
 # Weights: the default checkpoint, and the tiny and full-size random models built in its layout.
 
 ADE_LABELS = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
 )
 """The first 21 ADE20K classes (the tiny models'), ids as in the default checkpoint."""
 ADE20K_LABELS = ADE_LABELS + (
-    "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence",
-    "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
-    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
-    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
-    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
-    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
-    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
-    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
-    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 """ADE20K's 150 classes, ids as in `nvidia/segformer-b0-finetuned-ade-512-512`."""
 CONFIG: Config = {  # nvidia/segformer-b0-finetuned-ade-512-512: 3.75 M
     "model": dict(
-        hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1],
-        mlp_ratios=[4, 4, 4, 4], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], decoder_hidden_size=256,
+        hidden_sizes=[32, 64, 160, 256],
+        depths=[2, 2, 2, 2],
+        num_attention_heads=[1, 2, 5, 8],
+        sr_ratios=[8, 4, 2, 1],
+        mlp_ratios=[4, 4, 4, 4],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        decoder_hidden_size=256,
     ),
 }
 
@@ -67,24 +208,50 @@ def tiny(folder: Path) -> None:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
     config = SegformerConfig(
-        depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 32, 32], num_attention_heads=[1, 1, 2, 2],
-        mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=16, **_labels(ADE_LABELS),
+        depths=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=[8, 16, 32, 32],
+        num_attention_heads=[1, 1, 2, 2],
+        mlp_ratios=[2, 2, 2, 2],
+        decoder_hidden_size=16,
+        **_labels(ADE_LABELS),
     )
-    save_seeded(folder, SegformerForSemanticSegmentation, config, SegformerImageProcessor(size={"height": 64, "width": 64}))
+    save_seeded(
+        folder, SegformerForSemanticSegmentation, config, SegformerImageProcessor(size={"height": 64, "width": 64})
+    )
 
 
 def tiny_mask2former(folder: Path) -> None:
     """Mask2Former on a Swin backbone (267 k params; the decoder widths are multiples of 32
     for its GroupNorms), the universal-segmentation path of this family."""
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     backbone = SwinConfig(
-        image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, mlp_ratio=2.0,
+        image_size=64,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        mlp_ratio=2.0,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
     config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
-        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64, num_queries=8, **_labels(ADE_LABELS),
+        backbone_config=backbone,
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        dim_feedforward=64,
+        num_queries=8,
+        **_labels(ADE_LABELS),
     )
     processor = Mask2FormerImageProcessor(size={"height": 64, "width": 64}, ignore_index=255)
     save_seeded(folder, Mask2FormerForUniversalSegmentation, config, processor)
@@ -93,7 +260,9 @@ def tiny_mask2former(folder: Path) -> None:
 def full_size_modules(config: Config) -> dict[str, Any]:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    return {"model": SegformerForSemanticSegmentation(SegformerConfig(**config["model"], **_labels(ADE20K_LABELS))).eval()}
+    return {
+        "model": SegformerForSemanticSegmentation(SegformerConfig(**config["model"], **_labels(ADE20K_LABELS))).eval()
+    }
 
 
 def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> None:
@@ -104,7 +273,9 @@ def _save_full_size(folder: Path, modules: dict[str, Any], config: Config) -> No
     SegformerImageProcessor(size={"height": 512, "width": 512}, do_reduce_labels=True).save_pretrained(folder)
 
 
-MODEL = Weights("segformer", "nvidia/segformer-b0-finetuned-ade-512-512", tiny, FullSize(CONFIG, full_size_modules, _save_full_size))
+MODEL = Weights(
+    "segformer", "nvidia/segformer-b0-finetuned-ade-512-512", tiny, FullSize(CONFIG, full_size_modules, _save_full_size)
+)
 
 
 class UnknownClass(ValueError):
@@ -113,11 +284,21 @@ class UnknownClass(ValueError):
 
 
 class SegmentationParams(NodeParams):
-    model: str = Field(MODEL.default, min_length=1, max_length=512,
-                       description="Hugging Face id or local folder of a transformers semantic-segmentation model")
-    classes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(["person"], min_length=1, max_length=64,
-                               description="label names whose pixels form `mask` (the model's id2label names, any case)")
-    preview_opacity: float = Field(0.5, ge=0.0, le=1.0, description="how strongly class colours cover the frame in `preview`")
+    model: str = Field(
+        MODEL.default,
+        min_length=1,
+        max_length=512,
+        description="Hugging Face id or local folder of a transformers semantic-segmentation model",
+    )
+    classes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        ["person"],
+        min_length=1,
+        max_length=64,
+        description="label names whose pixels form `mask` (the model's id2label names, any case)",
+    )
+    preview_opacity: float = Field(
+        0.5, ge=0.0, le=1.0, description="how strongly class colours cover the frame in `preview`"
+    )
 
 
 class Segmentation(Node):
@@ -140,7 +321,12 @@ class Segmentation(Node):
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
-        from transformers import AutoConfig, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation, AutoProcessor
+        from transformers import (
+            AutoConfig,
+            AutoModelForSemanticSegmentation,
+            AutoModelForUniversalSegmentation,
+            AutoProcessor,
+        )
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
         no_progress_bars()
@@ -161,8 +347,10 @@ class Segmentation(Node):
         for name in classes:
             key = name.strip().lower()
             if key not in self.label_ids:
-                raise UnknownClass(f"node '{self.node_id}': unknown class '{name}' for model '{self.params.model}'. "
-                                   + did_you_mean(key, self.label_ids, allowed_label="Its labels"))
+                raise UnknownClass(
+                    f"node '{self.node_id}': unknown class '{name}' for model '{self.params.model}'. "
+                    + did_you_mean(key, self.label_ids, allowed_label="Its labels")
+                )
             ids.extend(self.label_ids[key])
         return ids
 
@@ -172,10 +360,14 @@ class Segmentation(Node):
         images = [frame["image"] for frame in inputs]
         extra = {"task_inputs": ["semantic"] * len(images)} if self.oneformer else {}
         encoded = self.processor(images=images, return_tensors="pt", **extra)
-        encoded = {k: v.to(self.device, self.torch_dtype if v.is_floating_point() else v.dtype) for k, v in encoded.items()}
+        encoded = {
+            k: v.to(self.device, self.torch_dtype if v.is_floating_point() else v.dtype) for k, v in encoded.items()
+        }
         with torch.inference_mode():
             predicted = self.model(**encoded)
-            maps = self.processor.post_process_semantic_segmentation(predicted, target_sizes=[i.shape[:2] for i in images])
+            maps = self.processor.post_process_semantic_segmentation(
+                predicted, target_sizes=[i.shape[:2] for i in images]
+            )
         out = []
         for image, labels, p in zip(images, maps, params):
             labels = labels.cpu().numpy().astype(np.int32)

@@ -45,11 +45,15 @@ def parse(text: str) -> list[tuple[str, str | None]]:
     for literal, name, spec, conversion in pieces:
         if name is not None:
             if not _NAME.match(name):
-                raise ValueError(f"field '{{{name}}}' must be a plain name such as '{{caption}}': no attribute access, "
-                                 "index or positional fields")
+                raise ValueError(
+                    f"field '{{{name}}}' must be a plain name such as '{{caption}}': no attribute access, "
+                    "index or positional fields"
+                )
             if conversion or spec:
-                raise ValueError(f"field '{{{name}}}' may not have a conversion or format spec ('!{conversion or ''}', "
-                                 f"':{spec or ''}'); write '{{{name}}}'")
+                raise ValueError(
+                    f"field '{{{name}}}' may not have a conversion or format spec ('!{conversion or ''}', "
+                    f"':{spec or ''}'); write '{{{name}}}'"
+                )
         parsed.append((literal, name))
     return parsed
 
@@ -60,10 +64,16 @@ def fields(text: str) -> list[str]:
 
 
 class TemplateParams(NodeParams):
-    format: str = Field("{caption}", min_length=1, max_length=MAX_FORMAT,
-                        description=f"the text with named fields, e.g. '{{caption}}, watercolour'; fields are the ports "
-                                    f"{', '.join(FIELDS)}; '{{{{' and '}}}}' are literal braces")
-    max_chars: int = Field(1000, ge=1, le=MAX_CHARS, description="longest result; longer text is cut at a word boundary")
+    format: str = Field(
+        "{caption}",
+        min_length=1,
+        max_length=MAX_FORMAT,
+        description=f"the text with named fields, e.g. '{{caption}}, watercolour'; fields are the ports "
+        f"{', '.join(FIELDS)}; '{{{{' and '}}}}' are literal braces",
+    )
+    max_chars: int = Field(
+        1000, ge=1, le=MAX_CHARS, description="longest result; longer text is cut at a word boundary"
+    )
     strip: bool = Field(True, description="trim spaces around each field's text before filling it in")
 
     @field_validator("format")
@@ -89,8 +99,16 @@ class Template(Node):
     @classmethod
     def check_wiring(cls, params: TemplateParams, wired: frozenset[str]) -> list[tuple[str, str]]:
         used = fields(params.format)
-        problems = [(name, f"the format uses '{{{name}}}' but port '{name}' is not wired.") for name in used if name not in wired]
-        problems += [(name, f"port '{name}' is wired but the format never uses '{{{name}}}'.") for name in sorted(wired) if name not in used]
+        problems = [
+            (name, f"the format uses '{{{name}}}' but port '{name}' is not wired.")
+            for name in used
+            if name not in wired
+        ]
+        problems += [
+            (name, f"port '{name}' is wired but the format never uses '{{{name}}}'.")
+            for name in sorted(wired)
+            if name not in used
+        ]
         return problems
 
     def example_inputs(self) -> Frame:
@@ -106,8 +124,11 @@ class Template(Node):
             if name is None:
                 continue
             if name not in frame:  # a request's own format naming a port the graph leaves unwired
-                raise InputError(f"params.{self.node_id}.format", f"field '{{{name}}}' has no wired port in this graph; "
-                                 f"wired: {', '.join(sorted(frame)) or '(none)'}")
+                raise InputError(
+                    f"params.{self.node_id}.format",
+                    f"field '{{{name}}}' has no wired port in this graph; "
+                    f"wired: {', '.join(sorted(frame)) or '(none)'}",
+                )
             value = str(frame[name])
             out.append(value.strip() if p.strip else value)
             if sum(map(len, out)) > p.max_chars:

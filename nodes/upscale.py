@@ -25,7 +25,16 @@ from pydantic import Field
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
 from capgraph.engine.weights import WEIGHT_SUFFIXES, Weights, models_mode, split_weights
-from capgraph.nodes.building import TEXT_HIDDEN, TOKENS, Config, FullSize, clip_text, clip_tokenizer, tiny_clip_text, tiny_vae
+from capgraph.nodes.building import (
+    TEXT_HIDDEN,
+    TOKENS,
+    Config,
+    FullSize,
+    clip_text,
+    clip_tokenizer,
+    tiny_clip_text,
+    tiny_vae,
+)
 from capgraph.nodes.helpers import fp16_variant, module_bytes, no_progress_bars
 
 WARMUP_SIDE = 32
@@ -35,20 +44,42 @@ WARMUP_SIDE = 32
 
 X4_CONFIG: Config = {  # stabilityai/stable-diffusion-x4-upscaler
     "unet": dict(  # 473 M
-        sample_size=128, in_channels=7, out_channels=4, layers_per_block=2, block_out_channels=[256, 512, 512, 1024],
+        sample_size=128,
+        in_channels=7,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=[256, 512, 512, 1024],
         down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        attention_head_dim=8, cross_attention_dim=1024, use_linear_projection=True,
-        only_cross_attention=[True, True, True, False], num_class_embeds=1000, norm_num_groups=32,
+        attention_head_dim=8,
+        cross_attention_dim=1024,
+        use_linear_projection=True,
+        only_cross_attention=[True, True, True, False],
+        num_class_embeds=1000,
+        norm_num_groups=32,
     ),
     "vae": dict(  # 55.3 M, upsamples by 4
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512],
-        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, norm_num_groups=32,
-        sample_size=256, scaling_factor=0.08333,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        block_out_channels=[128, 256, 512],
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        norm_num_groups=32,
+        sample_size=256,
+        scaling_factor=0.08333,
     ),
     "text_encoder": dict(  # OpenCLIP ViT-H/14 text, 23 layers: 340 M
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
-        projection_dim=512, max_position_embeddings=77, hidden_act="gelu", **TOKENS,
+        vocab_size=49408,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_attention_heads=16,
+        num_hidden_layers=23,
+        projection_dim=512,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        **TOKENS,
     ),
 }
 ESRGAN_CONFIG: Config = {"model": dict(num_filters=64, num_blocks=23, scale=4)}  # Real-ESRGAN x4plus: 16.7 M
@@ -64,8 +95,13 @@ def _save_x4(folder: Path, modules: dict[str, Any], config: Config | None = None
         tokenizer=clip_tokenizer(),
         low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02),
         scheduler=DDIMScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
-            set_alpha_to_one=False, steps_offset=1, clip_sample=False,
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            set_alpha_to_one=False,
+            steps_offset=1,
+            clip_sample=False,
         ),
         max_noise_level=350,
     )
@@ -88,16 +124,28 @@ def tiny_x4(folder: Path) -> None:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=32, in_channels=7, out_channels=4,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, use_linear_projection=True,
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        use_linear_projection=True,
         only_cross_attention=(True, True, False),
         num_class_embeds=1000,  # must exceed the pipeline's max_noise_level (350)
         norm_num_groups=16,
     ).eval()
-    _save_x4(folder, {"unet": unet, "vae": tiny_vae((32, 32, 64), scaling_factor=0.08333, seed=1),
-                      "text_encoder": tiny_clip_text(seed=2)})
+    _save_x4(
+        folder,
+        {
+            "unet": unet,
+            "vae": tiny_vae((32, 32, 64), scaling_factor=0.08333, seed=1),
+            "text_encoder": tiny_clip_text(seed=2),
+        },
+    )
 
 
 def tiny_esrgan(folder: Path) -> None:
@@ -126,23 +174,43 @@ def esrgan_modules(config: Config) -> dict[str, Any]:
 
 
 WEIGHTS = {
-    "sd_x4": Weights("sd-x4-upscaler", "stabilityai/stable-diffusion-x4-upscaler", tiny_x4,
-                     FullSize(X4_CONFIG, x4_modules, _save_x4, diffusers=True)),
-    "esrgan": Weights("esrgan-x4", "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth", tiny_esrgan,
-                      FullSize(ESRGAN_CONFIG, esrgan_modules, _save_pth)),
+    "sd_x4": Weights(
+        "sd-x4-upscaler",
+        "stabilityai/stable-diffusion-x4-upscaler",
+        tiny_x4,
+        FullSize(X4_CONFIG, x4_modules, _save_x4, diffusers=True),
+    ),
+    "esrgan": Weights(
+        "esrgan-x4",
+        "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth",
+        tiny_esrgan,
+        FullSize(ESRGAN_CONFIG, esrgan_modules, _save_pth),
+    ),
 }
 """The weights of each method, whose default is the model when `model` is unset."""
 
 
 class UpscaleParams(NodeParams):
-    method: Literal["sd_x4", "esrgan"] = Field("esrgan", description="sd_x4: diffusion upscaler (prompted, slow); esrgan: one forward pass (fast)")
-    model: str | None = Field(None, min_length=1, max_length=512,
-                              description="sd_x4: id or folder of the pipeline; esrgan: weights file (path or owner/repo/file.pth); unset = the method's default")
-    prompt: str = Field("", max_length=2000, description="sd_x4: what the image shows; a wired `prompt` port overrides it")
+    method: Literal["sd_x4", "esrgan"] = Field(
+        "esrgan", description="sd_x4: diffusion upscaler (prompted, slow); esrgan: one forward pass (fast)"
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="sd_x4: id or folder of the pipeline; esrgan: weights file (path or owner/repo/file.pth); unset = the method's default",
+    )
+    prompt: str = Field(
+        "", max_length=2000, description="sd_x4: what the image shows; a wired `prompt` port overrides it"
+    )
     negative_prompt: str = Field("", max_length=2000, description="sd_x4: what to steer away from")
     steps: int = Field(20, ge=1, le=100, description="sd_x4: denoising steps")
-    guidance: float = Field(9.0, ge=0.0, le=30.0, description="sd_x4: classifier-free guidance scale; 1 or less turns it off")
-    noise_level: int = Field(20, ge=0, le=350, description="sd_x4: noise added to the low-res image; more = more invented detail")
+    guidance: float = Field(
+        9.0, ge=0.0, le=30.0, description="sd_x4: classifier-free guidance scale; 1 or less turns it off"
+    )
+    noise_level: int = Field(
+        20, ge=0, le=350, description="sd_x4: noise added to the low-res image; more = more invented detail"
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="sd_x4: noise seed, per frame")
 
     @property
@@ -180,7 +248,9 @@ class Upscale(Node):
 
             no_progress_bars(diffusers=True)
             path = self.resolve_weights("sd_x4", self.params.model_id)
-            pipe = StableDiffusionUpscalePipeline.from_pretrained(path, dtype=torch_dtype, **fp16_variant(path, torch_dtype))
+            pipe = StableDiffusionUpscalePipeline.from_pretrained(
+                path, dtype=torch_dtype, **fp16_variant(path, torch_dtype)
+            )
             self.pipe = pipe.to(device)
             self.pipe.set_progress_bar_config(disable=True)
             self.weight_bytes = module_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
@@ -190,7 +260,9 @@ class Upscale(Node):
             file = self._weights_file()
             descriptor = ModelLoader().load_from_file(file)
             if not isinstance(descriptor, ImageModelDescriptor):
-                raise ValueError(f"node '{self.node_id}': {file} holds a {descriptor.architecture.name} model, not an image-to-image network")
+                raise ValueError(
+                    f"node '{self.node_id}': {file} holds a {descriptor.architecture.name} model, not an image-to-image network"
+                )
             if torch_dtype == torch.float16 and not descriptor.supports_half:
                 torch_dtype = torch.float32  # some architectures overflow in fp16; spandrel knows which
             self.net = descriptor.to(device).to(torch_dtype).eval()
@@ -201,7 +273,9 @@ class Upscale(Node):
         model = self.params.model_id
         repo, filename = split_weights(model)
         if not models_mode() and filename is None and not Path(repo).expanduser().exists():
-            raise FileNotFoundError(f"node '{self.node_id}': weights file '{model}' does not exist; give a local path or owner/repo/file.pth")
+            raise FileNotFoundError(
+                f"node '{self.node_id}': weights file '{model}' does not exist; give a local path or owner/repo/file.pth"
+            )
         found = Path(self.resolve_weights("esrgan", repo))
         if found.is_file():
             return found
@@ -210,7 +284,9 @@ class Upscale(Node):
         candidates = sorted(p for p in found.iterdir() if p.suffix in WEIGHT_SUFFIXES)
         if len(candidates) == 1:  # a folder with one weights file, e.g. the tiny model's
             return candidates[0]
-        raise FileNotFoundError(f"node '{self.node_id}': no weights file '{filename or '*.pth'}' in {found} (found {[p.name for p in candidates]})")
+        raise FileNotFoundError(
+            f"node '{self.node_id}': no weights file '{filename or '*.pth'}' in {found} (found {[p.name for p in candidates]})"
+        )
 
     def example_inputs(self) -> Frame:
         return {"image": example_value(PortType.IMAGE, WARMUP_SIDE)}
@@ -259,4 +335,3 @@ class Upscale(Node):
                 output_type="np",
             ).images
         return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
-

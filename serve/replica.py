@@ -21,11 +21,8 @@ from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
-from capgraph.serve.cluster import respread
-from capgraph.serve.compile import Unit
-from capgraph.serve.cluster import CoreShare, machine_cores, sharing_on
-from capgraph.serve.compile import write_measured
-from capgraph.serve.compile import Alias
+from capgraph.serve.cluster import CoreShare, machine_cores, respread, sharing_on
+from capgraph.serve.compile import Alias, Unit, write_measured
 
 log = logging.getLogger("ray.serve")
 
@@ -83,7 +80,7 @@ class Batcher:
                 self.arrived.clear()
                 try:
                     await asyncio.wait_for(self.arrived.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch, self.queue = self.queue[: self.max_size], self.queue[self.max_size :]
             batch = [f for f in batch if f.done is not None and not f.done.cancelled()]  # callers gone: skip them
@@ -128,14 +125,18 @@ class UnitReplica:
         self._stuck_logged = False
         self.report: dict[str, dict[str, Any]] = {}
         started = time.perf_counter()
-        log.info("capgraph: unit '%s' started %.2fs after its process (worker start and imports)", unit.name, _process_age())
+        log.info(
+            "capgraph: unit '%s' started %.2fs after its process (worker start and imports)", unit.name, _process_age()
+        )
         self.cores: CoreShare | None = None
         """This replica's claim on the machine's cores, for units that run torch (`serve.cluster.cores`)."""
         if any(plan.nodes[n].family.uses_gpu for n in unit.nodes):
             _set_threads(unit.threads)  # load and warm-up at the planner's share
             # on a GPU a replica's CPU work only feeds the GPU: it keeps to the planner's threads
             if sharing_on():
-                self.cores = CoreShare(machine_cores(), unit.num_cpus, cap=unit.threads if self.device.startswith("cuda") else None)
+                self.cores = CoreShare(
+                    machine_cores(), unit.num_cpus, cap=unit.threads if self.device.startswith("cuda") else None
+                )
         self.memory_cap = _cap_gpu_memory(unit, self.device)
         self.nodes: dict[str, Node] = load_nodes(plan, unit.nodes, self.device, self.dtype, self.report, logger=log)
         self._log_loaded(time.perf_counter() - started)
@@ -144,13 +145,24 @@ class UnitReplica:
         self.costs_saved = time.monotonic()
         self.batcher = Batcher(self._forward, unit.max_batch_size, unit.batch_wait_s)
         tags = {"capability": self.capability, "unit": unit.name}
-        self.latency = Histogram("capgraph_node_latency_ms", "Milliseconds a node took for one batch",
-                                 boundaries=LATENCY_BUCKETS_MS, tag_keys=("capability", "unit", "node"))
-        self.batch_size = Histogram("capgraph_node_batch_size", "Frames per batch a node ran",
-                                    boundaries=BATCH_BUCKETS, tag_keys=("capability", "unit", "node"))
-        self.queue_length = Gauge("capgraph_node_queue_length", "Frames waiting for the next batch",
-                                  tag_keys=("capability", "unit"))
-        self.failures = Counter("capgraph_node_failed_frames", "Frames a node failed", tag_keys=("capability", "unit", "node"))
+        self.latency = Histogram(
+            "capgraph_node_latency_ms",
+            "Milliseconds a node took for one batch",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("capability", "unit", "node"),
+        )
+        self.batch_size = Histogram(
+            "capgraph_node_batch_size",
+            "Frames per batch a node ran",
+            boundaries=BATCH_BUCKETS,
+            tag_keys=("capability", "unit", "node"),
+        )
+        self.queue_length = Gauge(
+            "capgraph_node_queue_length", "Frames waiting for the next batch", tag_keys=("capability", "unit")
+        )
+        self.failures = Counter(
+            "capgraph_node_failed_frames", "Frames a node failed", tag_keys=("capability", "unit", "node")
+        )
         for metric in (self.latency, self.batch_size, self.queue_length, self.failures):
             metric.set_default_tags(dict(tags))  # Ray adds its own tags to the dict it is given
         self.queue_length.set(0)
@@ -170,14 +182,34 @@ class UnitReplica:
             if self.memory_cap:
                 headroom = f"; GPU cap {self.memory_cap / 2**30:.2f} GiB, {(self.memory_cap - _cuda_allocated()) / 2**30:.2f} GiB free"
                 report["gpu_cap_bytes"] = self.memory_cap
-            log.info("capgraph: node '%s' loaded %s bytes of weights (%.1f MiB) in %.2fs, warm-up %.2fs%s", node_id,
-                     f"{node.weight_bytes:,}", node.weight_bytes / 2**20, report["load_s"], report["warmup_s"], headroom)
-        log.info("capgraph: unit '%s' ready in %.2fs (%d node%s, %d torch thread%s, batch %d, wait %.1f ms)", self.unit.name, seconds,
-                 len(self.nodes), "s" if len(self.nodes) != 1 else "", self.unit.threads, "s" if self.unit.threads != 1 else "",
-                 self.unit.max_batch_size, self.unit.batch_wait_s * 1000)
+            log.info(
+                "capgraph: node '%s' loaded %s bytes of weights (%.1f MiB) in %.2fs, warm-up %.2fs%s",
+                node_id,
+                f"{node.weight_bytes:,}",
+                node.weight_bytes / 2**20,
+                report["load_s"],
+                report["warmup_s"],
+                headroom,
+            )
+        log.info(
+            "capgraph: unit '%s' ready in %.2fs (%d node%s, %d torch thread%s, batch %d, wait %.1f ms)",
+            self.unit.name,
+            seconds,
+            len(self.nodes),
+            "s" if len(self.nodes) != 1 else "",
+            self.unit.threads,
+            "s" if self.unit.threads != 1 else "",
+            self.unit.max_batch_size,
+            self.unit.batch_wait_s * 1000,
+        )
 
-    async def __call__(self, graph_inputs: Mapping[str, Any], params: Mapping[str, NodeParams], *upstream: Mapping[str, Any],
-                       alias: Alias | None = None) -> dict[str, Any]:
+    async def __call__(
+        self,
+        graph_inputs: Mapping[str, Any],
+        params: Mapping[str, NodeParams],
+        *upstream: Mapping[str, Any],
+        alias: Alias | None = None,
+    ) -> dict[str, Any]:
         """One frame: the graph inputs this unit reads, its nodes' params as the front end
         resolved them (`check_params`), and the results of the units it reads from (resolved
         by Ray from their responses).
@@ -199,16 +231,20 @@ class UnitReplica:
         self.queue_length.set(self.queued + 1)
         return await self.batcher.submit(frame)
 
-    async def _for_caller(self, values: Mapping[str, Any], params: Mapping[str, NodeParams], meta: dict[str, Any],
-                          alias: Alias) -> dict[str, Any]:
+    async def _for_caller(
+        self, values: Mapping[str, Any], params: Mapping[str, NodeParams], meta: dict[str, Any], alias: Alias
+    ) -> dict[str, Any]:
         (mine,) = self.unit.nodes  # a shared model's application runs one node
-        frame = _Frame({port: values[key] for port, key in alias.inputs}, {mine: params[alias.node]},
-                       time.perf_counter(), {})
+        frame = _Frame(
+            {port: values[key] for port, key in alias.inputs}, {mine: params[alias.node]}, time.perf_counter(), {}
+        )
         result = await self._submit(frame)
         if "error" in result:
             return {"error": result["error"] | ({"node": alias.node} if result["error"].get("node") == mine else {})}
-        return {"values": {f"{alias.node}.{key.split('.', 1)[1]}": value for key, value in result["values"].items()},
-                "meta": meta | {alias.node: result["meta"][mine]}}
+        return {
+            "values": {f"{alias.node}.{key.split('.', 1)[1]}": value for key, value in result["values"].items()},
+            "meta": meta | {alias.node: result["meta"][mine]},
+        }
 
     async def _forward(self, frames: list[_Frame]) -> list[dict[str, Any]]:
         start = time.perf_counter()
@@ -251,12 +287,22 @@ class UnitReplica:
         with self.cores.batch() if self.cores else contextlib.nullcontext(0) as threads:
             if threads:
                 _set_threads(threads, quiet=True)  # in this worker thread: OpenMP's thread count is per calling thread
-            run_nodes(self.plan, self.nodes, self.unit.nodes, values, [f.params for f in frames], chunks=dict(self.unit.chunks),
-                      on_start=started, on_done=done)
+            run_nodes(
+                self.plan,
+                self.nodes,
+                self.unit.nodes,
+                values,
+                [f.params for f in frames],
+                chunks=dict(self.unit.chunks),
+                on_start=started,
+                on_done=done,
+            )
         if time.monotonic() - self.costs_saved > SAVE_COSTS_EVERY_S:
             self._save_costs()
         wanted = [str(s) for s in self.unit.exports]
-        return [{"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values]
+        return [
+            {"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values
+        ]
 
     def _note_cost(self, node_id: str, batch: int, ms: float) -> None:
         """A running average of each node's milliseconds per batch size (recent batches weigh most)."""
@@ -307,8 +353,15 @@ class UnitReplica:
     def state(self) -> dict[str, Any]:
         """What this replica reports to the ingress's /health: every node loaded and warm,
         and whether it is unusable (`fatal`: a device error; `stuck`: a hung batch)."""
-        return {"unit": self.unit.name, "nodes": self.report, "queued": self.queued, "fatal": self.fatal, "stuck": self.stuck(),
-                "moving": self.moving, "pid": os.getpid()}
+        return {
+            "unit": self.unit.name,
+            "nodes": self.report,
+            "queued": self.queued,
+            "fatal": self.fatal,
+            "stuck": self.stuck(),
+            "moving": self.moving,
+            "pid": os.getpid(),
+        }
 
     async def check_health(self) -> None:
         """Called by Ray every `health_check_period_s`; raising makes Ray replace us (after
@@ -323,8 +376,10 @@ class UnitReplica:
             raise RuntimeError(f"unit '{self.unit.name}' hit an unrecoverable device error: {self.fatal}")
         stuck = self.stuck()
         if stuck:
-            message = (f"unit '{self.unit.name}': node '{stuck['node']}' has run one batch for {stuck['running_s']:.1f} s, "
-                       f"past the {stuck['limit_s']:g} s limit; it is hung and this replica must be replaced")
+            message = (
+                f"unit '{self.unit.name}': node '{stuck['node']}' has run one batch for {stuck['running_s']:.1f} s, "
+                f"past the {stuck['limit_s']:g} s limit; it is hung and this replica must be replaced"
+            )
             if not self._stuck_logged:  # Ray logs every failed check; say it in our words once
                 log.error("capgraph: %s", message)
                 self._stuck_logged = True
@@ -363,9 +418,14 @@ def _device(unit: Unit) -> tuple[str, str]:
             return "cuda", "float16"
         # Ray's GPUs are counts a machine advertises (`ray start --num-gpus`), not devices:
         # a replica given one torch cannot see runs on the CPU rather than failing.
-        log.warning("capgraph: deployment '%s' was given %g GPU by Ray but torch sees none on this machine "
-                    "(CUDA_VISIBLE_DEVICES=%s): running %s on the CPU in float32", unit.name, unit.num_gpus,
-                    os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), ", ".join(unit.nodes))
+        log.warning(
+            "capgraph: deployment '%s' was given %g GPU by Ray but torch sees none on this machine "
+            "(CUDA_VISIBLE_DEVICES=%s): running %s on the CPU in float32",
+            unit.name,
+            unit.num_gpus,
+            os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            ", ".join(unit.nodes),
+        )
     return "cpu", "float32"
 
 

@@ -32,13 +32,32 @@ def deadlock() -> None:
 def test_a_hanging_test_fails_in_its_time_limit_with_every_threads_stack(tmp_path: Path):
     (tmp_path / "test_hangs.py").write_text(DEADLOCK + "\n\ndef test_hangs():\n    deadlock()\n")
     start = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
-                          "-p", "no:cacheprovider", "--timeout", "3", str(tmp_path / "test_hangs.py")],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            "-p",
+            "no:cacheprovider",
+            "--timeout",
+            "3",
+            str(tmp_path / "test_hangs.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     took = time.monotonic() - start
     out = run.stdout + run.stderr
     assert run.returncode != 0, out[-2000:]
-    assert "timeout: 3.0s" in out and "timeout method: thread" in out, out[:2000]  # the project's method, this test's limit
+    assert "timeout: 3.0s" in out and "timeout method: thread" in out, out[
+        :2000
+    ]  # the project's method, this test's limit
     assert "+ Timeout +" in out, out[-2000:]
     assert "Stack of server" in out and "in submit" in out, out[-3000:]  # the thread that waits, and where
     assert "test_hangs" in out
@@ -48,13 +67,20 @@ def test_a_hanging_test_fails_in_its_time_limit_with_every_threads_stack(tmp_pat
 @pytest.mark.skipif(not (ROOT / ".ci" / "bounded").exists(), reason="needs the repository's .ci folder")
 def test_a_run_that_hangs_outside_any_test_is_stopped_and_says_where(tmp_path: Path):
     script = tmp_path / "hangs_at_exit.py"
-    script.write_text(DEADLOCK + textwrap.dedent("""
+    script.write_text(
+        DEADLOCK
+        + textwrap.dedent("""
         threading.Thread(target=deadlock, name="left-behind").start()  # not a daemon: exit joins it for ever
         print("tests done", flush=True)
-    """))
+    """)
+    )
     start = time.monotonic()
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "bounded"), "3", sys.executable, str(script)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "bounded"), "3", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - start
     assert run.returncode == 124, run.stdout[-2000:] + run.stderr[-2000:]
     assert "tests done" in run.stdout and "still running after 3s" in run.stdout

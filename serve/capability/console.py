@@ -17,16 +17,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from capgraph.engine.render import picture
 from capgraph.serve.capability import http
 from capgraph.serve.capability.http import route_path
-from capgraph.serve.compile import Unit
 from capgraph.serve.capability.traffic import RATE_S, WINDOW_S
+from capgraph.serve.compile import Unit
 
 if TYPE_CHECKING:
     from capgraph.serve.capability.ingress import Capability
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-       "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-           "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
 """On every answer of the console, feeds included."""
 PAGES = ("/", "/console")
 FILES = {"capgraph.js": "text/javascript", "console.js": "text/javascript", "console.css": "text/css"}
@@ -58,13 +65,25 @@ def mount(app: FastAPI, capability: "Capability") -> None:
             for node_id in unit.nodes:
                 loaded = (report.get("nodes") or {}).get(node_id) or {}
                 nodes[node_id] = figures[node_id] | {
-                    "state": states.get(node_id, "loading"), "queue": report.get("queued"),
-                    "device": loaded.get("device"), "dtype": loaded.get("dtype"), "models": loaded.get("models", []),
-                    "models_mode": loaded.get("models_mode", ""), "weight_bytes": loaded.get("weight_bytes"),
-                    "load_s": loaded.get("load_s"), "warmup_s": loaded.get("warmup_s")}
-        body = {"ready": ready, "in_flight": capability.in_flight, "max_in_flight": capability.max_in_flight,
-                "failed_outside_nodes": traffic.failed.get("", 0), "replaced": health.replacements.recent(),
-                "uptime_s": round(time.monotonic() - traffic.started, 1), "nodes": nodes}
+                    "state": states.get(node_id, "loading"),
+                    "queue": report.get("queued"),
+                    "device": loaded.get("device"),
+                    "dtype": loaded.get("dtype"),
+                    "models": loaded.get("models", []),
+                    "models_mode": loaded.get("models_mode", ""),
+                    "weight_bytes": loaded.get("weight_bytes"),
+                    "load_s": loaded.get("load_s"),
+                    "warmup_s": loaded.get("warmup_s"),
+                }
+        body = {
+            "ready": ready,
+            "in_flight": capability.in_flight,
+            "max_in_flight": capability.max_in_flight,
+            "failed_outside_nodes": traffic.failed.get("", 0),
+            "replaced": health.replacements.recent(),
+            "uptime_s": round(time.monotonic() - traffic.started, 1),
+            "nodes": nodes,
+        }
         return JSONResponse(body, headers=HEADERS)
 
     app.add_middleware(Shell)
@@ -74,22 +93,34 @@ def graph_feed(capability: "Capability") -> dict[str, Any]:
     """What the page draws once: it does not change while the app runs."""
     plan, compiled, settings = capability.plan, capability.compiled, capability.settings
     return {
-        "capability": plan.capability, "version": plan.spec.version, "description": plan.spec.description or "",
+        "capability": plan.capability,
+        "version": plan.spec.version,
+        "description": plan.spec.description or "",
         "route": f"v1/{plan.capability}",
         "picture": picture(plan, {u.name: u.nodes for u in compiled.units}),
         "deployments": {u.name: unit_summary(u) for u in compiled.units},
         "schema": http.schema(plan),
-        "limits": {"max_pixels": settings.max_pixels, "max_body_bytes": settings.max_body_bytes,
-                   "request_timeout_s": settings.request_timeout_s},
-        "window_s": WINDOW_S, "rate_s": RATE_S,
+        "limits": {
+            "max_pixels": settings.max_pixels,
+            "max_body_bytes": settings.max_body_bytes,
+            "request_timeout_s": settings.request_timeout_s,
+        },
+        "window_s": WINDOW_S,
+        "rate_s": RATE_S,
     }
 
 
 def unit_summary(unit: Unit) -> dict[str, Any]:
     """A deployment's box label: what the planner chose for it."""
     replicas = unit.replicas if isinstance(unit.replicas, int) else {"min": unit.replicas.min, "max": unit.replicas.max}
-    return {"replicas": replicas, "num_gpus": unit.num_gpus, "num_cpus": unit.num_cpus, "threads": unit.threads,
-            "max_batch_size": unit.max_batch_size, "batch_wait_ms": round(unit.batch_wait_s * 1000, 2)}
+    return {
+        "replicas": replicas,
+        "num_gpus": unit.num_gpus,
+        "num_cpus": unit.num_cpus,
+        "threads": unit.threads,
+        "max_batch_size": unit.max_batch_size,
+        "batch_wait_ms": round(unit.batch_wait_s * 1000, 2),
+    }
 
 
 class Shell:
@@ -102,7 +133,9 @@ class Shell:
         self.app = app
         page = static_text("index.html").encode()
         self.files: Mapping[str, tuple[bytes, str]] = {p: (page, "text/html; charset=utf-8") for p in PAGES} | {
-            f"/console/static/{name}": (static_text(name).encode(), f"{kind}; charset=utf-8") for name, kind in FILES.items()}
+            f"/console/static/{name}": (static_text(name).encode(), f"{kind}; charset=utf-8")
+            for name, kind in FILES.items()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope) if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") else None
@@ -112,7 +145,13 @@ class Shell:
         headers = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
         if path == "/" and not scope.get("path", "/").endswith("/"):
             location = scope.get("root_path", "") + "/"  # the prefix (Serve's config), never the caller's text
-            await send({"type": "http.response.start", "status": 307, "headers": headers + [(b"location", location.encode("latin-1"))]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 307,
+                    "headers": headers + [(b"location", location.encode("latin-1"))],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         body, kind = found

@@ -19,7 +19,11 @@ def error_answer(exc: InputError | NodeFailed, headers: Mapping[str, str] | None
     "msg": ...}}` when the graph could not answer (`node` where one is to blame), with the
     error's status and `Retry-After` where it asks for one."""
     where = {"field": exc.field} if isinstance(exc, InputError) else {"node": exc.node} if exc.node else {}
-    return JSONResponse({"error": where | {"msg": exc.message}}, status_code=exc.status, headers=retry_headers(exc) | dict(headers or {}))
+    return JSONResponse(
+        {"error": where | {"msg": exc.message}},
+        status_code=exc.status,
+        headers=retry_headers(exc) | dict(headers or {}),
+    )
 
 
 def retry_headers(exc: BaseException) -> dict[str, str]:

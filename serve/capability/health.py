@@ -11,9 +11,9 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from capgraph.serve.compile import Compiled, Unit
 from capgraph.serve.capability.incidents import RayStatus, Replacements, unusable
 from capgraph.serve.cluster import claimed
+from capgraph.serve.compile import Compiled, Unit
 
 log = logging.getLogger("ray.serve")
 
@@ -25,7 +25,9 @@ class Health:
     """What Ray and the node replicas of one capability say, for /health, `is_ready` and
     the watcher. `app_name`: the Serve application whose deployments Ray reports on."""
 
-    def __init__(self, compiled: Compiled, handles: Mapping[str, DeploymentHandle], app_name: str, check_period_s: float):
+    def __init__(
+        self, compiled: Compiled, handles: Mapping[str, DeploymentHandle], app_name: str, check_period_s: float
+    ):
         self.compiled, self.handles, self.app_name, self.check_period_s = compiled, handles, app_name, check_period_s
         self.started = time.monotonic()
         self.healthy_since: float | None = None
@@ -67,7 +69,9 @@ class Health:
             status = "MOVING" if unit.name in moving and ray and ray.running else ray.status if ray else None
             for node_id in unit.nodes:
                 serving = _serving(report, node_id)
-                nodes[node_id] = _node_state(report, node_id, status, serving, self.healthy_since is not None or self.born_serving)
+                nodes[node_id] = _node_state(
+                    report, node_id, status, serving, self.healthy_since is not None or self.born_serving
+                )
                 ready = ready and serving and nodes[node_id] in ("ok", "updating", "moving")
         self._cache = (now, ready, nodes)
         return ready, nodes
@@ -125,8 +129,12 @@ class Health:
             if d is None:
                 return None
             states = {_value(s): n for s, n in d.replica_states.items()}
-            return RayStatus(_value(d.status), states.get("RUNNING", 0), d.message or "",
-                             sum(states.get(s, 0) for s in ("STARTING", "UPDATING", "RECOVERING")))
+            return RayStatus(
+                _value(d.status),
+                states.get("RUNNING", 0),
+                d.message or "",
+                sum(states.get(s, 0) for s in ("STARTING", "UPDATING", "RECOVERING")),
+            )
 
         own = apps.get(self.app_name)
         found = {name: status(self.app_name, name) for name in (own.deployments if own else {})}
@@ -148,8 +156,12 @@ class Health:
                 took = time.monotonic() - self.started
                 if ready:
                     self.healthy_since = self.healthy_since or took
-                    log.info("capgraph: capability '%s' is healthy (%d nodes loaded and warm) %.1fs after the ingress started",
-                             capability, len(nodes), took)
+                    log.info(
+                        "capgraph: capability '%s' is healthy (%d nodes loaded and warm) %.1fs after the ingress started",
+                        capability,
+                        len(nodes),
+                        took,
+                    )
                 elif was is not None:
                     log.warning("capgraph: capability '%s' is no longer healthy: %s", capability, nodes)
                 was = ready
@@ -162,7 +174,9 @@ def _serving(report: Mapping[str, Any] | None, node_id: str) -> bool:
     return bool(node and node.get("loaded") and node.get("warm") and not unusable(report))
 
 
-def _node_state(report: Mapping[str, Any] | None, node_id: str, ray_status: str | None, serving: bool, was_healthy: bool) -> str:
+def _node_state(
+    report: Mapping[str, Any] | None, node_id: str, ray_status: str | None, serving: bool, was_healthy: bool
+) -> str:
     """ok, updating, moving, loading, unhealthy or failed, from what the replica says and
     what Ray says. `updating`: Ray is rolling out a new version; the node still serves as
     long as one replica of either version is warm. `moving` (Ray's UNHEALTHY while one

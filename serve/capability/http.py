@@ -10,8 +10,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from capgraph.engine.codecs import ENCODINGS, codec, encode_outputs, json_type, jsonable
-from capgraph.engine.codecs import encode_value  # noqa: F401  (what `/v1` answers a value as)
+from capgraph.engine.codecs import (
+    ENCODINGS,
+    codec,
+    encode_outputs,
+    encode_value,  # noqa: F401  (what `/v1` answers a value as)
+    json_type,
+    jsonable,
+)
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
@@ -128,12 +134,22 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> dict
         node_id, name = settable[key]
         allowed = _json_types(_param_schemas(plan.nodes[node_id].family.Params).get(name, {}))
         kind = json_type(value)
-        if kind == "integer" and "number" in allowed or kind == "number" and "integer" in allowed and float(value).is_integer():
+        if (
+            kind == "integer"
+            and "number" in allowed
+            or kind == "number"
+            and "integer" in allowed
+            and float(value).is_integer()
+        ):
             continue  # JSON has one number type: 20 and 20.0 are the same number
         if allowed and kind not in allowed:
             if kind == "number" and "integer" in allowed:
                 raise InputError(f"params.{key}", f"expected a whole number, got {value}")
-            hint = f" (send {value}, not \"{value}\")" if kind == "string" and _numeric(value) and allowed & {"integer", "number"} else ""
+            hint = (
+                f' (send {value}, not "{value}")'
+                if kind == "string" and _numeric(value) and allowed & {"integer", "number"}
+                else ""
+            )
             raise InputError(f"params.{key}", f"expected {' or '.join(sorted(allowed))}, got {kind}{hint}")
     resolved = plan.params_for(params)
     for node_id, node_params in resolved.items():
@@ -143,8 +159,12 @@ def check_params(plan: Plan, params: Mapping[str, Any], max_pixels: int) -> dict
             continue
         width, height = width or height, height or width  # a side asked for alone counts as a square
         if width * height > max_pixels:
-            raise InputError(f"params.{sorted(asked)[-1]}", f"a {width}x{height} frame is {width * height:,} pixels, over this "
-                             f"capability's limit of {max_pixels:,} (a side set alone counts as a square)", 413)
+            raise InputError(
+                f"params.{sorted(asked)[-1]}",
+                f"a {width}x{height} frame is {width * height:,} pixels, over this "
+                f"capability's limit of {max_pixels:,} (a side set alone counts as a square)",
+                413,
+            )
     return resolved
 
 
@@ -219,7 +239,11 @@ def schema(plan: Plan) -> dict[str, Any]:
     """What `GET /v1/{capability}/schema` answers: inputs, request params, outputs."""
     inputs = {}
     for name, spec in plan.spec.inputs.items():
-        entry: dict[str, Any] = {"type": spec.type.value, "required": spec.required, "description": spec.description or spec.type.doc}
+        entry: dict[str, Any] = {
+            "type": spec.type.value,
+            "required": spec.required,
+            "description": spec.description or spec.type.doc,
+        }
         if spec.default is not None:
             entry["default"] = spec.default
         if spec.type in ENCODINGS:
@@ -231,33 +255,51 @@ def schema(plan: Plan) -> dict[str, Any]:
         prop = dict(_param_schemas(node.family.Params).get(name, {}))
         prop["default"] = jsonable(getattr(node.params, name))
         if key != f"{node_id}.{name}":  # the graph's own name for it
-            prop["description"] = f"sets {node_id}.{name}" + (f": {prop['description']}" if prop.get("description") else "")
+            prop["description"] = f"sets {node_id}.{name}" + (
+                f": {prop['description']}" if prop.get("description") else ""
+            )
         params[key] = prop
     outputs = {}
     for name in plan.outputs:
         kind = plan.output_type(name)
-        outputs[name] = {"type": kind.value, "description": kind.doc} | ({"encoding": ENCODINGS[kind]} if kind in ENCODINGS else {})
-    return {"capability": plan.capability, "version": plan.spec.version, "description": plan.spec.description,
-            "inputs": inputs, "params": params, "outputs": outputs}
+        outputs[name] = {"type": kind.value, "description": kind.doc} | (
+            {"encoding": ENCODINGS[kind]} if kind in ENCODINGS else {}
+        )
+    return {
+        "capability": plan.capability,
+        "version": plan.spec.version,
+        "description": plan.spec.description,
+        "inputs": inputs,
+        "params": params,
+        "outputs": outputs,
+    }
 
 
 def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
     """The request body as JSON Schema, per media type, for the OpenAPI document: every
     input with its encoding, every settable param with its bounds, nothing else allowed.
     Fuzzers generate from it; `parse_json` and `parse_form` enforce the same rules."""
-    inputs = {name: codec(spec.type).json_schema() | {"description": spec.description or spec.type.doc}
-              for name, spec in plan.spec.inputs.items()}
+    inputs = {
+        name: codec(spec.type).json_schema() | {"description": spec.description or spec.type.doc}
+        for name, spec in plan.spec.inputs.items()
+    }
     required = [name for name, spec in plan.spec.inputs.items() if spec.required]
-    params = {key: _param_schemas(plan.nodes[node_id].family.Params).get(name, {})
-              for key, (node_id, name) in plan.request_params().items()}
+    params = {
+        key: _param_schemas(plan.nodes[node_id].family.Params).get(name, {})
+        for key, (node_id, name) in plan.request_params().items()
+    }
     body = {
         "type": "object",
         "additionalProperties": False,
         "required": ["inputs"] if required else [],
         "properties": {
             "inputs": {"type": "object", "additionalProperties": False, "required": required, "properties": inputs},
-            "params": {"type": "object", "additionalProperties": False, "properties": params,
-                       "description": "per-request params, by the graph's own names or as 'node.param': value"},
+            "params": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": params,
+                "description": "per-request params, by the graph's own names or as 'node.param': value",
+            },
         },
     }
     form = {name: codec(spec.type).form_schema() for name, spec in plan.spec.inputs.items()}
@@ -270,5 +312,5 @@ def route_path(scope: Mapping[str, Any]) -> str:
     """An ASGI request's path below the app's mount point (Serve's `route_prefix`), no trailing slash."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
     if root and path.startswith(root):
-        path = path[len(root):]
+        path = path[len(root) :]
     return path.rstrip("/") or "/"

@@ -97,8 +97,14 @@ class Replacements:
         failed_check = ray is not None and ray.status == "UNHEALTHY" and "health check" in ray.message.lower()
         if failed_check and unit not in self._failing:
             if incident is None or incident.replaced_at is not None:  # Ray saw what the ingress did not
-                incident = self._open(unit, nodes, nodes, "its replica failed Ray's health check (it crashed or stopped "
-                                      "answering)", None, quiet=True)
+                incident = self._open(
+                    unit,
+                    nodes,
+                    nodes,
+                    "its replica failed Ray's health check (it crashed or stopped answering)",
+                    None,
+                    quiet=True,
+                )
             self._close(incident)
         (self._failing.add if failed_check else self._failing.discard)(unit)
         if incident is None or incident.replaced_at is not None or report is None or why:
@@ -120,8 +126,15 @@ class Replacements:
             del self.replaced[node_id]
         return {node_id: incident.describe() for node_id, incident in self.replaced.items()}
 
-    def _open(self, unit: str, culprits: tuple[str, ...], nodes: tuple[str, ...], why: str, pid: int | None,
-              quiet: bool = False) -> Incident:
+    def _open(
+        self,
+        unit: str,
+        culprits: tuple[str, ...],
+        nodes: tuple[str, ...],
+        why: str,
+        pid: int | None,
+        quiet: bool = False,
+    ) -> Incident:
         incident = Incident(unit, culprits, why, pid, others=tuple(n for n in nodes if n not in culprits))
         self.incidents[unit] = incident
         for node_id in culprits:

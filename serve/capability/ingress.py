@@ -21,12 +21,12 @@ from capgraph.engine.errors import NodeFailed, from_dict
 from capgraph.engine.executor import check_inputs
 from capgraph.engine.node import NodeParams
 from capgraph.engine.values import MAX_PIXELS
-from capgraph.serve.compile import Compiled
 from capgraph.serve.capability.errors import RETRY_AFTER_S, first_line
 from capgraph.serve.capability.health import Health
 from capgraph.serve.capability.routes import capability_app
 from capgraph.serve.capability.traffic import Traffic
 from capgraph.serve.capability.wire import MAX_BODY_BYTES
+from capgraph.serve.compile import Compiled
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class Capability:
             if unit.remote is not None:
                 # `serve deploy` builds the applications of one config side by side: the shared model's
                 # may not be there yet; /health says so until it is
-                handles[unit.name] = serve.get_deployment_handle(unit.remote.deployment, app_name=unit.remote.app,
-                                                                 _check_exists=False)
+                handles[unit.name] = serve.get_deployment_handle(
+                    unit.remote.deployment, app_name=unit.remote.app, _check_exists=False
+                )
         self.compiled, self.plan, self.handles, self.settings = compiled, compiled.plan, handles, settings
         self.in_flight = 0
         """Graph requests running in this replica (counted in the event loop: no lock)."""
@@ -71,7 +72,9 @@ class Capability:
 
     # -- the shared entry points ------------------------------------------------------------
 
-    async def run(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]) -> tuple[dict[str, Any], dict[str, float]]:
+    async def run(
+        self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]
+    ) -> tuple[dict[str, Any], dict[str, float]]:
         """One frame through the graph, with every node's params as `check_params` resolved
         them (`Plan.params_for`). Raises InputError on bad input,
         NodeFailed when the graph could not answer (a node failed: 500; a replica is gone
@@ -85,8 +88,12 @@ class Capability:
         """Hold one of the `max_in_flight` slots for a graph request, or refuse it at once
         with a retryable 503: a queue without bound only turns overload into timeouts."""
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-            raise NodeFailed(f"the capability is running {self.in_flight} requests, its limit; retry in {RETRY_AFTER_S} s "
-                             "or at another replica", status=503, retry_after=RETRY_AFTER_S)
+            raise NodeFailed(
+                f"the capability is running {self.in_flight} requests, its limit; retry in {RETRY_AFTER_S} s "
+                "or at another replica",
+                status=503,
+                retry_after=RETRY_AFTER_S,
+            )
         self.in_flight += 1
         try:
             yield
@@ -97,8 +104,9 @@ class Capability:
         ready, _ = await self.health.check()
         return ready
 
-    async def execute(self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams],
-                      timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
+    async def execute(
+        self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams], timeout_s: float | None = None
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
         """`run`, plus each node's batch size; `timeout_s` may shorten the configured timeout."""
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
@@ -119,7 +127,9 @@ class Capability:
             values.update(result["values"])
             meta.update(result["meta"])
         self.traffic.frame(meta)
-        outputs = {name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()}
+        outputs = {
+            name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()
+        }
         timings: dict[str, float] = {}
         for node_id in self.plan.nodes:
             if node_id in meta:
@@ -130,25 +140,34 @@ class Capability:
         batches = {node_id: int(m["batch"]) for node_id, m in meta.items()}
         return outputs, timings, batches
 
-    async def _dispatch(self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float) -> list[dict[str, Any]]:
+    async def _dispatch(
+        self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float
+    ) -> list[dict[str, Any]]:
         """Send the frame to every unit at once, each with its nodes' entries of the request's
         resolved params; the results of the units nobody reads from."""
         responses: dict[str, DeploymentResponse] = {}
         for unit in self.compiled.units:
             shared = {"alias": unit.remote.alias} if unit.remote else {}
             responses[unit.name] = self.handles[unit.name].remote(
-                {name: checked[name] for name in unit.graph_inputs}, {node_id: params[node_id] for node_id in unit.nodes},
-                *(responses[u] for u in unit.upstream), **shared)
+                {name: checked[name] for name in unit.graph_inputs},
+                {node_id: params[node_id] for node_id in unit.nodes},
+                *(responses[u] for u in unit.upstream),
+                **shared,
+            )
         awaited = [responses[name] for name in self.compiled.awaited]
         try:
             return await asyncio.wait_for(asyncio.gather(*awaited), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _cancel(responses.values())
             raise NodeFailed(f"the graph did not answer within {timeout:g} s", status=504) from None
         except Exception as exc:  # a replica died or none is reachable: fail now, the caller retries
             _cancel(responses.values())
-            raise NodeFailed(f"a node replica died or cannot be reached ({type(exc).__name__}: {first_line(exc)}); "
-                             f"retry in {RETRY_AFTER_S} s", status=503, retry_after=RETRY_AFTER_S) from exc
+            raise NodeFailed(
+                f"a node replica died or cannot be reached ({type(exc).__name__}: {first_line(exc)}); "
+                f"retry in {RETRY_AFTER_S} s",
+                status=503,
+                retry_after=RETRY_AFTER_S,
+            ) from exc
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -46,26 +46,49 @@ _PAGE = """<!doctype html>
 """
 
 
-def run_report(plan: Plan, inputs: Mapping[str, Any], outputs: Mapping[str, Any], timings_ms: Mapping[str, float],
-               load_s: Mapping[str, float], device: str, deployments: Mapping[str, Sequence[str]] | None = None) -> str:
+def run_report(
+    plan: Plan,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    timings_ms: Mapping[str, float],
+    load_s: Mapping[str, float],
+    device: str,
+    deployments: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """The HTML page of one frame's run: `inputs` as the graph got them (defaults filled in),
     `outputs` as the graph gave them, `timings_ms` per node (and `total`), `load_s` per node."""
     run = {
-        "capability": plan.capability, "version": plan.spec.version, "description": plan.spec.description or "",
-        "file": plan.file, "device": device, "when": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "picture": picture(plan, deployments), "deployments": {},
-        "inputs": {name: {"type": plan.spec.inputs[name].type.value, "value": encode_value(plan.spec.inputs[name].type, value, data_url=True)}
-                   for name, value in inputs.items()},
-        "outputs": {name: {"type": plan.output_type(name).value, "value": value}
-                    for name, value in encode_outputs(plan, outputs, data_url=True).items()},
+        "capability": plan.capability,
+        "version": plan.spec.version,
+        "description": plan.spec.description or "",
+        "file": plan.file,
+        "device": device,
+        "when": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "picture": picture(plan, deployments),
+        "deployments": {},
+        "inputs": {
+            name: {
+                "type": plan.spec.inputs[name].type.value,
+                "value": encode_value(plan.spec.inputs[name].type, value, data_url=True),
+            }
+            for name, value in inputs.items()
+        },
+        "outputs": {
+            name: {"type": plan.output_type(name).value, "value": value}
+            for name, value in encode_outputs(plan, outputs, data_url=True).items()
+        },
         "timings_ms": {k: round(float(v), 3) for k, v in timings_ms.items()},
         "load_s": {k: round(float(v), 3) for k, v in load_s.items()},
     }
     css = static_text("console.css")
     js = static_text("capgraph.js") + "\n" + static_text("report.js")
-    csp = (f"default-src 'none'; img-src data:; style-src '{_sha256(css)}'; script-src '{_sha256(js)}'; "
-           "base-uri 'none'; form-action 'none'")
-    return _PAGE.format(csp=csp, title=html.escape(f"{plan.capability} · capgraph run"), css=css, js=js, data=_json_block(run))
+    csp = (
+        f"default-src 'none'; img-src data:; style-src '{_sha256(css)}'; script-src '{_sha256(js)}'; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    return _PAGE.format(
+        csp=csp, title=html.escape(f"{plan.capability} · capgraph run"), css=css, js=js, data=_json_block(run)
+    )
 
 
 def _sha256(text: str) -> str:
@@ -76,6 +99,12 @@ def _json_block(value: Any) -> str:
     """JSON safe inside a <script> element: no `</script>`, no `<!--`, no line separators
     that end a line in HTML but not in JSON."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
-    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, escaped)
     return text

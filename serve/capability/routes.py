@@ -39,16 +39,31 @@ def capability_app(capability: "Capability") -> FastAPI:
         yield
         watcher[0].cancel()
 
-    app = FastAPI(title=plan.capability, version=plan.spec.version, description=plan.spec.description or plan.capability,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title=plan.capability,
+        version=plan.spec.version,
+        description=plan.spec.description or plan.capability,
+        lifespan=lifespan,
+    )
     route = f"/v1/{plan.capability}"
     attached = mount_settings(plan, settings.mounts)  # read here, in the ingress replica: secrets stay on the cluster
 
-    @app.post(route, summary=f"Run {plan.capability} on one frame",
-              openapi_extra={"requestBody": {"required": True, "content": http.request_schema(plan)},
-                             "parameters": [{"name": TIMEOUT_HEADER, "in": "header", "required": False,
-                                             "description": "the caller's deadline in seconds; never extends request_timeout_s",
-                                             "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}}]})
+    @app.post(
+        route,
+        summary=f"Run {plan.capability} on one frame",
+        openapi_extra={
+            "requestBody": {"required": True, "content": http.request_schema(plan)},
+            "parameters": [
+                {
+                    "name": TIMEOUT_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "the caller's deadline in seconds; never extends request_timeout_s",
+                    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+                }
+            ],
+        },
+    )
     async def infer(request: Request) -> JSONResponse:
         try:
             with capability.admitted():  # before the body is read: refusing costs next to nothing
@@ -79,8 +94,9 @@ def capability_app(capability: "Capability") -> FastAPI:
             status = "unhealthy"
         else:
             status = "loading"
-        return JSONResponse({"status": status, "nodes": nodes} | extra, status_code=503,
-                            headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse(
+            {"status": status, "nodes": nodes} | extra, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
 
     owners: dict[str, Mount] = {}  # path -> the mount that answers its errors
     for name, section_settings in attached.items():
@@ -115,11 +131,19 @@ def _json_errors(app: FastAPI, owners: Mapping[str, Mount]) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return answer(request, InputError("path", f"no route {request.method} {request.url.path[:200]}; see /docs for the routes", 404))
+            return answer(
+                request,
+                InputError(
+                    "path", f"no route {request.method} {request.url.path[:200]}; see /docs for the routes", 404
+                ),
+            )
         if exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
-            return answer(request, InputError("method", f"{request.method} is not allowed here; use {allowed or 'another method'}", 405),
-                          exc.headers)
+            return answer(
+                request,
+                InputError("method", f"{request.method} is not allowed here; use {allowed or 'another method'}", 405),
+                exc.headers,
+            )
         if exc.status_code >= 500:
             return answer(request, NodeFailed(str(exc.detail)[:300], status=exc.status_code), exc.headers)
         field = "body" if exc.status_code in (400, 413, 415, 422) else "request"
@@ -127,7 +151,13 @@ def _json_errors(app: FastAPI, owners: Mapping[str, Mount]) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("capgraph: %s %s failed: %s: %s", request.method, request.url.path[:200], type(exc).__name__, first_line(exc))
+        log.error(
+            "capgraph: %s %s failed: %s: %s",
+            request.method,
+            request.url.path[:200],
+            type(exc).__name__,
+            first_line(exc),
+        )
         return answer(request, NodeFailed("internal error; the capability logged it"))
 
 

@@ -25,14 +25,19 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_job(request: Request, plan: Plan, max_pixels: int, max_body_bytes: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
+async def read_job(
+    request: Request, plan: Plan, max_pixels: int, max_body_bytes: int
+) -> tuple[dict[str, Any], dict[str, NodeParams]]:
     """A native job request -> (graph inputs decoded, each node's params with the request's
     overrides, resolved once here for `run`).
     Parsing and image decoding run in a worker thread, off the event loop."""
     media = media_type(request)
     if media not in ("", "application/json", "multipart/form-data") and not media.endswith("+json"):
-        raise InputError("headers.content-type", f"'{media[:60]}' is not a body this route reads; "
-                         "send application/json or multipart/form-data", 415)
+        raise InputError(
+            "headers.content-type",
+            f"'{media[:60]}' is not a body this route reads; send application/json or multipart/form-data",
+            415,
+        )
     raw = await read_body(request, max_body_bytes)
     if media == "multipart/form-data":
         fields = await read_form(request, raw, max_body_bytes)
@@ -65,8 +70,9 @@ async def read_form(request: Request, raw: bytes, max_part_bytes: int, prefix: s
         yield raw
 
     try:
-        form = await MultiPartParser(request.headers, once(), max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS,
-                                     max_part_size=max_part_bytes).parse()
+        form = await MultiPartParser(
+            request.headers, once(), max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=max_part_bytes
+        ).parse()
     except MultiPartException as exc:
         raise InputError("body", f"not a valid multipart form ({exc.message})", 400) from None
     fields: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
 LINGER_S = 0.01
 """How long a replica counts as busy after its batch: longer than the gap between two batches
 of a replica under load (a millisecond or two), shorter than the gap between a lone
@@ -69,7 +70,9 @@ class CoreShare:
     the running replica's threads), and a replica that dies releases its cores with its
     process. The share file only says who is busy, with what weight."""
 
-    def __init__(self, cores: int, weight: float, *, cap: int | None = None, path: Path | None = None, key: str | None = None):
+    def __init__(
+        self, cores: int, weight: float, *, cap: int | None = None, path: Path | None = None, key: str | None = None
+    ):
         self.cores, self.weight = max(1, cores), max(weight, 1e-3)
         self.cap = max(1, min(cap or self.cores, self.cores))
         self.path = path or default_path()
@@ -98,7 +101,9 @@ class CoreShare:
                 f.close()  # closing the file releases its lock
             # still counted as busy for LINGER_S: a replica under load starts its next batch
             # within a millisecond or two, and the others must not take its cores meanwhile
-            self._with_entries(lambda entries: entries.__setitem__(self.key, {"weight": self.weight, "until": time.time() + LINGER_S}))
+            self._with_entries(
+                lambda entries: entries.__setitem__(self.key, {"weight": self.weight, "until": time.time() + LINGER_S})
+            )
 
     def _take(self, wanted: int) -> list[Any]:
         """Up to `wanted` free cores at once; none free: wait for one."""

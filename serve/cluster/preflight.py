@@ -17,8 +17,18 @@ from capgraph.serve.compile import GIB, INGRESS, Compiled, Unit
 
 log = logging.getLogger("capgraph.serve")
 
-KNOWN_GPU_GIB = {"H200": 141.0, "H100": 80.0, "A100": 40.0, "L40S": 48.0, "L40": 48.0, "A10G": 24.0, "L4": 24.0,
-                 "A10": 24.0, "T4": 16.0, "V100": 16.0}
+KNOWN_GPU_GIB = {
+    "H200": 141.0,
+    "H100": 80.0,
+    "A100": 40.0,
+    "L40S": 48.0,
+    "L40": 48.0,
+    "A10G": 24.0,
+    "L4": 24.0,
+    "A10": 24.0,
+    "T4": 16.0,
+    "V100": 16.0,
+}
 """Memory of Ray's `accelerator_type` names, smallest variant where there are two."""
 
 
@@ -81,7 +91,9 @@ def local_cluster(probe_gpus: bool) -> Cluster:
     accelerator = None
     if gpus is None:
         gpus, accelerator = _torch_gpus() if probe_gpus else (0, None)
-    return Cluster((Machine("local", cpus, int(gpus), float(override.get("memory", _memory_bytes()))),), accelerator, "local")
+    return Cluster(
+        (Machine("local", cpus, int(gpus), float(override.get("memory", _memory_bytes()))),), accelerator, "local"
+    )
 
 
 def _memory_bytes() -> float:
@@ -148,6 +160,7 @@ def weight_file_bytes(planned: PlannedNode) -> int | None:
 
 def _folder_weight_bytes(path: Path) -> int:
     from capgraph.engine.weights import WEIGHT_SUFFIXES
+
     if path.is_file():
         return path.stat().st_size
     by_folder: dict[Path, list[Path]] = {}
@@ -234,8 +247,9 @@ def check_fit(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress
     return list(place(compiled, cluster, ingress_cpus, ingress_replicas).problems)
 
 
-def _place(label: str, deployment: str, gpu: float, cpu: float, cpus: dict[str, float], gpus: list[_Gpu],
-           placed: list[Placed]) -> Placed | str:
+def _place(
+    label: str, deployment: str, gpu: float, cpu: float, cpus: dict[str, float], gpus: list[_Gpu], placed: list[Placed]
+) -> Placed | str:
     eps = 1e-6
     options: list[tuple[str, list[_Gpu]]] = []
     for machine, free_cpu in cpus.items():
@@ -270,7 +284,10 @@ def _place(label: str, deployment: str, gpu: float, cpu: float, cpus: dict[str, 
 def _explain(unit: Unit, gpus: Iterable[_Gpu], cluster: Cluster) -> str:
     if unit.num_gpus <= 0:
         return f": the cluster has {cluster.cpus:g} CPU in all; lower 'resources.cpu' on its nodes."
-    taken = [f"GPU {g.index} on {g.machine} has {g.free:.2f} free, taken by {', '.join(g.holders) or 'nothing'}" for g in gpus]
+    taken = [
+        f"GPU {g.index} on {g.machine} has {g.free:.2f} free, taken by {', '.join(g.holders) or 'nothing'}"
+        for g in gpus
+    ]
     detail = "; ".join(taken) if taken else "the cluster has no GPU"
     return f": {detail}. Nodes: {', '.join(unit.nodes)} ({unit.gpu_note or 'no note'})."
 
@@ -300,8 +317,9 @@ def plugin_origins(plan: Plan) -> dict[str, tuple[str, str]]:
 
 def _installed(packages: list[str]) -> tuple[str, dict[str, str]]:
     """On one machine: its address and the installed version of each package ('' if none)."""
-    import ray
     from importlib import metadata
+
+    import ray
 
     versions = {}
     for package in packages:
@@ -326,8 +344,10 @@ def check_plugins(plan: Plan, timeout_s: float = 60.0, plugins: dict[str, tuple[
         return []
     ask = ray.remote(num_cpus=0)(_installed)
     machines = [n for n in ray.nodes() if n.get("Alive")]
-    pending = [ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(sorted(plugins))
-               for n in machines]
+    pending = [
+        ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(sorted(plugins))
+        for n in machines
+    ]
     problems = []
     try:
         answers = ray.get(pending, timeout=timeout_s)
@@ -339,6 +359,8 @@ def check_plugins(plan: Plan, timeout_s: float = 60.0, plugins: dict[str, tuple[
             if has == version:
                 continue
             state = "does not have" if not has else f"has {package} {has}, not"
-            problems.append(f"machine {address} {state} {package} {version}, which node(s) {nodes} come from: "
-                            f"pip install '{package}=={version}' there (or into the cluster's image or runtime_env).")
+            problems.append(
+                f"machine {address} {state} {package} {version}, which node(s) {nodes} come from: "
+                f"pip install '{package}=={version}' there (or into the cluster's image or runtime_env)."
+            )
     return problems

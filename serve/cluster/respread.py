@@ -78,7 +78,9 @@ def after_a_loss(started: float, lost: Sequence[float]) -> bool:
     return any(t - LOSS_SLACK_S < started < t + REPLACED_WITHIN_S for t in lost)
 
 
-def mover(replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machines, moved_at: float | None = None) -> str | None:
+def mover(
+    replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machines, moved_at: float | None = None
+) -> str | None:
     """The replica that should move, or None when the replicas are spread: the newest on
     the most crowded machine, when it started after a machine was lost and a machine with
     room for one more replica (`room`: each live machine) that joined the cluster after it
@@ -93,8 +95,10 @@ def mover(replicas: Sequence[Replica], room: Mapping[str, bool], machines: Machi
     again = moved_at is not None and newest.started > moved_at
     if not again and not after_a_loss(newest.started, machines.lost):
         return None
-    if any(ok and counts.get(machine, 0) <= most - 2 and (again or machines.joined.get(machine, 0.0) > newest.started)
-           for machine, ok in room.items()):
+    if any(
+        ok and counts.get(machine, 0) <= most - 2 and (again or machines.joined.get(machine, 0.0) > newest.started)
+        for machine, ok in room.items()
+    ):
         return newest.id
     return None
 
@@ -107,8 +111,11 @@ def fits(available: Mapping[str, float], request: Mapping[str, float]) -> bool:
 
 def request_of(actor_options: Mapping[str, Any]) -> dict[str, float]:
     """Ray's resource names for a deployment's `ray_actor_options`."""
-    wanted = {"CPU": actor_options.get("num_cpus") or 0.0, "GPU": actor_options.get("num_gpus") or 0.0,
-              "memory": actor_options.get("memory") or 0.0}
+    wanted = {
+        "CPU": actor_options.get("num_cpus") or 0.0,
+        "GPU": actor_options.get("num_gpus") or 0.0,
+        "memory": actor_options.get("memory") or 0.0,
+    }
     return wanted | dict(actor_options.get("resources") or {})
 
 
@@ -164,15 +171,20 @@ class Respread:
         machines = _note_machines(alive, [n["NodeID"] for n in nodes if not n.get("Alive") and not _drained_idle(n)])
         last_key = _key(self.app, self.deployment, "last")
         last = json.loads(internal_kv._internal_kv_get(last_key, namespace=NAMESPACE) or b"{}")
-        moved_at = last.get("at", 0.0) if last.get("moves") and time.time() - last.get("at", 0.0) < REPLACED_WITHIN_S else None
+        moved_at = (
+            last.get("at", 0.0) if last.get("moves") and time.time() - last.get("at", 0.0) < REPLACED_WITHIN_S else None
+        )
         if len(alive) < 2 or (moved_at is None and not machines.could_move(self.started)):
             return None  # not the one to move: spare the controller the question below
         details = _get_global_client().get_serve_details()
         deployment = details.get("applications", {}).get(self.app, {}).get("deployments", {}).get(self.deployment)
         if not deployment or deployment.get("status") != "HEALTHY":
             return None  # starting, scaling, updating or replacing: not now
-        running = [Replica(r["replica_id"], r["node_id"], r.get("start_time_s") or 0.0) for r in deployment.get("replicas", [])
-                   if r.get("state") == "RUNNING" and r.get("node_id") in alive]
+        running = [
+            Replica(r["replica_id"], r["node_id"], r.get("start_time_s") or 0.0)
+            for r in deployment.get("replicas", [])
+            if r.get("state") == "RUNNING" and r.get("node_id") in alive
+        ]
         move_key = _key(self.app, self.deployment, "move")
         move = claimed(self.app, self.deployment, tidy=True)
         if move is not None:
@@ -180,12 +192,16 @@ class Respread:
                 return None  # still going
             internal_kv._internal_kv_del(move_key, namespace=NAMESPACE)  # it went and Ray has its replacement running
         available = available_resources_per_node()
-        request = deployment.get("required_resources") or request_of(deployment.get("deployment_config", {}).get("ray_actor_options") or {})
+        request = deployment.get("required_resources") or request_of(
+            deployment.get("deployment_config", {}).get("ray_actor_options") or {}
+        )
         room = {machine: fits(available.get(machine, {}), request) for machine in alive}
         chosen = mover(running, room, machines, moved_at)
         if chosen is None:
             if last.get("moves"):
-                internal_kv._internal_kv_put(last_key, json.dumps({"at": last.get("at", 0), "moves": 0}), namespace=NAMESPACE)
+                internal_kv._internal_kv_put(
+                    last_key, json.dumps({"at": last.get("at", 0), "moves": 0}), namespace=NAMESPACE
+                )
             return None
         if chosen != self.replica:
             return None
@@ -193,15 +209,18 @@ class Respread:
         if moves and time.time() < last.get("at", 0) + min(COOLDOWN_MAX_S, COOLDOWN_S * 2 ** (moves - 1)):
             return None
         now = time.time()
-        if internal_kv._internal_kv_put(move_key, json.dumps(asdict(Move(self.replica, self.machine, now))), overwrite=False,
-                                        namespace=NAMESPACE):
+        if internal_kv._internal_kv_put(
+            move_key, json.dumps(asdict(Move(self.replica, self.machine, now))), overwrite=False, namespace=NAMESPACE
+        ):
             return None  # another replica claimed a move first
         internal_kv._internal_kv_put(last_key, json.dumps({"at": now, "moves": moves + 1}), namespace=NAMESPACE)
         counts = Counter(r.machine for r in running)
         emptiest = min((m for m in alive if room[m]), key=lambda m: counts.get(m, 0))
-        return (f"deployment '{self.deployment}' has {counts[self.machine]} replicas on machine {_name(alive, self.machine)} and "
-                f"{counts.get(emptiest, 0)} on machine {_name(alive, emptiest)}, which has room for one: this replica moves "
-                "(Ray finishes its frames and starts its replacement where there is room)")
+        return (
+            f"deployment '{self.deployment}' has {counts[self.machine]} replicas on machine {_name(alive, self.machine)} and "
+            f"{counts.get(emptiest, 0)} on machine {_name(alive, emptiest)}, which has room for one: this replica moves "
+            "(Ray finishes its frames and starts its replacement where there is room)"
+        )
 
 
 def _note_machines(alive: Iterable[str], dead: Iterable[str]) -> Machines:

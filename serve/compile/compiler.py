@@ -152,11 +152,15 @@ def compile_plan(
     warnings: list[str] = []
     remote = remote or {}
     if remote and fuse == "all":  # one deployment holds the whole graph: a shared node in it would make a circle
-        warnings.append(f"fuse: all runs {', '.join(remote)} in this graph's own deployment, not shared with other graphs")
+        warnings.append(
+            f"fuse: all runs {', '.join(remote)} in this graph's own deployment, not shared with other graphs"
+        )
         remote = {}
     grouped = [n for n in remote if plan.nodes[n].spec.group or (tuned or {}).get(n, {}).get("group")]
     if grouped:  # taken out of its group, a node between two of the group's members would make a circle
-        warnings.append(f"{', '.join(grouped)}: in a group, so run in this graph's own deployment, not shared with other graphs")
+        warnings.append(
+            f"{', '.join(grouped)}: in a group, so run in this graph's own deployment, not shared with other graphs"
+        )
         remote = {n: r for n, r in remote.items() if n not in grouped}
     settings = planner.node_settings(plan, tuned, shared=frozenset(remote))
     costs = {n: (measured or {}).get(n) or planner.declared_cost(node) for n, node in plan.nodes.items()}
@@ -165,12 +169,23 @@ def compile_plan(
     order = _unit_order(plan, members)
     unit_of = {node_id: name for name, ids in members.items() for node_id in ids}
     memory = gpu_memory_gib or DEFAULT_GPU_MEMORY_GIB
-    fractions = {name: [_fraction(plan.nodes[n], settings[n], weight_bytes, memory, warnings) for n in ids] for name, ids in members.items()}
+    fractions = {
+        name: [_fraction(plan.nodes[n], settings[n], weight_bytes, memory, warnings) for n in ids]
+        for name, ids in members.items()
+    }
     gpus = {name: sum(f for f, _ in parts) for name, parts in fractions.items()}
     by_name = {p.name: p for p in placements}
     weights = {name: _unit_weights(plan, ids, weight_bytes) for name, ids in members.items()}
-    sizing = planner.size_units(plan, [by_name[name] for name in order], settings, costs, machine, batching=batching,
-                                on_gpu={name: gpus[name] > 0 for name in order}, weights=weights)
+    sizing = planner.size_units(
+        plan,
+        [by_name[name] for name in order],
+        settings,
+        costs,
+        machine,
+        batching=batching,
+        on_gpu={name: gpus[name] > 0 for name in order},
+        weights=weights,
+    )
     for p in placements:
         _check_replicas(plan, p, settings, warnings)
     units = []
@@ -182,8 +197,12 @@ def compile_plan(
                 name=name,
                 nodes=tuple(ids),
                 graph_inputs=tuple(dict.fromkeys(s.port for n in nodes for s in n.inputs.values() if s.node is None)),
-                upstream=tuple(u for u in order if u != name and any(
-                    s.node is not None and unit_of[s.node] == u for n in nodes for s in n.inputs.values())),
+                upstream=tuple(
+                    u
+                    for u in order
+                    if u != name
+                    and any(s.node is not None and unit_of[s.node] == u for n in nodes for s in n.inputs.values())
+                ),
                 exports=_exports(plan, ids, unit_of),
                 num_gpus=round(gpus[name], 4) if gpus[name] <= 1 else float(math.ceil(gpus[name])),
                 num_cpus=size.num_cpus,
@@ -194,7 +213,8 @@ def compile_plan(
                 max_ongoing_requests=size.max_ongoing_requests,
                 chunks=tuple(size.chunks.items()),
                 gpu_note="; ".join(note for _, note in fractions[name] if note),
-                why=size.why + _autoscale_why(name, size.replicas, size.max_batch_size, size.max_ongoing_requests, warnings),
+                why=size.why
+                + _autoscale_why(name, size.replicas, size.max_batch_size, size.max_ongoing_requests, warnings),
             )
         )
     units = [_remote(u, remote[u.nodes[0]]) if u.nodes[0] in remote else u for u in units]
@@ -213,14 +233,23 @@ def deployments(plan: Plan) -> dict[str, tuple[str, ...]]:
 
     cluster = preflight.local_cluster(probe_gpus=False)
     overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")
-    compiled = compile_plan(plan, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None)
+    compiled = compile_plan(
+        plan, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None
+    )
     return {u.name: u.nodes for u in compiled.units}
 
 
 def _remote(unit: Unit, remote: Remote) -> Unit:
     """A unit another application runs: no resources or replicas of this application's."""
-    return replace(unit, remote=remote, num_gpus=0.0, num_cpus=0.0, replicas=0, gpu_note="",
-                   why=(f"runs in application '{remote.app}' (deployment '{remote.deployment}'), shared with other graphs",))
+    return replace(
+        unit,
+        remote=remote,
+        num_gpus=0.0,
+        num_cpus=0.0,
+        replicas=0,
+        gpu_note="",
+        why=(f"runs in application '{remote.app}' (deployment '{remote.deployment}'), shared with other graphs",),
+    )
 
 
 def gpu_fraction(weight_bytes: int, gpu_memory_gib: float) -> float:
@@ -229,8 +258,13 @@ def gpu_fraction(weight_bytes: int, gpu_memory_gib: float) -> float:
     return min(1.0, max(0.05, math.ceil(need * 20 - 1e-9) / 20))
 
 
-def _fraction(node: PlannedNode, settings: NodeSettings, weight_bytes: Callable[[PlannedNode], int | None] | None,
-              memory_gib: float, warnings: list[str]) -> tuple[float, str]:
+def _fraction(
+    node: PlannedNode,
+    settings: NodeSettings,
+    weight_bytes: Callable[[PlannedNode], int | None] | None,
+    memory_gib: float,
+    warnings: list[str],
+) -> tuple[float, str]:
     asked = settings.gpu
     if asked is not None:
         where = "as written" if settings.source.get("gpu") == "graph" else "as tuned"
@@ -239,8 +273,10 @@ def _fraction(node: PlannedNode, settings: NodeSettings, weight_bytes: Callable[
         return 0.0, ""
     size = weight_bytes(node) if weight_bytes else None
     if size is None:
-        warnings.append(f"node '{node.id}': weight files not found on this machine; asking for {UNKNOWN_FRACTION:g} GPU. "
-                        f"Set 'resources: {{gpu: ...}}' on the node to choose.")
+        warnings.append(
+            f"node '{node.id}': weight files not found on this machine; asking for {UNKNOWN_FRACTION:g} GPU. "
+            f"Set 'resources: {{gpu: ...}}' on the node to choose."
+        )
         return UNKNOWN_FRACTION, f"{node.id}: {UNKNOWN_FRACTION:g} GPU (weights unknown)"
     fraction = gpu_fraction(size, memory_gib)
     return fraction, f"{node.id}: {fraction:g} GPU for {size / GIB:.2f} GiB of weights on a {memory_gib:g} GiB GPU"
@@ -258,7 +294,9 @@ def _memo(weight_bytes: Callable[[PlannedNode], int | None]) -> Callable[[Planne
     return counted
 
 
-def _unit_weights(plan: Plan, ids: Sequence[str], weight_bytes: Callable[[PlannedNode], int | None] | None) -> int | None:
+def _unit_weights(
+    plan: Plan, ids: Sequence[str], weight_bytes: Callable[[PlannedNode], int | None] | None
+) -> int | None:
     """Bytes of a unit's weight files, None where any model node's are unknown."""
     total = 0
     for node_id in ids:
@@ -272,23 +310,37 @@ def _unit_weights(plan: Plan, ids: Sequence[str], weight_bytes: Callable[[Planne
     return total
 
 
-def _autoscale_why(name: str, replicas: int | Autoscale, batch: int, ongoing: int, warnings: list[str]) -> tuple[str, ...]:
+def _autoscale_why(
+    name: str, replicas: int | Autoscale, batch: int, ongoing: int, warnings: list[str]
+) -> tuple[str, ...]:
     if not isinstance(replicas, Autoscale):
         return ()
     target = replicas.target_ongoing_requests or AUTOSCALE_BATCHES * batch
     if target > ongoing:
-        warnings.append(f"deployment '{name}': target_ongoing_requests {target:g} is more than a replica may hold "
-                        f"(max_ongoing_requests {ongoing}): it would never scale out. Lower it or raise the batch size.")
-    written = "as written" if replicas.target_ongoing_requests else f"{AUTOSCALE_BATCHES} batches of {batch}: one running, one filling"
-    return (f"autoscaling {replicas.min}..{replicas.max} replicas at {target:g} frames a replica ({written}), "
-            f"up after {replicas.upscale_delay_s:g} s, down after {replicas.downscale_delay_s:g} s",)
+        warnings.append(
+            f"deployment '{name}': target_ongoing_requests {target:g} is more than a replica may hold "
+            f"(max_ongoing_requests {ongoing}): it would never scale out. Lower it or raise the batch size."
+        )
+    written = (
+        "as written"
+        if replicas.target_ongoing_requests
+        else f"{AUTOSCALE_BATCHES} batches of {batch}: one running, one filling"
+    )
+    return (
+        f"autoscaling {replicas.min}..{replicas.max} replicas at {target:g} frames a replica ({written}), "
+        f"up after {replicas.upscale_delay_s:g} s, down after {replicas.downscale_delay_s:g} s",
+    )
 
 
-def _check_replicas(plan: Plan, placement: planner.Placement, settings: Mapping[str, NodeSettings], warnings: list[str]) -> None:
+def _check_replicas(
+    plan: Plan, placement: planner.Placement, settings: Mapping[str, NodeSettings], warnings: list[str]
+) -> None:
     asked = [settings[n].replicas or 1 for n in placement.nodes]
     if len(set(map(repr, asked))) > 1:
-        warnings.append(f"deployment '{placement.name}': its nodes ask for different replicas ({', '.join(map(str, asked))}); "
-                        "using the largest.")
+        warnings.append(
+            f"deployment '{placement.name}': its nodes ask for different replicas ({', '.join(map(str, asked))}); "
+            "using the largest."
+        )
 
 
 def _unit_order(plan: Plan, members: Mapping[str, list[str]]) -> list[str]:
@@ -307,10 +359,18 @@ def _unit_order(plan: Plan, members: Mapping[str, list[str]]) -> list[str]:
     path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
     grouped = sorted({g for g, _ in cycle if len(members[g]) > 1})
     node = members[grouped[0]][0] if grouped else None
-    raise GraphInvalid([GraphError(
-        "group_cycle", f"groups make deployments depend on each other in a circle: {path}.", plan.file, node=node,
-        hint=f"A group must not have a node outside it both after one of its members and before another; "
-             f"move that node into group '{grouped[0] if grouped else '?'}' or split the group.")])
+    raise GraphInvalid(
+        [
+            GraphError(
+                "group_cycle",
+                f"groups make deployments depend on each other in a circle: {path}.",
+                plan.file,
+                node=node,
+                hint=f"A group must not have a node outside it both after one of its members and before another; "
+                f"move that node into group '{grouped[0] if grouped else '?'}' or split the group.",
+            )
+        ]
+    )
 
 
 def _exports(plan: Plan, ids: Sequence[str], unit_of: Mapping[str, str]) -> tuple[Source, ...]:

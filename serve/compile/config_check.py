@@ -31,26 +31,56 @@ def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
         args = app.get("args")
         graph = args.get("graph") if isinstance(args, Mapping) else None
         if graph is None:
-            problems.append(_error(tree, file, at, "missing_field", f"applications[{index}] runs {BUILDER} but has no 'args.graph'.",
-                                   "Add 'args: {graph: {capability: *capability, inputs: *inputs, nodes: *nodes, outputs: *outputs}}'."))
+            problems.append(
+                _error(
+                    tree,
+                    file,
+                    at,
+                    "missing_field",
+                    f"applications[{index}] runs {BUILDER} but has no 'args.graph'.",
+                    "Add 'args: {graph: {capability: *capability, inputs: *inputs, nodes: *nodes, outputs: *outputs}}'.",
+                )
+            )
             continue
         if isinstance(graph, str):
             continue  # a path: the builder validates that file itself
         if not isinstance(graph, Mapping):
-            problems.append(_error(tree, file, at + ("args", "graph"), "bad_value",
-                                   f"applications[{index}].args.graph must be the graph's sections or a file path."))
+            problems.append(
+                _error(
+                    tree,
+                    file,
+                    at + ("args", "graph"),
+                    "bad_value",
+                    f"applications[{index}].args.graph must be the graph's sections or a file path.",
+                )
+            )
             continue
         for key in GRAPH_KEYS:
             if tree.get(key) != graph.get(key):
                 where = "missing from" if key not in graph else "differs from the top-level section in"
-                problems.append(_error(tree, file, at + ("args", "graph", key) if key in graph else at + ("args", "graph"), "args_drift",
-                                       f"'{key}' {where} applications[{index}].args.graph, so `serve run` would serve another graph "
-                                       "than `capgraph validate` checks.", f"Anchor the section ('{key}: &{key}') and alias it ('{key}: *{key}')."))
+                problems.append(
+                    _error(
+                        tree,
+                        file,
+                        at + ("args", "graph", key) if key in graph else at + ("args", "graph"),
+                        "args_drift",
+                        f"'{key}' {where} applications[{index}].args.graph, so `serve run` would serve another graph "
+                        "than `capgraph validate` checks.",
+                        f"Anchor the section ('{key}: &{key}') and alias it ('{key}: *{key}').",
+                    )
+                )
         for name in sorted(section_names() & set(tree)):
             if not isinstance(args, Mapping) or args.get(name) != tree[name]:
-                problems.append(_error(tree, file, at + ("args",), "args_drift",
-                                       f"the top-level '{name}' section is not passed as applications[{index}].args.{name}.",
-                                       f"Add '{name}: *{name}' to its args."))
+                problems.append(
+                    _error(
+                        tree,
+                        file,
+                        at + ("args",),
+                        "args_drift",
+                        f"the top-level '{name}' section is not passed as applications[{index}].args.{name}.",
+                        f"Add '{name}: *{name}' to its args.",
+                    )
+                )
     return problems
 
 
@@ -120,8 +150,13 @@ def application(path: str | Path) -> dict[str, Any]:
         raise GraphInvalid(problems)
     entries = [e for e in tree["applications"] if isinstance(e, Mapping) and e.get("import_path") == BUILDER]
     if len(entries) != 1:
-        raise GraphInvalid([GraphError("applications", f"{len(entries)} applications run {BUILDER}; one graph file "
-                                       "must hold exactly one such entry here", file)])
+        raise GraphInvalid(
+            [
+                GraphError(
+                    "applications",
+                    f"{len(entries)} applications run {BUILDER}; one graph file must hold exactly one such entry here",
+                    file,
+                )
+            ]
+        )
     return plain(entries[0])
-
-

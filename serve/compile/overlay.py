@@ -33,8 +33,14 @@ def fingerprint(plan: Plan) -> str:
     """What the measurements depend on: families, params and wiring (placement fields
     excluded, so pasting the tuned settings into the graph keeps the overlay valid)."""
     shape = {
-        "nodes": {n.id: {"type": n.family.type, "params": n.params.model_dump(mode="json"),
-                         "inputs": {port: str(src) for port, src in n.inputs.items()}} for n in plan.nodes.values()},
+        "nodes": {
+            n.id: {
+                "type": n.family.type,
+                "params": n.params.model_dump(mode="json"),
+                "inputs": {port: str(src) for port, src in n.inputs.items()},
+            }
+            for n in plan.nodes.values()
+        },
         "outputs": {name: str(src) for name, src in plan.outputs.items()},
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
@@ -56,7 +62,11 @@ class Overlay:
     request: Mapping[str, Any] = field(default_factory=dict)
 
     def costs(self) -> dict[str, Cost]:
-        return {node: Cost({int(b): float(ms) for b, ms in sizes.items()}, "measured") for node, sizes in self.profile.items() if sizes}
+        return {
+            node: Cost({int(b): float(ms) for b, ms in sizes.items()}, "measured")
+            for node, sizes in self.profile.items()
+            if sizes
+        }
 
 
 def measured_path(capability: str, unit: str) -> Path:
@@ -71,9 +81,13 @@ def write_measured(plan: Plan, unit: str, device: str, profile: Mapping[str, Map
 
     path = measured_path(plan.capability, unit)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"fingerprint": fingerprint(plan), "device": device, "models": models_mode() or "real",
-              "when": time.strftime("%Y-%m-%d %H:%M"),
-              "profile": {node: {str(b): round(ms, 3) for b, ms in sorted(sizes.items())} for node, sizes in profile.items()}}
+    record = {
+        "fingerprint": fingerprint(plan),
+        "device": device,
+        "models": models_mode() or "real",
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "profile": {node: {str(b): round(ms, 3) for b, ms in sorted(sizes.items())} for node, sizes in profile.items()},
+    }
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     partial.write_text(json.dumps(record), encoding="utf-8")
     os.replace(partial, path)  # readers see the old file or the new one, never half of one
@@ -91,7 +105,11 @@ def measured_costs(plan: Plan, device: str) -> dict[str, Cost]:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if (record.get("fingerprint"), record.get("device"), record.get("models")) != (fingerprint(plan), device, models_mode() or "real"):
+        if (record.get("fingerprint"), record.get("device"), record.get("models")) != (
+            fingerprint(plan),
+            device,
+            models_mode() or "real",
+        ):
             continue
         for node, sizes in (record.get("profile") or {}).items():
             if node in plan.nodes and sizes:
@@ -113,9 +131,18 @@ def read_overlay(path: str | Path) -> Overlay:
     for node_id, fields in nodes.items():
         unknown = set(fields or {}) - set(PLACEMENT_FIELDS)
         if unknown:
-            raise ValueError(f"{path}: node '{node_id}' has {', '.join(sorted(unknown))}; an overlay sets only {', '.join(PLACEMENT_FIELDS)}")
-    return Overlay(str(path), str(tree.get("capability", "")), str(tree.get("fingerprint", "")), tree.get("machine") or {},
-                   tree.get("profile") or {}, nodes, tree.get("request") or {})
+            raise ValueError(
+                f"{path}: node '{node_id}' has {', '.join(sorted(unknown))}; an overlay sets only {', '.join(PLACEMENT_FIELDS)}"
+            )
+    return Overlay(
+        str(path),
+        str(tree.get("capability", "")),
+        str(tree.get("fingerprint", "")),
+        tree.get("machine") or {},
+        tree.get("profile") or {},
+        nodes,
+        tree.get("request") or {},
+    )
 
 
 def find_overlay(plan: Plan, tuned: str | bool | None, device: str) -> tuple[Overlay | None, list[str]]:
@@ -145,15 +172,19 @@ def find_overlay(plan: Plan, tuned: str | bool | None, device: str) -> tuple[Ove
         problems.append(f"it was measured on {overlay.machine.get('device')}, this runs on {device}")
     if problems:
         return None, [f"tuned overlay {path} ignored: {'; '.join(problems)}. Re-run: capgraph tune {plan.file}"]
-    return overlay, [f"tuned overlay {path} applied (measured {overlay.machine.get('when', '?')}); the graph's own fields still win"]
+    return overlay, [
+        f"tuned overlay {path} applied (measured {overlay.machine.get('when', '?')}); the graph's own fields still win"
+    ]
 
 
 def overlay_yaml(overlay: Mapping[str, Any], plan: Plan) -> str:
     """An overlay's text, as `capgraph tune` writes it: a header saying what it is, then the YAML."""
     import yaml
 
-    head = (f"# capgraph tune {plan.file}: serving settings for '{plan.capability}' on this machine.\n"
-            "# Read by serve run / capgraph serve / capgraph plan while the graph's nodes, params and wiring,\n"
-            "# the models (tiny or real) and the device kind match; the graph file's own fields win.\n"
-            "# profile: milliseconds per batch, by batch size. nodes: the chosen graph-node fields.\n")
+    head = (
+        f"# capgraph tune {plan.file}: serving settings for '{plan.capability}' on this machine.\n"
+        "# Read by serve run / capgraph serve / capgraph plan while the graph's nodes, params and wiring,\n"
+        "# the models (tiny or real) and the device kind match; the graph file's own fields win.\n"
+        "# profile: milliseconds per batch, by batch size. nodes: the chosen graph-node fields.\n"
+    )
     return head + yaml.safe_dump(dict(overlay), sort_keys=False, default_flow_style=None, width=120)

@@ -94,8 +94,9 @@ class NodeSettings:
         return self.shared or (self.group is None and (scaled or self.gpu is not None or self.cpu is not None))
 
 
-def node_settings(plan: Plan, tuned: Mapping[str, Mapping[str, Any]] | None = None,
-                  shared: frozenset[str] = frozenset()) -> dict[str, NodeSettings]:
+def node_settings(
+    plan: Plan, tuned: Mapping[str, Mapping[str, Any]] | None = None, shared: frozenset[str] = frozenset()
+) -> dict[str, NodeSettings]:
     """Each node's settings: the graph's own fields, then the tuned overlay's for the rest.
     `shared` nodes run in another application: never fused, their group ignored."""
     result = {}
@@ -145,12 +146,18 @@ class Placement:
     why: str = ""
 
 
-def place(plan: Plan, settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost], fuse: Fuse = "auto") -> list[Placement]:
+def place(
+    plan: Plan, settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost], fuse: Fuse = "auto"
+) -> list[Placement]:
     """Which nodes share a deployment. `fuse`: auto (the rules above), groups (only the
     written groups), all (one deployment), none (one per node, groups ignored)."""
     order = list(plan.nodes)
     if fuse == "all":
-        return [Placement(plan.capability.replace("-", "_"), tuple(order), "fuse: all puts the whole graph in one deployment")]
+        return [
+            Placement(
+                plan.capability.replace("-", "_"), tuple(order), "fuse: all puts the whole graph in one deployment"
+            )
+        ]
     if fuse == "none":
         return [Placement(n, (n,), "fuse: none gives every node its own deployment") for n in order]
     groups: dict[str, list[str]] = {}
@@ -176,7 +183,9 @@ def place(plan: Plan, settings: Mapping[str, NodeSettings], costs: Mapping[str, 
     for run in _free_runs(order, settings):
         for segment in _segments(run, costs, worst):
             anchor = max(segment, key=lambda n: costs[n].per_frame())
-            placements[segment[0]] = Placement(anchor, tuple(segment), _fusion_reason(segment, anchor, bottleneck, costs))
+            placements[segment[0]] = Placement(
+                anchor, tuple(segment), _fusion_reason(segment, anchor, bottleneck, costs)
+            )
     return _in_order(placements, order)
 
 
@@ -224,7 +233,11 @@ def _segments(run: Sequence[str], costs: Mapping[str, Cost], worst: float) -> li
 def _apart_reason(s: NodeSettings) -> str:
     if s.shared:
         return "its own deployment: its model is shared with other graphs"
-    fields = [f for f, v in (("resources", s.gpu if s.gpu is not None else s.cpu), ("replicas", s.replicas)) if v is not None and v != 1]
+    fields = [
+        f
+        for f, v in (("resources", s.gpu if s.gpu is not None else s.cpu), ("replicas", s.replicas))
+        if v is not None and v != 1
+    ]
     where = " and ".join(sorted({s.source.get(k, "graph") for k in ("gpu", "cpu", "replicas") if k in s.source}))
     return f"its own deployment: it sets its own {' and '.join(fields)} ({where})"
 
@@ -241,8 +254,10 @@ def _fusion_reason(segment: Sequence[str], anchor: str, bottleneck: str, costs: 
     cheap = [n for n in segment if n != anchor]
     top = max(cheap, key=lambda n: costs[n].per_frame())
     share = costs[top].per_frame() / costs[bottleneck].per_frame()
-    return (f"{', '.join(cheap)} fused with {anchor}: each costs at most {share:.0%} of {bottleneck}'s "
-            f"{costs[bottleneck].per_frame():.3g} ms a frame ({measured}), less than a hop and a batch wait would cost")
+    return (
+        f"{', '.join(cheap)} fused with {anchor}: each costs at most {share:.0%} of {bottleneck}'s "
+        f"{costs[bottleneck].per_frame():.3g} ms a frame ({measured}), less than a hop and a batch wait would cost"
+    )
 
 
 # -- sizing --------------------------------------------------------------------------------
@@ -297,7 +312,9 @@ class Batching:
     why: str
 
 
-def choose_batch(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost]) -> Batching:
+def choose_batch(
+    plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost]
+) -> Batching:
     """The deployment's batch is its costliest node's: as written, else measured (the
     smallest within `BATCH_SLACK` of the best time a frame, every node at its own best
     chunk), else its family's `max_batch`. Every other node runs that batch in chunks of
@@ -312,8 +329,10 @@ def choose_batch(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSe
     elif measured and len(sizes) > 1:
         best = min(chunked_ms(plan, nodes, settings, costs, b) / b for b in sizes)
         size = next(b for b in sizes if chunked_ms(plan, nodes, settings, costs, b) / b <= best * (1 + BATCH_SLACK))
-        why = (f"batch {size}: {chunked_ms(plan, nodes, settings, costs, size) / size:.3g} ms a frame, within {BATCH_SLACK:.0%} "
-               f"of the best measured ({best:.3g} ms, batches up to {sizes[-1]})")
+        why = (
+            f"batch {size}: {chunked_ms(plan, nodes, settings, costs, size) / size:.3g} ms a frame, within {BATCH_SLACK:.0%} "
+            f"of the best measured ({best:.3g} ms, batches up to {sizes[-1]})"
+        )
     else:
         size = plan.nodes[anchor].family.max_batch
         why = f"batch {size}: the {plan.nodes[anchor].family.type} family's limit ({anchor} costs the most)"
@@ -325,11 +344,16 @@ def choose_batch(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSe
         wait_ms = max(b.wait_ms for b in written.values())
         wait_why = f"wait {wait_ms:g} ms ({where})"
     elif _fed_by_ingress(plan, nodes):
-        wait_ms, wait_why = 0.0, "no wait: its frames come from independent callers, so waiting for company only adds latency"
+        wait_ms, wait_why = (
+            0.0,
+            "no wait: its frames come from independent callers, so waiting for company only adds latency",
+        )
     else:
         one = unit_ms(nodes, costs, 1)
         wait_ms = round(min(MAX_WAIT_MS, WAIT_SHARE * one), 1)
-        wait_why = f"wait {wait_ms:g} ms ({WAIT_SHARE:.0%} of {one:.3g} ms for one frame) for the frames of an upstream batch"
+        wait_why = (
+            f"wait {wait_ms:g} ms ({WAIT_SHARE:.0%} of {one:.3g} ms for one frame) for the frames of an upstream batch"
+        )
     return Batching(size, wait_ms / 1000.0, chunks, f"{why}; {wait_why}")
 
 
@@ -346,7 +370,9 @@ def node_chunk(plan: Plan, node_id: str, settings: NodeSettings, cost: Cost, bat
     return min(batch, plan.nodes[node_id].family.max_batch)
 
 
-def chunked_ms(plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost], batch: int) -> float:
+def chunked_ms(
+    plan: Plan, nodes: Sequence[str], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost], batch: int
+) -> float:
     """Milliseconds for a deployment batch, every node running it in its own chunks."""
     total = 0.0
     for n in nodes:
@@ -381,29 +407,52 @@ def size_units(
     result = {}
     for p in placements:
         why = [p.why] if p.why else []
-        batch = choose_batch(plan, p.nodes, settings, costs) if batching else Batching(1, 0.0, {}, "batching off: every frame runs alone")
+        batch = (
+            choose_batch(plan, p.nodes, settings, costs)
+            if batching
+            else Batching(1, 0.0, {}, "batching off: every frame runs alone")
+        )
         size = batch.size
         why.append(batch.why)
         ongoing = max(ONGOING_BATCHES * size, MIN_ONGOING)
-        why.append(f"max_ongoing_requests {ongoing}: {ONGOING_BATCHES} batches of {size} (one running, one filling, two queued)")
+        why.append(
+            f"max_ongoing_requests {ongoing}: {ONGOING_BATCHES} batches of {size} (one running, one filling, two queued)"
+        )
         cpus, threads, replicas, reason = shares[p.name]
         why.append(reason)
         result[p.name] = Sizing(size, batch.wait_s, ongoing, cpus, threads, replicas, tuple(why), dict(batch.chunks))
     return result
 
 
-def _cpu_shares(placements: Sequence[Placement], settings: Mapping[str, NodeSettings], costs: Mapping[str, Cost],
-                machine: Machine | None, on_gpu: Mapping[str, bool],
-                weights: Mapping[str, int | None]) -> dict[str, tuple[float, int, int | Autoscale, str]]:
+def _cpu_shares(
+    placements: Sequence[Placement],
+    settings: Mapping[str, NodeSettings],
+    costs: Mapping[str, Cost],
+    machine: Machine | None,
+    on_gpu: Mapping[str, bool],
+    weights: Mapping[str, int | None],
+) -> dict[str, tuple[float, int, int | Autoscale, str]]:
     written_replicas = {p.name: _written_replicas(p, settings) for p in placements}
-    written_cpus = {p.name: max((settings[n].cpu for n in p.nodes if settings[n].cpu is not None), default=None) for p in placements}
+    written_cpus = {
+        p.name: max((settings[n].cpu for n in p.nodes if settings[n].cpu is not None), default=None) for p in placements
+    }
     result: dict[str, tuple[float, int, int | Autoscale, str]] = {}
     for p in placements:
         if written_cpus[p.name] is not None:
             cpus = written_cpus[p.name]
-            result[p.name] = (cpus, threads_for(cpus), written_replicas[p.name] or 1, f"{cpus:g} CPU as written, {threads_for(cpus)} torch threads")
+            result[p.name] = (
+                cpus,
+                threads_for(cpus),
+                written_replicas[p.name] or 1,
+                f"{cpus:g} CPU as written, {threads_for(cpus)} torch threads",
+            )
         elif machine is None:
-            result[p.name] = (DEFAULT_NODE_CPUS, 1, written_replicas[p.name] or 1, f"{DEFAULT_NODE_CPUS:g} CPU and 1 thread (cluster unknown)")
+            result[p.name] = (
+                DEFAULT_NODE_CPUS,
+                1,
+                written_replicas[p.name] or 1,
+                f"{DEFAULT_NODE_CPUS:g} CPU and 1 thread (cluster unknown)",
+            )
     sharing = [p for p in placements if p.name not in result]
     if not sharing or machine is None:
         return result
@@ -424,8 +473,11 @@ def _cpu_shares(placements: Sequence[Placement], settings: Mapping[str, NodeSett
             per_replica = share / replicas
         cpus = max(CPU_STEP, math.floor(per_replica / CPU_STEP + 1e-9) * CPU_STEP)
         threads = threads_for(cpus)
-        note = (f"{cpus:g} CPU and {threads} torch thread{'s' if threads != 1 else ''} a replica: by cost, {weight[p.name] / total:.0%} "
-                f"of the {machine.cpus:g} CPU left beside the ingress" + (f", at most {GPU_UNIT_MAX_CPUS:g} beside a GPU" if gpu else ""))
+        note = (
+            f"{cpus:g} CPU and {threads} torch thread{'s' if threads != 1 else ''} a replica: by cost, {weight[p.name] / total:.0%} "
+            f"of the {machine.cpus:g} CPU left beside the ingress"
+            + (f", at most {GPU_UNIT_MAX_CPUS:g} beside a GPU" if gpu else "")
+        )
         result[p.name] = (cpus, threads, replicas, note + why)
     return result
 
@@ -440,8 +492,10 @@ def _cpu_replicas(share: float, weight_bytes: int | None, machine: Machine) -> t
         return 1, "; one replica: its weights' size or the machine's memory is unknown"
     fits = int(machine.memory_bytes * MEMORY_SHARE // max(2 * weight_bytes, 1))
     replicas = max(1, min(wanted, fits))
-    why = (f"; {replicas} replicas of about {share / replicas:.2g} CPU: one thread each runs small models faster than one "
-           f"replica with {threads_for(share)} threads, and does not stall when the cores are busy")
+    why = (
+        f"; {replicas} replicas of about {share / replicas:.2g} CPU: one thread each runs small models faster than one "
+        f"replica with {threads_for(share)} threads, and does not stall when the cores are busy"
+    )
     if replicas < wanted:
         why += f" (memory holds {fits})"
     return replicas, why

@@ -57,9 +57,14 @@ def share_key(node: PlannedNode) -> str | None:
         load_time = node.params.model_dump(mode="json", exclude=set(family.request_params))
         identity = {"type": family.type, "params": load_time, "wired": sorted(node.inputs)}
     else:  # each frame runs with its caller's other params and wiring
-        identity = {"type": family.type, "params": node.params.model_dump(mode="json", include=set(family.shared_weights))}
+        identity = {
+            "type": family.type,
+            "params": node.params.model_dump(mode="json", include=set(family.shared_weights)),
+        }
     text = json.dumps(identity, sort_keys=True)
-    return f"{family.type.replace('_', '-')}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"  # a capability name's letters
+    return (
+        f"{family.type.replace('_', '-')}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"  # a capability name's letters
+    )
 
 
 def find_shared(plans: Sequence[Plan]) -> dict[str, SharedModel]:

@@ -16,10 +16,9 @@ from pydantic import ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.spec import Autoscale
-from capgraph.serve.cluster import environment, preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.compile import Compiled
-from capgraph.serve.compile import application
+from capgraph.serve.cluster import environment, preflight
+from capgraph.serve.compile import Compiled, application
 
 API_VERSION = "ray.io/v1"
 SERVE_PORT = 8000
@@ -30,7 +29,17 @@ MAX_WORKERS = 1024
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 """A Kubernetes object name short enough for the names KubeRay derives from it."""
-_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+}
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,17 @@ class Manifest:
 
     def describe(self) -> dict[str, Any]:
         w = self.workers
-        return {"name": self.resource["metadata"]["name"], "worker_group": w.name, "min_workers": w.min_workers,
-                "max_workers": w.max_workers, "worker": {"cpus": w.shape.cpus, "memory": w.shape.memory, "gpus": w.shape.gpus},
-                "forwarded": list(self.forwarded), "secrets": list(self.secrets), "secret_name": self.secret_name,
-                "notes": list(self.notes)}
+        return {
+            "name": self.resource["metadata"]["name"],
+            "worker_group": w.name,
+            "min_workers": w.min_workers,
+            "max_workers": w.max_workers,
+            "worker": {"cpus": w.shape.cpus, "memory": w.shape.memory, "gpus": w.shape.gpus},
+            "forwarded": list(self.forwarded),
+            "secrets": list(self.secrets),
+            "secret_name": self.secret_name,
+            "notes": list(self.notes),
+        }
 
 
 def memory_bytes(quantity: str) -> float:
@@ -104,8 +120,15 @@ def check_name(name: str) -> str:
     return name
 
 
-def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape = HEAD, name: str | None = None,
-               gpu_memory_gib: float | None = None, environ: Mapping[str, str] | None = None) -> Manifest:
+def rayservice(
+    path: str | Path,
+    image: str,
+    worker: Shape = WORKER,
+    head: Shape = HEAD,
+    name: str | None = None,
+    gpu_memory_gib: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Manifest:
     """The RayService for the graph file at `path`, run from `image` (capgraph and its
     models installed, the Ray version of this install)."""
     import ray
@@ -130,8 +153,10 @@ def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape
     group = WorkerGroup("gpu-workers" if gpus else "cpu-workers", worker, lowest, highest)
     # KubeRay submits serveConfigV2 once the head is up, before any worker has joined: the
     # builder there plans for the workers to come (GPUs included), not for the bare head.
-    planned = [{"name": m.name, "cpus": m.cpus, "gpus": m.gpus, "memory_bytes": m.memory}
-               for m in (worker.machine(f"worker-{i + 1}") for i in range(group.max_workers))]
+    planned = [
+        {"name": m.name, "cpus": m.cpus, "gpus": m.gpus, "memory_bytes": m.memory}
+        for m in (worker.machine(f"worker-{i + 1}") for i in range(group.max_workers))
+    ]
     entry["args"] = {**entry["args"], "machines": planned}
 
     name = check_name(name or compiled.plan.capability)
@@ -157,14 +182,18 @@ def rayservice(path: str | Path, image: str, worker: Shape = WORKER, head: Shape
                 "rayStartParams": {"num-cpus": "0", "num-gpus": "0"},
                 "template": {"spec": {"containers": [_container("ray-head", image, head, container_env, head=True)]}},
             },
-            "workerGroupSpecs": [{
-                "groupName": group.name,
-                "replicas": group.min_workers,
-                "minReplicas": group.min_workers,
-                "maxReplicas": group.max_workers,
-                "rayStartParams": {},
-                "template": {"spec": {"containers": [_container("ray-worker", image, worker, container_env, head=False)]}},
-            }],
+            "workerGroupSpecs": [
+                {
+                    "groupName": group.name,
+                    "replicas": group.min_workers,
+                    "minReplicas": group.min_workers,
+                    "maxReplicas": group.max_workers,
+                    "rayStartParams": {},
+                    "template": {
+                        "spec": {"containers": [_container("ray-worker", image, worker, container_env, head=False)]}
+                    },
+                }
+            ],
         },
     }
     resource = {"apiVersion": API_VERSION, "kind": "RayService", "metadata": {"name": name}, "spec": spec}
@@ -181,32 +210,53 @@ def workers_needed(compiled: Compiled, worker: Shape, args: CapabilityArgs, whic
     """How many worker machines of `worker`'s shape hold every deployment's `which`
     ("min" or "max") replicas and the ingress, placed as pre-flight places them."""
     if which == "max":
-        units = tuple(replace(u, replicas=u.replicas.max) if isinstance(u.replicas, Autoscale) else u for u in compiled.units)
+        units = tuple(
+            replace(u, replicas=u.replicas.max) if isinstance(u.replicas, Autoscale) else u for u in compiled.units
+        )
         compiled = replace(compiled, units=units)
     replicas = sum(u.min_replicas for u in compiled.units) + args.ingress_replicas
     problems: list[str] = []
     for count in range(1, min(replicas, MAX_WORKERS) + 1):
         machines = tuple(worker.machine(f"worker-{i + 1}") for i in range(count))
-        problems = preflight.check_fit(compiled, preflight.Cluster(machines, source="kuberay"), args.ingress_cpus,
-                                       args.ingress_replicas)
+        problems = preflight.check_fit(
+            compiled, preflight.Cluster(machines, source="kuberay"), args.ingress_cpus, args.ingress_replicas
+        )
         if not problems:
             return count
-    raise GraphInvalid([GraphError("kuberay", f"{p} on any number of worker machines with {worker.gpus} GPU, "
-                                   f"{worker.cpus:g} CPU and {worker.memory} each; give workers more GPUs or CPUs",
-                                   compiled.plan.file) for p in problems])
+    raise GraphInvalid(
+        [
+            GraphError(
+                "kuberay",
+                f"{p} on any number of worker machines with {worker.gpus} GPU, "
+                f"{worker.cpus:g} CPU and {worker.memory} each; give workers more GPUs or CPUs",
+                compiled.plan.file,
+            )
+            for p in problems
+        ]
+    )
 
 
 def _container(name: str, image: str, shape: Shape, env: list[dict[str, Any]], head: bool) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": image, "resources": shape.resources()}
     if env:
         container["env"] = env
-    ports = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
-             {"containerPort": 10001, "name": "client"}] if head else []
+    ports = (
+        [
+            {"containerPort": 6379, "name": "gcs-server"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+        ]
+        if head
+        else []
+    )
     container["ports"] = ports + [{"containerPort": SERVE_PORT, "name": "serve"}]
     if not head:
         container["readinessProbe"] = {
             "httpGet": {"path": HEALTH_PATH, "port": SERVE_PORT},
-            "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 1,
+            "initialDelaySeconds": 10,
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 1,
         }
     return container
 

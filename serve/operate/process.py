@@ -91,8 +91,11 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
         if self._stopping:
-            print(f"{signal.Signals(signum).name}: already shutting down, letting it finish (SIGKILL forces it)",
-                  file=self._out, flush=True)
+            print(
+                f"{signal.Signals(signum).name}: already shutting down, letting it finish (SIGKILL forces it)",
+                file=self._out,
+                flush=True,
+            )
             return
         raise KeyboardInterrupt
 

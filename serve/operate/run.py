@@ -111,14 +111,21 @@ def _start_ray(address: str | None, out: TextIO, *, quiet: bool = False) -> None
 
     if address is None:
         running = os.environ.get("RAY_ADDRESS") or services.find_bootstrap_address(None)
-        ray.init(address="local", namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
+        ray.init(
+            address="local", namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO"
+        )
         if running:
-            print(f"note: a Ray cluster is running at {running}; capgraph started a local Ray of its own. "
-                  f"Pass --address {running if os.environ.get('RAY_ADDRESS') else 'auto'} to serve on that cluster.",
-                  file=out, flush=True)
+            print(
+                f"note: a Ray cluster is running at {running}; capgraph started a local Ray of its own. "
+                f"Pass --address {running if os.environ.get('RAY_ADDRESS') else 'auto'} to serve on that cluster.",
+                file=out,
+                flush=True,
+            )
         return
     try:
-        ray.init(address=address, namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
+        ray.init(
+            address=address, namespace="serve", log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO"
+        )
     except Exception as exc:  # ConnectionError, an authentication error, a bad address: Ray's words say which
         raise ClusterUnreachable(_join_failure(address, exc)) from None
     from capgraph.serve.cluster import cluster_from_ray
@@ -134,8 +141,10 @@ def _join_failure(address: str, exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = ""
     if "token" in text.lower() or "authentic" in text.lower():
-        hint = (" The cluster uses token authentication: copy its token (`ray get-auth-token` on the head) to "
-                "~/.ray/auth_token here, or set RAY_AUTH_TOKEN.")
+        hint = (
+            " The cluster uses token authentication: copy its token (`ray get-auth-token` on the head) to "
+            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN."
+        )
     elif address != "auto":
         hint = " Check the head's GCS address (`ray status` on the head prints it; port 6379 by default)."
     return f"could not join the Ray cluster at '{address}': {text}.{hint}"
@@ -156,7 +165,9 @@ def _dry_run(apps: Sequence[Any], address: str | None, as_json: bool, out: TextI
             blueprints = plan_all(apps)
         finally:
             ray.shutdown()
-    summaries = [b.describe() | {"application": a.name, "route_prefix": a.route_prefix} for a, b in zip(apps, blueprints)]
+    summaries = [
+        b.describe() | {"application": a.name, "route_prefix": a.route_prefix} for a, b in zip(apps, blueprints)
+    ]
     if as_json:
         json.dump(summaries[0] if len(summaries) == 1 else {"applications": summaries}, out, indent=2)
         out.write("\n")
@@ -189,8 +200,11 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
         if len(apps) == 1:
             print(fit_report(refused), file=sys.stderr)
         else:
-            print(f"the graphs served together ({', '.join(a.name for a in apps if not a.model)}, and the models they share) "
-                  f"do not fit the cluster ({refused.cluster.describe()}):", file=sys.stderr)
+            print(
+                f"the graphs served together ({', '.join(a.name for a in apps if not a.model)}, and the models they share) "
+                f"do not fit the cluster ({refused.cluster.describe()}):",
+                file=sys.stderr,
+            )
             print("\n".join(f"  - {p}" for p in refused.problems), file=sys.stderr)
         return EXIT_DOES_NOT_FIT
     serve.start(http_options={"host": host, "port": port})
@@ -211,11 +225,17 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
             print(f"shared model '{app.name}' is healthy after {deploying:.1f}s, serving {users}", file=out, flush=True)
             continue
         base = url + (app.route_prefix.rstrip("/") if app.route_prefix else "")
-        local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}" + (app.route_prefix.rstrip("/") if app.route_prefix else "")
+        local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}" + (
+            app.route_prefix.rstrip("/") if app.route_prefix else ""
+        )
         waited = _until_healthy(f"{local}/health")
-        print(f"capability '{app.name}' is healthy after {waited:.1f}s from the start of this process (deploying took "
-              f"{deploying:.1f}s): POST {base}/v1/{app.name} (schema: {base}/v1/{app.name}/schema, health: {base}/health, "
-              f"docs: {base}/docs)", file=out, flush=True)
+        print(
+            f"capability '{app.name}' is healthy after {waited:.1f}s from the start of this process (deploying took "
+            f"{deploying:.1f}s): POST {base}/v1/{app.name} (schema: {base}/v1/{app.name}/schema, health: {base}/health, "
+            f"docs: {base}/docs)",
+            file=out,
+            flush=True,
+        )
     return 0
 
 
@@ -257,11 +277,16 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
     if node is None and not ray.is_initialized():
         return
     local = LocalRay.of(node)
-    print(f"shutting down: draining, unregistering, {'stopping the local Ray' if local else 'disconnecting from the Ray cluster'}",
-          file=out, flush=True)
+    print(
+        f"shutting down: draining, unregistering, {'stopping the local Ray' if local else 'disconnecting from the Ray cluster'}",
+        file=out,
+        flush=True,
+    )
     started = time.monotonic()
     try:
-        if ray.is_initialized() and local:  # else ray.init was cut short: nothing deployed, and serve.shutdown would start a Ray
+        if (
+            ray.is_initialized() and local
+        ):  # else ray.init was cut short: nothing deployed, and serve.shutdown would start a Ray
             serve.shutdown()
         elif ray.is_initialized():
             running = serve.status().applications
@@ -270,12 +295,18 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
                 if name not in running:
                     continue
                 if name.startswith(MODEL_APP_PREFIX) and others:  # another session's graphs may call it
-                    print(f"left the shared model '{name}' running: the cluster serves {', '.join(others)} too "
-                          f"(`serve shutdown` or a `serve deploy` without it removes it)", file=out, flush=True)
+                    print(
+                        f"left the shared model '{name}' running: the cluster serves {', '.join(others)} too "
+                        f"(`serve shutdown` or a `serve deploy` without it removes it)",
+                        file=out,
+                        flush=True,
+                    )
                     continue
                 serve.delete(name)
     finally:
-        processes = local.processes() if local else []  # before ray.shutdown: afterwards the agents have no parent to find them by
+        processes = (
+            local.processes() if local else []
+        )  # before ray.shutdown: afterwards the agents have no parent to find them by
         ray.shutdown()
         if local:
             local.stop_leftovers(processes, out)
@@ -287,15 +318,24 @@ def _print_blueprint(summary: dict[str, Any], out: TextIO) -> None:
     for d in summary["deployments"]:
         reads = f" <- {', '.join(d['reads_from'])}" if d["reads_from"] else ""
         if d["runs_in"]:
-            print(f"  {d['name']}: {', '.join(d['nodes'])} | runs in the shared model application '{d['runs_in']}'{reads}", file=out)
+            print(
+                f"  {d['name']}: {', '.join(d['nodes'])} | runs in the shared model application '{d['runs_in']}'{reads}",
+                file=out,
+            )
             continue
-        print(f"  {d['name']}: {', '.join(d['nodes'])} | gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} threads {d['threads']} | "
-              f"replicas {d['replicas']} | batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms | "
-              f"max_ongoing_requests {d['max_ongoing_requests']}{reads}", file=out)
+        print(
+            f"  {d['name']}: {', '.join(d['nodes'])} | gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} threads {d['threads']} | "
+            f"replicas {d['replicas']} | batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms | "
+            f"max_ongoing_requests {d['max_ongoing_requests']}{reads}",
+            file=out,
+        )
         for reason in d["why"]:
             print(f"      {reason}", file=out)
     if summary["placement"]:
-        print("  placement (Ray spreads a deployment's replicas over machines; GPU fractions pack onto one GPU):", file=out)
+        print(
+            "  placement (Ray spreads a deployment's replicas over machines; GPU fractions pack onto one GPU):",
+            file=out,
+        )
         for p in summary["placement"]:
             print(f"    {p['where']}", file=out)
     for note in summary["notes"]:

@@ -14,12 +14,9 @@ from typing import Any
 from capgraph.engine.errors import GraphError, GraphInvalid
 from capgraph.engine.mounts import section_names
 from capgraph.engine.plan import Plan
-from capgraph.serve.cluster import preflight
-from capgraph.serve.compile import sharing
 from capgraph.serve.app import Blueprint, CapabilityArgs, current_cluster, plan_app
-from capgraph.serve.compile import INGRESS, Compiled
-from capgraph.serve.compile import application
-
+from capgraph.serve.cluster import preflight
+from capgraph.serve.compile import INGRESS, Compiled, application, sharing
 
 MODEL_BUILDER = "capgraph.serve.app:build_model"
 
@@ -42,13 +39,22 @@ def applications(paths: Sequence[str], plans: Sequence[Plan], settings: dict[str
     names = [p.capability for p in plans]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise GraphInvalid([GraphError("capability", f"two graphs served together are both capability '{twice[0]}': "
-                                       "each needs a name of its own", plans[0].file)])
+        raise GraphInvalid(
+            [
+                GraphError(
+                    "capability",
+                    f"two graphs served together are both capability '{twice[0]}': each needs a name of its own",
+                    plans[0].file,
+                )
+            ]
+        )
     # fuse: all keeps every node in its graph's one deployment: nothing runs elsewhere
     shared = sharing.find_shared(plans) if len(plans) > 1 and settings.get("fuse") != "all" else {}
     if len(plans) + len(shared) > 1:  # each is planned on its share of the machines
         settings = settings | {"share_of": len(plans) + len(shared)}
-    apps = [App(m.app, CapabilityArgs(graph=m.graph, **settings), None, model=True, users=m.users) for m in shared.values()]
+    apps = [
+        App(m.app, CapabilityArgs(graph=m.graph, **settings), None, model=True, users=m.users) for m in shared.values()
+    ]
     for path, plan in zip(paths, plans):
         uses = {node_id: m.app for node_id, m in sharing.shared_in(plan, shared).items()}
         prefix = "/" if len(plans) == 1 else f"/{plan.capability}"
@@ -68,15 +74,22 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
     # machines' plug-ins to the one check below.
     share = cluster.share(len(apps), source="share")
     blueprints = [replace(plan_app(a.args, share, ingress=not a.model), cluster=cluster) for a in apps]
-    units = [replace(u, name=f"{a.name}/{u.name}") for a, b in zip(apps, blueprints) for u in b.compiled.units if u.remote is None]
+    units = [
+        replace(u, name=f"{a.name}/{u.name}")
+        for a, b in zip(apps, blueprints)
+        for u in b.compiled.units
+        if u.remote is None
+    ]
     ingresses = sum(a.args.ingress_replicas for a in apps if not a.model)
     together = Compiled(blueprints[0].compiled.plan, tuple(units), ())
     fit = preflight.place(together, cluster, apps[0].args.ingress_cpus, ingresses)
     checked = cluster.source == "ray" and apps[0].args.preflight != "off"
     plugins = [p for b in blueprints for p in preflight.check_plugins(b.compiled.plan)] if checked else []
     problems = tuple(fit.problems) + tuple(dict.fromkeys(plugins))
-    return [Blueprint(b.compiled, b.cluster, b.notes, problems, tuple(p for p in fit.placed if _of(p, a)))
-            for a, b in zip(apps, blueprints)]
+    return [
+        Blueprint(b.compiled, b.cluster, b.notes, problems, tuple(p for p in fit.placed if _of(p, a)))
+        for a, b in zip(apps, blueprints)
+    ]
 
 
 def _of(placed: preflight.Placed, app: App) -> bool:
@@ -94,9 +107,15 @@ def serve_config(paths: Sequence[str], plans: Sequence[Plan]) -> dict[str, Any]:
         if app.model:  # the settings and environment of the first graph that uses it
             first = files[app.users[0][0]]
             args = {k: v for k, v in first["args"].items() if k not in {"graph", "shared", "fuse", *section_names()}}
-            entries.append({"name": app.name, "route_prefix": None, "import_path": MODEL_BUILDER,
-                            "args": args | {"graph": app.args.graph} | _share_of(app)}
-                           | ({"runtime_env": first["runtime_env"]} if first.get("runtime_env") else {}))
+            entries.append(
+                {
+                    "name": app.name,
+                    "route_prefix": None,
+                    "import_path": MODEL_BUILDER,
+                    "args": args | {"graph": app.args.graph} | _share_of(app),
+                }
+                | ({"runtime_env": first["runtime_env"]} if first.get("runtime_env") else {})
+            )
             continue
         entry = files[app.name]
         args = dict(entry["args"]) | ({"shared": app.args.shared} if app.args.shared else {}) | _share_of(app)

@@ -36,11 +36,21 @@ def example_frame(plan: Plan, size: int) -> dict[str, Any]:
     """One frame of graph inputs: each input's default, else a small example of its type."""
     from capgraph.engine.node import example_value
 
-    return {name: spec.default if spec.default is not None else example_value(spec.type, size) for name, spec in plan.spec.inputs.items()}
+    return {
+        name: spec.default if spec.default is not None else example_value(spec.type, size)
+        for name, spec in plan.spec.inputs.items()
+    }
 
 
-def profile(plan: Plan, *, max_batch: int = 16, size: int = 64, params: Mapping[str, Any] | None = None, repeats: int = 5,
-            progress: Any = None) -> tuple[dict[str, dict[int, float]], dict[str, int], str]:
+def profile(
+    plan: Plan,
+    *,
+    max_batch: int = 16,
+    size: int = 64,
+    params: Mapping[str, Any] | None = None,
+    repeats: int = 5,
+    progress: Any = None,
+) -> tuple[dict[str, dict[int, float]], dict[str, int], str]:
     """Milliseconds per batch for every node and batch size, peak extra GPU bytes per node
     (CUDA only), and the device. `progress(description, advance)` reports each step."""
     from capgraph.engine.executor import check_inputs, pick_device
@@ -151,18 +161,31 @@ def tune_graph(
     steps = len(plan.nodes) * (1 + len(batch_sizes(max_batch)))
     console = Console(file=err)
     try:
-        with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description:<32}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("tuning", total=steps)
             timings, peaks, device = profile(
-                plan, max_batch=max_batch, size=side, params=params, repeats=repeats,
-                progress=lambda description, advance=1: bar.update(task, description=description, advance=advance))
+                plan,
+                max_batch=max_batch,
+                size=side,
+                params=params,
+                repeats=repeats,
+                progress=lambda description, advance=1: bar.update(task, description=description, advance=advance),
+            )
     except (ModelMissing, OSError, RuntimeError, ValueError) as exc:
         print(f"tuning '{plan.capability}' failed: {type(exc).__name__}: {exc}", file=err)
         return 1
     overlay = _overlay(plan, timings, peaks, device, models, side, params)
     compiled = _compile(plan, overlay)
-    _print_table(plan, timings, compiled, device, models, side, Console(file=out, width=max(120, Console(file=out).width)))
+    _print_table(
+        plan, timings, compiled, device, models, side, Console(file=out, width=max(120, Console(file=out).width))
+    )
     text = overlay_yaml(overlay, plan)
     if print_yaml:
         print(_paste_text(overlay, plan), file=out)
@@ -170,20 +193,43 @@ def tune_graph(
     target = Path(output) if output else default_path(plan.capability)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
-    print(f"wrote {target}: `serve run`, `capgraph serve` and `capgraph plan` use it for this graph on this machine "
-          f"({'pass args tuned: ' + str(target) if output else 'delete it to go back to the defaults'}).", file=out)
+    print(
+        f"wrote {target}: `serve run`, `capgraph serve` and `capgraph plan` use it for this graph on this machine "
+        f"({'pass args tuned: ' + str(target) if output else 'delete it to go back to the defaults'}).",
+        file=out,
+    )
     return 0
 
 
-def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapping[str, int], device: str, models: str,
-             side: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
+def _overlay(
+    plan: Plan,
+    timings: Mapping[str, Mapping[int, float]],
+    peaks: Mapping[str, int],
+    device: str,
+    models: str,
+    side: int,
+    params: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     from capgraph.serve.cluster import preflight
 
     cluster = preflight.local_cluster(probe_gpus=device.startswith("cuda"))
-    machine = {"cpus": cluster.cpus, "gpus": cluster.gpus, "accelerator": cluster.accelerator, "device": device.split(":")[0],
-               "models": models, "when": time.strftime("%Y-%m-%d %H:%M")}
-    draft = {"format": OVERLAY_FORMAT, "capability": plan.capability, "fingerprint": fingerprint(plan), "machine": machine,
-             "request": {"size": side, "params": dict(params or {})}, "profile": {k: dict(v) for k, v in timings.items()}, "nodes": {}}
+    machine = {
+        "cpus": cluster.cpus,
+        "gpus": cluster.gpus,
+        "accelerator": cluster.accelerator,
+        "device": device.split(":")[0],
+        "models": models,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    draft = {
+        "format": OVERLAY_FORMAT,
+        "capability": plan.capability,
+        "fingerprint": fingerprint(plan),
+        "machine": machine,
+        "request": {"size": side, "params": dict(params or {})},
+        "profile": {k: dict(v) for k, v in timings.items()},
+        "nodes": {},
+    }
     compiled = _compile(plan, draft)
     gpu_bytes = _gpu_bytes(device)
     nodes: dict[str, dict[str, Any]] = {}
@@ -192,7 +238,10 @@ def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapp
             entry: dict[str, Any] = {}
             if len(unit.nodes) > 1:
                 entry["group"] = unit.name
-            entry["batch"] = {"max_size": dict(unit.chunks).get(node_id, unit.max_batch_size), "wait_ms": round(unit.batch_wait_s * 1000.0, 1)}
+            entry["batch"] = {
+                "max_size": dict(unit.chunks).get(node_id, unit.max_batch_size),
+                "wait_ms": round(unit.batch_wait_s * 1000.0, 1),
+            }
             if node_id in peaks and gpu_bytes and plan.nodes[node_id].spec.resources.gpu is None:
                 weights = preflight.weight_file_bytes(plan.nodes[node_id]) or 0
                 entry["resources"] = {"gpu": measured_fraction(weights, peaks[node_id], gpu_bytes)}
@@ -204,14 +253,21 @@ def _overlay(plan: Plan, timings: Mapping[str, Mapping[int, float]], peaks: Mapp
 
 def _compile(plan: Plan, overlay: Mapping[str, Any]) -> Any:
     from capgraph.serve.cluster import preflight
-    from capgraph.serve.compile import compile_plan
-    from capgraph.serve.compile import machine_for
+    from capgraph.serve.compile import compile_plan, machine_for
 
     cluster = preflight.local_cluster(probe_gpus=overlay["machine"]["device"] == "cuda")
-    read = Overlay("", plan.capability, overlay["fingerprint"], overlay["machine"], overlay["profile"], overlay["nodes"])
+    read = Overlay(
+        "", plan.capability, overlay["fingerprint"], overlay["machine"], overlay["profile"], overlay["nodes"]
+    )
     machine = machine_for([(m.cpus, m.memory) for m in cluster.machines], cluster.gpus, INGRESS_CPUS)
-    return compile_plan(plan, machine=machine, tuned=read.nodes, measured=read.costs(), weight_bytes=preflight.weight_file_bytes,
-                        gpu_memory_gib=preflight.gpu_memory_gib(cluster) if cluster.gpus else None)
+    return compile_plan(
+        plan,
+        machine=machine,
+        tuned=read.nodes,
+        measured=read.costs(),
+        weight_bytes=preflight.weight_file_bytes,
+        gpu_memory_gib=preflight.gpu_memory_gib(cluster) if cluster.gpus else None,
+    )
 
 
 def _gpu_bytes(device: str) -> int:
@@ -222,11 +278,21 @@ def _gpu_bytes(device: str) -> int:
     return torch.cuda.get_device_properties(0).total_memory
 
 
-def _print_table(plan: Plan, timings: Mapping[str, Mapping[int, float]], compiled: Any, device: str, models: str, side: int, console: Any) -> None:
+def _print_table(
+    plan: Plan,
+    timings: Mapping[str, Mapping[int, float]],
+    compiled: Any,
+    device: str,
+    models: str,
+    side: int,
+    console: Any,
+) -> None:
     from rich.table import Table
 
     sizes = sorted({b for t in timings.values() for b in t})
-    table = Table(title=f"{plan.capability}: ms per batch on {device} ({models} models, {side} px frames)", title_justify="left")
+    table = Table(
+        title=f"{plan.capability}: ms per batch on {device} ({models} models, {side} px frames)", title_justify="left"
+    )
     table.add_column("node")
     table.add_column("family")
     for b in sizes:
@@ -241,9 +307,17 @@ def _print_table(plan: Plan, timings: Mapping[str, Mapping[int, float]], compile
         for node_id in unit.nodes:
             t = timings[node_id]
             best = min(t, key=lambda b: t[b] / b)
-            table.add_row(node_id, plan.nodes[node_id].family.type, *(f"{t[b]:.1f}" if b in t else "" for b in sizes),
-                          f"{t[best] / best:.2f} (b={best})", unit.name, f"{unit.max_batch_size} / {unit.batch_wait_s * 1000:.1f} ms",
-                          str(dict(unit.chunks).get(node_id, unit.max_batch_size)), str(unit.threads), f"{unit.num_gpus:g}")
+            table.add_row(
+                node_id,
+                plan.nodes[node_id].family.type,
+                *(f"{t[b]:.1f}" if b in t else "" for b in sizes),
+                f"{t[best] / best:.2f} (b={best})",
+                unit.name,
+                f"{unit.max_batch_size} / {unit.batch_wait_s * 1000:.1f} ms",
+                str(dict(unit.chunks).get(node_id, unit.max_batch_size)),
+                str(unit.threads),
+                f"{unit.num_gpus:g}",
+            )
     console.print(table)
     for unit in compiled.units:
         console.print(f"[b]{unit.name}[/b]: " + "; ".join(unit.why), highlight=False)

@@ -34,17 +34,39 @@ class Served:
 
 @pytest.fixture(scope="package")
 def three_machines() -> Iterator[Served]:
-    head_env = clean_env(CAPGRAPH_MODELS="tiny", HF_HUB_OFFLINE="1", CAPGRAPH_TINY_DIR=os.environ["CAPGRAPH_TINY_DIR"],
-                         RAY_USAGE_STATS_ENABLED="0")
+    head_env = clean_env(
+        CAPGRAPH_MODELS="tiny",
+        HF_HUB_OFFLINE="1",
+        CAPGRAPH_TINY_DIR=os.environ["CAPGRAPH_TINY_DIR"],
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     subprocess.run([RAY, "get-auth-token", "--generate"], env=head_env, capture_output=True, check=True, timeout=60)
     cluster = RayCluster()
     port = free_port()
     try:
         cluster.start_head(head_env, "--num-cpus=0", "--num-gpus=0")
         for name in ("b", "c"):
-            cluster.add(name, clean_env(RAY_USAGE_STATS_ENABLED="0"), "--num-cpus=2", "--num-gpus=1", f'--resources={{"machine_{name}": 1}}')
-        subprocess.run([SERVE, "start", f"--address={cluster.address}", "--http-host=127.0.0.1", f"--http-port={port}",
-                        "--proxy-location=HeadOnly"], env=head_env, check=True, capture_output=True, timeout=120)
+            cluster.add(
+                name,
+                clean_env(RAY_USAGE_STATS_ENABLED="0"),
+                "--num-cpus=2",
+                "--num-gpus=1",
+                f'--resources={{"machine_{name}": 1}}',
+            )
+        subprocess.run(
+            [
+                SERVE,
+                "start",
+                f"--address={cluster.address}",
+                "--http-host=127.0.0.1",
+                f"--http-port={port}",
+                "--proxy-location=HeadOnly",
+            ],
+            env=head_env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         yield Served(cluster, f"http://127.0.0.1:{port}", head_env)
     finally:
         cluster.stop()

@@ -23,15 +23,23 @@ from tests.serve.support import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
-NODE_DEATH_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
-                  "RAY_health_check_timeout_ms": "500"}
+NODE_DEATH_ENV = {
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_timeout_ms": "500",
+}
 """The GCS declares a silent machine dead after 1.5 s here instead of 15 s."""
 
 
 def node_ports() -> list[str]:
-    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    return [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
 
 
 @dataclass
@@ -44,7 +52,9 @@ class Machine:
 
 @dataclass
 class RayCluster:
-    temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="cgray", dir="/tmp"))  # unix sockets live here: keep it short
+    temp_dir: str = field(
+        default_factory=lambda: tempfile.mkdtemp(prefix="cgray", dir="/tmp")
+    )  # unix sockets live here: keep it short
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     machines: dict[str, Machine] = field(default_factory=dict)
@@ -58,9 +68,20 @@ class RayCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start_head(self, env: dict[str, str], *args: str) -> None:
-        self._start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
-                             "--dashboard-host=127.0.0.1", f"--ray-client-server-port={free_port()}",
-                             f"--temp-dir={self.temp_dir}", "--node-ip-address=127.0.0.1", *args], env | NODE_DEATH_ENV)
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.gcs_port}",
+                f"--dashboard-port={self.dashboard_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--ray-client-server-port={free_port()}",
+                f"--temp-dir={self.temp_dir}",
+                "--node-ip-address=127.0.0.1",
+                *args,
+            ],
+            env | NODE_DEATH_ENV,
+        )
 
     def add(self, name: str, env: dict[str, str], *args: str) -> None:
         self._start(name, [f"--address={self.address}", "--node-ip-address=127.0.0.1", *args], env)
@@ -68,8 +89,9 @@ class RayCluster:
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:
         ports = node_ports()
         machine = Machine(name, args, env, int(ports[0].split("=")[1]))
-        done = subprocess.run([RAY, "start", *args, *ports, "--disable-usage-stats"], env=env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [RAY, "start", *args, *ports, "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120
+        )
         if done.returncode != 0:
             raise RuntimeError(f"ray start ({name}) failed:\n{done.stdout}\n{done.stderr}")
         self.machines[name] = machine

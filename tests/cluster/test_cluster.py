@@ -18,9 +18,9 @@ import yaml
 from benchmarks.soak import run_load
 from tests.cluster.conftest import Served
 from tests.cluster.raycluster import SERVE
+from tests.conftest import GRAPHS
 from tests.livepeer.lp_support import wait_for
 from tests.reliability.support import probe_health
-from tests.conftest import GRAPHS
 from tests.serve.support import frame, png_b64, wait_health
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,11 @@ def spread_graph(tmp_path: Path) -> Path:
     graph = yaml.safe_load((GRAPHS / "depth.yaml").read_text())
     graph.pop("applications")
     graph["capability"] = "spread"
-    graph["nodes"]["depth"] |= {"replicas": 2, "resources": {"gpu": 0.5, "cpu": 0.5}, "batch": {"max_size": 4, "wait_ms": 5}}
+    graph["nodes"]["depth"] |= {
+        "replicas": 2,
+        "resources": {"gpu": 0.5, "cpu": 0.5},
+        "batch": {"max_size": 4, "wait_ms": 5},
+    }
     path = tmp_path / "spread.yaml"
     path.write_text(yaml.safe_dump(graph))
     return path
@@ -45,16 +49,22 @@ def body() -> dict:
 def state(served: Served, query: str) -> list[dict]:
     """Rows of Ray's state API on the head (`nodes?...`, `actors?...`), with the cluster's token."""
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    reply = httpx.get(f"{served.cluster.dashboard}/api/v0/{query}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    reply = httpx.get(
+        f"{served.cluster.dashboard}/api/v0/{query}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
     return reply.json()["data"]["result"]["result"]
 
 
 def replicas_by_machine(served: Served, deployment: str) -> dict[str, int]:
     """Running replicas of `deployment` per machine (`machine_b`, `machine_c`), from Ray's state API."""
-    machine = {n["node_id"]: next((k for k in n["resources_total"] if k.startswith("machine_")), "head")
-               for n in state(served, "nodes?limit=100&detail=1")}
+    machine = {
+        n["node_id"]: next((k for k in n["resources_total"] if k.startswith("machine_")), "head")
+        for n in state(served, "nodes?limit=100&detail=1")
+    }
     found: dict[str, int] = {}
-    for actor in state(served, "actors?limit=1000&detail=1&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"):
+    for actor in state(
+        served, "actors?limit=1000&detail=1&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    ):
         if actor["class_name"].startswith("ServeReplica:") and actor["class_name"].endswith(f":{deployment}"):
             where = machine.get(actor["node_id"], "?")
             found[where] = found.get(where, 0) + 1
@@ -65,8 +75,13 @@ def test_serve_deploy_as_the_readme_says(three_machines: Served):
     """`serve deploy graphs/depth.yaml --address http://HEAD:8265` with Ray's token
     authentication on, the file unchanged. The workers were started without the tiny-model
     settings: the replicas there get them from the application."""
-    deployed = subprocess.run([SERVE, "deploy", str(GRAPHS / "depth.yaml"), "--address", three_machines.cluster.dashboard],
-                              env=three_machines.env, capture_output=True, text=True, timeout=120)
+    deployed = subprocess.run(
+        [SERVE, "deploy", str(GRAPHS / "depth.yaml"), "--address", three_machines.cluster.dashboard],
+        env=three_machines.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert deployed.returncode == 0, deployed.stderr
     try:
         wait_health(three_machines.url, 180)
@@ -75,13 +90,26 @@ def test_serve_deploy_as_the_readme_says(three_machines: Served):
         assert sum(replicas_by_machine(three_machines, "depth").values()) == 1
         assert "head" not in replicas_by_machine(three_machines, "depth")  # the head holds no replica
     finally:
-        subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(address=%r, log_to_driver=False); "
-                        "serve.delete('depth')" % three_machines.cluster.address], env=three_machines.env, timeout=120)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import ray; from ray import serve; ray.init(address=%r, log_to_driver=False); "
+                "serve.delete('depth')" % three_machines.cluster.address,
+            ],
+            env=three_machines.env,
+            timeout=120,
+        )
 
 
 def test_capgraph_plan_shows_the_machine_each_replica_lands_on(three_machines: Served, tmp_path: Path):
-    planned = subprocess.run([*CAPGRAPH, "plan", str(spread_graph(tmp_path)), "--address", three_machines.cluster.address, "--json"],
-                             env=three_machines.env, capture_output=True, text=True, timeout=120)
+    planned = subprocess.run(
+        [*CAPGRAPH, "plan", str(spread_graph(tmp_path)), "--address", three_machines.cluster.address, "--json"],
+        env=three_machines.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert planned.returncode == 0, planned.stderr
     summary = json.loads(planned.stdout)
     assert summary["cluster"] == "2 GPU and 4 CPU on 3 machines"
@@ -123,8 +151,13 @@ def start_serving(served: Served, graphs: list[Path], tiny: Path, healthy: str) 
     up to the line saying `healthy` (or until it exited)."""
     port = int(served.url.rsplit(":", 1)[1])
     env = served.env | {"CAPGRAPH_TINY_DIR": str(tiny)}
-    server = subprocess.Popen([*CAPGRAPH, "serve", *map(str, graphs), "--address", served.cluster.address, "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [*CAPGRAPH, "serve", *map(str, graphs), "--address", served.cluster.address, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     for line in server.stdout:  # type: ignore[union-attr]
         lines.append(line)
@@ -170,9 +203,11 @@ def _lose_a_machine_under_load(served: Served, victim: str) -> None:
     down = [(t, text) for t, status, text in probes if t > lost_at and status == 503]
     back = next((t for t, status, _ in probes if down and t > down[0][0] and status == 200), None)
     failed = [r for r in load.records if r.status != 200]
-    print(f"\nlost machine {victim}: {len(load.records)} requests, {len(failed)} failed ({sorted({r.status for r in failed})}, "
-          f"in {[round(r.seconds, 2) for r in failed]} s); /health 503 {down[0][0] - lost_at if down else float('nan'):.1f} s "
-          f"after, 200 again {(back - lost_at) if back else float('nan'):.1f} s after")
+    print(
+        f"\nlost machine {victim}: {len(load.records)} requests, {len(failed)} failed ({sorted({r.status for r in failed})}, "
+        f"in {[round(r.seconds, 2) for r in failed]} s); /health 503 {down[0][0] - lost_at if down else float('nan'):.1f} s "
+        f"after, 200 again {(back - lost_at) if back else float('nan'):.1f} s after"
+    )
     assert down, "health never turned 503 after the machine was lost"
     assert "depth" in down[0][1]  # names the node that lost a replica
     for record in failed:  # only frames the lost replica held: refused at once, retryable
@@ -206,14 +241,19 @@ def _spread_again_under_load(served: Served) -> None:
                 await asyncio.sleep(1.0)
             stop.set()
 
-        load, *_ = await asyncio.gather(run_load(url + "/v1/spread", body(), 2, 160.0, timeout_s=90, stop=stop),
-                                        probe_health(url, start, probes, lambda: not stop.is_set(), every_s=0.5), watch())
+        load, *_ = await asyncio.gather(
+            run_load(url + "/v1/spread", body(), 2, 160.0, timeout_s=90, stop=stop),
+            probe_health(url, start, probes, lambda: not stop.is_set(), every_s=0.5),
+            watch(),
+        )
         return load
 
     load = asyncio.run(scenario())
     failed = [r for r in load.records if r.status != 200]
-    print(f"machine back: spread again {spread[0] if spread else float('nan'):.1f} s after, {len(load.records)} requests, "
-          f"{len(failed)} failed; /health {sorted({status for _, status, _ in probes})}")
+    print(
+        f"machine back: spread again {spread[0] if spread else float('nan'):.1f} s after, {len(load.records)} requests, "
+        f"{len(failed)} failed; /health {sorted({status for _, status, _ in probes})}"
+    )
     assert spread, f"the replicas did not spread again: {replicas_by_machine(served, 'depth')}"
     assert not failed, failed[:3]
     assert {status for _, status, _ in probes} == {200}, [p for p in probes if p[1] != 200][:3]
@@ -227,13 +267,25 @@ def test_two_graphs_share_one_model_that_autoscales_over_the_machines(three_mach
     load stops; every request is answered."""
     depth = yaml.safe_load((GRAPHS / "depth.yaml").read_text())
     depth.pop("applications")
-    node = depth["nodes"]["depth"] | {"resources": {"gpu": 0.5, "cpu": 0.5}, "batch": {"max_size": 1, "wait_ms": 0},
-                                      "replicas": {"min": 1, "max": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
-                                                   "downscale_delay_s": 4, "look_back_period_s": 2}}
+    node = depth["nodes"]["depth"] | {
+        "resources": {"gpu": 0.5, "cpu": 0.5},
+        "batch": {"max_size": 1, "wait_ms": 0},
+        "replicas": {
+            "min": 1,
+            "max": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 4,
+            "look_back_period_s": 2,
+        },
+    }
     near = depth | {"capability": "near", "nodes": {"depth": node}}
-    edges = {"capability": "edges", "inputs": {"image": "image"},
-             "nodes": {"d": node, "edges": {"type": "canny", "inputs": {"image": "image"}}},
-             "outputs": {"depth_map": "d.depth_map", "edges": "edges.edges"}}
+    edges = {
+        "capability": "edges",
+        "inputs": {"image": "image"},
+        "nodes": {"d": node, "edges": {"type": "canny", "inputs": {"image": "image"}}},
+        "outputs": {"depth_map": "d.depth_map", "edges": "edges.edges"},
+    }
     paths = [tmp_path / f"{name}.yaml" for name in ("near", "edges")]
     for path, graph in zip(paths, (near, edges)):
         path.write_text(yaml.safe_dump(graph))
@@ -255,12 +307,19 @@ def test_two_graphs_share_one_model_that_autoscales_over_the_machines(three_mach
                     await asyncio.sleep(1.0)
                 stop.set()
 
-            loads = await asyncio.gather(*(run_load(f"{three_machines.url}/{name}/v1/{name}", body(), 4, 60.0, timeout_s=60, stop=stop)
-                                           for name in ("near", "edges")), watch())
+            loads = await asyncio.gather(
+                *(
+                    run_load(f"{three_machines.url}/{name}/v1/{name}", body(), 4, 60.0, timeout_s=60, stop=stop)
+                    for name in ("near", "edges")
+                ),
+                watch(),
+            )
             return [r for load in loads[:2] for r in load.records]
 
         records = asyncio.run(load_until_scaled())
-        assert sum(counts[-1].values()) == 2 and "head" not in counts[-1], counts  # where they fit (Ray's SPREAD: round robin)
+        assert sum(counts[-1].values()) == 2 and "head" not in counts[-1], (
+            counts
+        )  # where they fit (Ray's SPREAD: round robin)
         assert records and all(r.status == 200 for r in records), [r for r in records if r.status != 200][:3]
         wait_for(lambda: sum(replicas_by_machine(three_machines, "depth").values()) == 1, timeout=60, every=1.0)
         for name in ("near", "edges"):

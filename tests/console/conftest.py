@@ -19,8 +19,13 @@ import pytest
 from tests.reliability.support import deploy
 from tests.serve.support import free_port, wait_health
 
-ENV = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-       "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {
+    "CAPGRAPH_MODELS": "tiny",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 TOKEN_ENV = "CAPGRAPH_CONSOLE_TEST_TOKEN"
 TOKEN = "tok-console-8d2b71"
 CPU = 0.25
@@ -32,7 +37,9 @@ def demo_graph() -> dict[str, Any]:
     """An image, fitted, then its depth (a tiny model) and its edges: two image outputs."""
     node = {"replicas": 1, "resources": {"cpu": CPU}}
     return {
-        "capability": "console-demo", "version": "v3", "description": "Depth preview and edges of a frame.",
+        "capability": "console-demo",
+        "version": "v3",
+        "description": "Depth preview and edges of a frame.",
         "inputs": {"image": {"type": "image", "description": "any picture"}},
         "nodes": {
             "fit": {"type": "resize", "params": {"max_side": 64, "multiple": 8}, "inputs": {"image": "image"}} | node,
@@ -44,9 +51,12 @@ def demo_graph() -> dict[str, Any]:
 
 
 def locked_graph() -> dict[str, Any]:
-    return {"capability": "locked", "inputs": {"image": "image"},
-            "nodes": {"edges": {"type": "canny", "inputs": {"image": "image"}, "replicas": 1, "resources": {"cpu": CPU}}},
-            "outputs": {"edges": "edges.edges"}}
+    return {
+        "capability": "locked",
+        "inputs": {"image": "image"},
+        "nodes": {"edges": {"type": "canny", "inputs": {"image": "image"}, "replicas": 1, "resources": {"cpu": CPU}}},
+        "outputs": {"edges": "edges.edges"},
+    }
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,15 @@ def apps() -> Iterator[Apps]:
     os.environ[TOKEN_ENV] = TOKEN  # as a container gives it: in the environment Ray starts from
     port = free_port()
     try:
-        ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, namespace="console", log_to_driver=False,
-                 runtime_env={"env_vars": ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}})
+        ray.init(
+            address="local",
+            num_cpus=4,
+            num_gpus=0,
+            include_dashboard=False,
+            namespace="console",
+            log_to_driver=False,
+            runtime_env={"env_vars": ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"]}},
+        )
     finally:
         os.environ.pop(TOKEN_ENV) if saved is None else os.environ.__setitem__(TOKEN_ENV, saved)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -99,11 +116,19 @@ def browser() -> Iterator[Any]:
         pytest.skip("the console tests need Selenium: pip install -e '.[test]'")
     binary, driver = _which(BROWSERS), _which(DRIVERS)
     if binary is None or driver is None:
-        pytest.skip("the console tests need a headless Chromium: apt-get install chromium chromium-driver "
-                    f"(found browser: {binary or 'none'}, chromedriver: {driver or 'none'})")
+        pytest.skip(
+            "the console tests need a headless Chromium: apt-get install chromium chromium-driver "
+            f"(found browser: {binary or 'none'}, chromedriver: {driver or 'none'})"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     chrome = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))

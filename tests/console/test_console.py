@@ -34,13 +34,16 @@ def wait_for(browser, script: str, timeout_s: float = WAIT_S, what: str = ""):
 
 def states(browser) -> dict[str, str]:
     return browser.execute_script(
-        "return Object.fromEntries([...document.querySelectorAll('#picture [data-node]')].map(g => [g.dataset.node, g.dataset.state]))")
+        "return Object.fromEntries([...document.querySelectorAll('#picture [data-node]')].map(g => [g.dataset.node, g.dataset.state]))"
+    )
 
 
 def field_error(browser, name: str) -> str:
     return browser.execute_script(
         "const f = [...document.querySelectorAll('#try .field')].find(b => b.dataset.field === arguments[0]);"
-        "return f ? f.querySelector('.field-error').textContent : null", name)
+        "return f ? f.querySelector('.field-error').textContent : null",
+        name,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,10 @@ def open_demo(browser, apps) -> None:
 def test_the_picture_lists_every_node_with_its_deployment_and_live_figures(browser, apps):
     open_demo(browser, apps)
     assert states(browser) == {"fit": "warm", "depth": "warm", "edges": "warm"}
-    boxes = browser.execute_script("return Object.fromEntries([...document.querySelectorAll('[data-deployment]')]"
-                                   ".map(b => [b.dataset.deployment, [...b.querySelectorAll('tspan')].map(t => t.textContent)]))")
+    boxes = browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('[data-deployment]')]"
+        ".map(b => [b.dataset.deployment, [...b.querySelectorAll('tspan')].map(t => t.textContent)]))"
+    )
     assert sorted(boxes) == ["depth", "edges", "fit"]  # one deployment per node here
     name, settings = boxes["depth"]
     assert name == "deployment depth" and settings.startswith("1 replica · ") and " thread" in settings, boxes
@@ -68,16 +73,27 @@ def test_the_picture_lists_every_node_with_its_deployment_and_live_figures(brows
     wires = browser.execute_script("return [...document.querySelectorAll('.wire')].map(w => w.textContent)")
     assert "image → imageImage" in wires and "preview" + "Image" in wires  # port → port, then the type
     assert browser.find_element("id", "version").text == "version v3"
-    rows = browser.execute_script("return [...document.querySelectorAll('#nodes tbody tr')].map(r => [...r.cells].map(c => c.textContent))")
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#nodes tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
     by_node = {row[0]: row for row in rows}
     assert set(by_node) == {"fit", "depth", "edges"}
-    assert by_node["depth"][9] == "cpu float32" and "Depth-Anything" in by_node["depth"][10] and "(tiny)" in by_node["depth"][10]
+    assert (
+        by_node["depth"][9] == "cpu float32"
+        and "Depth-Anything" in by_node["depth"][10]
+        and "(tiny)" in by_node["depth"][10]
+    )
     # figures move without a reload: frames sent from outside show up in the node's fps
     body = {"inputs": {"image": _png_b64()}}
     for _ in range(3):
         assert httpx.post(apps.demo + "/v1/console-demo", json=body, timeout=30).status_code == 200
-    wait_for(browser, "[...document.querySelectorAll('#nodes tbody tr')].find(r => r.dataset.node === 'depth')"
-                      ".querySelector('[data-key=fps]').textContent !== '0.0'", 10, "the depth node's fps")
+    wait_for(
+        browser,
+        "[...document.querySelectorAll('#nodes tbody tr')].find(r => r.dataset.node === 'depth')"
+        ".querySelector('[data-key=fps]').textContent !== '0.0'",
+        10,
+        "the depth node's fps",
+    )
 
 
 def test_the_page_and_its_feeds_carry_a_strict_policy(apps):
@@ -99,9 +115,13 @@ def test_the_form_runs_a_frame_and_shows_the_output_images_and_timings(browser, 
     browser.find_element("id", "in-image").send_keys(str(picture_file))
     browser.find_element("id", "run").click()
     wait_for(browser, "document.querySelectorAll('#result img.shot').length === 2", 30, "two output images")
-    sizes = browser.execute_script("return [...document.querySelectorAll('#result img.shot')].map(i => [i.dataset.output, i.naturalWidth, i.naturalHeight])")
+    sizes = browser.execute_script(
+        "return [...document.querySelectorAll('#result img.shot')].map(i => [i.dataset.output, i.naturalWidth, i.naturalHeight])"
+    )
     assert sorted(sizes) == [["edges", 64, 40], ["preview", 64, 40]]  # fitted to 64 px, sides a multiple of 8
-    timed = browser.execute_script("return [...document.querySelectorAll('#result [data-timing]')].map(r => r.dataset.timing)")
+    timed = browser.execute_script(
+        "return [...document.querySelectorAll('#result [data-timing]')].map(r => r.dataset.timing)"
+    )
     assert timed == ["fit", "depth", "edges"]
     assert "done in" in browser.find_element("id", "run-status").text
 
@@ -119,8 +139,11 @@ def test_a_bad_value_shows_the_services_message_next_to_its_field(browser, apps,
     threshold.send_keys("999")
     browser.find_element("id", "run").click()
     wait_for(browser, "document.querySelector('#run-status').textContent.startsWith('422')", what="the 422")
-    said = httpx.post(apps.demo + "/v1/console-demo", json={"inputs": {"image": _png_b64()}, "params": {"edges.low_threshold": 999}},
-                      timeout=10).json()["error"]
+    said = httpx.post(
+        apps.demo + "/v1/console-demo",
+        json={"inputs": {"image": _png_b64()}, "params": {"edges.low_threshold": 999}},
+        timeout=10,
+    ).json()["error"]
     assert field_error(browser, "params.edges.low_threshold") == said["msg"] and "255" in said["msg"]
     assert field_error(browser, "inputs.image") == ""  # the earlier error is gone
     assert browser.execute_script("return document.querySelectorAll('#try .has-error').length") == 1
@@ -137,7 +160,9 @@ def test_a_killed_node_turns_down_and_back(browser, apps):
     down = time.monotonic() - killed
     assert browser.find_element("id", "status").text == "a node is down"
     assert states(browser)["depth"] == "warm"  # only the killed node's deployment
-    wait_for(browser, "document.querySelector('#picture [data-node=edges]').dataset.state === 'warm'", 90, "edges warm again")
+    wait_for(
+        browser, "document.querySelector('#picture [data-node=edges]').dataset.state === 'warm'", 90, "edges warm again"
+    )
     print(f"\nconsole: edges down {down:.1f}s after the kill, warm again {time.monotonic() - killed:.1f}s after")
     assert serve.get_deployment_handle("edges", app_name="demo").state.remote().result(timeout_s=30)["pid"] != victim
 
@@ -158,7 +183,11 @@ def test_with_a_token_the_page_asks_for_it_and_works_after(browser, apps, pictur
 
     browser.find_element("id", "token-input").send_keys(TOKEN)
     browser.find_element("css selector", "#token-form button").click()
-    wait_for(browser, "document.querySelector('#picture [data-node=edges]')?.dataset.state === 'warm'", what="the locked graph")
+    wait_for(
+        browser,
+        "document.querySelector('#picture [data-node=edges]')?.dataset.state === 'warm'",
+        what="the locked graph",
+    )
     browser.find_element("id", "in-image").send_keys(str(picture_file))
     browser.find_element("id", "run").click()
     wait_for(browser, "document.querySelectorAll('#result img.shot').length === 1", 30, "the output image")

@@ -11,7 +11,9 @@ from capgraph.serve.capability.traffic import RATE_S, WINDOW_S, Traffic
 from tests.conftest import GRAPHS
 
 STATIC = resources.files("capgraph.serve.capability") / "static"
-UNSAFE = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|setTimeout\(\s*['\"]|srcdoc")
+UNSAFE = re.compile(
+    r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|setTimeout\(\s*['\"]|srcdoc"
+)
 
 
 def test_the_page_ships_small_and_never_turns_text_into_code():
@@ -21,7 +23,9 @@ def test_the_page_ships_small_and_never_turns_text_into_code():
     for name in names:
         text = (STATIC / name).read_text(encoding="utf-8")
         assert not UNSAFE.search(text), f"{name}: {UNSAFE.search(text).group()}"
-        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, name  # no CDN
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, (
+            name
+        )  # no CDN
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     assert not re.search(r"<script(?![^>]*\bsrc=)", page) and " style=" not in page and not re.search(r"\son\w+=", page)
 
@@ -35,18 +39,42 @@ def test_figures_over_the_window():
     traffic.failure("a")
     traffic.failure(None)
     a = traffic.summary(["a", "b", "c"])
-    assert a["a"] == {"fps": 100 / RATE_S, "p50_ms": 50.0, "p99_ms": 99.0, "batch_mean": 4.0, "queue_p50_ms": 2.0,
-                           "frames": 100, "failed": 1, "failed_recent": 1}
+    assert a["a"] == {
+        "fps": 100 / RATE_S,
+        "p50_ms": 50.0,
+        "p99_ms": 99.0,
+        "batch_mean": 4.0,
+        "queue_p50_ms": 2.0,
+        "frames": 100,
+        "failed": 1,
+        "failed_recent": 1,
+    }
     assert a["b"]["batch_mean"] == 1.0 and a["b"]["queue_p50_ms"] is None
-    assert a["c"] == {"fps": 0.0, "p50_ms": None, "p99_ms": None, "batch_mean": None, "queue_p50_ms": None, "frames": 0,
-                      "failed": 0, "failed_recent": 0}
+    assert a["c"] == {
+        "fps": 0.0,
+        "p50_ms": None,
+        "p99_ms": None,
+        "batch_mean": None,
+        "queue_p50_ms": None,
+        "frames": 0,
+        "failed": 0,
+        "failed_recent": 0,
+    }
     assert traffic.failed[""] == 1
     now[0] += RATE_S + 1  # no frame of late: fps falls to 0 while the window still holds the latencies
     later = traffic.summary(["a"])["a"]
     assert later["fps"] == 0.0 and later["p99_ms"] == 99.0
     now[0] += WINDOW_S  # the window has passed: the figures are gone, the count of failures stays
-    assert traffic.summary(["a"])["a"] == {"fps": 0.0, "p50_ms": None, "p99_ms": None, "batch_mean": None,
-                                               "queue_p50_ms": None, "frames": 0, "failed": 1, "failed_recent": 0}
+    assert traffic.summary(["a"])["a"] == {
+        "fps": 0.0,
+        "p50_ms": None,
+        "p99_ms": None,
+        "batch_mean": None,
+        "queue_p50_ms": None,
+        "frames": 0,
+        "failed": 1,
+        "failed_recent": 0,
+    }
 
 
 def test_mixed_batches_average_per_batch():
@@ -63,8 +91,13 @@ def test_the_picture_is_what_render_draws():
     data = picture(plan, boxes)
     text = mermaid(plan, boxes)
     assert [n["id"] for n in data["nodes"]] == list(plan.nodes)
-    assert [d["name"] for d in data["deployments"]] == ["front", "back"] and data["deployments"][1]["nodes"] == ["generate", "upscale"]
+    assert [d["name"] for d in data["deployments"]] == ["front", "back"] and data["deployments"][1]["nodes"] == [
+        "generate",
+        "upscale",
+    ]
     for edge in data["edges"]:  # the same wires with the same labels as the Mermaid text
         assert f'{edge["from"]} -- "{edge["label"]}" --> {edge["to"]}' in text
-    assert {i["id"] for i in data["inputs"]} == {"in_image", "in_prompt"} and data["outputs"] == [{"id": "out_image", "name": "image", "type": "Image"}]
+    assert {i["id"] for i in data["inputs"]} == {"in_image", "in_prompt"} and data["outputs"] == [
+        {"id": "out_image", "name": "image", "type": "Image"}
+    ]
     assert picture(plan)["deployments"] == []

@@ -15,11 +15,15 @@ SAMPLE = ROOT / "examples" / "sample.png"
 
 
 def capgraph(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "capgraph", *args], capture_output=True, text=True, timeout=180, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "capgraph", *args], capture_output=True, text=True, timeout=180, cwd=cwd
+    )
 
 
 def test_run_writes_outputs_and_prints_per_node_timings(tmp_path: Path) -> None:
-    done = capgraph("run", str(EDGES), "--input", f"image={SAMPLE}", "--set", "edges.low_threshold=50", "-o", str(tmp_path))
+    done = capgraph(
+        "run", str(EDGES), "--input", f"image={SAMPLE}", "--set", "edges.low_threshold=50", "-o", str(tmp_path)
+    )
     assert done.returncode == 0, done.stderr
     assert "fit" in done.stdout and "edges" in done.stdout and "total" in done.stdout
     edges = np.asarray(Image.open(tmp_path / "edges.png"))
@@ -40,8 +44,13 @@ def test_run_with_a_bad_input_or_param_is_a_message_not_a_traceback(tmp_path: Pa
     assert missing.returncode == 1 and "inputs.image: required input (Image) is missing" in missing.stderr
     unreadable = capgraph("run", str(EDGES), "-i", "image=nowhere.png", "-o", str(tmp_path))
     assert unreadable.returncode == 1 and "--input image: cannot read 'nowhere.png'" in unreadable.stderr
-    bad_param = capgraph("run", str(EDGES), "-i", f"image={SAMPLE}", "--set", "edges.low_threshold=900", "-o", str(tmp_path))
-    assert bad_param.returncode == 1 and "node 'edges': low_threshold: Input should be less than or equal to 255" in bad_param.stderr
+    bad_param = capgraph(
+        "run", str(EDGES), "-i", f"image={SAMPLE}", "--set", "edges.low_threshold=900", "-o", str(tmp_path)
+    )
+    assert (
+        bad_param.returncode == 1
+        and "node 'edges': low_threshold: Input should be less than or equal to 255" in bad_param.stderr
+    )
     for done in (missing, unreadable, bad_param):
         assert "Traceback" not in done.stderr
 
@@ -52,8 +61,13 @@ def test_nodes_lists_the_catalogue_with_ports_and_params() -> None:
     assert {"canny", "resize", "depth_control", "composite", "decode", "encode"} <= set(catalogue)
     canny = catalogue["canny"]
     assert canny["inputs"]["image"]["type"] == "Image" and canny["outputs"]["edges"]["type"] == "Image"
-    assert canny["params"]["low_threshold"] == {"type": "integer", "default": 100, "required": False,
-                                               "doc": "hysteresis lower threshold", "per_request": True}
+    assert canny["params"]["low_threshold"] == {
+        "type": "integer",
+        "default": 100,
+        "required": False,
+        "doc": "hysteresis lower threshold",
+        "per_request": True,
+    }
     table = capgraph("nodes", "composite")
     assert "foreground" in table.stdout and "feather" in table.stdout
     unknown = capgraph("nodes", "cany")

@@ -18,12 +18,14 @@ from capgraph.serve.capability import http
 
 @pytest.fixture(scope="module")
 def echo():
-    return plan_from_data({
-        "capability": "echo",
-        "inputs": {"flag": "bool", "labels": "segmentation_map", "depth": "depth_map", "image": "image"},
-        "nodes": {"fit": {"type": "resize", "inputs": {"image": "image"}}},
-        "outputs": {"flag": "flag", "labels": "labels", "depth": "depth", "image": "fit.image"},
-    })
+    return plan_from_data(
+        {
+            "capability": "echo",
+            "inputs": {"flag": "bool", "labels": "segmentation_map", "depth": "depth_map", "image": "image"},
+            "nodes": {"fit": {"type": "resize", "inputs": {"image": "image"}}},
+            "outputs": {"flag": "flag", "labels": "labels", "depth": "depth", "image": "fit.image"},
+        }
+    )
 
 
 def png(array: np.ndarray) -> bytes:
@@ -32,7 +34,9 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(("text", "value"), [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False), ("0", False)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False), ("0", False)]
+)
 def test_booleans_as_text_follow_one_rule_on_the_cli_and_in_multipart(echo, tmp_path, text, value):
     assert codecs.from_arg(PortType.BOOL, text, "--input flag") is value
     assert http.parse_form(echo, {"flag": text}, codecs.MAX_PIXELS)[0]["flag"] is value
@@ -62,14 +66,21 @@ def test_segmentation_maps_round_trip_through_16_bit_png(echo):
 
 
 def test_livepeer_answers_are_the_same_pngs_as_data_urls(echo):
-    outputs = {"flag": np.bool_(True), "labels": np.array([[0, 7]], np.int32), "depth": np.ones((2, 2), np.float32),
-               "image": np.zeros((2, 2, 3), np.uint8)}
+    outputs = {
+        "flag": np.bool_(True),
+        "labels": np.array([[0, 7]], np.int32),
+        "depth": np.ones((2, 2), np.float32),
+        "image": np.zeros((2, 2, 3), np.uint8),
+    }
     bare, urls = http.encode_outputs(echo, outputs), codecs.encode_outputs(echo, outputs, data_url=True)
     assert bare["flag"] is urls["flag"] is True
     for name in ("labels", "depth", "image"):
         assert urls[name] == "data:image/png;base64," + bare[name]
     assert codecs.image_url(PortType.DEPTH_MAP, np.ones((2, 2), np.float32)).startswith("data:image/png;base64,")
-    assert codecs.encode_value(PortType.BYTES, b"GIF89a", data_url=True) == "data:image/gif;base64," + base64.b64encode(b"GIF89a").decode()
+    assert (
+        codecs.encode_value(PortType.BYTES, b"GIF89a", data_url=True)
+        == "data:image/gif;base64," + base64.b64encode(b"GIF89a").decode()
+    )
 
 
 def test_every_type_has_a_schema_and_files_are_binary_parts():
@@ -83,7 +94,11 @@ def test_a_decompression_bomb_is_refused_from_its_header_everywhere(tmp_path):
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
     (tmp_path / "bomb.png").write_bytes(bomb)
     with pytest.raises(InputError) as cli:
         codecs.from_arg(PortType.IMAGE, str(tmp_path / "bomb.png"), "--input image")

@@ -5,9 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capgraph.engine.errors import InputError
+from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.executor import Executor, check_inputs
-from capgraph.engine.errors import NodeFailed
 from capgraph.engine.validate import load_plan, plan_from_data
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
@@ -69,23 +68,27 @@ def test_missing_or_mistyped_inputs_name_the_field(edges: Executor) -> None:
 
 
 def test_defaults_fill_optional_inputs_and_numbers_widen() -> None:
-    plan = plan_from_data({
-        "capability": "defaults",
-        "inputs": {"image": "image", "low": {"type": "number", "default": 3}},
-        "nodes": {"fit": {"type": "resize", "inputs": {"image": "image"}}},
-        "outputs": {"image": "fit.image", "low": "low"},
-    })
+    plan = plan_from_data(
+        {
+            "capability": "defaults",
+            "inputs": {"image": "image", "low": {"type": "number", "default": 3}},
+            "nodes": {"fit": {"type": "resize", "inputs": {"image": "image"}}},
+            "outputs": {"image": "fit.image", "low": "low"},
+        }
+    )
     values = check_inputs(plan, {"image": frame()["image"]})
     assert values["low"] == 3.0 and isinstance(values["low"], float)
 
 
 def test_a_failing_node_is_named_with_what_it_was_given() -> None:
-    plan = plan_from_data({
-        "capability": "fails",
-        "inputs": {"data": "bytes"},
-        "nodes": {"decode": {"type": "decode", "inputs": {"data": "data"}}},
-        "outputs": {"image": "decode.image"},
-    })
+    plan = plan_from_data(
+        {
+            "capability": "fails",
+            "inputs": {"data": "bytes"},
+            "nodes": {"decode": {"type": "decode", "inputs": {"data": "data"}}},
+            "outputs": {"image": "decode.image"},
+        }
+    )
     executor = Executor(plan)
     executor.load()
     with pytest.raises(InputError, match="not a decodable image"):  # a user's bad bytes are an input error

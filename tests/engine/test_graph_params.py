@@ -11,8 +11,8 @@ from capgraph.engine.executor import Executor
 from capgraph.engine.node import example_value
 from capgraph.engine.types import PortType
 from capgraph.engine.validate import plan_from_data
-from capgraph.serve.capability import http
 from capgraph.livepeer.settings import load_settings
+from capgraph.serve.capability import http
 
 GRAPH = {
     "capability": "edges-params",
@@ -69,8 +69,10 @@ def test_the_schema_lists_the_graphs_names_with_their_bounds(plan):
 
 
 def test_ai_runner_routes_and_live_params_map_to_the_same_names(plan):
-    section = {"routes": {"image-to-image": {"image": "image", "strength": "low", "images": "edges"}},
-               "live": {"input": "image", "output": "edges", "params": {"threshold": "high"}}}
+    section = {
+        "routes": {"image-to-image": {"image": "image", "strength": "low", "images": "edges"}},
+        "live": {"input": "image", "output": "edges", "params": {"threshold": "high"}},
+    }
     pytest.importorskip("pytrickle", reason="live settings need the livepeer extra")
     settings = load_settings(plan, section)
     assert settings.routes["image-to-image"]["strength"] == "low"

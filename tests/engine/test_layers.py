@@ -37,8 +37,11 @@ def importing(folders: tuple[str, ...], banned: tuple[str, ...]) -> list[str]:
     found = []
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
-            found += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(imported(path))
-                      if any(name == b or name.startswith(b + ".") for b in banned)]
+            found += [
+                f"{path.relative_to(ROOT)} imports {name}"
+                for name in sorted(imported(path))
+                if any(name == b or name.startswith(b + ".") for b in banned)
+            ]
     return found
 
 
@@ -59,11 +62,15 @@ def test_the_ingress_imports_no_model_library() -> None:
     import subprocess
     import sys
 
-    code = ("import pickle, sys\nfrom capgraph.engine.validate import load_plan\nfrom capgraph.serve.compile.compiler import compile_plan\n"
-            "import capgraph.serve.capability.ingress, capgraph.serve.capability.routes\n"
-            "pickle.loads(pickle.dumps(compile_plan(load_plan(sys.argv[1]))))\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'cv2') if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", code, str(ROOT / "graphs" / "hybrid.yaml")], capture_output=True, text=True, timeout=120)
+    code = (
+        "import pickle, sys\nfrom capgraph.engine.validate import load_plan\nfrom capgraph.serve.compile.compiler import compile_plan\n"
+        "import capgraph.serve.capability.ingress, capgraph.serve.capability.routes\n"
+        "pickle.loads(pickle.dumps(compile_plan(load_plan(sys.argv[1]))))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'cv2') if m in sys.modules))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "graphs" / "hybrid.yaml")], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
 
 
@@ -81,13 +88,24 @@ def test_no_package_imports_another_packages_private_names() -> None:
             rel = path.relative_to(ROOT).with_suffix("")
             if "build" in rel.parts:  # a plug-in's build output, not its source
                 continue
-            here = "plugins" if folder == "plugins" else _package(".".join(["capgraph", *rel.parts] if folder != "capgraph" else rel.parts))
+            here = (
+                "plugins"
+                if folder == "plugins"
+                else _package(".".join(["capgraph", *rel.parts] if folder != "capgraph" else rel.parts))
+            )
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("capgraph.") and node.level == 0:
+                if (
+                    isinstance(node, ast.ImportFrom)
+                    and node.module
+                    and node.module.startswith("capgraph.")
+                    and node.level == 0
+                ):
                     private = [a.name for a in node.names if a.name.startswith("_")]
                     hidden = any(p.startswith("_") for p in node.module.split("."))
                     if _package(node.module) != here and (private or hidden):
-                        found.append(f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private) or '...'}")
+                        found.append(
+                            f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private) or '...'}"
+                        )
     assert not found, "\n".join(found)
 
 
@@ -103,7 +121,11 @@ def test_serve_sub_packages_are_entered_through_their_surface() -> None:
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     parts = node.module.split(".")
-                    if parts[:2] == ["capgraph", "serve"] and len(parts) > 3 and parts[2] in subs \
-                            and rel.parts[:2] != ("serve", parts[2]):
+                    if (
+                        parts[:2] == ["capgraph", "serve"]
+                        and len(parts) > 3
+                        and parts[2] in subs
+                        and rel.parts[:2] != ("serve", parts[2])
+                    ):
                         found.append(f"{rel}: from {node.module} import ...")
     assert not found, "\n".join(found)

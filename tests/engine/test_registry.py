@@ -27,7 +27,11 @@ class Invert(Node):
 
 def catalogue_in_subprocess(site: Path, **env: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "capgraph", "nodes", "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [sys.executable, "-m", "capgraph", "nodes", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), **env},
     )
     assert done.returncode == 0, done.stderr

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from capgraph.engine.validate import load_plan
-from tests.livepeer.lp_support import EDGES, FakeOrchestrator, GatedBackend, ServerThread, Service, free_port
 from capgraph.livepeer.local import local_app
 from capgraph.livepeer.settings import load_settings, read_section
+from tests.livepeer.lp_support import EDGES, FakeOrchestrator, GatedBackend, ServerThread, Service, free_port
 
 
 @pytest.fixture
@@ -27,8 +27,13 @@ def start_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Ser
     127.0.0.1, with its own `livepeer:` section or the one given."""
     started: list[Service] = []
 
-    def start(graph: Path = EDGES, env: dict[str, str] | None = None, hold: bool = False, port: int | None = None,
-              section: dict[str, Any] | None = None) -> Service:
+    def start(
+        graph: Path = EDGES,
+        env: dict[str, str] | None = None,
+        hold: bool = False,
+        port: int | None = None,
+        section: dict[str, Any] | None = None,
+    ) -> Service:
         for name, value in (env or {}).items():
             monkeypatch.setenv(name, value)
         port = port or free_port()

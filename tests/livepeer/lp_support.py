@@ -40,7 +40,9 @@ class ServerThread:
     """A uvicorn server for an ASGI app in a thread, on 127.0.0.1 (lifespan on)."""
 
     def __init__(self, app: Any, port: int = 0):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.port = port
 
@@ -173,7 +175,11 @@ def orchestrator_app(state: OrchestratorState, secret: str = ORCH_SECRET) -> Fas
             state.heartbeats.append({"auth": "bad", "body": body})
             return PlainTextResponse("invalid registration authorization", status_code=401)
         state.heartbeats.append({"auth": "orchestrator" if runner is None else "heartbeat", "body": body})
-        answer: dict[str, Any] = {"orchestrator": "https://127.0.0.1", "heartbeat_interval": "300ms", "heartbeat_ttl": "2s"}
+        answer: dict[str, Any] = {
+            "orchestrator": "https://127.0.0.1",
+            "heartbeat_interval": "300ms",
+            "heartbeat_ttl": "2s",
+        }
         if runner is None:
             runner = {"runner_id": f"runner_{secrets.token_hex(4)}", "heartbeat_secret": secrets.token_hex(8)}
             state.runners[runner["runner_id"]] = runner
@@ -228,7 +234,10 @@ class FakeOrchestrator:
         return httpx.post(
             f"{self.url}/process/request/{capability}",
             json=payload,
-            headers={"Livepeer": base64.b64encode(json.dumps(header).encode()).decode(), "Livepeer-Capability": capability},
+            headers={
+                "Livepeer": base64.b64encode(json.dumps(header).encode()).decode(),
+                "Livepeer-Capability": capability,
+            },
             timeout=timeout_s + 5,
         )
 
@@ -252,7 +261,6 @@ class GatedBackend(ExecutorBackend):
     async def is_ready(self) -> bool:
         return self.gate.is_set() and await super().is_ready()
 
-
     def _run(self, frames: list[dict[str, Any]], params: dict[str, Any]) -> Any:
         self.runs_started += 1
         self.runs_open.wait(timeout=30)
@@ -275,7 +283,6 @@ class Service:
 
 
 # -- frames --------------------------------------------------------------------------------
-
 
 
 def photo(width: int = 160, height: int = 120) -> np.ndarray:
@@ -400,7 +407,9 @@ def ts_segment(frames: list[np.ndarray], fps: int = 30) -> bytes:
 
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mpegts") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency", "crf": "10"})
+        stream = container.add_stream(
+            "libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency", "crf": "10"}
+        )
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         for frame in frames:

@@ -46,7 +46,9 @@ def _go_livepeer_multipart(fields: dict[str, str], image: bytes) -> tuple[bytes,
     boundary = "goLivepeerBoundary7MA4YWxkTrZu0gW"
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n"
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + b"\r\n"
     ]
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
@@ -62,7 +64,9 @@ def edges(start_service):
 
 def test_image_to_image_through_the_sdk(edges, sdk):
     client = sdk(edges)
-    result = client.generate.image_to_image(request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7})
+    result = client.generate.image_to_image(
+        request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7}
+    )
     [image] = result.image_response.images
     assert image.seed == 7 and image.nsfw is False
     out = decode_data_url(image.url)
@@ -74,22 +78,37 @@ def test_image_to_image_through_the_sdk(edges, sdk):
 
 def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges, sdk):
     body, content_type = _go_livepeer_multipart(
-        {"prompt": "edges", "model_id": "", "strength": "0.000000", "seed": "7", "num_inference_steps": "100", "loras": ""},
+        {
+            "prompt": "edges",
+            "model_id": "",
+            "strength": "0.000000",
+            "seed": "7",
+            "num_inference_steps": "100",
+            "loras": "",
+        },
         png(photo()),
     )
-    answer = httpx.post(f"{edges.url}/image-to-image/", content=body,  # trailing-slash twin
-                        headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    answer = httpx.post(
+        f"{edges.url}/image-to-image/",
+        content=body,  # trailing-slash twin
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     assert answer.status_code == 200, answer.text
     [image] = answer.json()["images"]
     client = sdk(edges)
-    same = client.generate.image_to_image(request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7})
+    same = client.generate.image_to_image(
+        request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7}
+    )
     assert image["seed"] == 7
     assert np.array_equal(decode_data_url(image["url"]), decode_data_url(same.image_response.images[0].url))
 
 
 def test_several_images_get_consecutive_seeds_and_an_unset_seed_is_picked(edges, sdk):
     client = sdk(edges)
-    result = client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "seed": 40, "num_images_per_prompt": 3})
+    result = client.generate.image_to_image(
+        request={"prompt": "p", "image": _image_part(), "seed": 40, "num_images_per_prompt": 3}
+    )
     assert [i.seed for i in result.image_response.images] == [40, 41, 42]
     picked = client.generate.image_to_image(request={"prompt": "p", "image": _image_part()})
     assert isinstance(picked.image_response.images[0].seed, int)
@@ -101,19 +120,30 @@ def test_sdk_error_paths(edges, sdk):
         stranger.generate.image_to_image(request={"prompt": "p", "image": _image_part()})
     assert wrong_token.value.data.detail.msg == "Invalid bearer token."
     with pytest.raises(errors.HTTPError) as wrong_model:
-        client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "model_id": "timbrooks/instruct-pix2pix"})
-    assert wrong_model.value.data.detail.msg == "pipeline configured with edges-live but called with timbrooks/instruct-pix2pix."
+        client.generate.image_to_image(
+            request={"prompt": "p", "image": _image_part(), "model_id": "timbrooks/instruct-pix2pix"}
+        )
+    assert (
+        wrong_model.value.data.detail.msg
+        == "pipeline configured with edges-live but called with timbrooks/instruct-pix2pix."
+    )
     with pytest.raises(errors.HTTPError) as bad_value:  # num_inference_steps -> edges.low_threshold, at most 255
         client.generate.image_to_image(request={"prompt": "p", "image": _image_part(), "num_inference_steps": 300})
     assert "low_threshold" in bad_value.value.data.detail.msg
     with pytest.raises(errors.HTTPError) as not_an_image:
-        client.generate.image_to_image(request={"prompt": "p", "image": {"file_name": "x.png", "content": b"not a png"}})
+        client.generate.image_to_image(
+            request={"prompt": "p", "image": {"file_name": "x.png", "content": b"not a png"}}
+        )
     assert "image" in not_an_image.value.data.detail.msg
 
 
 def test_missing_fields_are_a_422_the_sdk_can_parse(edges):
-    answer = httpx.post(f"{edges.url}/image-to-image", files={"image": ("in.png", png(photo()), "image/png")},
-                        data={"strength": "abc"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    answer = httpx.post(
+        f"{edges.url}/image-to-image",
+        files={"image": ("in.png", png(photo()), "image/png")},
+        data={"strength": "abc"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
     assert answer.status_code == 422
     parsed = unmarshal_json(answer.text, errors.HTTPValidationErrorData)
     assert {tuple(d.loc) for d in parsed.detail} == {("body", "strength"), ("body", "prompt")}
@@ -139,17 +169,29 @@ def test_loading_and_busy_are_503_sdk_errors(start_service, sdk):
 
 
 def test_version_and_hardware_info(edges):
-    assert httpx.get(f"{edges.url}/version").json() == {"pipeline": "image-to-image", "model_id": "edges-live", "version": "v1"}
+    assert httpx.get(f"{edges.url}/version").json() == {
+        "pipeline": "image-to-image",
+        "model_id": "edges-live",
+        "version": "v1",
+    }
     info = httpx.get(f"{edges.url}/hardware/info").json()
-    assert info["pipeline"] == "image-to-image" and info["model_id"] == "edges-live" and isinstance(info["gpu_info"], dict)
+    assert (
+        info["pipeline"] == "image-to-image" and info["model_id"] == "edges-live" and isinstance(info["gpu_info"], dict)
+    )
 
 
 def test_text_to_image_on_tiny_sdxl(tiny_models, start_service, sdk):
     service = start_service(GRAPHS / "t2i_tiny.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
     service.wait_ready(timeout=120)
     client = sdk(service)
-    request = {"prompt": "a red cube", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3,
-               "model_id": "stabilityai/stable-diffusion-xl-base-1.0"}
+    request = {
+        "prompt": "a red cube",
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 2,
+        "seed": 3,
+        "model_id": "stabilityai/stable-diffusion-xl-base-1.0",
+    }
     first = client.generate.text_to_image(request=request).image_response.images[0]
     again = client.generate.text_to_image(request=request).image_response.images[0]
     assert first.seed == 3 and decode_data_url(first.url).shape == (64, 64, 3)
@@ -162,38 +204,69 @@ def test_text_to_image_on_tiny_sdxl(tiny_models, start_service, sdk):
 
 
 def test_segment_anything_2_on_tiny_sam2(tiny_models, start_service, sdk):
-    section = {"routes": {"segment-anything-2": {"image": "image", "point_coords": "points", "box": "boxes",
-                                                 "multimask_output": "sam.multimask_output", "masks": "masks"}}}
+    section = {
+        "routes": {
+            "segment-anything-2": {
+                "image": "image",
+                "point_coords": "points",
+                "box": "boxes",
+                "multimask_output": "sam.multimask_output",
+                "masks": "masks",
+            }
+        }
+    }
     service = start_service(ROOT / "graphs" / "segment.yaml", section=section)
     service.wait_ready(timeout=120)
     client = sdk(service, token="unchecked")
     result = client.generate.segment_anything2(
         request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1]", "multimask_output": True}
     )
-    masks, scores, logits = (json.loads(v) for v in (result.masks_response.masks, result.masks_response.scores, result.masks_response.logits))
+    masks, scores, logits = (
+        json.loads(v) for v in (result.masks_response.masks, result.masks_response.scores, result.masks_response.logits)
+    )
     assert np.asarray(masks).shape[0] == 3 and len(scores) == 3 and np.asarray(logits).shape[0] == 3
     assert scores == sorted(scores, reverse=True)
     assert np.asarray(masks).shape[1:] == (120, 160)
-    boxed = client.generate.segment_anything2(request={"image": _image_part(), "box": "[10, 10, 90, 70]", "multimask_output": False})
+    boxed = client.generate.segment_anything2(
+        request={"image": _image_part(), "box": "[10, 10, 90, 70]", "multimask_output": False}
+    )
     assert len(json.loads(boxed.masks_response.scores)) == 1
     with pytest.raises(errors.HTTPError) as bad_json:
         client.generate.segment_anything2(request={"image": _image_part(), "point_coords": "[[80, 60"})
     assert "point_coords" in bad_json.value.data.detail.msg
     # The capability is named like the route: a native JSON job on the same path is a BYOC job.
-    job = httpx.post(f"{service.url}/segment-anything-2", json={"inputs": {"image": data_url(), "points": [[80, 60, 1]]}}, timeout=30)
+    job = httpx.post(
+        f"{service.url}/segment-anything-2", json={"inputs": {"image": data_url(), "points": [[80, 60, 1]]}}, timeout=30
+    )
     assert job.status_code == 200, job.text
     assert len(job.json()["outputs"]["masks"]["scores"]) == 3
 
 
 def test_segment_anything_2_prompts_as_node_params(tiny_models, start_service, sdk):
-    section = {"routes": {"segment-anything-2": {"image": "image", "point_coords": "sam.point_coords",
-                                                 "point_labels": "sam.point_labels", "box": "sam.box"}}}
+    section = {
+        "routes": {
+            "segment-anything-2": {
+                "image": "image",
+                "point_coords": "sam.point_coords",
+                "point_labels": "sam.point_labels",
+                "box": "sam.box",
+            }
+        }
+    }
     service = start_service(ROOT / "graphs" / "segment.yaml", section=section)
     service.wait_ready(timeout=120)
     client = sdk(service, token="unchecked")
     result = client.generate.segment_anything2(
-        request={"image": _image_part(), "point_coords": "[[80, 60], [20, 20]]", "point_labels": "[1, 0]", "box": "[10, 10, 150, 110]"})
+        request={
+            "image": _image_part(),
+            "point_coords": "[[80, 60], [20, 20]]",
+            "point_labels": "[1, 0]",
+            "box": "[10, 10, 150, 110]",
+        }
+    )
     assert len(json.loads(result.masks_response.scores)) == 3
     with pytest.raises(errors.HTTPError) as mismatch:
-        client.generate.segment_anything2(request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1, 0]"})
+        client.generate.segment_anything2(
+            request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1, 0]"}
+        )
     assert "point_labels" in mismatch.value.data.detail.msg

@@ -39,15 +39,22 @@ def _edges_processor(batch: bool = True):
     plan = load_plan(EDGES)
     settings = load_settings(plan, read_section(EDGES), environ={})
     backend = ExecutorBackend(plan)
-    processor = GraphFrameProcessor(plan, backend.run, backend.is_ready, settings.live, backend.run_batch if batch else None, ready_poll_s=0.02)
+    processor = GraphFrameProcessor(
+        plan, backend.run, backend.is_ready, settings.live, backend.run_batch if batch else None, ready_poll_s=0.02
+    )
     return plan, backend, processor
 
 
 def _stream_start_body(trickle: TrickleChannels, request_id: str = "g1", **params) -> dict:
     """The body go-livepeer's BYOC stream orchestrator POSTs to /stream/start."""
-    return {"gateway_request_id": request_id, "subscribe_url": trickle.url(request_id), "publish_url": trickle.url(f"{request_id}-out"),
-            "control_url": trickle.url(f"{request_id}-control"), "events_url": trickle.url(f"{request_id}-events"),
-            "params": {"width": 128, "height": 96, **params}}
+    return {
+        "gateway_request_id": request_id,
+        "subscribe_url": trickle.url(request_id),
+        "publish_url": trickle.url(f"{request_id}-out"),
+        "control_url": trickle.url(f"{request_id}-control"),
+        "events_url": trickle.url(f"{request_id}-events"),
+        "params": {"width": 128, "height": 96, **params},
+    }
 
 
 @pytest.fixture
@@ -123,14 +130,18 @@ def test_standalone_stream_server_round_trip(monkeypatch, trickle):
         settings = load_settings(plan, read_section(EDGES), environ={})
         backend = ExecutorBackend(plan)
         port = free_port()
-        server = stream_server(plan, backend.run, backend.is_ready, settings, host="127.0.0.1", port=port, run_batch=backend.run_batch)
+        server = stream_server(
+            plan, backend.run, backend.is_ready, settings, host="127.0.0.1", port=port, run_batch=backend.run_batch
+        )
         runner = await server.start_server()
         auth = {"Authorization": f"Bearer {TOKEN}", "X-Stream-Id": "g1"}
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 assert (await client.get("/health")).json()["status"] == "LOADING"
                 assert (await client.get("/ready")).status_code == 503
-                loading = await client.post("/stream/start", json=_stream_start_body(trickle, strength=0.0), headers=auth)
+                loading = await client.post(
+                    "/stream/start", json=_stream_start_body(trickle, strength=0.0), headers=auth
+                )
                 assert loading.status_code == 503 and loading.json()["current_state"] == "LOADING"
                 assert (await client.post("/stream/start", json=_stream_start_body(trickle))).status_code == 401
 
@@ -138,11 +149,19 @@ def test_standalone_stream_server_round_trip(monkeypatch, trickle):
                 await asyncio.wait_for(_until(lambda: server.state.startup_complete), 10)
                 assert (await client.get("/ready")).status_code == 200
                 assert (await client.get("/health")).json()["status"] == "IDLE"
-                started = await client.post("/stream/start", json=_stream_start_body(trickle, strength=0.0), headers=auth)
-                assert started.status_code == 200 and started.json()["status"] == "success" and started.json()["request_id"] == "g1"
+                started = await client.post(
+                    "/stream/start", json=_stream_start_body(trickle, strength=0.0), headers=auth
+                )
+                assert (
+                    started.status_code == 200
+                    and started.json()["status"] == "success"
+                    and started.json()["request_id"] == "g1"
+                )
                 assert (await client.get("/health")).json()["status"] == "OK"
                 processor = server.frame_processor
-                await asyncio.wait_for(_until(lambda: processor.overrides == {"blend.opacity": 0.0, "edges.low_threshold": 30}), 10)
+                await asyncio.wait_for(
+                    _until(lambda: processor.overrides == {"blend.opacity": 0.0, "edges.low_threshold": 30}), 10
+                )
                 params = await client.post("/stream/params", json={"strength": 0.0, "low": 40}, headers=auth)
                 assert params.status_code == 200, params.text
                 assert processor.overrides == {"blend.opacity": 0.0, "edges.low_threshold": 40}
@@ -160,10 +179,16 @@ def test_standalone_stream_server_round_trip(monkeypatch, trickle):
     assert processor.frames >= 3 and processor.failures == 0
     published = [f for _, segment in sorted(trickle.segments["g1-out"].items()) for f in ts_frames(segment)]
     assert len(published) >= 3 and published[-1].shape == (96, 128, 3)
-    edges = Executor(load_plan(EDGES)).run([{"image": frame}], {"blend.opacity": 0.0, "edges.low_threshold": 40}).outputs[0]["image"]
+    edges = (
+        Executor(load_plan(EDGES))
+        .run([{"image": frame}], {"blend.opacity": 0.0, "edges.low_threshold": 40})
+        .outputs[0]["image"]
+    )
     out = published[-1].astype(np.float32)
     assert np.abs(out - edges).mean() < np.abs(out - frame).mean() / 2  # the edge map came back, not the frame
-    events = [json.loads(line) for seg in trickle.segments["g1-events"].values() for line in seg.decode().splitlines() if line]
+    events = [
+        json.loads(line) for seg in trickle.segments["g1-events"].values() for line in seg.decode().splitlines() if line
+    ]
     kinds = {e["event"]["type"] for e in events}
     assert {"params_updated", "send_first_processed_segment"} <= kinds, kinds
 
@@ -175,11 +200,16 @@ def test_stream_routes_behind_the_ingress(start_service, trickle):
     auth = {"Authorization": f"Bearer {TOKEN}", "X-Stream-Id": "g2"}
     loading = httpx.post(f"{service.url}/stream/start", json=_stream_start_body(trickle, "g2"), headers=auth)
     assert loading.status_code == 503 and loading.json() == {
-        "status": "error", "message": "Pipeline is still initializing. Please wait for IDLE status.", "current_state": "LOADING"}
+        "status": "error",
+        "message": "Pipeline is still initializing. Please wait for IDLE status.",
+        "current_state": "LOADING",
+    }
     service.backend.gate.set()
     service.wait_ready()
     assert httpx.post(f"{service.url}/stream/start", json=_stream_start_body(trickle, "g2")).status_code == 401
-    started = httpx.post(f"{service.url}/stream/start", json=_stream_start_body(trickle, "g2"), headers=auth, timeout=30)
+    started = httpx.post(
+        f"{service.url}/stream/start", json=_stream_start_body(trickle, "g2"), headers=auth, timeout=30
+    )
     assert started.status_code == 200 and started.json()["request_id"] == "g2"
     assert httpx.post(f"{service.url}/stream/params", json={"strength": 0.5}, headers=auth).status_code == 200
     assert httpx.get(f"{service.url}/stream/status", headers=auth).json()["client_active"] is True
@@ -211,8 +241,10 @@ def test_depth_live_frames_per_second_on_tiny_models(tiny_models, batch):
             count += batch
         fps = count / (time.perf_counter() - start)
         stats = processor.stats()
-        print(f"\ndepth live, tiny model, 512x512, {batch} frame(s) at a time: {fps:.1f} fps, "
-              f"p50 {stats['p50_ms']:.1f} ms, p95 {stats['p95_ms']:.1f} ms per frame (end to end, incl. conversions)")
+        print(
+            f"\ndepth live, tiny model, 512x512, {batch} frame(s) at a time: {fps:.1f} fps, "
+            f"p50 {stats['p50_ms']:.1f} ms, p95 {stats['p95_ms']:.1f} ms per frame (end to end, incl. conversions)"
+        )
         assert fps > 2.0
 
     asyncio.run(main())

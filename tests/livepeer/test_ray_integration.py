@@ -28,15 +28,31 @@ STRAGGLERS_S = 10.0  # processes already told to stop may take a moment to go
 def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orchestrator, tmp_path, stop):
     port = free_port()
     mark = uuid.uuid4().hex
-    env = dict(os.environ, LIVEPEER_ORCH_SECRET=ORCH_SECRET, CAPGRAPH_AUTH_TOKEN=TOKEN, RAY_ADDRESS="local",
-               CAPGRAPH_LIVEPEER__URL=f"http://127.0.0.1:{port}", CAPGRAPH_LIVEPEER__BYOC__ORCHESTRATOR=orchestrator.url,
-               CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR=orchestrator.url, CAPGRAPH_LIVEPEER__PROBE_S="0.5", **{MARK: mark})
-    code = (f"from serve.operate.run import serve_graph; raise SystemExit(serve_graph({str(EDGES)!r}, host='127.0.0.1', "
-            f"port={port}, fuse='all', options={{'ingress_cpus': 0.1}}))")
+    env = dict(
+        os.environ,
+        LIVEPEER_ORCH_SECRET=ORCH_SECRET,
+        CAPGRAPH_AUTH_TOKEN=TOKEN,
+        RAY_ADDRESS="local",
+        CAPGRAPH_LIVEPEER__URL=f"http://127.0.0.1:{port}",
+        CAPGRAPH_LIVEPEER__BYOC__ORCHESTRATOR=orchestrator.url,
+        CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR=orchestrator.url,
+        CAPGRAPH_LIVEPEER__PROBE_S="0.5",
+        **{MARK: mark},
+    )
+    code = (
+        f"from serve.operate.run import serve_graph; raise SystemExit(serve_graph({str(EDGES)!r}, host='127.0.0.1', "
+        f"port={port}, fuse='all', options={{'ingress_cpus': 0.1}}))"
+    )
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        service = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        service = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     stopped_in = None
     left: list[str] = []
     try:
@@ -54,7 +70,10 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
         # Never registered while /ready said 503.
         assert all(registrations == 0 for status, registrations in seen if status == 503), seen
         wait_for(lambda: orchestrator.state.capabilities.get("edges-live"), timeout=10)
-        wait_for(lambda: orchestrator.state.heartbeats and orchestrator.state.heartbeats[-1]["body"]["status"] == "ready", timeout=10)
+        wait_for(
+            lambda: orchestrator.state.heartbeats and orchestrator.state.heartbeats[-1]["body"]["status"] == "ready",
+            timeout=10,
+        )
         answer = orchestrator.job("edges-live", {"inputs": {"image": data_url()}, "params": {"blend.opacity": 0.0}})
         assert answer.status_code == 200, answer.text
         assert set(answer.json()["outputs"]) == {"image", "edges"}
@@ -77,7 +96,9 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
             os.killpg(service.pid, signal.SIGKILL)
             service.wait(30)
         left = _left_behind(service.pid, mark)
-        _kill_ours(service.pid, mark)  # whatever the outcome: a failing run must not leak Ray processes into the rest of the suite
+        _kill_ours(
+            service.pid, mark
+        )  # whatever the outcome: a failing run must not leak Ray processes into the rest of the suite
     text = log.read_text()
     tail = text[-3000:]
     assert stopped_in is not None, f"still running {STOP_BOUND_S:g} s after {stop.name}\n{tail}"
@@ -115,12 +136,14 @@ def _ours(service: int, mark: str) -> dict[int, str]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+            state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
             environ = (entry / "environ").read_bytes()
             overwritten = environ[:1] in (b"", b"\0")  # an environment never starts with an empty entry
             if state == "Z" or not (needle in environ.split(b"\0") or (int(session) == service and overwritten)):
                 continue
-            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            found[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            )
         except (OSError, ValueError):  # gone meanwhile, or another user's
             continue
     return found

@@ -72,17 +72,24 @@ def test_registers_only_once_warm_and_forwards_a_job_end_to_end(orchestrator, st
 def test_registers_again_after_an_orchestrator_restart_and_unregisters_on_shutdown(orchestrator, start_service):
     service = start_service(env=_env(orchestrator))
     wait_for(lambda: orchestrator.state.capabilities.get("edges-live"))
-    wait_for(lambda: orchestrator.state.runners and next(iter(orchestrator.state.runners.values())).get("status") == "ready")
+    wait_for(
+        lambda: orchestrator.state.runners and next(iter(orchestrator.state.runners.values())).get("status") == "ready"
+    )
     old_runner = next(iter(orchestrator.state.runners))
 
     orchestrator.restart()  # forgets every registration and heartbeat secret
     assert orchestrator.state.capabilities == {}
-    wait_for(lambda: orchestrator.state.capabilities.get("edges-live"), timeout=10)  # long before the 30 s re-registration
+    wait_for(
+        lambda: orchestrator.state.capabilities.get("edges-live"), timeout=10
+    )  # long before the 30 s re-registration
     wait_for(lambda: orchestrator.state.runners, timeout=10)
     new_runner = next(iter(orchestrator.state.runners))
     assert new_runner != old_runner
     # The stale heartbeat secret is refused once; the next beat, at once, uses the orchestrator secret.
-    assert [h["auth"] for h in orchestrator.state.heartbeats[:2]] in (["bad", "orchestrator"], ["orchestrator", "heartbeat"])
+    assert [h["auth"] for h in orchestrator.state.heartbeats[:2]] in (
+        ["bad", "orchestrator"],
+        ["orchestrator", "heartbeat"],
+    )
 
     service.server.stop()
     assert orchestrator.state.unregistrations == ["edges-live"]
@@ -133,14 +140,30 @@ def test_register_by_hand_prints_what_the_orchestrator_answered(orchestrator, mo
 
 
 def test_runners_json_is_a_static_live_runner_entry():
-    env = {"CAPGRAPH_LIVEPEER__URL": "http://app:8000", "CAPGRAPH_LIVEPEER__RUNNER__APP": "myorg/edges",
-           "CAPGRAPH_LIVEPEER__RUNNER__PRICE": "0.01"}
-    config = runners_json(EDGES, existing={"runners": [{"app": "other", "runner_url": "http://x:1"},
-                                                       {"app": "myorg/edges", "runner_url": "http://app:8000"}]}, environ=env)
+    env = {
+        "CAPGRAPH_LIVEPEER__URL": "http://app:8000",
+        "CAPGRAPH_LIVEPEER__RUNNER__APP": "myorg/edges",
+        "CAPGRAPH_LIVEPEER__RUNNER__PRICE": "0.01",
+    }
+    config = runners_json(
+        EDGES,
+        existing={
+            "runners": [
+                {"app": "other", "runner_url": "http://x:1"},
+                {"app": "myorg/edges", "runner_url": "http://app:8000"},
+            ]
+        },
+        environ=env,
+    )
     assert config["runners"][0]["app"] == "other"
     assert config["runners"][1] == {
-        "label": "edges-live", "app": "myorg/edges", "runner_url": "http://app:8000", "health_url": "/ready",
-        "healthy_status_code": 200, "mode": "single-shot", "capacity": 1,
+        "label": "edges-live",
+        "app": "myorg/edges",
+        "runner_url": "http://app:8000",
+        "health_url": "/ready",
+        "healthy_status_code": 200,
+        "mode": "single-shot",
+        "capacity": 1,
         "price_info": {"price": 0.01, "currency": "usd", "unit": "hour"},
     }
     with pytest.raises(ValueError, match="runner"):

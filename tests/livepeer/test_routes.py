@@ -27,7 +27,11 @@ def test_ready_is_503_until_every_node_is_warm_then_exactly_200(start_service):
 def test_job_route_runs_the_graph_and_answers_data_urls(start_service):
     service = start_service()
     service.wait_ready()
-    answer = httpx.post(f"{service.url}/edges-live", json={"inputs": {"image": data_url()}, "params": {"blend.opacity": 0.0}}, timeout=30)
+    answer = httpx.post(
+        f"{service.url}/edges-live",
+        json={"inputs": {"image": data_url()}, "params": {"blend.opacity": 0.0}},
+        timeout=30,
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert set(body["outputs"]) == {"image", "edges"}
@@ -66,7 +70,9 @@ def test_the_job_route_reads_a_job_exactly_as_v1_does(start_service):
     wrong_type = httpx.post(url, json={"inputs": {"image": data_url()}, "params": {"blend.opacity": "0.5"}})
     assert wrong_type.status_code == 422 and wrong_type.json()["detail"]["field"] == "params.blend.opacity"
     assert 'send 0.5, not "0.5"' in wrong_type.json()["detail"]["msg"]
-    form = httpx.post(url, files={"image": ("in.png", png(), "image/png")}, data={"params": '{"blend.opacity": 0.0}'}, timeout=30)
+    form = httpx.post(
+        url, files={"image": ("in.png", png(), "image/png")}, data={"params": '{"blend.opacity": 0.0}'}, timeout=30
+    )
     assert form.status_code == 200, form.text  # multipart, as /v1 takes it
     assert form.json()["outputs"] == httpx.post(url, json=job, timeout=30).json()["outputs"]
 

@@ -31,9 +31,14 @@ def test_secrets_in_the_file_are_refused_without_echoing_them(plan):
 
 
 def test_environment_overrides_any_key_and_creates_sections(plan):
-    env = {"CAPGRAPH_LIVEPEER__CAPACITY": "4", "CAPGRAPH_LIVEPEER__URL": "http://10.0.0.5:8000",
-           "CAPGRAPH_LIVEPEER__BYOC__ORCHESTRATOR": "https://orch:8935", "CAPGRAPH_LIVEPEER__BYOC__PRICE_PER_UNIT": "7",
-           "CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR": "https://orch:8935", "UNRELATED": "x"}
+    env = {
+        "CAPGRAPH_LIVEPEER__CAPACITY": "4",
+        "CAPGRAPH_LIVEPEER__URL": "http://10.0.0.5:8000",
+        "CAPGRAPH_LIVEPEER__BYOC__ORCHESTRATOR": "https://orch:8935",
+        "CAPGRAPH_LIVEPEER__BYOC__PRICE_PER_UNIT": "7",
+        "CAPGRAPH_LIVEPEER__RUNNER__ORCHESTRATOR": "https://orch:8935",
+        "UNRELATED": "x",
+    }
     assert with_env({"capacity": 1}, env)["capacity"] == 4
     settings = load_settings(plan, read_section(EDGES), environ=env)
     assert settings.capacity == 4 and settings.url == "http://10.0.0.5:8000"
@@ -44,19 +49,25 @@ def test_environment_overrides_any_key_and_creates_sections(plan):
 
 
 def test_route_and_live_mappings_are_checked_against_the_graph(plan):
-    problems = check_livepeer_section({
-        "routes": {
-            "image-to-image": {"prompt": "fit.max_side", "images": "nope"},
-            "image-to-video": {"image": "image"},
+    problems = check_livepeer_section(
+        {
+            "routes": {
+                "image-to-image": {"prompt": "fit.max_side", "images": "nope"},
+                "image-to-video": {"image": "image"},
+            },
+            "live": {"input": "edges", "output": "image", "params": {"x": "blend.opacityy"}},
         },
-        "live": {"input": "edges", "output": "image", "params": {"x": "blend.opacityy"}},
-    }, plan)
+        plan,
+    )
     text = "\n".join(problems)
     assert "livepeer.routes.image-to-video: Input should be" in text  # not an ai-runner route
-    problems = check_livepeer_section({
-        "routes": {"image-to-image": {"prompt": "fit.max_side", "images": "nope"}},
-        "live": {"input": "edges", "output": "image", "params": {"x": "blend.opacityy"}},
-    }, plan)
+    problems = check_livepeer_section(
+        {
+            "routes": {"image-to-image": {"prompt": "fit.max_side", "images": "nope"}},
+            "live": {"input": "edges", "output": "image", "params": {"x": "blend.opacityy"}},
+        },
+        plan,
+    )
     text = "\n".join(problems)
     assert "'fit.max_side' is not a param a request may set" in text
     assert "'nope' is not a graph output" in text
@@ -67,8 +78,10 @@ def test_route_and_live_mappings_are_checked_against_the_graph(plan):
 
 def test_a_route_must_name_its_output_when_the_graph_has_several(plan):
     problems = check_livepeer_section({"routes": {"upscale": {"image": "image"}}}, plan)
-    assert problems == ["livepeer.routes.upscale: name the graph output that answers 'images' (e.g. images: <output>); "
-                        "the graph has 2 of a fitting type."]
+    assert problems == [
+        "livepeer.routes.upscale: name the graph output that answers 'images' (e.g. images: <output>); "
+        "the graph has 2 of a fitting type."
+    ]
 
 
 def test_every_example_graph_with_a_livepeer_section_is_valid():

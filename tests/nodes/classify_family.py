@@ -21,8 +21,16 @@ def tiny_vit(folder: Path) -> None:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     labels = {0: "cat", 1: "dog", 2: "bird"}
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-                       patch_size=8, id2label=labels, label2id={name: i for i, name in labels.items()})
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        id2label=labels,
+        label2id={name: i for i, name in labels.items()},
+    )
     save_seeded(folder, ViTForImageClassification, config, ViTImageProcessor(size={"height": 32, "width": 32}))
 
 
@@ -30,7 +38,9 @@ MODEL = Weights("test-vit-classifier", "google/vit-base-patch16-224", tiny_vit)
 
 
 class ClassifyParams(NodeParams):
-    model: str = Field(MODEL.default, min_length=1, max_length=512, description="a transformers image-classification model")
+    model: str = Field(
+        MODEL.default, min_length=1, max_length=512, description="a transformers image-classification model"
+    )
 
 
 class Classify(Node):
@@ -40,7 +50,10 @@ class Classify(Node):
     category = "vision"
     Params = ClassifyParams
     inputs = {"image": port(PortType.IMAGE, doc="frame to classify")}
-    outputs = {"label": port(PortType.TEXT, doc="the best label"), "score": port(PortType.NUMBER, doc="its probability")}
+    outputs = {
+        "label": port(PortType.TEXT, doc="the best label"),
+        "score": port(PortType.NUMBER, doc="its probability"),
+    }
     uses_gpu = True
     weights = {"model": MODEL}
     cost_ms = 5.0
@@ -57,5 +70,7 @@ class Classify(Node):
 
         pixels = self.processor(images=[f["image"] for f in inputs], return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
-            scores, ids = self.model(pixel_values=pixels.to(self.device, self.model.dtype)).logits.float().softmax(-1).max(-1)
+            scores, ids = (
+                self.model(pixel_values=pixels.to(self.device, self.model.dtype)).logits.float().softmax(-1).max(-1)
+            )
         return [{"label": self.model.config.id2label[int(i)], "score": float(s)} for s, i in zip(scores, ids)]

@@ -37,7 +37,9 @@ def test_family_contract(family: type[Node]) -> None:
 
 def test_resize_crops_pads_and_stretches_to_multiples_of_8() -> None:
     image = np.full((101, 203, 3), 200, np.uint8)
-    crop = loaded(catalogue()["resize"], max_side=100).run_batch([{"image": image}], [catalogue()["resize"].Params(max_side=100)])[0]
+    crop = loaded(catalogue()["resize"], max_side=100).run_batch(
+        [{"image": image}], [catalogue()["resize"].Params(max_side=100)]
+    )[0]
     assert crop["image"].shape == (48, 96, 3) and crop["mask"].shape == (48, 96)
     Params = catalogue()["resize"].Params
     node = loaded(catalogue()["resize"])
@@ -62,7 +64,9 @@ def test_composite_blends_through_a_feathered_mask() -> None:
     white, black = np.full((32, 32, 3), 255, np.uint8), np.zeros((16, 16, 3), np.uint8)
     mask = np.zeros((32, 32), np.float32)
     mask[:, 16:] = 1.0
-    out = loaded(family).run_batch([{"foreground": white, "background": black, "mask": mask}], [family.Params(feather=2)])[0]
+    out = loaded(family).run_batch(
+        [{"foreground": white, "background": black, "mask": mask}], [family.Params(feather=2)]
+    )[0]
     assert out["image"].shape == (32, 32, 3)
     assert out["image"][0, 0, 0] == 0 and out["image"][0, 31, 0] == 255 and 0 < out["image"][0, 16, 0] < 255
 

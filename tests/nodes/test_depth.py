@@ -19,8 +19,10 @@ GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 def frames() -> list[dict]:
     """Two frames of different shapes: Depth Anything keeps the aspect, so each is its own forward."""
     rng = np.random.default_rng(0)
-    return [{"image": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
-            {"image": rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)}]
+    return [
+        {"image": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
+        {"image": rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,9 @@ def test_resolution_sets_the_side_the_model_sees(tiny_models: Path) -> None:
     sharp = Depth(DepthParams(resolution=224), "depth")
     sharp.load("cpu", "float32")
     seen: list[tuple[int, ...]] = []
-    sharp.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(tuple(kwargs["pixel_values"].shape)), with_kwargs=True)
+    sharp.model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(tuple(kwargs["pixel_values"].shape)), with_kwargs=True
+    )
     out = sharp.run_batch(frames(), [sharp.params] * 2)
     assert seen == [(1, 3, 168, 224), (1, 3, 224, 168)]  # aspect kept, long side 224 (the tiny's own is 112)
     assert [o["depth_map"].shape for o in out] == [(96, 128), (80, 60)]
@@ -111,8 +115,11 @@ def test_a_model_neither_cached_nor_reachable_fails_at_once(monkeypatch: pytest.
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     missing = Depth(DepthParams(model="capgraph-tests/no-such-depth-model"), "near_far")
     started = time.monotonic()
-    with pytest.raises(ModelMissing, match=r"node 'near_far': model 'capgraph-tests/no-such-depth-model' is not in the local "
-                                           r"cache and the Hugging Face hub cannot be reached .*capgraph prepare"):
+    with pytest.raises(
+        ModelMissing,
+        match=r"node 'near_far': model 'capgraph-tests/no-such-depth-model' is not in the local "
+        r"cache and the Hugging Face hub cannot be reached .*capgraph prepare",
+    ):
         missing.load("cpu", "float32")
     assert time.monotonic() - started < 10
 
@@ -122,7 +129,10 @@ def test_depth_graph_runs_end_to_end(tiny_models: Path) -> None:
     result = executor.run(frames())
     assert executor.nodes["depth"].weight_bytes > 0
     for frame, out in zip(frames(), result.outputs):
-        assert out["depth_map"].shape == frame["image"].shape[:2] and 0.0 <= out["depth_map"].min() <= out["depth_map"].max() <= 1.0
+        assert (
+            out["depth_map"].shape == frame["image"].shape[:2]
+            and 0.0 <= out["depth_map"].min() <= out["depth_map"].max() <= 1.0
+        )
         assert out["preview"].dtype == np.uint8
     gray = executor.run(frames()[:1], params={"depth.colormap": "gray"}).outputs[0]["preview"]
     assert np.array_equal(gray[..., 0], gray[..., 1])
@@ -131,15 +141,20 @@ def test_depth_graph_runs_end_to_end(tiny_models: Path) -> None:
 def test_an_unread_preview_is_not_computed_and_a_read_one_is(tiny_models: Path) -> None:
     """A graph that wires only the depth map never pays for the colour preview; one that
     asks for the preview gets it, as before."""
-    graph = {"capability": "depth-only", "inputs": {"image": {"type": "image"}},
-             "nodes": {"depth": {"type": "depth", "inputs": {"image": "image"}}},
-             "outputs": {"depth_map": "depth.depth_map"}}
+    graph = {
+        "capability": "depth-only",
+        "inputs": {"image": {"type": "image"}},
+        "nodes": {"depth": {"type": "depth", "inputs": {"image": "image"}}},
+        "outputs": {"depth_map": "depth.depth_map"},
+    }
     map_only = Executor(plan_from_data(graph), device="cpu")
     assert map_only.run(frames()).outputs[0].keys() == {"depth_map"}
     node = map_only.nodes["depth"]
     assert node.wanted == {"depth_map"}
     assert node.run_batch(frames()[:1], [node.params])[0].keys() == {"depth_map"}
 
-    both = Executor(plan_from_data(graph | {"outputs": {"depth_map": "depth.depth_map", "preview": "depth.preview"}}), device="cpu")
+    both = Executor(
+        plan_from_data(graph | {"outputs": {"depth_map": "depth.depth_map", "preview": "depth.preview"}}), device="cpu"
+    )
     out = both.run(frames()).outputs[0]
     assert both.nodes["depth"].wanted == {"depth_map", "preview"} and out["preview"].dtype == np.uint8

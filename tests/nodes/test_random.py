@@ -23,8 +23,12 @@ from capgraph.nodes.segmentation import Segmentation, SegmentationParams
 from capgraph.nodes.upscale import Upscale, UpscaleParams
 
 MILLION = 1e6
-FULL_SIZE = {key: build for family in catalogue().values() if family.__module__.startswith("capgraph.")
-             for key, build in family.random_models().items()}
+FULL_SIZE = {
+    key: build
+    for family in catalogue().values()
+    if family.__module__.startswith("capgraph.")
+    for key, build in family.random_models().items()
+}
 """The built-in families' full-size random builders by key: each holds its config and module builder."""
 CONFIGS = {key: build.config for key, build in FULL_SIZE.items()}
 MODELS = {key: build.modules for key, build in FULL_SIZE.items()}
@@ -81,36 +85,74 @@ def test_every_tiny_model_has_a_random_one_under_the_same_key() -> None:
 
 TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32)
 SD_UNET = dict(
-    block_out_channels=[32, 64], layers_per_block=1, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], transformer_layers_per_block=[1, 1], attention_head_dim=[2, 4],
-    cross_attention_dim=64, addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+    block_out_channels=[32, 64],
+    layers_per_block=1,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+    transformer_layers_per_block=[1, 1],
+    attention_head_dim=[2, 4],
+    cross_attention_dim=64,
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 32,
 )
-SD_VAE = dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1)
+SD_VAE = dict(
+    block_out_channels=[32, 64],
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    layers_per_block=1,
+)
 SHRINK: dict[str, dict[str, dict[str, Any]]] = {
     "depth-anything": {
-        "backbone": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=112, out_indices=[1, 2, 3, 4]),
-        "model": dict(reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8),
+        "backbone": dict(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=112, out_indices=[1, 2, 3, 4]
+        ),
+        "model": dict(
+            reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8
+        ),
     },
-    "segformer": {"model": dict(hidden_sizes=[8, 16, 32, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16)},
+    "segformer": {
+        "model": dict(
+            hidden_sizes=[8, 16, 32, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16
+        )
+    },
     "sam2": {
-        "backbone": dict(hidden_size=8, num_attention_heads=1, image_size=[64, 64], blocks_per_stage=[1, 1, 2, 1],
-                         embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-                         window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[3],
-                         window_positional_embedding_background_size=[2, 2]),
+        "backbone": dict(
+            hidden_size=8,
+            num_attention_heads=1,
+            image_size=[64, 64],
+            blocks_per_stage=[1, 1, 2, 1],
+            embed_dim_per_stage=[8, 16, 32, 64],
+            num_attention_heads_per_stage=[1, 1, 1, 1],
+            window_size_per_stage=[4, 4, 4, 4],
+            global_attention_blocks=[3],
+            window_positional_embedding_background_size=[2, 2],
+        ),
         "vision": dict(backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]]),
         "model": dict(image_size=64),
     },
     "sdxl": {"unet": SD_UNET, "vae": SD_VAE, "text_encoder": TEXT, "text_encoder_2": TEXT},
     "sdxl-vae": {"vae": SD_VAE},
-    "sdxl-controlnet": {"controlnet": {**{k: v for k, v in SD_UNET.items() if k != "up_block_types"},
-                                       "conditioning_embedding_out_channels": [16, 32]}},
+    "sdxl-controlnet": {
+        "controlnet": {
+            **{k: v for k, v in SD_UNET.items() if k != "up_block_types"},
+            "conditioning_embedding_out_channels": [16, 32],
+        }
+    },
     "sd-x4-upscaler": {
-        "unet": dict(block_out_channels=[32, 32, 64], layers_per_block=1,
-                     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-                     only_cross_attention=[True, True, False], cross_attention_dim=32),
-        "vae": {**SD_VAE, "block_out_channels": [32, 32, 64], "down_block_types": ["DownEncoderBlock2D"] * 3,
-                "up_block_types": ["UpDecoderBlock2D"] * 3},
+        "unet": dict(
+            block_out_channels=[32, 32, 64],
+            layers_per_block=1,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            only_cross_attention=[True, True, False],
+            cross_attention_dim=32,
+        ),
+        "vae": {
+            **SD_VAE,
+            "block_out_channels": [32, 32, 64],
+            "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3,
+        },
         "text_encoder": TEXT,
     },
     "esrgan-x4": {"model": dict(num_filters=8, num_blocks=1)},
@@ -138,7 +180,14 @@ def shrunk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-IDENTITY = ("_class_name", "architectures", "model_type", "image_processor_type", "processor_class", "video_processor_type")
+IDENTITY = (
+    "_class_name",
+    "architectures",
+    "model_type",
+    "image_processor_type",
+    "processor_class",
+    "video_processor_type",
+)
 
 
 def layout(folder: Path) -> dict[str, Any]:
@@ -186,7 +235,9 @@ def test_random_mode_loads_and_runs_shrunk_sdxl_and_sam2_through_the_nodes(
 
     monkeypatch.setenv("CAPGRAPH_MODELS", "random")
     monkeypatch.setenv("CAPGRAPH_RANDOM_DIR", str(shrunk_root))
-    generate = Sdxl(SdxlParams(steps=1, width=64, height=64, controlnets=[{"model": "diffusers/controlnet-depth-sdxl-1.0"}]), "gen")
+    generate = Sdxl(
+        SdxlParams(steps=1, width=64, height=64, controlnets=[{"model": "diffusers/controlnet-depth-sdxl-1.0"}]), "gen"
+    )
     generate.load("cpu", "float32")
     image = generate.run_batch([generate.example_inputs()], [generate.params])[0]["image"]
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8

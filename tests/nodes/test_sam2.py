@@ -86,7 +86,9 @@ def test_ports_with_prompts_win_over_params(node: Sam2) -> None:
     by_params = run(node, frame, point_coords=[[40, 30], [100, 80]], point_labels=[1, 0])
     by_port = run(node, {**frame, "points": [[40, 30, 1], [100, 80, 0]]}, point_coords=[[5, 5]])
     assert_close(by_port, by_params)
-    empty_port = run(node, {**frame, "points": [], "boxes": []}, point_coords=[[40, 30], [100, 80]], point_labels=[1, 0])
+    empty_port = run(
+        node, {**frame, "points": [], "boxes": []}, point_coords=[[40, 30], [100, 80]], point_labels=[1, 0]
+    )
     assert_close(empty_port, by_params)  # an empty port leaves the params in charge
     with pytest.raises(AssertionError):
         assert_close(run(node, frame, point_coords=[[5, 5]]), by_params)  # the prompt does change the answer
@@ -124,7 +126,9 @@ def test_params_are_checked_before_anything_loads() -> None:
     assert Sam2.outputs["masks"].type is PortType.MASKS
 
 
-def test_a_weights_only_hf_folder_loads_with_sams_default_processor(node: Sam2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_weights_only_hf_folder_loads_with_sams_default_processor(
+    node: Sam2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The `facebook/sam2-hiera-*-hf` repos hold a sam2 config and weights, no processor file."""
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
     node.model.save_pretrained(tmp_path)
@@ -154,12 +158,16 @@ def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytes
 
 def test_segment_graph_runs_end_to_end(node: Sam2, tiny_models: Path) -> None:
     executor = Executor(load_plan(GRAPHS / "segment.yaml"), device="cpu")
-    result = executor.run([{"image": image(0), "points": [[40, 30, 1]]}, {"image": image(1), "boxes": [[10, 10, 90, 70]]}])
+    result = executor.run(
+        [{"image": image(0), "points": [[40, 30, 1]]}, {"image": image(1), "boxes": [[10, 10, 90, 70]]}]
+    )
     first, second = result.outputs
     assert first["masks"]["masks"].shape == (3, 96, 128) and first["mask"].shape == (96, 128)
     assert_close(first, run(node, {"image": image(0)}, point_coords=[[40, 30]]))
     assert_close(second, run(node, {"image": image(1)}, box=[10, 10, 90, 70]))
-    by_request = executor.run([{"image": image(0)}], params={"sam.point_coords": [[40, 30]], "sam.multimask_output": False})
+    by_request = executor.run(
+        [{"image": image(0)}], params={"sam.point_coords": [[40, 30]], "sam.multimask_output": False}
+    )
     assert by_request.outputs[0]["masks"]["masks"].shape == (1, 96, 128)
 
 
@@ -167,11 +175,16 @@ def test_without_a_reader_for_masks_only_the_best_mask_is_computed(node: Sam2, t
     """A graph that reads only `mask` gets the same best mask, without the candidates and
     their logits being copied off the device."""
     full = run(node, {"image": image(0)}, point_coords=[[40, 30]])
-    graph = {"capability": "cutout", "inputs": {"image": {"type": "image"}},
-             "nodes": {"sam": {"type": "sam2", "params": {"point_coords": [[40, 30]]}, "inputs": {"image": "image"}}},
-             "outputs": {"mask": "sam.mask"}}
+    graph = {
+        "capability": "cutout",
+        "inputs": {"image": {"type": "image"}},
+        "nodes": {"sam": {"type": "sam2", "params": {"point_coords": [[40, 30]]}, "inputs": {"image": "image"}}},
+        "outputs": {"mask": "sam.mask"},
+    }
     executor = Executor(plan_from_data(graph), device="cpu")
     out = executor.run([{"image": image(0)}]).outputs[0]
     assert executor.nodes["sam"].wanted == {"mask"}
-    assert executor.nodes["sam"].run_batch([{"image": image(0)}], [executor.plan.nodes["sam"].params])[0].keys() == {"mask"}
+    assert executor.nodes["sam"].run_batch([{"image": image(0)}], [executor.plan.nodes["sam"].params])[0].keys() == {
+        "mask"
+    }
     assert np.mean(out["mask"] != full["mask"]) < 0.001

@@ -2,7 +2,6 @@
 repos and loaded back through from_pretrained, generate seeded images in every mode the
 wiring picks (text-to-image, ControlNet, img2img, inpainting), on the CPU."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,9 @@ def differ(a: np.ndarray, b: np.ndarray) -> int:
 
 def test_a_controlnet_batch_gives_one_image_per_frame(controlled: Sdxl) -> None:
     p = controlled.params
-    out = controlled.run_batch([{"control_image": control(0)}, {"control_image": control(1)}], [p, p.model_copy(update={"seed": 1})])
+    out = controlled.run_batch(
+        [{"control_image": control(0)}, {"control_image": control(1)}], [p, p.model_copy(update={"seed": 1})]
+    )
     assert len(out) == 2
     for result in out:
         assert set(result) == {"image"} and check_value(PortType.IMAGE, result["image"]) is None
@@ -88,7 +89,9 @@ def test_wiring_an_image_gives_img2img_and_a_mask_gives_inpainting(plain: Sdxl, 
     assert img2img.shape == (48, 64, 3)  # size follows the wired image
     inpainted = plain.run_batch([{"image": image, "mask": mask}], [p])[0]["image"]
     assert inpainted.shape == (64, 64, 3)
-    both = controlled.run_batch([{"image": image, "mask": mask, "control_image": control(4)}], [controlled.params])[0]["image"]
+    both = controlled.run_batch([{"image": image, "mask": mask, "control_image": control(4)}], [controlled.params])[0][
+        "image"
+    ]
     assert both.shape == (64, 64, 3)
     assert set(plain.pipes) == {("t2i", ()), ("img2img", ()), ("inpaint", ())}  # by mode and ControlNets
     assert all(pipe.unet is plain.base.unet and pipe.vae is plain.base.vae for pipe in plain.pipes.values())
@@ -113,7 +116,10 @@ def test_wiring_must_match_the_controlnets(plain: Sdxl, controlled: Sdxl) -> Non
 def test_two_controlnets_take_one_control_image_each_with_their_own_scales() -> None:
     node = loaded(controlnets=[{"model": DEPTH_CN}, {"model": "diffusers/controlnet-canny-sdxl-1.0", "scale": 0.5}])
     assert node.controlnets[0] is node.controlnets[1]  # both resolve to the one tiny ControlNet: loaded once
-    frames = [{"control_image": control(0), "control_image_2": control(1)}, {"control_image": control(2), "control_image_2": control(3)}]
+    frames = [
+        {"control_image": control(0), "control_image_2": control(1)},
+        {"control_image": control(2), "control_image_2": control(3)},
+    ]
     p = node.params
     batch = node.run_batch(frames, [p, p])
     alone = node.run_batch(frames[1:], [p])[0]["image"]
@@ -131,8 +137,15 @@ def test_every_scheduler_runs(plain: Sdxl) -> None:
 def test_request_params_are_bounded_and_never_load_anything() -> None:
     assert {"model", "vae", "controlnets", "scheduler"}.isdisjoint(Sdxl.request_params)
     assert Sdxl.request_params <= set(SdxlParams.model_fields)
-    for bad in ({"steps": 101}, {"strength": 1.5}, {"guidance": 31}, {"width": 100}, {"height": 4096},
-                {"controlnet_scales": [0.5]}, {"extra": 1}):
+    for bad in (
+        {"steps": 101},
+        {"strength": 1.5},
+        {"guidance": 31},
+        {"width": 100},
+        {"height": 4096},
+        {"controlnet_scales": [0.5]},
+        {"extra": 1},
+    ):
         with pytest.raises(ValidationError):
             SdxlParams(**bad)
     assert SdxlParams(controlnets=[{"model": DEPTH_CN}], controlnet_scales=[0.3]).scales() == (0.3,)
@@ -164,8 +177,10 @@ def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytes
 @pytest.fixture
 def tiny_frames() -> list[dict]:
     rng = np.random.default_rng(1)
-    return [{"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "prompt": "a castle"},
-            {"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "prompt": "a forest"}]
+    return [
+        {"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "prompt": "a castle"},
+        {"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "prompt": "a forest"},
+    ]
 
 
 def test_hybrid_graph_runs_end_to_end(tiny_models: Path, tiny_frames: list[dict]) -> None:
@@ -174,7 +189,9 @@ def test_hybrid_graph_runs_end_to_end(tiny_models: Path, tiny_frames: list[dict]
     assert list(executor.nodes) == ["fit", "depth", "control", "generate", "upscale"]
     for out in result.outputs:
         assert set(out) == {"image"} and out["image"].shape == (192, 256, 3) and out["image"].dtype == np.uint8
-    default_prompt = executor.run([{"image": tiny_frames[0]["image"]}], params={"generate.steps": 2}).outputs[0]["image"]
+    default_prompt = executor.run([{"image": tiny_frames[0]["image"]}], params={"generate.steps": 2}).outputs[0][
+        "image"
+    ]
     assert default_prompt.shape == (192, 256, 3)
     with pytest.raises(InputError, match="fixed by the graph"):
         executor.run(tiny_frames[:1], params={"generate.model": "someone/else"})

@@ -33,8 +33,10 @@ outputs:
 
 def frames() -> list[dict]:
     rng = np.random.default_rng(0)
-    return [{"image": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
-            {"image": rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)}]
+    return [
+        {"image": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
+        {"image": rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,9 @@ def test_classes_come_from_the_request_and_match_any_case(node: Segmentation) ->
 
 def test_a_misspelt_class_fails_at_load_naming_node_and_close_labels(tiny_models: Path) -> None:
     node = Segmentation(SegmentationParams(classes=["persn"]), "people")
-    with pytest.raises(UnknownClass, match=r"node 'people': unknown class 'persn'.*Did you mean 'person'\?.*Its labels: bed, building"):
+    with pytest.raises(
+        UnknownClass, match=r"node 'people': unknown class 'persn'.*Did you mean 'person'\?.*Its labels: bed, building"
+    ):
         node.load("cpu", "float32")
 
 
@@ -90,7 +94,9 @@ def test_label_synonyms_each_name_the_class() -> None:
     assert names["individual"] == [12] and names["auto"] == [20] and names["wall"] == [0]
 
 
-def test_a_local_mask2former_folder_loads_through_universal_segmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_mask2former_folder_loads_through_universal_segmentation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
     segmentation.tiny_mask2former(tmp_path)
     node = Segmentation(SegmentationParams(model=str(tmp_path)), "seg")
@@ -105,8 +111,10 @@ def test_a_local_folder_loads_without_the_tiny_switch(node: Segmentation, monkey
     folder = tiny_model("segformer", segmentation.tiny)
     local = Segmentation(SegmentationParams(model=str(folder), classes=["person", "wall"]), "seg")
     local.load("cpu", "float32")
-    assert np.array_equal(local.run_batch(frames()[:1], [local.params])[0]["labels"],
-                          node.run_batch(frames()[:1], [node.params])[0]["labels"])
+    assert np.array_equal(
+        local.run_batch(frames()[:1], [local.params])[0]["labels"],
+        node.run_batch(frames()[:1], [node.params])[0]["labels"],
+    )
 
 
 def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytest.MonkeyPatch) -> None:

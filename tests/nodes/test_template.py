@@ -37,22 +37,27 @@ def test_the_result_is_cut_at_a_word_boundary() -> None:
 
 
 def test_a_request_may_restyle_but_only_with_wired_fields() -> None:
-    assert run(GRAPH, {"subject": "a barn"}, {"prompt.format": "{style}: {subject}"}) == "watercolour, soft light: a barn"
+    assert (
+        run(GRAPH, {"subject": "a barn"}, {"prompt.format": "{style}: {subject}"}) == "watercolour, soft light: a barn"
+    )
     with pytest.raises(InputError) as unwired:
         run(GRAPH, {"subject": "a barn"}, {"prompt.format": "{caption}"})
     assert unwired.value.field == "params.prompt.format" and "'{caption}' has no wired port" in unwired.value.message
 
 
-@pytest.mark.parametrize(("format", "says"), [
-    ("{subject.__class__}", "plain name"),
-    ("{subject[0]}", "plain name"),
-    ("{subject!r}", "conversion or format spec"),
-    ("{subject:>99999}", "conversion or format spec"),
-    ("{}", "plain name"),
-    ("{0}", "plain name"),
-    ("a { b", "literal braces"),
-    ("{colour}", "'{colour}' is not a port of template; fields are caption, subject, style, text, extra"),
-])
+@pytest.mark.parametrize(
+    ("format", "says"),
+    [
+        ("{subject.__class__}", "plain name"),
+        ("{subject[0]}", "plain name"),
+        ("{subject!r}", "conversion or format spec"),
+        ("{subject:>99999}", "conversion or format spec"),
+        ("{}", "plain name"),
+        ("{0}", "plain name"),
+        ("a { b", "literal braces"),
+        ("{colour}", "'{colour}' is not a port of template; fields are caption, subject, style, text, extra"),
+    ],
+)
 def test_a_format_with_anything_but_plain_fields_is_refused_at_validation(format: str, says: str) -> None:
     bad = GRAPH.replace('"{subject}, {style} {{no field}}"', repr(format).replace("'", '"'))
     with pytest.raises(GraphInvalid) as exc:

@@ -77,13 +77,17 @@ def test_sd_x4_is_seeded_per_frame_and_follows_the_prompt_port(sd_x4: Upscale) -
     assert differ(prompted, batch[0]["image"]) > 0
 
 
-def test_local_files_and_folders_load_without_the_tiny_switch(esrgan: Upscale, sd_x4: Upscale, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_files_and_folders_load_without_the_tiny_switch(
+    esrgan: Upscale, sd_x4: Upscale, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CAPGRAPH_MODELS", raising=False)
     weights = tiny_model("esrgan-x4", tiny_esrgan) / "model.pth"
     folder = tiny_model("sd-x4-upscaler", upscale.tiny_x4)
     assert (folder / "model_index.json").exists() and (folder / "low_res_scheduler").is_dir()
-    for reference, params in ((esrgan, {"method": "esrgan", "model": str(weights)}),
-                              (sd_x4, {"method": "sd_x4", "model": str(folder), "steps": 2})):
+    for reference, params in (
+        (esrgan, {"method": "esrgan", "model": str(weights)}),
+        (sd_x4, {"method": "sd_x4", "model": str(folder), "steps": 2}),
+    ):
         node = Upscale(UpscaleParams(**params), "up")
         node.load("cpu", "float32")
         expected = reference.run_batch([frame(6)], [reference.params])[0]["image"]
@@ -104,9 +108,13 @@ def test_a_missing_model_offline_names_the_node_and_the_model(monkeypatch: pytes
 def test_model_names_and_request_params() -> None:
     assert split_weights("ai-forever/Real-ESRGAN/RealESRGAN_x4.pth") == ("ai-forever/Real-ESRGAN", "RealESRGAN_x4.pth")
     assert split_weights("/models/x4.safetensors") == ("/models/x4.safetensors", None)
-    assert Upscale(UpscaleParams()).models() == ["ai-forever/Real-ESRGAN/RealESRGAN_x4.pth"]  # prepare fetches that file alone
+    assert Upscale(UpscaleParams()).models() == [
+        "ai-forever/Real-ESRGAN/RealESRGAN_x4.pth"
+    ]  # prepare fetches that file alone
     assert Upscale(UpscaleParams(method="sd_x4")).models() == ["stabilityai/stable-diffusion-x4-upscaler"]
-    assert {"model", "method"}.isdisjoint(Upscale.request_params) and Upscale.request_params <= set(UpscaleParams.model_fields)
+    assert {"model", "method"}.isdisjoint(Upscale.request_params) and Upscale.request_params <= set(
+        UpscaleParams.model_fields
+    )
     for bad in ({"method": "bicubic"}, {"noise_level": 351}, {"steps": 0}, {"model": ""}):
         with pytest.raises(ValidationError):
             UpscaleParams(**bad)

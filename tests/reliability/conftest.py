@@ -16,8 +16,19 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.sleepy import FAMILY, Sleepy
-from tests.reliability.support import (BODY_LIMIT, LIVEPEER, MAX_PIXELS, ORCH_SECRET, TOKEN, TOKEN_ENV, Cluster, deploy, hybrid_graph,
-                                       nap_graph, wait_health)
+from tests.reliability.support import (
+    BODY_LIMIT,
+    LIVEPEER,
+    MAX_PIXELS,
+    ORCH_SECRET,
+    TOKEN,
+    TOKEN_ENV,
+    Cluster,
+    deploy,
+    hybrid_graph,
+    nap_graph,
+    wait_health,
+)
 from tests.serve.support import free_port
 
 ENV = {
@@ -49,8 +60,15 @@ def cluster() -> Iterator[Cluster]:
     os.environ.update(SECRETS)
     port = free_port()
     try:
-        context = ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, namespace="reliability",
-                           log_to_driver=False, runtime_env={"env_vars": env})
+        context = ray.init(
+            address="local",
+            num_cpus=4,
+            num_gpus=0,
+            include_dashboard=False,
+            namespace="reliability",
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+        )
     finally:
         for name, value in saved.items():  # Ray's processes have them now; this one needs them no more
             os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)

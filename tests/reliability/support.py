@@ -18,9 +18,19 @@ HYBRID = GRAPHS / "hybrid.yaml"
 ROUTE = "/v1/hybrid-depth-sdxl"
 BYOC_ROUTE = "/hybrid-depth-sdxl"
 AI_RUNNER_ROUTE = "/image-to-image"
-LIVEPEER = {"routes": {"image-to-image": {"image": "image", "prompt": "prompt", "negative_prompt": "generate.negative_prompt",
-                                          "seed": "generate.seed", "num_inference_steps": "generate.steps",
-                                          "guidance_scale": "generate.guidance", "images": "image"}}}
+LIVEPEER = {
+    "routes": {
+        "image-to-image": {
+            "image": "image",
+            "prompt": "prompt",
+            "negative_prompt": "generate.negative_prompt",
+            "seed": "generate.seed",
+            "num_inference_steps": "generate.steps",
+            "guidance_scale": "generate.guidance",
+            "images": "image",
+        }
+    }
+}
 """The hybrid app's Livepeer section: ai-runner's image-to-image route beside the BYOC job
 route, so the bad-request corpus and the fuzz reach every route that takes a job."""
 MAX_PIXELS = 128 * 128
@@ -62,7 +72,9 @@ def deploy(name: str, prefix: str, graph: dict[str, Any] | str, timeout_s: float
 
     threading.Thread(target=run, daemon=True).start()
     if not done.wait(timeout_s):
-        raise AssertionError(f"app '{name}' is not running {timeout_s:g}s after serve.operate.run: {serve.status().applications.get(name)}")
+        raise AssertionError(
+            f"app '{name}' is not running {timeout_s:g}s after serve.operate.run: {serve.status().applications.get(name)}"
+        )
     if errors:
         raise errors[0]
 
@@ -88,9 +100,19 @@ def good_body(seed: int = 7) -> dict[str, Any]:
 
 def nap_graph(replicas: int = 1, seconds: float = 0.0, capability: str = "nap") -> dict[str, Any]:
     """One sleepy node between an image input and an image output."""
-    node: dict[str, Any] = {"type": "sleepy", "inputs": {"image": "image"}, "params": {"seconds": seconds},
-                            "replicas": replicas, "resources": {"cpu": CPU}}
-    return {"capability": capability, "inputs": {"image": "image"}, "nodes": {"nap": node}, "outputs": {"image": "nap.image"}}
+    node: dict[str, Any] = {
+        "type": "sleepy",
+        "inputs": {"image": "image"},
+        "params": {"seconds": seconds},
+        "replicas": replicas,
+        "resources": {"cpu": CPU},
+    }
+    return {
+        "capability": capability,
+        "inputs": {"image": "image"},
+        "nodes": {"nap": node},
+        "outputs": {"image": "nap.image"},
+    }
 
 
 def error_of(reply: httpx.Response) -> dict[str, Any]:
@@ -113,11 +135,19 @@ def assert_clean(reply: httpx.Response, *secrets: str) -> None:
     """No traceback and no secret in a body, whatever its status."""
     text = reply.text
     for marker in TRACEBACK_MARKERS + secrets:
-        assert marker not in text, f"{reply.request.method} {reply.request.url} answered {reply.status_code} with {marker!r}: {text[:400]}"
+        assert marker not in text, (
+            f"{reply.request.method} {reply.request.url} answered {reply.status_code} with {marker!r}: {text[:400]}"
+        )
 
 
-async def probe_health(url: str, start: float, probes: list[tuple[float, int, str]], going: Callable[[], bool],
-                       every_s: float = 0.2, timeout_s: float = 5.0) -> None:
+async def probe_health(
+    url: str,
+    start: float,
+    probes: list[tuple[float, int, str]],
+    going: Callable[[], bool],
+    every_s: float = 0.2,
+    timeout_s: float = 5.0,
+) -> None:
     """GET `url`/health while `going()`, noting (seconds since `start`, status, body) each
     time; status 0 where no answer came."""
     async with httpx.AsyncClient(timeout=timeout_s) as client:

@@ -30,9 +30,10 @@ def test_replicas_rise_to_the_max_under_load_and_return_to_the_min(cluster):
     from ray import serve
 
     graph = nap_graph(capability="scaling", seconds=0.5)
-    graph["nodes"]["nap"] |= {"batch": {"max_size": 2, "wait_ms": 0},
-                              "replicas": {"min": 1, "max": 3, "upscale_delay_s": 1, "downscale_delay_s": 4,
-                                           "look_back_period_s": 2}}
+    graph["nodes"]["nap"] |= {
+        "batch": {"max_size": 2, "wait_ms": 0},
+        "replicas": {"min": 1, "max": 3, "upscale_delay_s": 1, "downscale_delay_s": 4, "look_back_period_s": 2},
+    }
     deploy("scaling", "/scaling", graph, request_timeout_s=30)
     url = cluster.url + "/scaling"
     try:
@@ -55,7 +56,9 @@ def test_replicas_rise_to_the_max_under_load_and_return_to_the_min(cluster):
                 stop.set()
 
             # 12 clients: about 12 frames held against a target of 4 (two batches of 2) a replica
-            await asyncio.gather(run_load(url + "/v1/scaling", BODY, 12, 40.0, timeout_s=30, stop=stop), stop_when_scaled())
+            await asyncio.gather(
+                run_load(url + "/v1/scaling", BODY, 12, 40.0, timeout_s=30, stop=stop), stop_when_scaled()
+            )
 
         asyncio.run(load_and_watch())
         assert max(counts) == 3, f"replicas seen under load: {counts} ({config})"

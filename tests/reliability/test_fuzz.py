@@ -46,24 +46,40 @@ def fuzz(url: str, mode: str, examples: int, findings: Findings) -> None:
     schema = schemathesis.openapi.from_dict(httpx.get(url + "/openapi.json", timeout=30).json())
     strategy = schema.as_strategy(generation_mode=GenerationMode(mode))
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=strategy)
     def send(case) -> None:
         start = time.monotonic()
         reply = case.call(base_url=url, timeout=60)
         took = time.monotonic() - start
         sent = reply.request
-        key = hashlib.sha256(repr((sent.method, sent.url, sorted(sent.headers.items()), sent.body)).encode()).hexdigest()
+        key = hashlib.sha256(
+            repr((sent.method, sent.url, sorted(sent.headers.items()), sent.body)).encode()
+        ).hexdigest()
         findings.distinct[key] = reply.status_code
         where = (case.method, case.path, reply.status_code)
         findings.statuses[where] = findings.statuses.get(where, 0) + 1
-        problem = judge(reply.status_code, reply.headers.get("content-type", ""), reply.text, (case.headers or {}).get(DEADLINE_HEADER), took)
+        problem = judge(
+            reply.status_code,
+            reply.headers.get("content-type", ""),
+            reply.text,
+            (case.headers or {}).get(DEADLINE_HEADER),
+            took,
+        )
         if problem == "deadline":
             findings.deadline_504s += 1
         elif problem:
-            findings.problems.append(f"{case.method} {case.path} -> {reply.status_code}: {problem}; sent {str(case.body)[:200]!r} "
-                                     f"headers {case.headers}")
+            findings.problems.append(
+                f"{case.method} {case.path} -> {reply.status_code}: {problem}; sent {str(case.body)[:200]!r} "
+                f"headers {case.headers}"
+            )
 
     send()
 
@@ -103,13 +119,17 @@ def test_fuzz_every_route_from_the_openapi_schema(hybrid):
     took = time.monotonic() - start
     summary = "\n".join(f"  {m} {p} -> {s}: {n}" for (m, p, s), n in sorted(findings.statuses.items()))
     refused = sum(1 for status in findings.distinct.values() if 400 <= status < 500)
-    print(f"\nfuzzed {len(findings.distinct)} distinct requests ({refused} refused with a 4xx) in {took:.1f}s "
-          f"({findings.deadline_504s} 504s at the caller's own deadline):\n{summary}")
+    print(
+        f"\nfuzzed {len(findings.distinct)} distinct requests ({refused} refused with a 4xx) in {took:.1f}s "
+        f"({findings.deadline_504s} 504s at the caller's own deadline):\n{summary}"
+    )
     assert not findings.problems, "\n".join(findings.problems[:20])
     refused = sum(1 for status in findings.distinct.values() if 400 <= status < 500)
     assert refused >= 100, f"only {refused} distinct requests were refused; the fuzz is not reaching the checks"
     for route in (ROUTE, BYOC_ROUTE, AI_RUNNER_ROUTE):  # every route that takes a job, each in its own shape
-        assert any(m == "POST" and p == route and 400 <= s < 500 for m, p, s in findings.statuses), f"the fuzz never reached {route}"
+        assert any(m == "POST" and p == route and 400 <= s < 500 for m, p, s in findings.statuses), (
+            f"the fuzz never reached {route}"
+        )
     assert httpx.get(hybrid + "/health", timeout=10).status_code == 200
     reply = httpx.post(hybrid + ROUTE, json=good_body(), timeout=60)
     assert reply.status_code == 200, reply.text

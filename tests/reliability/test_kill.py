@@ -41,7 +41,9 @@ def test_killing_a_node_replica_under_load(hybrid):
             killed.append(time.monotonic() - start)
             os.kill(victim, signal.SIGKILL)
 
-        load, *_ = await asyncio.gather(run_load(hybrid + ROUTE, good_body(), CLIENTS, LOAD_S, timeout_s=90), probe(), kill())
+        load, *_ = await asyncio.gather(
+            run_load(hybrid + ROUTE, good_body(), CLIENTS, LOAD_S, timeout_s=90), probe(), kill()
+        )
         return load
 
     load = asyncio.run(scenario())
@@ -51,10 +53,12 @@ def test_killing_a_node_replica_under_load(hybrid):
     failed = [r for r in load.records if r.status != 200]
     in_flight = [r for r in load.records if r.started < kill_at < r.started + r.seconds]
     after = [r for r in load.records if back is not None and r.started > back]
-    print(f"\nkill: {len(load.records)} requests, {len(in_flight)} in flight at the kill, {len(failed)} failed "
-          f"({sorted({r.status for r in failed})}); /health 503 {down - kill_at:.2f}s after the kill, 200 again "
-          f"{(back - kill_at) if back else float('nan'):.1f}s after; {len(after)} requests after recovery all "
-          f"{sorted({r.status for r in after})}")
+    print(
+        f"\nkill: {len(load.records)} requests, {len(in_flight)} in flight at the kill, {len(failed)} failed "
+        f"({sorted({r.status for r in failed})}); /health 503 {down - kill_at:.2f}s after the kill, 200 again "
+        f"{(back - kill_at) if back else float('nan'):.1f}s after; {len(after)} requests after recovery all "
+        f"{sorted({r.status for r in after})}"
+    )
     assert down - kill_at < 5.0
     for record in failed:  # only frames in flight on the dead replica, refused at once and retryable
         assert record.status == 503 and record.retry_after == "1", record

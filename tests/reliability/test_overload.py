@@ -44,8 +44,10 @@ def test_excess_load_gets_503_with_retry_after_and_nothing_else_fails(busy):
     accepted = [r for r in load.records if r.status == 200]
     refused = [r for r in load.records if r.status == 503]
     others = [r for r in load.records if r.status not in (200, 503)]
-    print(f"\noverload, 32 clients x 8 s on a 4 frame/s graph admitting {ADMITTED}: {len(accepted)} served, "
-          f"{len(refused)} refused with 503 (latencies: python benchmarks/overload.py)")
+    print(
+        f"\noverload, 32 clients x 8 s on a 4 frame/s graph admitting {ADMITTED}: {len(accepted)} served, "
+        f"{len(refused)} refused with 503 (latencies: python benchmarks/overload.py)"
+    )
     assert not others, others[:5]
     assert len(refused) >= 32 and len(accepted) >= 16
     assert all(r.retry_after == "1" for r in refused)
@@ -74,7 +76,14 @@ def one_slot(cluster):
     """An ingress that holds one request at a time and whose proxy queues two more."""
     from ray import serve
 
-    deploy("oneslot", "/oneslot", nap_graph(capability="oneslot"), max_concurrency=1, max_queued_requests=2, request_timeout_s=30)
+    deploy(
+        "oneslot",
+        "/oneslot",
+        nap_graph(capability="oneslot"),
+        max_concurrency=1,
+        max_queued_requests=2,
+        request_timeout_s=30,
+    )
     url = cluster.url + "/oneslot"
     wait_health(url, 60)
     yield url
@@ -86,7 +95,9 @@ def test_the_proxy_queue_is_bounded_and_past_it_answers_503_with_retry_after(one
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
-            holder = asyncio.create_task(client.post(url, json={"inputs": BODY["inputs"], "params": {"nap.seconds": 3.0}}))
+            holder = asyncio.create_task(
+                client.post(url, json={"inputs": BODY["inputs"], "params": {"nap.seconds": 3.0}})
+            )
             await asyncio.sleep(1.0)  # the one slot is taken: the rest wait at the proxy, or are refused there
             rest = await asyncio.gather(*(client.post(url, json=BODY) for _ in range(6)))
             return [await holder, *rest]
@@ -106,8 +117,10 @@ def _headers_and_part_of_a_body(url: str, promised: int, sent: int) -> tuple[int
     """POST with `Content-Length: promised` but only `sent` bytes of the body; the status and
     headers of the answer that comes back anyway (a socket timeout fails the test)."""
     target = httpx.URL(url)
-    head = (f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {promised}\r\n\r\n").encode()
+    head = (
+        f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {promised}\r\n\r\n"
+    ).encode()
     with socket.create_connection((target.host, target.port), timeout=20) as sock:
         sock.sendall(head + b'{"inputs": {"image": "' + b"A" * (sent - 22))
         reply = b""

@@ -20,9 +20,11 @@ def test_short_soak_has_no_failures_and_no_memory_growth(hybrid):
     after = replica_memory("hybrid")
     summary = load.summary()
     rows = memory_growth(before, after)
-    print(f"\nsoak 32 clients x 15 s: {summary['requests']} requests, {summary['failed']} failed, {summary['rps']:.1f} req/s, "
-          f"p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; memory growth (MiB): "
-          + ", ".join(f"{r['replica'].split('#')[0]} {r['growth_mib']:+.0f}" for r in rows))
+    print(
+        f"\nsoak 32 clients x 15 s: {summary['requests']} requests, {summary['failed']} failed, {summary['rps']:.1f} req/s, "
+        f"p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; memory growth (MiB): "
+        + ", ".join(f"{r['replica'].split('#')[0]} {r['growth_mib']:+.0f}" for r in rows)
+    )
     assert summary["failed"] == 0, [r for r in load.records if r.status != 200][:3]
     assert summary["requests"] >= 32
     assert len(rows) == 6, rows  # five nodes and the ingress, each sampled twice

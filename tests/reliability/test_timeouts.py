@@ -29,7 +29,9 @@ def body(seconds: float = 0.0) -> dict:
     return {"inputs": {"image": png_b64(frame(16, 16))}, "params": {"nap.seconds": seconds}}
 
 
-async def timed(client: httpx.AsyncClient, method: str, url: str, delay: float = 0.0, **kwargs) -> tuple[int, float, str]:
+async def timed(
+    client: httpx.AsyncClient, method: str, url: str, delay: float = 0.0, **kwargs
+) -> tuple[int, float, str]:
     await asyncio.sleep(delay)
     start = time.monotonic()
     reply = await client.request(method, url, **kwargs)
@@ -43,13 +45,18 @@ def test_a_hung_node_answers_504_at_the_timeout_and_the_rest_keeps_serving(nap):
             # While it hangs (before the ingress gives up on it): frames on the other replica,
             # the health check, the schema and a bad request, each answered at once.
             others = [timed(client, "POST", nap + "/v1/nap", 0.2 + 0.25 * i, json=body()) for i in range(6)]
-            probes = [timed(client, "GET", nap + "/health", 0.5), timed(client, "GET", nap + "/v1/nap/schema", 0.7),
-                      timed(client, "POST", nap + "/v1/nap", 0.9, json={"inputs": {}})]
+            probes = [
+                timed(client, "GET", nap + "/health", 0.5),
+                timed(client, "GET", nap + "/v1/nap/schema", 0.7),
+                timed(client, "POST", nap + "/v1/nap", 0.9, json={"inputs": {}}),
+            ]
             return await asyncio.gather(hung, *others, *probes)
 
     (status, took, text), *rest = asyncio.run(scenario())
     others, (health, schema, bad) = rest[:6], rest[6:]
-    print(f"\nhung request: {status} after {took:.2f}s (timeout {TIMEOUT_S:g}s); others: {[(s, round(t, 2)) for s, t, _ in others]}")
+    print(
+        f"\nhung request: {status} after {took:.2f}s (timeout {TIMEOUT_S:g}s); others: {[(s, round(t, 2)) for s, t, _ in others]}"
+    )
     assert status == 504 and TIMEOUT_S - 0.05 <= took < TIMEOUT_S + 1.5, (status, took, text)
     assert "did not answer within 2 s" in text
     assert all(s == 200 and t < 1.5 for s, t, _ in others), others
@@ -92,8 +99,14 @@ def test_a_replica_hung_past_stuck_after_is_replaced_and_health_names_the_node(c
 
     # Its own app (one replica, 1 s timeout, Ray checking every second), so the `nap` tests
     # above keep their replicas.
-    deploy("stuck", "/stuck", nap_graph(capability="stuck"), request_timeout_s=1.0, stuck_after_s=STUCK_S,
-           health_check_period_s=1.0)
+    deploy(
+        "stuck",
+        "/stuck",
+        nap_graph(capability="stuck"),
+        request_timeout_s=1.0,
+        stuck_after_s=STUCK_S,
+        health_check_period_s=1.0,
+    )
     url = cluster.url + "/stuck"
     try:
         wait_health(url, 60)
@@ -122,15 +135,18 @@ def test_a_replica_hung_past_stuck_after_is_replaced_and_health_names_the_node(c
         assert f"past the {STUCK_S:g} s limit" in why and "Ray replaced its replica at" in why, back
         later = httpx.get(url + "/health", timeout=10).json()
         assert later["status"] == "ok" and later["replaced"]["nap"] == why  # still there for an operator
-        print(f"\nhung request: 504 after {answered:.2f}s; /health unhealthy naming 'nap' at {at:.1f}s, 200 again at "
-              f"{back_at:.1f}s, a request served at {served_at:.1f}s (the hang would have ended at {FOREVER_S:g}s); "
-              f"pid {old_pid} -> {new_pid}; replaced: {why!r}")
+        print(
+            f"\nhung request: 504 after {answered:.2f}s; /health unhealthy naming 'nap' at {at:.1f}s, 200 again at "
+            f"{back_at:.1f}s, a request served at {served_at:.1f}s (the hang would have ended at {FOREVER_S:g}s); "
+            f"pid {old_pid} -> {new_pid}; replaced: {why!r}"
+        )
     finally:
         serve.delete("stuck")
 
 
-def health_until(url: str, wanted: Callable[[dict[str, Any]], bool], timeout_s: float,
-                 since: float | None = None) -> tuple[dict[str, Any], float]:
+def health_until(
+    url: str, wanted: Callable[[dict[str, Any]], bool], timeout_s: float, since: float | None = None
+) -> tuple[dict[str, Any], float]:
     """Poll /health until its body is `wanted`; the body and when (seconds after `since`)."""
     since = time.monotonic() if since is None else since
     deadline = time.monotonic() + timeout_s

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from capgraph.engine.errors import InputError
 from capgraph.engine.validate import load_plan
-from capgraph.serve.capability import http
 from capgraph.livepeer.guard import BearerAuth, bearer_ok
+from capgraph.serve.capability import http
 from tests.reliability.support import HYBRID, MAX_PIXELS, TOKEN, frame, png_b64
 
 
@@ -50,15 +50,33 @@ def test_json_the_stdlib_would_accept_is_refused_naming_where(raw, field, fragme
         ({"generate.steps": 0}, "params.generate.steps", 422, "greater than or equal to 1"),
         ({"generate.steps": 10**9}, "params.generate.steps", 422, "less than or equal to 100"),
         ({"generate.strength": -0.5}, "params.generate.strength", 422, "greater than or equal to 0"),
-        ({"generate.width": 2048, "generate.height": 2048}, "params.generate.width", 413, "over this capability's limit"),
+        (
+            {"generate.width": 2048, "generate.height": 2048},
+            "params.generate.width",
+            413,
+            "over this capability's limit",
+        ),
         ({"fit.width": 8192}, "params.fit.width", 413, "counts as a square"),
         ({"generate.model": "/etc/passwd"}, "params.generate.model", 422, "fixed by the graph"),
         ({"depth.device": "cuda:1"}, "params.depth.device", 422, "unknown param"),
         ({"generate.trust_remote_code": True}, "params.generate.trust_remote_code", 422, "unknown param"),
         ({"fit.max_side": 8192}, "params.fit.max_side", 422, "fixed by the graph"),
     ],
-    ids=["number-as-string", "bool-for-int", "float-as-string", "fraction-for-int", "zero-steps", "huge-steps",
-         "negative-strength", "size-over-limit", "one-side-over-limit", "model-path", "device", "trust-remote-code", "fixed"],
+    ids=[
+        "number-as-string",
+        "bool-for-int",
+        "float-as-string",
+        "fraction-for-int",
+        "zero-steps",
+        "huge-steps",
+        "negative-strength",
+        "size-over-limit",
+        "one-side-over-limit",
+        "model-path",
+        "device",
+        "trust-remote-code",
+        "fixed",
+    ],
 )
 def test_params_are_checked_before_any_image_is_decoded(plan, params, field, status, fragment):
     with pytest.raises(InputError) as err:
@@ -68,7 +86,9 @@ def test_params_are_checked_before_any_image_is_decoded(plan, params, field, sta
 
 
 def test_whole_numbers_and_in_bound_sizes_pass(plan):
-    http.check_params(plan, {"generate.steps": 20.0, "generate.guidance": 5, "fit.width": 64, "fit.height": 256}, MAX_PIXELS)
+    http.check_params(
+        plan, {"generate.steps": 20.0, "generate.guidance": 5, "fit.width": 64, "fit.height": 256}, MAX_PIXELS
+    )
 
 
 def test_base64_wrapped_in_lines_is_accepted_and_data_urls_must_say_an_image(plan):
@@ -99,9 +119,15 @@ def test_a_multipart_image_part_without_a_filename_says_how_to_send_it(plan):
 
 def test_the_openapi_request_schema_accepts_good_bodies_and_refuses_bad_ones(plan):
     schema = http.request_schema(plan)["application/json"]["schema"]
-    jsonschema.validate({"inputs": {"image": png_b64(frame(8, 8)), "prompt": "a"}, "params": {"generate.steps": 2}}, schema)
-    for bad in ({"inputs": {}}, {"inputs": {"image": "x"}, "params": {"generate.model": "x"}},
-                {"inputs": {"image": "x"}, "params": {"generate.steps": 0}}, {"inputs": {"image": "x"}, "extra": 1}):
+    jsonschema.validate(
+        {"inputs": {"image": png_b64(frame(8, 8)), "prompt": "a"}, "params": {"generate.steps": 2}}, schema
+    )
+    for bad in (
+        {"inputs": {}},
+        {"inputs": {"image": "x"}, "params": {"generate.model": "x"}},
+        {"inputs": {"image": "x"}, "params": {"generate.steps": 0}},
+        {"inputs": {"image": "x"}, "extra": 1},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
     assert "generate.model" not in schema["properties"]["params"]["properties"]
@@ -110,8 +136,15 @@ def test_the_openapi_request_schema_accepts_good_bodies_and_refuses_bad_ones(pla
 
 @pytest.mark.parametrize(
     ("header", "ok"),
-    [(f"Bearer {TOKEN}", True), (f"bearer {TOKEN}", True), (f"Bearer {TOKEN}x", False), (TOKEN, False), ("", False),
-     (f"Basic {TOKEN}", False), (f"Bearer {TOKEN[:-1]}", False)],
+    [
+        (f"Bearer {TOKEN}", True),
+        (f"bearer {TOKEN}", True),
+        (f"Bearer {TOKEN}x", False),
+        (TOKEN, False),
+        ("", False),
+        (f"Basic {TOKEN}", False),
+        (f"Bearer {TOKEN[:-1]}", False),
+    ],
 )
 def test_bearer_header_parsing(header, ok):
     assert bearer_ok(header, TOKEN) is ok

@@ -40,8 +40,15 @@ def cluster() -> Iterator[Cluster]:
     if ray.is_initialized():  # another test package's cluster (tests/reliability) is still up: this one needs its own
         serve.shutdown()
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="serve", log_to_driver=False,
-             runtime_env={"env_vars": env}, _metrics_export_port=metrics_port)
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        namespace="serve",
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+        _metrics_export_port=metrics_port,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield Cluster(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")

@@ -73,8 +73,10 @@ def test_many_replicas_at_once_hold_at_most_the_cores(tmp_path: Path) -> None:
 
 def test_cores_held_by_a_replica_that_died_come_back(tmp_path: Path) -> None:
     path = tmp_path / "cores"
-    code = ("import time; from pathlib import Path; from capgraph.serve.cluster.cores import CoreShare\n"
-            f"with CoreShare(2, 1.0, path=Path({str(path)!r})).batch() as t:\n    print(t, flush=True); time.sleep(60)\n")
+    code = (
+        "import time; from pathlib import Path; from capgraph.serve.cluster.cores import CoreShare\n"
+        f"with CoreShare(2, 1.0, path=Path({str(path)!r})).batch() as t:\n    print(t, flush=True); time.sleep(60)\n"
+    )
     dead = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert dead.stdout.readline().strip() == "2"
     dead.kill()

@@ -24,10 +24,18 @@ KUBERAY = ROOT.parent / "shared" / "kuberay"
 CRD = KUBERAY / "ray.io_rayservices.yaml"
 SAMPLE = KUBERAY / "ray-service.stable-diffusion.sample.yaml"
 IMAGE = "registry.example/capgraph:0.1.0"
-ENVIRON = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "CAPGRAPH_AUTH_TOKEN": "tok-never-inline-71c3",
-           "LIVEPEER_ORCH_SECRET": "orch-never-inline-0e9d", "PATH": "/usr/bin"}
-needs_crd = pytest.mark.skipif(not CRD.exists(), reason=f"KubeRay's RayService CRD is not at {CRD} (the shared folder "
-                               "beside the repository): the schema checks are skipped")
+ENVIRON = {
+    "CAPGRAPH_MODELS": "tiny",
+    "HF_HUB_OFFLINE": "1",
+    "CAPGRAPH_AUTH_TOKEN": "tok-never-inline-71c3",
+    "LIVEPEER_ORCH_SECRET": "orch-never-inline-0e9d",
+    "PATH": "/usr/bin",
+}
+needs_crd = pytest.mark.skipif(
+    not CRD.exists(),
+    reason=f"KubeRay's RayService CRD is not at {CRD} (the shared folder "
+    "beside the repository): the schema checks are skipped",
+)
 
 
 def closed(schema: Any) -> Any:
@@ -36,7 +44,11 @@ def closed(schema: Any) -> Any:
     the applied RayService; here it is an error instead."""
     if isinstance(schema, dict):
         schema = {k: closed(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -150,7 +162,11 @@ def test_replicas_stay_off_the_head_and_workers_are_ready_on_health():
 def test_workers_are_sized_from_the_plan_machine_by_machine(tmp_path):
     """Two 0.6 GPU replicas need two one-GPU machines; five need five: the autoscaler may
     add three. With two GPUs a machine, three machines hold five."""
-    text = (GRAPHS / "depth.yaml").read_text().replace("resources: {gpu: 0.25}", "resources: {gpu: 0.6}\n    replicas: {min: 2, max: 5}")
+    text = (
+        (GRAPHS / "depth.yaml")
+        .read_text()
+        .replace("resources: {gpu: 0.25}", "resources: {gpu: 0.6}\n    replicas: {min: 2, max: 5}")
+    )
     graph = tmp_path / "depth.yaml"
     graph.write_text(text)
     resource = manifest(graph)
@@ -183,7 +199,9 @@ def test_a_replica_no_worker_can_hold_is_named(tmp_path):
 def test_the_files_own_runtime_env_wins_and_bad_args_are_named(tmp_path):
     graph = tmp_path / "depth.yaml"
     text = (GRAPHS / "depth.yaml").read_text()
-    graph.write_text(text.replace("    import_path:", "    runtime_env: {env_vars: {CAPGRAPH_MODELS: random}}\n    import_path:"))
+    graph.write_text(
+        text.replace("    import_path:", "    runtime_env: {env_vars: {CAPGRAPH_MODELS: random}}\n    import_path:")
+    )
     config = yaml.safe_load(manifest(graph)["spec"]["serveConfigV2"])
     assert config["applications"][0]["runtime_env"]["env_vars"] == {"CAPGRAPH_MODELS": "random", "HF_HUB_OFFLINE": "1"}
     graph.write_text(text.replace("      graph: {", "      fuze: all\n      graph: {"))
@@ -199,16 +217,33 @@ def test_memory_quantities():
 
 def test_cli_writes_the_manifest_and_says_which_secret_to_create(tmp_path):
     out = tmp_path / "rayservice.yaml"
-    env = {"PATH": "/usr/bin", "CAPGRAPH_MODELS": "tiny", "CAPGRAPH_AUTH_TOKEN": "tok-never-inline-71c3", "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "capgraph", "kuberay", "graphs/depth.yaml", "--image", IMAGE, "-o", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    env = {
+        "PATH": "/usr/bin",
+        "CAPGRAPH_MODELS": "tiny",
+        "CAPGRAPH_AUTH_TOKEN": "tok-never-inline-71c3",
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "capgraph", "kuberay", "graphs/depth.yaml", "--image", IMAGE, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "kubectl create secret generic depth-secrets --from-literal=CAPGRAPH_AUTH_TOKEN=..." in done.stderr
     assert "worker group 'gpu-workers': 1 to 1 machine of 1 GPU, 8 CPU, 32Gi" in done.stderr
     assert "tok-never-inline" not in out.read_text() + done.stderr + done.stdout
     assert yaml.safe_load(out.read_text())["kind"] == "RayService"
-    bad = subprocess.run([sys.executable, "-m", "capgraph", "kuberay", "graphs/depth.yaml", "--image", IMAGE, "--worker-memory", "lots"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "capgraph", "kuberay", "graphs/depth.yaml", "--image", IMAGE, "--worker-memory", "lots"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
     assert bad.returncode == 2 and "'lots' is not a memory quantity" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -218,7 +253,9 @@ def test_the_clusters_builder_plans_for_the_workers_to_come_not_the_bare_head():
     The builder plans for the worker machines the manifest describes instead."""
     from capgraph.serve.app import CapabilityArgs, plan_app
 
-    args = CapabilityArgs(**yaml.safe_load(manifest(GRAPHS / "hybrid.yaml")["spec"]["serveConfigV2"])["applications"][0]["args"])
+    args = CapabilityArgs(
+        **yaml.safe_load(manifest(GRAPHS / "hybrid.yaml")["spec"]["serveConfigV2"])["applications"][0]["args"]
+    )
     blueprint = plan_app(args)  # no cluster given: the builder's own choice
     assert blueprint.cluster.source == "args" and blueprint.problems == ()
     assert any(u.num_gpus > 0 for u in blueprint.compiled.units)

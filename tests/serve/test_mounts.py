@@ -2,7 +2,6 @@
 entry point group, as capgraph's own Livepeer routes do: its section of the graph file is
 validated with lines, and its routes and error shape join the capability's app."""
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,13 @@ from fastapi.testclient import TestClient
 from capgraph.engine import mounts
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.validate import load_plan
+from capgraph.engine.yamlload import load_yaml
 from capgraph.serve.capability.ingress import Capability, Settings
 from capgraph.serve.capability.routes import capability_app
 from capgraph.serve.compile.compiler import compile_plan
 from capgraph.serve.compile.config_check import check_deployment_sections
-from capgraph.engine.yamlload import load_yaml
 
-AUDIT = '''
+AUDIT = """
 from fastapi.responses import JSONResponse
 
 
@@ -51,7 +50,7 @@ class AuditMount:
 
 
 MOUNT = AuditMount()
-'''
+"""
 
 GRAPH = """\
 capability: audited

@@ -77,8 +77,14 @@ def test_fuse_modes(hybrid):
 
 
 def test_own_resources_or_replicas_keep_a_node_apart():
-    plan = plan_from_data(chain(("fit", "resize", {}), ("depth", "depth", {"resources": {"gpu": 0.3}}),
-                                ("control", "depth_control", {}), ("more", "resize", {"replicas": 3})))
+    plan = plan_from_data(
+        chain(
+            ("fit", "resize", {}),
+            ("depth", "depth", {"resources": {"gpu": 0.3}}),
+            ("control", "depth_control", {}),
+            ("more", "resize", {"replicas": 3}),
+        )
+    )
     cost = costs(plan, fit=1.0, depth=10.0, control=1.0, more=1.0)
     assert groups(plan, cost) == [("fit",), ("depth",), ("control",), ("more",)]
     why = {p.name: p.why for p in place(plan, node_settings(plan), cost)}
@@ -98,11 +104,17 @@ def test_written_groups_stay_as_written_and_the_rest_is_planned(hybrid):
 def test_pinned_nodes_split_runs_so_deployments_never_form_a_cycle():
     """A diamond: a and d are cheap and free, b is pinned in the middle; fusing a with d
     around b would make two deployments read each other."""
-    data = {"capability": "diamond", "inputs": {"image": "image", "mask": "mask"}, "outputs": {"out": "d.image"}, "nodes": {
-        "a": {"type": "resize", "inputs": {"image": "image"}},
-        "b": {"type": "resize", "inputs": {"image": "a.image"}, "resources": {"cpu": 1}},
-        "c": {"type": "resize", "inputs": {"image": "a.image"}},
-        "d": {"type": "composite", "inputs": {"foreground": "b.image", "background": "c.image", "mask": "mask"}}}}
+    data = {
+        "capability": "diamond",
+        "inputs": {"image": "image", "mask": "mask"},
+        "outputs": {"out": "d.image"},
+        "nodes": {
+            "a": {"type": "resize", "inputs": {"image": "image"}},
+            "b": {"type": "resize", "inputs": {"image": "a.image"}, "resources": {"cpu": 1}},
+            "c": {"type": "resize", "inputs": {"image": "a.image"}},
+            "d": {"type": "composite", "inputs": {"foreground": "b.image", "background": "c.image", "mask": "mask"}},
+        },
+    }
     plan = plan_from_data(data)
     assert groups(plan, costs(plan)) == [("a",), ("b",), ("c", "d")]
     assert [u.name for u in compile_plan(plan).units] == ["a", "b", "c"]  # named after its costliest node, c == d
@@ -148,7 +160,8 @@ def test_each_node_runs_the_batch_in_chunks_of_its_own_best_size(hybrid):
     light = {b: b * 0.1 for b in (1, 2, 4, 8, 16)}
     measured = {n: Cost(light, "measured") for n in hybrid.nodes} | {
         "generate": Cost({1: 60.0, 2: 64.0, 4: 90.0, 8: 130.0, 16: 165.0}, "measured"),
-        "upscale": Cost({1: 21.0, 2: 38.0, 4: 83.0, 8: 222.0, 16: 440.0}, "measured")}
+        "upscale": Cost({1: 21.0, 2: 38.0, 4: 83.0, 8: 222.0, 16: 440.0}, "measured"),
+    }
     (unit,) = compile_plan(hybrid, measured=measured).units
     assert unit.max_batch_size == 16 and unit.chunks == (("upscale", 2),)
     assert "upscale in chunks of 2" in unit.why[1]
@@ -161,7 +174,9 @@ def test_a_downstream_deployment_waits_a_little_for_its_upstream_batch(hybrid):
     assert units["fit"].batch_wait_s == 0.0
     assert units["generate"].batch_wait_s == pytest.approx(0.006)  # 5 % of its declared 120 ms
     assert units["upscale"].batch_wait_s == pytest.approx(0.00175, abs=1e-4)
-    unit = compile_plan(hybrid, fuse="none", measured={"generate": Cost({1: 1000.0, 2: 2000.0}, "measured")}).unit("generate")
+    unit = compile_plan(hybrid, fuse="none", measured={"generate": Cost({1: 1000.0, 2: 2000.0}, "measured")}).unit(
+        "generate"
+    )
     assert unit.batch_wait_s == MAX_WAIT_MS / 1000
 
 
@@ -193,7 +208,9 @@ def test_cpu_replicas_are_bounded_by_memory_and_known_weights(hybrid):
     (unit,) = compile_plan(hybrid, machine=small, weight_bytes=lambda node: GIB // 4).units
     assert unit.replicas == 2 and "(memory holds 2)" in unit.why[-1]
     (unit,) = compile_plan(hybrid, machine=small, weight_bytes=lambda node: None).units
-    assert unit.replicas == 1 and unit.threads == 4 and "weights' size or the machine's memory is unknown" in unit.why[-1]
+    assert (
+        unit.replicas == 1 and unit.threads == 4 and "weights' size or the machine's memory is unknown" in unit.why[-1]
+    )
 
 
 def test_gpu_deployment_keeps_one_replica_and_a_few_cpus(hybrid):

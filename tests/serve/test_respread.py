@@ -25,7 +25,9 @@ def test_the_newest_replica_on_the_crowded_machine_moves_to_a_machine_that_came_
 
 def test_spread_replicas_stay():
     assert mover(replicas(("r1", "b", 1.0), ("r2", "c", 12.0)), {"b": True, "c": True}, BACK) is None
-    assert mover(replicas(("r1", "b", 1.0), ("r2", "b", 12.0), ("r3", "c", 13.0)), {"b": True, "c": True}, BACK) is None  # 2, 1
+    assert (
+        mover(replicas(("r1", "b", 1.0), ("r2", "b", 12.0), ("r3", "c", 13.0)), {"b": True, "c": True}, BACK) is None
+    )  # 2, 1
 
 
 def test_nothing_moves_to_a_machine_without_room():
@@ -53,7 +55,9 @@ def test_a_move_whose_replacement_came_back_to_the_crowded_machine_tries_again()
     again = replicas(("r1", "b", 1.0), ("r3", "b", 31.0))
     assert mover(again, {"b": False, "c": True}, BACK) is None  # c joined before r3 started
     assert mover(again, {"b": False, "c": True}, BACK, moved_at=30.0) == "r3"
-    assert mover(replicas(("r1", "b", 1.0), ("r3", "c", 31.0)), {"b": True, "c": True}, BACK, moved_at=30.0) is None  # it went
+    assert (
+        mover(replicas(("r1", "b", 1.0), ("r3", "c", 31.0)), {"b": True, "c": True}, BACK, moved_at=30.0) is None
+    )  # it went
 
 
 def test_only_a_replica_started_after_a_loss_asks_the_controller():
@@ -91,7 +95,9 @@ def test_the_replicas_record_machines_that_join_and_die(cluster):
         many = [f"dead{i}" for i in range(20)]
         respread._note_machines(["b", "c2"], ["a", "c", *many])
         time.sleep(0.01)
-        assert respread._note_machines(["b", "c2"], ["a", "c", *many]).lost[-1] < time.time() - 0.005  # no loss seen anew
+        assert (
+            respread._note_machines(["b", "c2"], ["a", "c", *many]).lost[-1] < time.time() - 0.005
+        )  # no loss seen anew
     finally:
         internal_kv._internal_kv_del(b"respread/machines", namespace=respread.NAMESPACE)
 

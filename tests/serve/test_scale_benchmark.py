@@ -13,7 +13,9 @@ from tests.conftest import ROOT
 
 
 def test_help_names_what_it_reports():
-    done = subprocess.run([sys.executable, "benchmarks/scale.py", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/scale.py", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert "--json" in done.stdout and "--batch-ms" in done.stdout and "--configs" in done.stdout
 
@@ -31,7 +33,13 @@ def test_hold_reaches_a_fresh_process_through_capgraph_nodes():
     """What every Ray process of the benchmark does: the repository on PYTHONPATH, the family
     named in CAPGRAPH_NODES (serve.cluster.environment forwards it to replicas)."""
     env = os.environ | {"CAPGRAPH_NODES": FAMILY, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "capgraph", "nodes", "hold", "--json"], capture_output=True, text=True,
-                          timeout=120, cwd="/", env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "capgraph", "nodes", "hold", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert '"hold"' in done.stdout and '"batch_ms"' in done.stdout

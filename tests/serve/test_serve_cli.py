@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import GRAPHS, ROOT
 from tests.serve.conftest import TINY_ENV
-from tests.serve.support import decode_b64_png, free_port, frame, png_b64, wait_health
+from tests.serve.support import decode_b64_png, frame, free_port, png_b64, wait_health
 
 SERVE = str(Path(sys.executable).with_name("serve"))
 
@@ -26,8 +26,11 @@ def env() -> dict[str, str]:
     as on a laptop, even where a `ray start` cluster runs on this machine, which it would join
     otherwise (and a build failing there would leave it waiting on a cluster that serves
     something)."""
-    return os.environ | TINY_ENV | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"], "RAY_USAGE_STATS_ENABLED": "0",
-                                    "RAY_ADDRESS": "local"}
+    return (
+        os.environ
+        | TINY_ENV
+        | {"CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"], "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
+    )
 
 
 def with_port(graph: Path, folder: Path, port: int, edit: tuple[str, str] | None = None) -> Path:
@@ -42,8 +45,14 @@ def with_port(graph: Path, folder: Path, port: int, edit: tuple[str, str] | None
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([SERVE, "run", *args], cwd=ROOT, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [SERVE, "run", *args],
+        cwd=ROOT,
+        env=env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 60) -> int:
@@ -80,7 +89,9 @@ def test_serve_run_graph_file(served):
     print(f"\n`serve run graphs/hybrid.yaml`: /health 200 {time.monotonic() - started:.1f}s after the process started")
     assert seen[-1] == 200 and 503 in seen, f"503 before 200 expected, saw {seen}"  # loading is never claimed ready
     inputs = {"image": png_b64(frame()), "prompt": "a castle"}
-    reply = httpx.post(url + "/v1/hybrid-depth-sdxl", json={"inputs": inputs, "params": {"generate.steps": 2}}, timeout=120)
+    reply = httpx.post(
+        url + "/v1/hybrid-depth-sdxl", json={"inputs": inputs, "params": {"generate.steps": 2}}, timeout=120
+    )
     assert reply.status_code == 200, reply.text
     assert decode_b64_png(reply.json()["outputs"]["image"]).shape == (256, 256, 3)
     deadline = time.monotonic() + 15  # Ray forwards replica logs to `serve run` in batches
@@ -96,8 +107,14 @@ def test_serve_run_builder_refuses_an_invalid_graph():
     """`serve run capgraph.serve.app:build graph=...` runs the builder before Ray starts: exit 2 with
     the same message as `capgraph validate`, and nothing left running."""
     start = time.monotonic()
-    done = subprocess.run([SERVE, "run", "capgraph.serve.app:build", "graph=tests/graphs/bad_param_range.yaml"], cwd=ROOT,
-                          env=env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [SERVE, "run", "capgraph.serve.app:build", "graph=tests/graphs/bad_param_range.yaml"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "tests/graphs/bad_param_range.yaml:" in done.stderr and "error" in done.stderr
     assert "Started a local Ray instance" not in done.stderr + done.stdout

@@ -34,13 +34,20 @@ def test_one_deployment_per_node_in_topological_order(hybrid):
 def test_the_planner_fuses_by_default(hybrid):
     (unit,) = compile_plan(hybrid).units
     assert unit.name == "generate" and unit.nodes == tuple(hybrid.nodes)
-    assert unit.graph_inputs == ("image", "prompt") and unit.upstream == () and [str(s) for s in unit.exports] == ["upscale.image"]
+    assert (
+        unit.graph_inputs == ("image", "prompt")
+        and unit.upstream == ()
+        and [str(s) for s in unit.exports] == ["upscale.image"]
+    )
 
 
 def test_resources_batching_and_ongoing_requests(hybrid):
-    data = with_nodes(hybrid, depth={"resources": {"gpu": 0.1}, "batch": {"max_size": 8, "wait_ms": 10}},
-                      generate={"resources": {"gpu": 0.6}, "batch": {"max_size": 4, "wait_ms": 20}},
-                      upscale={"resources": {"gpu": 0.2}, "batch": {"max_size": 4, "wait_ms": 10}})
+    data = with_nodes(
+        hybrid,
+        depth={"resources": {"gpu": 0.1}, "batch": {"max_size": 8, "wait_ms": 10}},
+        generate={"resources": {"gpu": 0.6}, "batch": {"max_size": 4, "wait_ms": 20}},
+        upscale={"resources": {"gpu": 0.2}, "batch": {"max_size": 4, "wait_ms": 10}},
+    )
     units = {u.name: u for u in compile_plan(plan_from_data(data)).units}
     assert list(units) == ["fit", "depth", "control", "generate", "upscale"]  # own resources: apart
     assert [units[n].num_gpus for n in ("fit", "depth", "control", "generate", "upscale")] == [0, 0.1, 0, 0.6, 0.2]
@@ -54,11 +61,18 @@ def test_resources_batching_and_ongoing_requests(hybrid):
 
 
 def test_groups_fuse_nodes_into_one_deployment(hybrid):
-    data = with_nodes(hybrid, fit={"group": "vision"}, depth={"group": "vision", "resources": {"gpu": 0.1}},
-                      control={"group": "vision"})
+    data = with_nodes(
+        hybrid,
+        fit={"group": "vision"},
+        depth={"group": "vision", "resources": {"gpu": 0.1}},
+        control={"group": "vision"},
+    )
     compiled = compile_plan(plan_from_data(data), fuse="groups")
     assert [(u.name, u.nodes) for u in compiled.units] == [
-        ("vision", ("fit", "depth", "control")), ("generate", ("generate",)), ("upscale", ("upscale",))]
+        ("vision", ("fit", "depth", "control")),
+        ("generate", ("generate",)),
+        ("upscale", ("upscale",)),
+    ]
     vision = compiled.unit("vision")
     assert vision.num_gpus == 0.1 and [str(s) for s in vision.exports] == ["control.image"]
     assert vision.max_batch_size == 8  # the tightest member's family limit
@@ -85,15 +99,23 @@ def test_autoscaling_replicas(hybrid):
     assert compiled.unit("generate").nodes == ("generate",)  # scaling on its own: apart
     options = compiled.unit("generate").deployment_options()
     assert "num_replicas" not in options
-    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3.0,
-                                             "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 30.0}
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 3.0,
+        "upscale_delay_s": 10.0,
+        "downscale_delay_s": 120.0,
+        "look_back_period_s": 30.0,
+    }
 
 
 def test_autoscaling_waits_for_a_batch_to_fill_before_adding_a_replica(hybrid):
     """Ray's default target of 2 ongoing requests would add a replica before a batch of 8
     could fill: unset, the target is two batches (one running, one filling)."""
-    data = with_nodes(hybrid, generate={"replicas": {"min": 1, "max": 3, "downscale_delay_s": 5},
-                                        "batch": {"max_size": 8, "wait_ms": 20}})
+    data = with_nodes(
+        hybrid,
+        generate={"replicas": {"min": 1, "max": 3, "downscale_delay_s": 5}, "batch": {"max_size": 8, "wait_ms": 20}},
+    )
     unit = compile_plan(plan_from_data(data)).unit("generate")
     config = unit.deployment_options()["autoscaling_config"]
     assert config["target_ongoing_requests"] == 16.0 and config["downscale_delay_s"] == 5.0

@@ -33,14 +33,19 @@ def test_graph_file_is_a_serve_config_of_itself(path):
 def test_a_drifted_copy_is_reported():
     text = (GRAPHS / "edges.yaml").read_text().replace("graph: {capability: *capability,", "graph: {capability: other,")
     (problem,) = check_applications(load_yaml(text), "edges.yaml")
-    assert problem.code == "args_drift" and problem.line == text.splitlines().index(
-        next(line for line in text.splitlines() if "graph: {capability: other" in line)) + 1
+    assert (
+        problem.code == "args_drift"
+        and problem.line
+        == text.splitlines().index(next(line for line in text.splitlines() if "graph: {capability: other" in line)) + 1
+    )
     assert "'capability' differs" in str(problem) and "alias it ('capability: *capability')" in str(problem)
 
 
 def test_with_applications_is_idempotent_and_carries_livepeer():
-    text = "capability: x-y\ninputs:\n  image: image\nnodes:\n  fit: {type: resize, inputs: {image: image}}\n" \
-           "outputs: {image: fit.image}\nlivepeer: {capacity: 2}\n"
+    text = (
+        "capability: x-y\ninputs:\n  image: image\nnodes:\n  fit: {type: resize, inputs: {image: image}}\n"
+        "outputs: {image: fit.image}\nlivepeer: {capacity: 2}\n"
+    )
     once = with_applications(text)
     assert with_applications(once) == once
     tree = yaml.safe_load(once)
@@ -52,7 +57,9 @@ def test_with_applications_is_idempotent_and_carries_livepeer():
 def test_builder_takes_serve_run_arguments():
     """`serve run capgraph.serve.app:build graph=FILE` hands the builder strings; Ray validates them
     into CapabilityArgs through the annotation."""
-    app = call_user_app_builder_with_args_if_necessary(build, {"graph": str(GRAPHS / "edges.yaml"), "fuse": "all", "batching": "false"})
+    app = call_user_app_builder_with_args_if_necessary(
+        build, {"graph": str(GRAPHS / "edges.yaml"), "fuse": "all", "batching": "false"}
+    )
     assert isinstance(app, Application)
     with pytest.raises(ValidationError):
         call_user_app_builder_with_args_if_necessary(build, {"graph": str(GRAPHS / "edges.yaml"), "fuze": "all"})
@@ -64,4 +71,6 @@ def test_builder_exits_2_with_the_validation_message(capsys: pytest.CaptureFixtu
         call_user_app_builder_with_args_if_necessary(build, {"graph": str(bad.relative_to(ROOT))})
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "tests/graphs/bad_unknown_type.yaml:" in err and "unknown node type" in err and err.rstrip().endswith("found.")
+    assert (
+        "tests/graphs/bad_unknown_type.yaml:" in err and "unknown node type" in err and err.rstrip().endswith("found.")
+    )

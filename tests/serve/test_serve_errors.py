@@ -4,8 +4,8 @@ boundary as dicts and come back whole; each HTTP shape renders both. No Ray, no 
 import json
 
 from capgraph.engine.errors import InputError, NodeFailed, from_dict
-from capgraph.serve.capability.errors import error_answer
 from capgraph.livepeer.guard import failure
+from capgraph.serve.capability.errors import error_answer
 
 
 def test_errors_cross_a_process_boundary_and_come_back_whole():
@@ -18,7 +18,9 @@ def test_errors_cross_a_process_boundary_and_come_back_whole():
 
 def test_capgraph_shape_names_the_field_or_the_node_and_asks_for_a_retry_only_when_it_may_help():
     node = error_answer(NodeFailed("node 'depth' failed", "depth"))
-    assert node.status_code == 500 and json.loads(node.body) == {"error": {"node": "depth", "msg": "node 'depth' failed"}}
+    assert node.status_code == 500 and json.loads(node.body) == {
+        "error": {"node": "depth", "msg": "node 'depth' failed"}
+    }
     assert "retry-after" not in node.headers
     full = error_answer(NodeFailed("the capability is full", status=503, retry_after=1))
     assert full.status_code == 503 and full.headers["retry-after"] == "1"
@@ -28,7 +30,9 @@ def test_capgraph_shape_names_the_field_or_the_node_and_asks_for_a_retry_only_wh
 
 
 def test_livepeer_shape_keeps_the_status_and_words_it_the_routes_way():
-    busy = failure(NodeFailed("a node replica died", status=503, retry_after=1), "edges pipeline error: a node replica died")
+    busy = failure(
+        NodeFailed("a node replica died", status=503, retry_after=1), "edges pipeline error: a node replica died"
+    )
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
     assert json.loads(busy.body) == {"detail": {"msg": "edges pipeline error: a node replica died"}}
     bad = failure(InputError("inputs.image", "missing", 422))

@@ -24,17 +24,21 @@ def hybrid():
 
 @pytest.fixture(scope="module")
 def composite():
-    return plan_from_data({
-        "capability": "blend",
-        "inputs": {"fg": "image", "bg": "image", "mask": "mask", "amount": {"type": "number", "default": 1.0}},
-        "nodes": {"mix": {"type": "composite", "inputs": {"foreground": "fg", "background": "bg", "mask": "mask"}}},
-        "outputs": {"image": "mix.image", "mask": "mix.mask"},
-    })
+    return plan_from_data(
+        {
+            "capability": "blend",
+            "inputs": {"fg": "image", "bg": "image", "mask": "mask", "amount": {"type": "number", "default": 1.0}},
+            "nodes": {"mix": {"type": "composite", "inputs": {"foreground": "fg", "background": "bg", "mask": "mask"}}},
+            "outputs": {"image": "mix.image", "mask": "mix.mask"},
+        }
+    )
 
 
 def test_json_images_as_base64_or_data_urls(hybrid):
     image = frame(32, 16)
-    inputs, params = http.parse_json(hybrid, {"inputs": {"image": png_b64(image), "prompt": "p"}, "params": {"generate.steps": 2}}, MAX)
+    inputs, params = http.parse_json(
+        hybrid, {"inputs": {"image": png_b64(image), "prompt": "p"}, "params": {"generate.steps": 2}}, MAX
+    )
     assert np.array_equal(inputs["image"], image) and inputs["prompt"] == "p" and params["generate"].steps == 2
     # resolved once, here, for every node (a node the request leaves alone keeps the graph's own params), and passed on as is
     assert all(params[n] is hybrid.nodes[n].params for n in hybrid.nodes if n != "generate")
@@ -44,7 +48,9 @@ def test_json_images_as_base64_or_data_urls(hybrid):
 
 def test_masks_are_greyscale_images(composite):
     white = np.full((8, 8, 3), 255, np.uint8)
-    inputs, _ = http.parse_json(composite, {"inputs": {"fg": png_b64(white), "bg": png_b64(white), "mask": png_b64(white)}}, MAX)
+    inputs, _ = http.parse_json(
+        composite, {"inputs": {"fg": png_b64(white), "bg": png_b64(white), "mask": png_b64(white)}}, MAX
+    )
     assert inputs["mask"].dtype == np.float32 and inputs["mask"].shape == (8, 8) and inputs["mask"].min() == 1.0
 
 
@@ -62,8 +68,18 @@ def test_masks_are_greyscale_images(composite):
         ({"inputs": {"image": png_b64(frame(200, 100))}}, "inputs.image", 413),
         ({"inputs": {"image": "A" * 2_000_000}}, "inputs.image", 413),  # over 4 bytes a pixel + 1 MiB
     ],
-    ids=["not-object", "inputs-list", "params-list", "unknown-field", "image-not-string", "bad-base64",
-         "data-url-not-base64", "truncated-png", "too-many-pixels", "payload-too-large"],
+    ids=[
+        "not-object",
+        "inputs-list",
+        "params-list",
+        "unknown-field",
+        "image-not-string",
+        "bad-base64",
+        "data-url-not-base64",
+        "truncated-png",
+        "too-many-pixels",
+        "payload-too-large",
+    ],
 )
 def test_faults_name_the_field(hybrid, body, field, status):
     with pytest.raises(InputError) as err:
@@ -74,7 +90,9 @@ def test_faults_name_the_field(hybrid, body, field, status):
 def test_multipart_fields(hybrid, composite):
     buf = io.BytesIO()
     Image.fromarray(frame(16, 16)).save(buf, format="JPEG")
-    inputs, params = http.parse_form(hybrid, {"image": buf.getvalue(), "prompt": "a castle", "params": '{"generate.seed": 3}'}, MAX)
+    inputs, params = http.parse_form(
+        hybrid, {"image": buf.getvalue(), "prompt": "a castle", "params": '{"generate.seed": 3}'}, MAX
+    )
     assert inputs["image"].shape == (16, 16, 3) and inputs["prompt"] == "a castle" and params["generate"].seed == 3
     assert http.parse_form(composite, {"amount": "0.5"}, MAX)[0] == {"amount": 0.5}
     with pytest.raises(InputError) as err:
@@ -96,7 +114,11 @@ def test_outputs_encode_as_png():
     assert grey.shape == (4, 8) and grey[0, 0] == 0 and grey[-1, -1] == 255
     labels = np.array([[0, 1], [300, 2]], np.int32)
     assert np.array_equal(decode_b64_png(http.encode_value(PortType.SEGMENTATION_MAP, labels)), labels)  # 16-bit
-    masks = {"masks": np.ones((2, 4, 4), np.float32), "scores": np.array([0.9, 0.1], np.float32), "logits": np.zeros((2, 2, 2))}
+    masks = {
+        "masks": np.ones((2, 4, 4), np.float32),
+        "scores": np.array([0.9, 0.1], np.float32),
+        "logits": np.zeros((2, 2, 2)),
+    }
     encoded = http.encode_value(PortType.MASKS, masks)
     assert len(encoded["masks"]) == 2 and encoded["scores"] == pytest.approx([0.9, 0.1])
     assert http.encode_value(PortType.BOXES, [np.array([1, 2, 3, 4])]) == [[1, 2, 3, 4]]
@@ -106,8 +128,12 @@ def test_outputs_encode_as_png():
 def test_schema(hybrid):
     schema = http.schema(hybrid)
     assert schema["capability"] == "hybrid-depth-sdxl"
-    assert schema["inputs"]["image"] == {"type": "image", "required": True, "description": "the frame whose layout (depth) the new image keeps",
-                                         "encoding": http.ENCODINGS[PortType.IMAGE]}
+    assert schema["inputs"]["image"] == {
+        "type": "image",
+        "required": True,
+        "description": "the frame whose layout (depth) the new image keeps",
+        "encoding": http.ENCODINGS[PortType.IMAGE],
+    }
     assert schema["inputs"]["prompt"]["default"].startswith("a cinematic photo")
     assert schema["params"]["generate.steps"]["default"] == 30 and "maximum" in schema["params"]["generate.steps"]
     assert "generate.model" not in schema["params"] and schema["outputs"]["image"]["type"] == "image"

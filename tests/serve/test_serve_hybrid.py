@@ -43,7 +43,9 @@ def hybrid(serve_url: str):
 
     start = time.monotonic()
     deploy("hybrid", "/", fuse="none")  # one deployment per node: the tests kill one and batch across hops
-    print(f"\nhybrid graph RUNNING (every node loaded and warm) {time.monotonic() - start:.1f}s after serve.operate.run")
+    print(
+        f"\nhybrid graph RUNNING (every node loaded and warm) {time.monotonic() - start:.1f}s after serve.operate.run"
+    )
     wait_health(serve_url, 30)
     reference = request(serve_url)
     assert reference.status_code == 200, reference.text
@@ -102,8 +104,18 @@ def test_multipart_form(hybrid):
         ({"inputs": {"image": png_b64(frame())}, "params": {"generate.steps": 0}}, 422, "params.generate.steps"),
         ({"inputs": {"image": png_b64(frame())}, "extra": 1}, 400, "extra"),
     ],
-    ids=["missing", "not-base64", "undecodable", "wrong-type", "too-large", "unknown-input", "unknown-param",
-         "fixed-param", "param-range", "unknown-field"],
+    ids=[
+        "missing",
+        "not-base64",
+        "undecodable",
+        "wrong-type",
+        "too-large",
+        "unknown-input",
+        "unknown-param",
+        "fixed-param",
+        "param-range",
+        "unknown-field",
+    ],
 )
 def test_bad_input_is_4xx_naming_the_field(hybrid, body, status, field):
     url, _ = hybrid
@@ -156,7 +168,11 @@ def test_health_drops_when_a_node_dies_and_comes_back(hybrid):
 def test_node_metrics_reach_prometheus(hybrid, cluster):
     """Latency, batch size and queue length per node, as Ray Serve custom metrics (Ray
     exports them every few seconds; earlier tests have sent plenty of frames)."""
-    wanted = ("ray_capgraph_node_latency_ms_bucket", "ray_capgraph_node_batch_size_bucket", "ray_capgraph_node_queue_length")
+    wanted = (
+        "ray_capgraph_node_latency_ms_bucket",
+        "ray_capgraph_node_batch_size_bucket",
+        "ray_capgraph_node_queue_length",
+    )
     deadline, text = time.monotonic() + 40, ""
     while time.monotonic() < deadline:
         text = httpx.get(cluster.metrics_url, timeout=10).text

@@ -13,8 +13,15 @@ def graph(count: int) -> dict:
     return {
         "capability": "packing",
         "inputs": {"image": {"type": "image"}},
-        "nodes": {f"n{i}": {"type": "resize", "params": {"width": 16 * (i + 1), "height": 16}, "inputs": {"image": "image"},
-                            "resources": {"gpu": 0.25}} for i in range(count)},
+        "nodes": {
+            f"n{i}": {
+                "type": "resize",
+                "params": {"width": 16 * (i + 1), "height": 16},
+                "inputs": {"image": "image"},
+                "resources": {"gpu": 0.25},
+            }
+            for i in range(count)
+        },
         "outputs": {f"o{i}": f"n{i}.image" for i in range(count)},
     }
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from capgraph.engine.validate import load_plan, plan_from_data
-from capgraph.serve.cluster import preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
+from capgraph.serve.cluster import preflight
 from capgraph.serve.compile.compiler import compile_plan
 from tests.conftest import GRAPHS
 
@@ -15,17 +15,31 @@ ONE_GPU = preflight.Cluster((preflight.Machine("box", 8, 1),), "H100", "test")
 
 
 def quarters(count: int, gpu: float = 0.25, cpu: float | None = None):
-    nodes = {f"n{i}": {"type": "resize", "inputs": {"image": "image"}, "resources": {"gpu": gpu} | ({"cpu": cpu} if cpu else {})}
-             for i in range(count)}
-    plan = plan_from_data({"capability": "q", "inputs": {"image": "image"}, "nodes": nodes,
-                           "outputs": {f"o{i}": f"n{i}.image" for i in range(count)}})
+    nodes = {
+        f"n{i}": {
+            "type": "resize",
+            "inputs": {"image": "image"},
+            "resources": {"gpu": gpu} | ({"cpu": cpu} if cpu else {}),
+        }
+        for i in range(count)
+    }
+    plan = plan_from_data(
+        {
+            "capability": "q",
+            "inputs": {"image": "image"},
+            "nodes": nodes,
+            "outputs": {f"o{i}": f"n{i}.image" for i in range(count)},
+        }
+    )
     return compile_plan(plan)
 
 
 def test_fractions_pack_onto_one_gpu():
     assert preflight.check_fit(quarters(4), ONE_GPU, 0.25) == []
     (problem,) = preflight.check_fit(quarters(5), ONE_GPU, 0.25)
-    assert "deployment 'n4' needs 0.25 GPU" in problem and "taken by n0 (0.25), n1 (0.25), n2 (0.25), n3 (0.25)" in problem
+    assert (
+        "deployment 'n4' needs 0.25 GPU" in problem and "taken by n0 (0.25), n1 (0.25), n2 (0.25), n3 (0.25)" in problem
+    )
     two = preflight.Cluster((preflight.Machine("a", 8, 1), preflight.Machine("b", 8, 1)))
     assert preflight.check_fit(quarters(8), two, 0.25) == []
 
@@ -38,8 +52,10 @@ def test_fractions_do_not_split_across_gpus():
 
 def test_cpu_shortage_is_named():
     problems = preflight.check_fit(quarters(3, gpu=0, cpu=1.0), NO_GPU, 0.25)
-    assert problems == ["deployment 'n2' needs 1 CPU and does not fit: the cluster has 2 CPU in all; lower 'resources.cpu' on its nodes.",
-                        "deployment 'capgraph-ingress' needs 0.25 CPU and does not fit"]
+    assert problems == [
+        "deployment 'n2' needs 1 CPU and does not fit: the cluster has 2 CPU in all; lower 'resources.cpu' on its nodes.",
+        "deployment 'capgraph-ingress' needs 0.25 CPU and does not fit",
+    ]
 
 
 def test_no_gpu_falls_back_to_cpu_with_one_note():
@@ -82,11 +98,27 @@ def test_weight_bytes_of_a_model_node(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "model.safetensors").write_bytes(b"x" * 1234)
     plan = load_plan(GRAPHS / "depth.yaml")
     node = next(n for n in plan.nodes.values() if n.family.uses_gpu)
-    local = plan_from_data(plan.spec.sections() | {"nodes": {node.id: node.spec.model_dump(exclude_defaults=True) | {
-        "params": node.spec.params | {"model": str(tmp_path)}}}, "outputs": {"depth": f"{node.id}.depth_map"}})
+    local = plan_from_data(
+        plan.spec.sections()
+        | {
+            "nodes": {
+                node.id: node.spec.model_dump(exclude_defaults=True)
+                | {"params": node.spec.params | {"model": str(tmp_path)}}
+            },
+            "outputs": {"depth": f"{node.id}.depth_map"},
+        }
+    )
     assert preflight.weight_file_bytes(local.nodes[node.id]) == 1234
-    missing = plan_from_data(plan.spec.sections() | {"nodes": {node.id: node.spec.model_dump(exclude_defaults=True) | {
-        "params": node.spec.params | {"model": "nobody/no-such-model"}}}, "outputs": {"depth": f"{node.id}.depth_map"}})
+    missing = plan_from_data(
+        plan.spec.sections()
+        | {
+            "nodes": {
+                node.id: node.spec.model_dump(exclude_defaults=True)
+                | {"params": node.spec.params | {"model": "nobody/no-such-model"}}
+            },
+            "outputs": {"depth": f"{node.id}.depth_map"},
+        }
+    )
     assert preflight.weight_file_bytes(missing.nodes[node.id]) is None
     monkeypatch.setenv("CAPGRAPH_MODELS", "tiny")
     assert preflight.weight_file_bytes(missing.nodes[node.id]) == 0
@@ -101,15 +133,29 @@ def test_fractions_are_fitted_machine_by_machine():
     two = preflight.Cluster((preflight.Machine("a", 8, 1), preflight.Machine("b", 8, 1)))
     fit = preflight.place(quarters(2, gpu=0.6), two, 0.25)
     assert fit.problems == ()
-    assert [p.describe() for p in fit.placed] == ["n0 -> a GPU 0 (0.6), 0.25 CPU", "n1 -> b GPU 0 (0.6), 0.25 CPU",
-                                                  "capgraph-ingress -> a, 0.25 CPU"]
+    assert [p.describe() for p in fit.placed] == [
+        "n0 -> a GPU 0 (0.6), 0.25 CPU",
+        "n1 -> b GPU 0 (0.6), 0.25 CPU",
+        "capgraph-ingress -> a, 0.25 CPU",
+    ]
 
 
 def test_replicas_of_one_deployment_spread_over_machines():
-    plan = plan_from_data({"capability": "q", "inputs": {"image": "image"},
-                           "nodes": {"n": {"type": "resize", "inputs": {"image": "image"}, "replicas": 4,
-                                           "resources": {"gpu": 0.25, "cpu": 1}}},
-                           "outputs": {"o": "n.image"}})
+    plan = plan_from_data(
+        {
+            "capability": "q",
+            "inputs": {"image": "image"},
+            "nodes": {
+                "n": {
+                    "type": "resize",
+                    "inputs": {"image": "image"},
+                    "replicas": 4,
+                    "resources": {"gpu": 0.25, "cpu": 1},
+                }
+            },
+            "outputs": {"o": "n.image"},
+        }
+    )
     three = preflight.Cluster(tuple(preflight.Machine(name, 4, 1) for name in "abc"))
     fit = preflight.place(compile_plan(plan), three, 0.25)
     assert [p.machine for p in fit.placed if p.deployment == "n"] == ["a", "b", "c", "a"]

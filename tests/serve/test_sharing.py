@@ -16,8 +16,8 @@ import yaml
 from capgraph.engine.executor import Executor
 from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.operate.run import deploy_apps
 from capgraph.serve.compile.sharing import MODEL_APP_PREFIX, find_shared, share_key
+from capgraph.serve.operate.run import deploy_apps
 from capgraph.serve.operate.together import applications, plan_all
 from tests.conftest import GRAPHS
 from tests.serve.support import decode_b64_png, frame, png_b64, wait_health
@@ -36,11 +36,18 @@ def two_graphs(tmp_path: Path) -> list[Path]:
     depth = yaml.safe_load((GRAPHS / "depth.yaml").read_text())
     depth.pop("applications")
     near = depth | {"capability": "near"}
-    edges = {"capability": "edges-and-depth", "inputs": {"image": "image"},
-             "nodes": {"d": depth["nodes"]["depth"] | {"params": {"model": depth["nodes"]["depth"]["params"]["model"],
-                                                                  "colormap": "gray"}},  # a request param: still the same model
-                       "edges": {"type": "canny", "inputs": {"image": "image"}}},
-             "outputs": {"depth_map": "d.depth_map", "edges": "edges.edges"}}
+    edges = {
+        "capability": "edges-and-depth",
+        "inputs": {"image": "image"},
+        "nodes": {
+            "d": depth["nodes"]["depth"]
+            | {
+                "params": {"model": depth["nodes"]["depth"]["params"]["model"], "colormap": "gray"}
+            },  # a request param: still the same model
+            "edges": {"type": "canny", "inputs": {"image": "image"}},
+        },
+        "outputs": {"depth_map": "d.depth_map", "edges": "edges.edges"},
+    }
     return [write(tmp_path, "near", near), write(tmp_path, "edges", edges)]
 
 
@@ -68,15 +75,28 @@ def test_a_serve_config_of_several_graphs_deploys_what_capgraph_serve_would(tmp_
     import subprocess
     import sys
 
-    from ray.serve.schema import ServeDeploySchema
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
 
     from capgraph.serve.app import build, build_model
 
     out = tmp_path / "together.yaml"
-    done = subprocess.run([sys.executable, "-m", "capgraph", "serve-config", str(GRAPHS / "depth.yaml"),
-                           str(GRAPHS / "hybrid.yaml"), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "capgraph",
+            "serve-config",
+            str(GRAPHS / "depth.yaml"),
+            str(GRAPHS / "hybrid.yaml"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(out.read_text())
     ServeDeploySchema.model_validate(config)
@@ -115,14 +135,24 @@ def test_what_is_not_shared(two_graphs: list[Path], tmp_path: Path):
 
 def sdxl_graphs(tmp_path: Path) -> list[Path]:
     """img2img.yaml and hybrid.yaml as shipped, and a graph steering SDXL with edges and depth (two ControlNets)."""
-    both = {"capability": "edges-and-depth-sdxl", "inputs": {"image": "image", "prompt": "text"},
-            "nodes": {"edges": {"type": "canny", "inputs": {"image": "image"}},
-                      "depth": {"type": "depth", "inputs": {"image": "image"}},
-                      "control": {"type": "depth_control", "inputs": {"depth": "depth.depth_map"}},
-                      "generate": {"type": "sdxl", "params": {"controlnets": [{"model": CANNY_CN, "scale": 0.5}, {"model": DEPTH_CN}],
-                                                             "scheduler": "euler"},
-                                   "inputs": {"prompt": "prompt", "control_image": "edges.edges", "control_image_2": "control.image"}}},
-            "outputs": {"image": "generate.image"}}
+    both = {
+        "capability": "edges-and-depth-sdxl",
+        "inputs": {"image": "image", "prompt": "text"},
+        "nodes": {
+            "edges": {"type": "canny", "inputs": {"image": "image"}},
+            "depth": {"type": "depth", "inputs": {"image": "image"}},
+            "control": {"type": "depth_control", "inputs": {"depth": "depth.depth_map"}},
+            "generate": {
+                "type": "sdxl",
+                "params": {
+                    "controlnets": [{"model": CANNY_CN, "scale": 0.5}, {"model": DEPTH_CN}],
+                    "scheduler": "euler",
+                },
+                "inputs": {"prompt": "prompt", "control_image": "edges.edges", "control_image_2": "control.image"},
+            },
+        },
+        "outputs": {"image": "generate.image"},
+    }
     return [GRAPHS / "img2img.yaml", GRAPHS / "hybrid.yaml", write(tmp_path, "both", both)]
 
 
@@ -131,7 +161,9 @@ def test_sdxl_is_shared_whatever_the_controlnets_scheduler_and_wiring(tmp_path: 
     ControlNet, `image` wired) and hybrid.yaml's (a depth ControlNet, euler_a, `control_image`
     wired) share one model, which loads every ControlNet its users name, once each."""
     img2img, hybrid, both = (load_plan(str(p)) for p in sdxl_graphs(tmp_path))
-    assert share_key(img2img.nodes["generate"]) == share_key(hybrid.nodes["generate"]) == share_key(both.nodes["generate"])
+    assert (
+        share_key(img2img.nodes["generate"]) == share_key(hybrid.nodes["generate"]) == share_key(both.nodes["generate"])
+    )
     replaced_vae = hybrid.nodes["generate"].params.model_copy(update={"vae": "madebyollin/sdxl-vae-fp16-fix"})
     assert share_key(replace(hybrid.nodes["generate"], params=replaced_vae)) != share_key(hybrid.nodes["generate"])
 
@@ -139,9 +171,16 @@ def test_sdxl_is_shared_whatever_the_controlnets_scheduler_and_wiring(tmp_path: 
     assert model.users == (("sdxl-img2img", "generate"), ("hybrid-depth-sdxl", "generate"))
     node = model.graph["nodes"]["sdxl"]
     assert [c["model"] for c in node["params"]["controlnets"]] == [DEPTH_CN]
-    assert node["inputs"] == {"prompt": "prompt", "image": "image", "control_image": "control_image"}  # every port a user wires
+    assert node["inputs"] == {
+        "prompt": "prompt",
+        "image": "image",
+        "control_image": "control_image",
+    }  # every port a user wires
     shared = plan_from_data(model.graph, "shared")  # a valid graph, as its application builds it
-    assert shared.nodes["sdxl"].build().models() == ["stabilityai/stable-diffusion-xl-base-1.0", DEPTH_CN]  # what pre-flight weighs
+    assert shared.nodes["sdxl"].build().models() == [
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        DEPTH_CN,
+    ]  # what pre-flight weighs
     paths = [str(p) for p in sdxl_graphs(tmp_path)[:2]]
     placed = [p.deployment for b in plan_all(applications(paths, [img2img, hybrid], {})) for p in b.placed]
     assert [d for d in placed if d.endswith(("/sdxl", "/generate"))] == [model.app + "/sdxl"]  # counted once
@@ -154,7 +193,10 @@ def test_sdxl_is_shared_whatever_the_controlnets_scheduler_and_wiring(tmp_path: 
     bigger["nodes"]["generate"]["resources"] = {"gpu": 0.9, "cpu": 2}
     (model,) = find_shared([img2img, load_plan(str(write(tmp_path, "bigger", bigger)))]).values()
     assert model.graph["nodes"]["sdxl"]["resources"] == {"gpu": 0.9, "cpu": 2}  # more than the first user's 0.8
-    assert [c["model"] for c in sdxl.graph["nodes"]["sdxl"]["params"]["controlnets"]] == [CANNY_CN, DEPTH_CN]  # the union
+    assert [c["model"] for c in sdxl.graph["nodes"]["sdxl"]["params"]["controlnets"]] == [
+        CANNY_CN,
+        DEPTH_CN,
+    ]  # the union
     assert set(sdxl.graph["inputs"]) == {"prompt", "image", "control_image", "control_image_2"}
 
 
@@ -167,19 +209,34 @@ def test_one_sdxl_runs_each_frame_with_its_own_graphs_controlnets(tiny_models: P
     executor = Executor(plan_from_data(sdxl.graph, "shared"), device="cpu")
     executor.load(warmup=False)
     image, control = frame(seed=1), 255 - frame(seed=2)
-    frames = [{"prompt": "an oil painting", "image": image}, {"prompt": "a castle", "control_image": control},
-              {"prompt": "a forest", "control_image": control, "control_image_2": image}]
+    frames = [
+        {"prompt": "an oil painting", "image": image},
+        {"prompt": "a castle", "control_image": control},
+        {"prompt": "a forest", "control_image": control, "control_image_2": image},
+    ]
     fast = {"steps": 2, "width": 64, "height": 64, "seed": 5}
     params = [{"sdxl": p.nodes["generate"].params.model_copy(update=fast)} for p in plans]
     together = executor.run_checked(frames, params).outputs
     alone = [executor.run_checked([f], [p]).outputs[0] for f, p in zip(frames, params)]
     for mixed, single in zip(together, alone):
-        assert np.abs(mixed["image"].astype(int) - single["image"].astype(int)).max() <= 2  # batched matmuls may round differently
+        assert (
+            np.abs(mixed["image"].astype(int) - single["image"].astype(int)).max() <= 2
+        )  # batched matmuls may round differently
     node = executor.nodes["sdxl"]
-    assert {(mode, nets) for mode, nets in node.pipes} == {("img2img", ()), ("t2i", (DEPTH_CN,)), ("t2i", (CANNY_CN, DEPTH_CN))}
-    assert all(pipe.unet is node.base.unet for pipe in node.pipes.values())  # every pipeline over one copy of the weights
-    undriven = executor.run_checked(frames[1:2], [{"sdxl": params[1]["sdxl"].model_copy(update={"controlnet_scales": (0.0,)})}])
-    assert np.abs(undriven.outputs[0]["image"].astype(int) - alone[1]["image"].astype(int)).max() > 0  # the ControlNet steers it
+    assert {(mode, nets) for mode, nets in node.pipes} == {
+        ("img2img", ()),
+        ("t2i", (DEPTH_CN,)),
+        ("t2i", (CANNY_CN, DEPTH_CN)),
+    }
+    assert all(
+        pipe.unet is node.base.unet for pipe in node.pipes.values()
+    )  # every pipeline over one copy of the weights
+    undriven = executor.run_checked(
+        frames[1:2], [{"sdxl": params[1]["sdxl"].model_copy(update={"controlnet_scales": (0.0,)})}]
+    )
+    assert (
+        np.abs(undriven.outputs[0]["image"].astype(int) - alone[1]["image"].astype(int)).max() > 0
+    )  # the ControlNet steers it
 
 
 @pytest.mark.slow
@@ -209,11 +266,15 @@ def test_three_graphs_served_together_run_one_depth_and_one_sdxl(cluster, tiny_m
         running = serve.status().applications
         assert running[depth.name].deployments["depth"].replica_states == {"RUNNING": 1}
         assert running[model.name].deployments["sdxl"].replica_states == {"RUNNING": 1}
-        assert not {"generate", "depth"} & {d for a in apps[2:] for d in running[a.name].deployments}  # no copy of their own
+        assert not {"generate", "depth"} & {
+            d for a in apps[2:] for d in running[a.name].deployments
+        }  # no copy of their own
         answered = httpx.post(f"{cluster.url}/depth/v1/depth", json={"inputs": {"image": png_b64(frame())}}, timeout=60)
         assert answered.status_code == 200 and "depth_map" in answered.json()["outputs"], answered.text
-        health = {capability: httpx.get(f"{cluster.url}/{capability}/health", timeout=10).json()
-                  for capability in ("depth", "sdxl-img2img", "hybrid-depth-sdxl")}
+        health = {
+            capability: httpx.get(f"{cluster.url}/{capability}/health", timeout=10).json()
+            for capability in ("depth", "sdxl-img2img", "hybrid-depth-sdxl")
+        }
         assert set(health["depth"]["nodes"]) == {"depth"}
         assert set(health["sdxl-img2img"]["nodes"]) == {"fit", "generate"}
         assert {"depth", "generate"} <= set(health["hybrid-depth-sdxl"]["nodes"])
@@ -221,16 +282,23 @@ def test_three_graphs_served_together_run_one_depth_and_one_sdxl(cluster, tiny_m
         def ask(capability: str, params: dict) -> httpx.Response:
             wait_health(f"{cluster.url}/{capability}", 60)
             inputs = {"image": png_b64(frame(64, 48)), "prompt": "a castle"}
-            return httpx.post(f"{cluster.url}/{capability}/v1/{capability}", json={"inputs": inputs, "params": params}, timeout=120)
+            return httpx.post(
+                f"{cluster.url}/{capability}/v1/{capability}", json={"inputs": inputs, "params": params}, timeout=120
+            )
 
         redrawn = ask("sdxl-img2img", {"generate.steps": 2})
         assert redrawn.status_code == 200, redrawn.text
         assert decode_b64_png(redrawn.json()["outputs"]["image"]).shape == (48, 64, 3)  # img2img: the size of its frame
         fast = {"steps": 2, "seed": 3}
-        steered, unsteered = ask("hybrid-depth-sdxl", fast), ask("hybrid-depth-sdxl", fast | {"generate.controlnet_scales": [0.0]})
+        steered, unsteered = (
+            ask("hybrid-depth-sdxl", fast),
+            ask("hybrid-depth-sdxl", fast | {"generate.controlnet_scales": [0.0]}),
+        )
         assert steered.status_code == unsteered.status_code == 200, steered.text + unsteered.text
         images = [decode_b64_png(r.json()["outputs"]["image"]) for r in (steered, unsteered)]
-        assert images[0].shape == (192, 256, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0  # its ControlNet steers it
+        assert (
+            images[0].shape == (192, 256, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0
+        )  # its ControlNet steers it
     finally:
         for app in reversed(apps):
             if app.name in serve.status().applications:

@@ -10,9 +10,16 @@ import yaml
 
 from capgraph.engine.errors import GraphInvalid
 from capgraph.engine.validate import load_plan
-from capgraph.serve.cluster import preflight
 from capgraph.serve.app import CapabilityArgs, plan_app
-from capgraph.serve.compile.overlay import TUNED_DIR_ENV, find_overlay, fingerprint, measured_costs, read_overlay, write_measured
+from capgraph.serve.cluster import preflight
+from capgraph.serve.compile.overlay import (
+    TUNED_DIR_ENV,
+    find_overlay,
+    fingerprint,
+    measured_costs,
+    read_overlay,
+    write_measured,
+)
 from capgraph.serve.operate.tune import batch_sizes, parse_params, tune_graph
 from tests.conftest import GRAPHS
 
@@ -100,9 +107,11 @@ def test_a_named_overlay_that_cannot_be_read_stops_the_build(tiny: Path):
 
 def test_print_yaml_writes_nothing(tiny: Path):
     out, err = io.StringIO(), io.StringIO()
-    assert tune_graph(str(GRAPHS / "edges.yaml"), max_batch=2, repeats=1, print_yaml=True, out=out, err=err) == 0, err.getvalue()
+    assert tune_graph(str(GRAPHS / "edges.yaml"), max_batch=2, repeats=1, print_yaml=True, out=out, err=err) == 0, (
+        err.getvalue()
+    )
     text = out.getvalue()
-    pasted = yaml.safe_load(text[text.index("# add these fields to the nodes of"):])
+    pasted = yaml.safe_load(text[text.index("# add these fields to the nodes of") :])
     assert set(pasted["nodes"]) == set(load_plan(GRAPHS / "edges.yaml").nodes)
     assert not any(tiny.iterdir())
 
@@ -120,7 +129,10 @@ def test_bad_arguments_exit_2(tiny: Path, tmp_path: Path):
 def test_helpers():
     assert batch_sizes(1) == [1] and batch_sizes(8) == [1, 2, 4, 8] and batch_sizes(12) == [1, 2, 4, 8, 12]
     assert parse_params(["generate.steps=4", "generate.prompt=a castle", "x.flag=true"]) == {
-        "generate.steps": 4, "generate.prompt": "a castle", "x.flag": True}
+        "generate.steps": 4,
+        "generate.prompt": "a castle",
+        "x.flag": True,
+    }
     with pytest.raises(ValueError, match="node.param=value"):
         parse_params(["steps"])
 

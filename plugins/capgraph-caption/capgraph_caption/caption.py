@@ -32,16 +32,26 @@ from capgraph_caption import models
 
 BLIP = Weights("blip-caption", "Salesforce/blip-image-captioning-large", models.blip, models.random_blip)
 BLIP2 = Weights("blip2-caption", "Salesforce/blip2-opt-2.7b", models.blip2, models.random_blip2)
-MODEL_TYPES = {"blip": ("BlipForConditionalGeneration", "BlipProcessor"),
-               "blip-2": ("Blip2ForConditionalGeneration", "Blip2Processor")}
+MODEL_TYPES = {
+    "blip": ("BlipForConditionalGeneration", "BlipProcessor"),
+    "blip-2": ("Blip2ForConditionalGeneration", "Blip2Processor"),
+}
 _BLIP2_ID = re.compile(r"blip-?2", re.IGNORECASE)
 
 
 class CaptionParams(NodeParams):
-    model: str = Field(BLIP.default, min_length=1, max_length=512,
-                       description="Hugging Face id or local folder of a BLIP or BLIP-2 captioning checkpoint")
-    prompt: str = Field("", max_length=500, description="text the caption continues (BLIP) or answers (BLIP-2); "
-                                                        "a wired `prompt` port overrides it; empty = a plain caption")
+    model: str = Field(
+        BLIP.default,
+        min_length=1,
+        max_length=512,
+        description="Hugging Face id or local folder of a BLIP or BLIP-2 captioning checkpoint",
+    )
+    prompt: str = Field(
+        "",
+        max_length=500,
+        description="text the caption continues (BLIP) or answers (BLIP-2); "
+        "a wired `prompt` port overrides it; empty = a plain caption",
+    )
     max_new_tokens: int = Field(30, ge=1, le=128, description="longest caption, in tokens after the prompt")
     num_beams: int = Field(3, ge=1, le=8, description="beam search width; 1 = greedy, the fastest")
     keep_prompt: bool = Field(True, description="start the answer with the prompt, as ai-runner's image-to-text does")
@@ -77,8 +87,10 @@ class Caption(Node):
         path = self.resolve_weights("blip2" if _BLIP2_ID.search(self.params.model) else "model", self.params.model)
         kind = AutoConfig.from_pretrained(path).model_type
         if kind not in MODEL_TYPES:
-            raise ValueError(f"node '{self.node_id}': model '{self.params.model}' is a '{kind}' checkpoint; caption loads "
-                             f"BLIP ({', '.join(MODEL_TYPES)}) captioning checkpoints")
+            raise ValueError(
+                f"node '{self.node_id}': model '{self.params.model}' is a '{kind}' checkpoint; caption loads "
+                f"BLIP ({', '.join(MODEL_TYPES)}) captioning checkpoints"
+            )
         model_class, processor_class = (getattr(transformers, name) for name in MODEL_TYPES[kind])
         self.processor, self.model = load_pretrained(self, path, model_class, processor_class)
 
@@ -115,4 +127,4 @@ class Caption(Node):
 def _without(text: str, prompt: str) -> str:
     """The caption after its prompt (BLIP lower-cases what it repeats, so compare so)."""
     head = prompt.strip()
-    return text[len(head):].strip() if head and text.lower().startswith(head.lower()) else text
+    return text[len(head) :].strip() if head and text.lower().startswith(head.lower()) else text

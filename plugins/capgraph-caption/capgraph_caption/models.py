@@ -16,40 +16,101 @@ from typing import Any
 
 from capgraph.nodes.helpers import no_progress_bars
 
-WORDS = ("a an the of in on with and at photo picture painting drawing cat dog house tree sky man woman child car "
-         "road street field water red blue green white black small large standing sitting sunset").split()
+WORDS = (
+    "a an the of in on with and at photo picture painting drawing cat dog house tree sky man woman child car "
+    "road street field water red blue green white black small large standing sitting sunset"
+).split()
 """A few whole words, so the tiny BLIP tokenizer reads a prompt as words rather than letters."""
 
 # Published configs, typed in from the repos' config.json files.
 BLIP_LARGE = {
-    "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16),
-    "text": dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                 encoder_hidden_size=1024, max_position_embeddings=512),
+    "vision": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=16,
+    ),
+    "text": dict(
+        vocab_size=30524,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        encoder_hidden_size=1024,
+        max_position_embeddings=512,
+    ),
     "model": dict(projection_dim=512, image_text_hidden_size=256),
     "image_size": 384,
 }
 BLIP2_OPT_2_7B = {
-    "vision": dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, image_size=224, patch_size=14),
-    "qformer": dict(vocab_size=30522, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                    cross_attention_frequency=2, encoder_hidden_size=1408),
-    "text": dict(model_type="opt", vocab_size=50272, hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32,
-                 max_position_embeddings=2048, word_embed_proj_dim=2560),
+    "vision": dict(
+        hidden_size=1408,
+        intermediate_size=6144,
+        num_hidden_layers=39,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+    ),
+    "qformer": dict(
+        vocab_size=30522,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        cross_attention_frequency=2,
+        encoder_hidden_size=1408,
+    ),
+    "text": dict(
+        model_type="opt",
+        vocab_size=50272,
+        hidden_size=2560,
+        ffn_dim=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=2560,
+    ),
     "model": dict(num_query_tokens=32),
     "image_size": 224,
 }
 TINY_BLIP = {
-    "vision": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
-    "text": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, encoder_hidden_size=32,
-                 max_position_embeddings=64),
+    "vision": dict(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    ),
+    "text": dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=32,
+        max_position_embeddings=64,
+    ),
     "model": dict(projection_dim=32, image_text_hidden_size=32),
     "image_size": 32,
 }
 TINY_BLIP2 = {
-    "vision": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
-    "qformer": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, encoder_hidden_size=32,
-                    max_position_embeddings=64),
-    "text": dict(model_type="opt", hidden_size=32, ffn_dim=37, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=128, word_embed_proj_dim=32),
+    "vision": dict(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    ),
+    "qformer": dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=32,
+        max_position_embeddings=64,
+    ),
+    "text": dict(
+        model_type="opt",
+        hidden_size=32,
+        ffn_dim=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        word_embed_proj_dim=32,
+    ),
     "model": dict(num_query_tokens=4),
     "image_size": 32,
 }
@@ -79,8 +140,15 @@ def opt_tokenizer(size: int | None = None) -> Any:
     from transformers import GPT2TokenizerFast
 
     vocab = _fill(["<pad>", "</s>", "<unk>", *sorted(ByteLevel.alphabet())], size)
-    return GPT2TokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, merges=[], unk_token="<unk>", bos_token="</s>",
-                             eos_token="</s>", pad_token="<pad>", model_max_length=512)
+    return GPT2TokenizerFast(
+        vocab={t: i for i, t in enumerate(vocab)},
+        merges=[],
+        unk_token="<unk>",
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=512,
+    )
 
 
 def _image_processor(side: int) -> Any:
@@ -105,8 +173,14 @@ def blip(folder: Path, config: dict[str, Any] | None = None, device: str | None 
     no_progress_bars()
     config = config or TINY_BLIP
     tokenizer = blip_tokenizer(config["text"].get("vocab_size"))
-    text = {**config["text"], "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-            "pad_token_id": tokenizer.pad_token_id, "sep_token_id": tokenizer.sep_token_id, "eos_token_id": tokenizer.sep_token_id}
+    text = {
+        **config["text"],
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
     model_config = BlipConfig(vision_config=config["vision"], text_config=text, **config["model"])
     torch.manual_seed(0)
     with torch.device(device or "cpu"):
@@ -124,14 +198,26 @@ def blip2(folder: Path, config: dict[str, Any] | None = None, device: str | None
     config = config or TINY_BLIP2
     size = config["text"].get("vocab_size")
     tokenizer = opt_tokenizer(None if size is None else size - 1)
-    processor = Blip2Processor(_image_processor(config["image_size"]), tokenizer, num_query_tokens=config["model"]["num_query_tokens"])
+    processor = Blip2Processor(
+        _image_processor(config["image_size"]), tokenizer, num_query_tokens=config["model"]["num_query_tokens"]
+    )
     tokenizer = processor.tokenizer
     vocab = max(len(tokenizer), size or 0)
-    text = {**config["text"], "vocab_size": vocab, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
+    text = {
+        **config["text"],
+        "vocab_size": vocab,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     qformer = {"vocab_size": vocab, **config["qformer"]}
-    model_config = Blip2Config(vision_config=config["vision"], qformer_config=qformer, text_config=text,
-                               image_token_index=tokenizer.convert_tokens_to_ids("<image>"), **config["model"])
+    model_config = Blip2Config(
+        vision_config=config["vision"],
+        qformer_config=qformer,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        **config["model"],
+    )
     torch.manual_seed(0)
     with torch.device(device or "cpu"):
         model = Blip2ForConditionalGeneration(model_config)

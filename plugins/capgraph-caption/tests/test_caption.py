@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("capgraph_caption", reason="the capgraph-caption plug-in is not installed (pip install ./plugins/capgraph-caption)")
+pytest.importorskip(
+    "capgraph_caption", reason="the capgraph-caption plug-in is not installed (pip install ./plugins/capgraph-caption)"
+)
 
 from capgraph.engine.executor import Executor  # noqa: E402
 from capgraph.engine.registry import catalogue, origin  # noqa: E402
@@ -30,7 +32,11 @@ def test_the_catalogue_lists_caption_with_its_package_and_version() -> None:
     family = catalogue()["caption"]
     assert family.__module__ == "capgraph_caption.caption"
     found = origin("caption")
-    assert (found.package, found.version, found.via) == ("capgraph-caption", version("capgraph-caption"), "entry point caption")
+    assert (found.package, found.version, found.via) == (
+        "capgraph-caption",
+        version("capgraph-caption"),
+        "entry point caption",
+    )
     assert origin("template").via == "built-in"
     assert set(family.tiny_models()) == {"blip-caption", "blip2-caption"}
 
@@ -46,7 +52,7 @@ def test_a_batch_captions_like_its_frames_one_by_one_with_and_without_a_prompt(t
     assert batch == one_by_one and all(isinstance(o["text"], str) for o in batch)
     assert batch[2]["text"].lower().startswith("a photo of")
     bare = node.params.model_copy(update={"keep_prompt": False})
-    assert node.run_batch(frames[2:], [bare])[0]["text"] == batch[2]["text"][len("a photo of"):].strip()
+    assert node.run_batch(frames[2:], [bare])[0]["text"] == batch[2]["text"][len("a photo of") :].strip()
     assert node.model.config.model_type == ("blip-2" if "blip2" in model else "blip")
 
 
@@ -90,11 +96,11 @@ def sdk() -> Iterator[Callable]:
 
 @pytest.fixture
 def recaption_service(tiny_models) -> Iterator[str]:
+    import httpx
+
     from capgraph.livepeer.local import local_app
     from capgraph.livepeer.settings import settings_from_file
     from tests.livepeer.lp_support import ServerThread, wait_for
-
-    import httpx
 
     plan = load_plan(RECAPTION)
     server = ServerThread(local_app(plan, settings_from_file(RECAPTION, plan))).start()
@@ -107,6 +113,7 @@ def recaption_service(tiny_models) -> Iterator[str]:
 
 def test_image_to_text_through_the_sdk(recaption_service, sdk) -> None:
     from livepeer_ai.models import errors
+
     from tests.livepeer.lp_support import png
 
     client = sdk(recaption_service)
@@ -117,8 +124,10 @@ def test_image_to_text_through_the_sdk(recaption_service, sdk) -> None:
     assert guided.image_to_text_response.text.lower().startswith("a painting of")
     with pytest.raises(errors.HTTPError) as wrong_model:
         client.generate.image_to_text(request={"image": image, "model_id": "Salesforce/blip-image-captioning-base"})
-    assert wrong_model.value.data.detail.msg == ("pipeline configured with Salesforce/blip-image-captioning-large but called "
-                                                 "with Salesforce/blip-image-captioning-base.")
+    assert wrong_model.value.data.detail.msg == (
+        "pipeline configured with Salesforce/blip-image-captioning-large but called "
+        "with Salesforce/blip-image-captioning-base."
+    )
     with pytest.raises(errors.HTTPError) as not_an_image:
         client.generate.image_to_text(request={"image": {"file_name": "x.png", "content": b"not a png"}})
     assert "image" in not_an_image.value.data.detail.msg

@@ -27,9 +27,22 @@ pytestmark = pytest.mark.slow
 
 
 def run(venv: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=300, cwd=venv.parent,
-                          env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(venv), "HF_HUB_OFFLINE": "1",
-                               "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "NO_COLOR": "1", "COLUMNS": "200"})
+    done = subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=venv.parent,
+        env={
+            "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+            "HOME": str(venv),
+            "HF_HUB_OFFLINE": "1",
+            "PIP_NO_INDEX": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+        },
+    )
     if check:
         assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done
@@ -48,25 +61,40 @@ def source_copy(source: Path, target: Path, parts: tuple[str, ...]) -> Path:
     target.mkdir()
     for part in parts:
         (shutil.copytree if (source / part).is_dir() else shutil.copy2)(
-            source / part, target / part, **({"ignore": shutil.ignore_patterns("*.egg-info", "__pycache__")} if (source / part).is_dir() else {}))
+            source / part,
+            target / part,
+            **({"ignore": shutil.ignore_patterns("*.egg-info", "__pycache__")} if (source / part).is_dir() else {}),
+        )
     return target
 
 
 def test_pip_install_capgraph_then_the_plugin_and_uninstall_it(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    run(venv, "pip", "uninstall", "-q", "-y", "setuptools")  # ensurepip's old one cannot build wheels; the linked one can
+    run(
+        venv, "pip", "uninstall", "-q", "-y", "setuptools"
+    )  # ensurepip's old one cannot build wheels; the linked one can
     site = Path(run(venv, "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
     (site / "libraries.pth").write_text(f"{libraries_without_capgraph(tmp_path / 'libraries')}\n")
     assert run(venv, "python", "-c", "import capgraph", check=False).returncode != 0  # nothing of ours yet
 
-    capgraph = source_copy(REPO, tmp_path / "capgraph-src", ("pyproject.toml", "README.md", "capgraph", "engine", "nodes", "serve", "livepeer", "cli"))
-    plugin = source_copy(PLUGIN, tmp_path / "capgraph-caption", ("pyproject.toml", "README.md", "capgraph_caption", "examples"))
+    capgraph = source_copy(
+        REPO,
+        tmp_path / "capgraph-src",
+        ("pyproject.toml", "README.md", "capgraph", "engine", "nodes", "serve", "livepeer", "cli"),
+    )
+    plugin = source_copy(
+        PLUGIN, tmp_path / "capgraph-caption", ("pyproject.toml", "README.md", "capgraph_caption", "examples")
+    )
     run(venv, "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(capgraph))
     run(venv, "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(plugin))
 
     listed = json.loads(run(venv, "capgraph", "nodes", "caption", "--json").stdout)
-    assert listed["caption"]["origin"] == {"package": "capgraph-caption", "version": "0.1.0", "via": "entry point caption"}
+    assert listed["caption"]["origin"] == {
+        "package": "capgraph-caption",
+        "version": "0.1.0",
+        "via": "entry point caption",
+    }
     graph = plugin / "examples" / "recaption.yaml"
     run(venv, "capgraph", "validate", str(graph))
 

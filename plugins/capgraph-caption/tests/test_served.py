@@ -12,7 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("capgraph_caption", reason="the capgraph-caption plug-in is not installed (pip install ./plugins/capgraph-caption)")
+pytest.importorskip(
+    "capgraph_caption", reason="the capgraph-caption plug-in is not installed (pip install ./plugins/capgraph-caption)"
+)
 
 RECAPTION = Path(__file__).resolve().parents[1] / "examples" / "recaption.yaml"
 pytestmark = pytest.mark.slow
@@ -34,13 +36,20 @@ def served() -> str:
     from capgraph.serve.app import CapabilityArgs, build, plan_app
     from tests.livepeer.lp_support import free_port
 
-    env = {"CAPGRAPH_MODELS": "tiny", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"], "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "CAPGRAPH_MODELS": "tiny",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"],
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     if ray.is_initialized():  # another package's cluster: this one needs the tiny-model environment
         serve.shutdown()
         ray.shutdown()
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, namespace="caption", log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(
+        num_cpus=2, include_dashboard=False, namespace="caption", log_to_driver=False, runtime_env={"env_vars": env}
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         args = CapabilityArgs(graph=str(RECAPTION))
@@ -61,16 +70,24 @@ def served() -> str:
 
 def test_the_served_graph_captions_and_redraws(served: str) -> None:
     image = np.full((64, 80, 3), 90, np.uint8)
-    answer = httpx.post(f"{served}/v1/recaption", files={"image": ("in.png", png(image), "image/png")},
-                        data={"params": '{"redraw.steps": 2}'}, timeout=120)
+    answer = httpx.post(
+        f"{served}/v1/recaption",
+        files={"image": ("in.png", png(image), "image/png")},
+        data={"params": '{"redraw.steps": 2}'},
+        timeout=120,
+    )
     assert answer.status_code == 200, answer.text
     outputs = answer.json()["outputs"]
     assert isinstance(outputs["caption"], str)
     from PIL import Image
 
     assert Image.open(io.BytesIO(base64.b64decode(outputs["image"]))).size == (80, 64)
-    text = httpx.post(f"{served}/image-to-text", files={"image": ("in.png", png(image), "image/png")},
-                      data={"prompt": "", "model_id": ""}, timeout=120)
+    text = httpx.post(
+        f"{served}/image-to-text",
+        files={"image": ("in.png", png(image), "image/png")},
+        data={"prompt": "", "model_id": ""},
+        timeout=120,
+    )
     assert text.status_code == 200, text.text
     assert text.json() == {"text": outputs["caption"]}  # the same frame, the same caption
 
@@ -87,5 +104,7 @@ def test_the_preflight_names_a_machine_without_a_plugin_package(served: str) -> 
     assert found == {"capgraph-caption": ("0.1.0", "'describe' (caption)")}
     lacking = preflight.check_plugins(plan, plugins=found | {"capgraph-no-such-plugin": ("1.0", "'x' (y)")})
     address = ray.util.get_node_ip_address()
-    assert lacking == [f"machine {address} does not have capgraph-no-such-plugin 1.0, which node(s) 'x' (y) come from: "
-                       "pip install 'capgraph-no-such-plugin==1.0' there (or into the cluster's image or runtime_env)."]
+    assert lacking == [
+        f"machine {address} does not have capgraph-no-such-plugin 1.0, which node(s) 'x' (y) come from: "
+        "pip install 'capgraph-no-such-plugin==1.0' there (or into the cluster's image or runtime_env)."
+    ]
