@@ -44,7 +44,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 def frames_for(node: Node, size: int, count: int) -> list[dict[str, Any]]:
     frame = node.example_inputs()
-    for name, value in list(frame.items()):
+    for name, _value in list(frame.items()):
         if node.inputs[name].type is PortType.IMAGE:
             frame[name] = example_value(PortType.IMAGE, size)
     return [dict(frame) for _ in range(count)]
@@ -118,7 +118,8 @@ def main() -> None:
         print(json.dumps(report))
         return
     print(
-        f"\n{device} {dtype}, {report['models']} models, {args.size} px frames, median of {args.rounds} interleaved rounds"
+        f"\n{device} {dtype}, {report['models']} models, {args.size} px frames, "
+        f"median of {args.rounds} interleaved rounds"
     )
     header = f"{'node':<26}{'load s':>8}{'b1 ms':>9}{'b4 ms':>9}{'b4 ms/frame':>13}{'speed-up':>10}{'weights MB':>12}"
     if device.startswith("cuda"):

@@ -104,12 +104,12 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(
-        f"\noverload: {args.clients} clients x {args.seconds:g} s on a {1 / FRAME_S:g} frame/s graph admitting {ADMITTED}, "
-        f"{report['cpus']} CPUs"
+        f"\noverload: {args.clients} clients x {args.seconds:g} s on a {1 / FRAME_S:g} frame/s graph "
+        f"admitting {ADMITTED}, {report['cpus']} CPUs"
     )
     print(
-        f"  refused {len(refused)} (503 + Retry-After): p50 {report['refusal_p50_s']:.3f} s, p99 {report['refusal_p99_s']:.3f} s "
-        f"= {report['refusal_p99_over_frame']:.2f} x one frame"
+        f"  refused {len(refused)} (503 + Retry-After): p50 {report['refusal_p50_s']:.3f} s, "
+        f"p99 {report['refusal_p99_s']:.3f} s = {report['refusal_p99_over_frame']:.2f} x one frame"
     )
     print(
         f"  accepted {len(accepted)}: p50 {report['accepted_p50_s']:.2f} s, p99 {report['accepted_p99_s']:.2f} s "

@@ -174,7 +174,8 @@ def run(
                 cluster.add_node(num_cpus=CPUS_PER_NODE)
                 nodes += 1
             log(
-                f"{replicas} replicas on {want} node{'s' if want > 1 else ''}, batch {batch} x {hold_ms:g} ms: deploying"
+                f"{replicas} replicas on {want} node{'s' if want > 1 else ''}, "
+                f"batch {batch} x {hold_ms:g} ms: deploying"
             )
             _deploy(graph(replicas, batch, hold_ms), ingress_replicas, port)
             clients = max(8, 2 * replicas * batch)
@@ -390,12 +391,14 @@ def print_table(report: dict[str, Any]) -> None:
         eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "   -"
         print(
             f"{r['replicas']:8d} {r['nodes']:5d} {r['batch_ms']:9g} {r['clients']:8d} {r['rps']:7.1f} {ideal}  {eff} "
-            f"{r['p50_ms'] or 0:8.0f} {r['p99_ms'] or 0:7.0f} {serve_ms:13.2f} {r['processes']['proxy']:8d} {r['machine_busy']:7.0%}"
+            f"{r['p50_ms'] or 0:8.0f} {r['p99_ms'] or 0:7.0f} {serve_ms:13.2f} "
+            f"{r['processes']['proxy']:8d} {r['machine_busy']:7.0%}"
         )
     eff8 = report["efficiency_8"]
     print(f"\nefficiency_8 {eff8:.2f}" if eff8 is not None else "\nefficiency_8 -", end="")
     print(
-        f"  ceiling_rps {report['ceiling_rps']:.1f}  bottleneck at the ceiling: {report['bottleneck']}  ({report['cpus']} CPUs)"
+        f"  ceiling_rps {report['ceiling_rps']:.1f}  bottleneck at the ceiling: {report['bottleneck']}  "
+        f"({report['cpus']} CPUs)"
     )
 
 

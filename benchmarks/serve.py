@@ -338,7 +338,7 @@ def serve_runs(graph: str, requests: int, scenarios: tuple = SCENARIOS) -> tuple
         for label, kind, options, levels in scenarios:
             print(f"  serve: {label}…", file=sys.stderr, flush=True)
             app = {
-                "capgraph": lambda: build(CapabilityArgs(graph=graph, **options)),
+                "capgraph": lambda options=options: build(CapabilityArgs(graph=graph, **options)),
                 "handwritten": lambda: handwritten_app(graph),
                 "fused": lambda: fused_app(graph),
             }[kind]()
@@ -565,11 +565,13 @@ def print_table(report: dict[str, Any]) -> None:
         shown = f"{batch:6.2f}" if batch is not None and batch == batch else f"{'':>6}"
         load = f"{m.get('load_before', local.get('load_before')):5.1f}"
         print(
-            f"{label:36} {c:>4} {m['rps']:8.2f} {m['rps'] / base:7.2f} {m['p50_ms']:9.1f} {m['p99_ms']:9.1f} {shown} {load}"
+            f"{label:36} {c:>4} {m['rps']:8.2f} {m['rps'] / base:7.2f} "
+            f"{m['p50_ms']:9.1f} {m['p99_ms']:9.1f} {shown} {load}"
         )
     runs = ", ".join(f"{r:.2f}" for r in local.get("runs_rps", []))
     print(
-        f"\n  in-process sequential measured before and after the served runs ({runs} req/s): the faster is the baseline"
+        f"\n  in-process sequential measured before and after the served runs ({runs} req/s): "
+        "the faster is the baseline"
     )
     print(
         f"  ratio to in-process sequential, default settings: c1 {report['ratio_c1']:.2f}x (target >= 0.9), "
@@ -582,8 +584,9 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print(f"  p99 / p50 at c32: {report['p99_over_p50_c32']:.2f} (target <= 1.5)")
     print(
-        f"  cold start, serve run -> /health 200: {cold['healthy_s']:.1f} s (proxy up at {cold['proxy_s']:.1f} s); a trivial "
-        f"one-deployment app: {cold['floor']['healthy_s']:.1f} s; {report['cold_start_over_floor']:.2f}x (target <= 1.1)"
+        f"  cold start, serve run -> /health 200: {cold['healthy_s']:.1f} s "
+        f"(proxy up at {cold['proxy_s']:.1f} s); a trivial one-deployment app: "
+        f"{cold['floor']['healthy_s']:.1f} s; {report['cold_start_over_floor']:.2f}x (target <= 1.1)"
     )
     print(f"  cold start breakdown: {json.dumps(report['cold_start_breakdown'])}")
     for d in report["settings"]:

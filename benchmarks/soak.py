@@ -244,12 +244,13 @@ def main() -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     print(
-        f"\nsoak: hybrid graph, tiny models, 64 px, 2 SDXL steps, {report['clients']} clients x {report['seconds']:g} s, "
-        f"{report['cpus']} CPUs, no GPU"
+        f"\nsoak: hybrid graph, tiny models, 64 px, 2 SDXL steps, {report['clients']} clients "
+        f"x {report['seconds']:g} s, {report['cpus']} CPUs, no GPU"
     )
     print(
         f"  requests {report['requests']}, failed {report['failed']} {report['statuses']}, {report['rps']:.2f} req/s, "
-        f"p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms, max {report['max_ms']:.0f} ms; /health after: {report['health_after']}"
+        f"p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms, max {report['max_ms']:.0f} ms; "
+        f"/health after: {report['health_after']}"
     )
     for failure in report["failures"]:
         print(f"  failed x{failure['count']}: {failure['status']} {failure['error']}")

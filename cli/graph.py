@@ -41,7 +41,8 @@ def validate(
             print_problems(problems)
             if ok:
                 out.print(
-                    f"[green]✓[/green] {path}: valid ({len(plan.nodes)} node{'s' if len(plan.nodes) != 1 else ''}, capability '{plan.capability}')",
+                    f"[green]✓[/green] {path}: valid ({len(plan.nodes)} node{'s' if len(plan.nodes) != 1 else ''}, "
+                    f"capability '{plan.capability}')",
                     highlight=False,
                 )
             else:

@@ -30,7 +30,10 @@ def serve_cmd(
     fuse: Annotated[
         str,
         typer.Option(
-            help="auto: the planner chooses (default); groups: only nodes sharing a group; all: one deployment; none: one per node"
+            help=(
+                "auto: the planner chooses (default); groups: only nodes sharing a group; all: one deployment; "
+                "none: one per node"
+            )
         ),
     ] = "auto",
     address: Annotated[
@@ -141,7 +144,8 @@ def register(
         ok = 200 <= int(answer.get("status") or 0) < 300
         mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
         out.print(
-            f"{mark} {answer['kind']} {escape(str(answer['orchestrator']))}: {answer['status']} {escape(str(answer.get('body', ''))[:200])}",
+            f"{mark} {answer['kind']} {escape(str(answer['orchestrator']))}: {answer['status']} "
+            f"{escape(str(answer.get('body', ''))[:200])}",
             highlight=False,
         )
     raise typer.Exit(0 if all(200 <= int(a.get("status") or 0) < 300 for a in answers) else 1)

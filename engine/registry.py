@@ -98,7 +98,8 @@ def catalogue() -> dict[str, type[Node]]:
         except Exception as exc:  # a broken plug-in must not take the catalogue down
             log.warning("skipping node family plug-in %s: %s", target, exc)
             _broken[name] = (
-                f"the plug-in '{name}' ({target}{', from ' + str(origin) if origin.package else ''}) failed to load: {exc}"
+                f"the plug-in '{name}' ({target}{', from ' + str(origin) if origin.package else ''}) "
+                f"failed to load: {exc}"
             )
             continue
         if family.type in families and families[family.type] is not family:

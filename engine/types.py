@@ -43,7 +43,9 @@ _DOCS: dict[PortType, str] = {
     PortType.MASK: "single mask: numpy float32 array of shape (H, W), values in [0, 1]",
     PortType.DEPTH_MAP: "relative depth: numpy float32 array of shape (H, W), normalised to [0, 1], near = 1",
     PortType.SEGMENTATION_MAP: "per-pixel class ids: numpy int32 array of shape (H, W)",
-    PortType.MASKS: "masks with scores: dict with 'masks' float32 (N, H, W), 'scores' float32 (N,), 'logits' float32 (N, h, w)",
+    PortType.MASKS: (
+        "masks with scores: dict with 'masks' float32 (N, H, W), 'scores' float32 (N,), 'logits' float32 (N, h, w)"
+    ),
     PortType.POINTS: "prompt points: list of [x, y, label] in pixels, label 1 = foreground, 0 = background",
     PortType.BOXES: "boxes: list of [x0, y0, x1, y1] in pixels",
     PortType.TEXT: "a string",

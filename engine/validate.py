@@ -294,7 +294,8 @@ class _Validator:
                 if not port.optional and port_name not in node.inputs and not misnamed:  # a misnamed port explains it
                     self.report(
                         "missing_input",
-                        f"node '{node_id}' ({node.type}): required input port '{port_name}' ({port.label}) is not wired.",
+                        f"node '{node_id}' ({node.type}): required input port '{port_name}' "
+                        f"({port.label}) is not wired.",
                         at + ("inputs",) if "inputs" in _raw(self.tree, at) else at,
                         node=node_id,
                         port=port_name,

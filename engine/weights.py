@@ -59,7 +59,10 @@ class ModelMissing(RuntimeError):
         self.node_id, self.model = node_id, model
         where = "is not in the local cache and HF_HUB_OFFLINE is set" if offline else "cannot be found"
         if unreachable:
-            where = f"is not in the local cache and the Hugging Face hub cannot be reached from this machine ({unreachable})"
+            where = (
+                "is not in the local cache and the Hugging Face hub cannot be reached "
+                f"from this machine ({unreachable})"
+            )
         fix = "Fetch it first with: capgraph prepare <graph.yaml>" if offline else "Fix the path or id in the graph"
         super().__init__(
             f"node '{node_id}': model '{model}' {where}{detail}. "

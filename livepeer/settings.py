@@ -325,7 +325,8 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
         if response not in mapping and len(_outputs_of(plan, _OUTPUT_TYPES[response])) != 1:
             problems.append(
                 f"livepeer.routes.{route}: name the graph output that answers '{response}' "
-                f"(e.g. {response}: <output>); the graph has {len(_outputs_of(plan, _OUTPUT_TYPES[response]))} of a fitting type."
+                f"(e.g. {response}: <output>); the graph has "
+                f"{len(_outputs_of(plan, _OUTPUT_TYPES[response]))} of a fitting type."
             )
         for name, spec in inputs.items():
             if spec.required and name not in fed:
@@ -356,7 +357,8 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
         for name, spec in inputs.items():
             if spec.required and name not in mapped:
                 problems.append(
-                    f"livepeer.live: required graph input '{name}' gets no value; give it a default or map a stream param to it."
+                    f"livepeer.live: required graph input '{name}' gets no value; "
+                    "give it a default or map a stream param to it."
                 )
     return problems
 

@@ -188,7 +188,8 @@ class Sam2Params(NodeParams):
             if self.point_coords is None or len(self.point_labels) != len(self.point_coords):
                 count = 0 if self.point_coords is None else len(self.point_coords)
                 raise ValueError(
-                    f"point_labels has {len(self.point_labels)} labels for {count} point_coords; give one label per point"
+                    f"point_labels has {len(self.point_labels)} labels for {count} point_coords; "
+                    "give one label per point"
                 )
             if any(label not in (0, 1) for label in self.point_labels):
                 raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), got {self.point_labels}")

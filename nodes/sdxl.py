@@ -130,7 +130,8 @@ CONTROLNET_CONFIG: Config = {  # diffusers/controlnet-{depth,canny}-sdxl-1.0: 1.
 
 
 def _save_base(folder: Path, modules: dict[str, Any], config: Config | None = None) -> None:
-    """The base pipeline in the layout of stabilityai/stable-diffusion-xl-base-1.0 (tokenizers: the tiny byte-level one)."""
+    """The base pipeline in the layout of stabilityai/stable-diffusion-xl-base-1.0
+    (tokenizers: the tiny byte-level one)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     scheduler = EulerDiscreteScheduler(
@@ -318,7 +319,9 @@ class SdxlParams(NodeParams):
         "default", "euler", "euler_a", "euler_trailing", "euler_a_trailing", "lcm", "dpmpp_2m_karras"
     ] = Field(
         "default",
-        description="sampler; 'default' keeps the checkpoint's own, *_trailing suit Lightning/Turbo few-step checkpoints",
+        description=(
+            "sampler; 'default' keeps the checkpoint's own, *_trailing suit Lightning/Turbo few-step checkpoints"
+        ),
     )
     controlnet_scales: tuple[Scale, ...] | None = Field(
         None, description="per-request ControlNet scales overriding controlnets[i].scale, one per ControlNet"
@@ -455,14 +458,16 @@ class Sdxl(Node):
                 problems.append(
                     (
                         name,
-                        f"has {len(needed)} ControlNet(s), so port '{name}' must be wired (one control image per ControlNet).",
+                        f"has {len(needed)} ControlNet(s), so port '{name}' must be wired "
+                        "(one control image per ControlNet).",
                     )
                 )
             elif name in wired and name not in needed:
                 problems.append(
                     (
                         name,
-                        f"port '{name}' is wired but the node has {len(needed)} ControlNet(s); add one to 'controlnets' or unwire it.",
+                        f"port '{name}' is wired but the node has {len(needed)} ControlNet(s); "
+                        "add one to 'controlnets' or unwire it.",
                     )
                 )
         if "mask" in wired and "image" not in wired:
@@ -530,7 +535,8 @@ class Sdxl(Node):
         missing = [c.model for c in p.controlnets if c.model not in self.nets]
         if missing:  # load-time params: a request cannot name another, so this is a wiring bug
             raise ValueError(
-                f"node '{self.node_id}' has not loaded ControlNet {', '.join(missing)} (it loaded {', '.join(self.nets) or 'none'})"
+                f"node '{self.node_id}' has not loaded ControlNet {', '.join(missing)} "
+                f"(it loaded {', '.join(self.nets) or 'none'})"
             )
         return [self.nets[c.model] for c in p.controlnets]
 

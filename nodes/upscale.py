@@ -198,7 +198,10 @@ class UpscaleParams(NodeParams):
         None,
         min_length=1,
         max_length=512,
-        description="sd_x4: id or folder of the pipeline; esrgan: weights file (path or owner/repo/file.pth); unset = the method's default",
+        description=(
+            "sd_x4: id or folder of the pipeline; esrgan: weights file (path or owner/repo/file.pth); "
+            "unset = the method's default"
+        ),
     )
     prompt: str = Field(
         "", max_length=2000, description="sd_x4: what the image shows; a wired `prompt` port overrides it"
@@ -219,7 +222,8 @@ class UpscaleParams(NodeParams):
 
 
 class Upscale(Node):
-    """4x upscale of a frame: the Stable Diffusion x4 upscaler (prompted) or an ESRGAN network through spandrel (fast)."""
+    """4x upscale of a frame: the Stable Diffusion x4 upscaler (prompted) or an ESRGAN network through \
+spandrel (fast)."""
 
     type = "upscale"
     category = "generation"
@@ -261,7 +265,8 @@ class Upscale(Node):
             descriptor = ModelLoader().load_from_file(file)
             if not isinstance(descriptor, ImageModelDescriptor):
                 raise ValueError(
-                    f"node '{self.node_id}': {file} holds a {descriptor.architecture.name} model, not an image-to-image network"
+                    f"node '{self.node_id}': {file} holds a {descriptor.architecture.name} model, "
+                    "not an image-to-image network"
                 )
             if torch_dtype == torch.float16 and not descriptor.supports_half:
                 torch_dtype = torch.float32  # some architectures overflow in fp16; spandrel knows which
@@ -274,7 +279,8 @@ class Upscale(Node):
         repo, filename = split_weights(model)
         if not models_mode() and filename is None and not Path(repo).expanduser().exists():
             raise FileNotFoundError(
-                f"node '{self.node_id}': weights file '{model}' does not exist; give a local path or owner/repo/file.pth"
+                f"node '{self.node_id}': weights file '{model}' does not exist; "
+                "give a local path or owner/repo/file.pth"
             )
         found = Path(self.resolve_weights("esrgan", repo))
         if found.is_file():
@@ -285,7 +291,8 @@ class Upscale(Node):
         if len(candidates) == 1:  # a folder with one weights file, e.g. the tiny model's
             return candidates[0]
         raise FileNotFoundError(
-            f"node '{self.node_id}': no weights file '{filename or '*.pth'}' in {found} (found {[p.name for p in candidates]})"
+            f"node '{self.node_id}': no weights file '{filename or '*.pth'}' in {found} "
+            f"(found {[p.name for p in candidates]})"
         )
 
     def example_inputs(self) -> Frame:

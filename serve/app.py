@@ -323,7 +323,8 @@ def _served_costs(plan: Plan, args: CapabilityArgs, device: str, notes: list[str
     if costs:
         shown = ", ".join(f"{n} {c.per_frame(min(c.batch_ms)):.3g} ms" for n, c in costs.items())
         notes.append(
-            f"costs measured while serving this graph on this machine ({shown} a frame); capgraph tune measures them thoroughly"
+            f"costs measured while serving this graph on this machine ({shown} a frame); "
+            "capgraph tune measures them thoroughly"
         )
     return costs or None
 

@@ -180,7 +180,10 @@ class UnitReplica:
             report = self.report[node_id]
             headroom = ""
             if self.memory_cap:
-                headroom = f"; GPU cap {self.memory_cap / 2**30:.2f} GiB, {(self.memory_cap - _cuda_allocated()) / 2**30:.2f} GiB free"
+                headroom = (
+                    f"; GPU cap {self.memory_cap / 2**30:.2f} GiB, "
+                    f"{(self.memory_cap - _cuda_allocated()) / 2**30:.2f} GiB free"
+                )
                 report["gpu_cap_bytes"] = self.memory_cap
             log.info(
                 "capgraph: node '%s' loaded %s bytes of weights (%.1f MiB) in %.2fs, warm-up %.2fs%s",

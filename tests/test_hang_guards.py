@@ -23,7 +23,9 @@ import threading
 def deadlock() -> None:
     # What the SDK's finalizer met: the lock `submit` takes, held by a thread that never lets go.
     concurrent.futures.thread._global_shutdown_lock.acquire()
-    waiter = threading.Thread(target=lambda: concurrent.futures.ThreadPoolExecutor(1).submit(print), name="server", daemon=True)
+    waiter = threading.Thread(
+        target=lambda: concurrent.futures.ThreadPoolExecutor(1).submit(print), name="server", daemon=True
+    )
     waiter.start()
     waiter.join()
 """

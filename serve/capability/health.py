@@ -157,7 +157,8 @@ class Health:
                 if ready:
                     self.healthy_since = self.healthy_since or took
                     log.info(
-                        "capgraph: capability '%s' is healthy (%d nodes loaded and warm) %.1fs after the ingress started",
+                        "capgraph: capability '%s' is healthy (%d nodes loaded and warm) "
+                        "%.1fs after the ingress started",
                         capability,
                         len(nodes),
                         took,

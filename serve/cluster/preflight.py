@@ -63,7 +63,10 @@ class Cluster:
 
     def describe(self) -> str:
         kind = f" {self.accelerator}" if self.accelerator else ""
-        return f"{self.gpus}{kind} GPU and {self.cpus:g} CPU on {len(self.machines)} machine{'s' if len(self.machines) != 1 else ''}"
+        return (
+            f"{self.gpus}{kind} GPU and {self.cpus:g} CPU on {len(self.machines)} "
+            f"machine{'s' if len(self.machines) != 1 else ''}"
+        )
 
 
 def cluster_from_ray() -> Cluster:

@@ -217,8 +217,9 @@ class Respread:
         counts = Counter(r.machine for r in running)
         emptiest = min((m for m in alive if room[m]), key=lambda m: counts.get(m, 0))
         return (
-            f"deployment '{self.deployment}' has {counts[self.machine]} replicas on machine {_name(alive, self.machine)} and "
-            f"{counts.get(emptiest, 0)} on machine {_name(alive, emptiest)}, which has room for one: this replica moves "
+            f"deployment '{self.deployment}' has {counts[self.machine]} replicas "
+            f"on machine {_name(alive, self.machine)} and {counts.get(emptiest, 0)} "
+            f"on machine {_name(alive, emptiest)}, which has room for one: this replica moves "
             "(Ray finishes its frames and starts its replacement where there is room)"
         )
 

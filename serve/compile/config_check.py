@@ -38,7 +38,8 @@ def check_applications(tree: Any, file: str = "<graph>") -> list[GraphError]:
                     at,
                     "missing_field",
                     f"applications[{index}] runs {BUILDER} but has no 'args.graph'.",
-                    "Add 'args: {graph: {capability: *capability, inputs: *inputs, nodes: *nodes, outputs: *outputs}}'.",
+                    "Add 'args: {graph: {capability: *capability, inputs: *inputs, "
+                    "nodes: *nodes, outputs: *outputs}}'.",
                 )
             )
             continue

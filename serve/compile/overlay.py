@@ -132,7 +132,8 @@ def read_overlay(path: str | Path) -> Overlay:
         unknown = set(fields or {}) - set(PLACEMENT_FIELDS)
         if unknown:
             raise ValueError(
-                f"{path}: node '{node_id}' has {', '.join(sorted(unknown))}; an overlay sets only {', '.join(PLACEMENT_FIELDS)}"
+                f"{path}: node '{node_id}' has {', '.join(sorted(unknown))}; "
+                f"an overlay sets only {', '.join(PLACEMENT_FIELDS)}"
             )
     return Overlay(
         str(path),

@@ -330,8 +330,8 @@ def choose_batch(
         best = min(chunked_ms(plan, nodes, settings, costs, b) / b for b in sizes)
         size = next(b for b in sizes if chunked_ms(plan, nodes, settings, costs, b) / b <= best * (1 + BATCH_SLACK))
         why = (
-            f"batch {size}: {chunked_ms(plan, nodes, settings, costs, size) / size:.3g} ms a frame, within {BATCH_SLACK:.0%} "
-            f"of the best measured ({best:.3g} ms, batches up to {sizes[-1]})"
+            f"batch {size}: {chunked_ms(plan, nodes, settings, costs, size) / size:.3g} ms a frame, "
+            f"within {BATCH_SLACK:.0%} of the best measured ({best:.3g} ms, batches up to {sizes[-1]})"
         )
     else:
         size = plan.nodes[anchor].family.max_batch
@@ -416,7 +416,8 @@ def size_units(
         why.append(batch.why)
         ongoing = max(ONGOING_BATCHES * size, MIN_ONGOING)
         why.append(
-            f"max_ongoing_requests {ongoing}: {ONGOING_BATCHES} batches of {size} (one running, one filling, two queued)"
+            f"max_ongoing_requests {ongoing}: {ONGOING_BATCHES} batches of {size} "
+            "(one running, one filling, two queued)"
         )
         cpus, threads, replicas, reason = shares[p.name]
         why.append(reason)
@@ -474,8 +475,8 @@ def _cpu_shares(
         cpus = max(CPU_STEP, math.floor(per_replica / CPU_STEP + 1e-9) * CPU_STEP)
         threads = threads_for(cpus)
         note = (
-            f"{cpus:g} CPU and {threads} torch thread{'s' if threads != 1 else ''} a replica: by cost, {weight[p.name] / total:.0%} "
-            f"of the {machine.cpus:g} CPU left beside the ingress"
+            f"{cpus:g} CPU and {threads} torch thread{'s' if threads != 1 else ''} a replica: "
+            f"by cost, {weight[p.name] / total:.0%} of the {machine.cpus:g} CPU left beside the ingress"
             + (f", at most {GPU_UNIT_MAX_CPUS:g} beside a GPU" if gpu else "")
         )
         result[p.name] = (cpus, threads, replicas, note + why)

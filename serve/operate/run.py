@@ -201,8 +201,8 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
             print(fit_report(refused), file=sys.stderr)
         else:
             print(
-                f"the graphs served together ({', '.join(a.name for a in apps if not a.model)}, and the models they share) "
-                f"do not fit the cluster ({refused.cluster.describe()}):",
+                f"the graphs served together ({', '.join(a.name for a in apps if not a.model)}, "
+                f"and the models they share) do not fit the cluster ({refused.cluster.describe()}):",
                 file=sys.stderr,
             )
             print("\n".join(f"  - {p}" for p in refused.problems), file=sys.stderr)
@@ -231,8 +231,8 @@ def deploy_apps(apps: Sequence[Any], host: str, port: int, out: TextIO) -> int:
         waited = _until_healthy(f"{local}/health")
         print(
             f"capability '{app.name}' is healthy after {waited:.1f}s from the start of this process (deploying took "
-            f"{deploying:.1f}s): POST {base}/v1/{app.name} (schema: {base}/v1/{app.name}/schema, health: {base}/health, "
-            f"docs: {base}/docs)",
+            f"{deploying:.1f}s): POST {base}/v1/{app.name} (schema: {base}/v1/{app.name}/schema, "
+            f"health: {base}/health, docs: {base}/docs)",
             file=out,
             flush=True,
         )
@@ -278,7 +278,8 @@ def _shut_down(names: Sequence[str], out: TextIO) -> None:
         return
     local = LocalRay.of(node)
     print(
-        f"shutting down: draining, unregistering, {'stopping the local Ray' if local else 'disconnecting from the Ray cluster'}",
+        "shutting down: draining, unregistering, "
+        f"{'stopping the local Ray' if local else 'disconnecting from the Ray cluster'}",
         file=out,
         flush=True,
     )
@@ -319,12 +320,14 @@ def _print_blueprint(summary: dict[str, Any], out: TextIO) -> None:
         reads = f" <- {', '.join(d['reads_from'])}" if d["reads_from"] else ""
         if d["runs_in"]:
             print(
-                f"  {d['name']}: {', '.join(d['nodes'])} | runs in the shared model application '{d['runs_in']}'{reads}",
+                f"  {d['name']}: {', '.join(d['nodes'])} | "
+                f"runs in the shared model application '{d['runs_in']}'{reads}",
                 file=out,
             )
             continue
         print(
-            f"  {d['name']}: {', '.join(d['nodes'])} | gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} threads {d['threads']} | "
+            f"  {d['name']}: {', '.join(d['nodes'])} | "
+            f"gpu {d['num_gpus']:g} cpu {d['num_cpus']:g} threads {d['threads']} | "
             f"replicas {d['replicas']} | batch {d['max_batch_size']} / {d['batch_wait_s'] * 1000:g} ms | "
             f"max_ongoing_requests {d['max_ongoing_requests']}{reads}",
             file=out,

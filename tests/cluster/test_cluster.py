@@ -94,8 +94,8 @@ def test_serve_deploy_as_the_readme_says(three_machines: Served):
             [
                 sys.executable,
                 "-c",
-                "import ray; from ray import serve; ray.init(address=%r, log_to_driver=False); "
-                "serve.delete('depth')" % three_machines.cluster.address,
+                f"import ray; from ray import serve; ray.init(address={three_machines.cluster.address!r}, "
+                "log_to_driver=False); serve.delete('depth')",
             ],
             env=three_machines.env,
             timeout=120,
@@ -204,8 +204,9 @@ def _lose_a_machine_under_load(served: Served, victim: str) -> None:
     back = next((t for t, status, _ in probes if down and t > down[0][0] and status == 200), None)
     failed = [r for r in load.records if r.status != 200]
     print(
-        f"\nlost machine {victim}: {len(load.records)} requests, {len(failed)} failed ({sorted({r.status for r in failed})}, "
-        f"in {[round(r.seconds, 2) for r in failed]} s); /health 503 {down[0][0] - lost_at if down else float('nan'):.1f} s "
+        f"\nlost machine {victim}: {len(load.records)} requests, {len(failed)} failed "
+        f"({sorted({r.status for r in failed})}, in {[round(r.seconds, 2) for r in failed]} s); "
+        f"/health 503 {down[0][0] - lost_at if down else float('nan'):.1f} s "
         f"after, 200 again {(back - lost_at) if back else float('nan'):.1f} s after"
     )
     assert down, "health never turned 503 after the machine was lost"
@@ -251,8 +252,8 @@ def _spread_again_under_load(served: Served) -> None:
     load = asyncio.run(scenario())
     failed = [r for r in load.records if r.status != 200]
     print(
-        f"machine back: spread again {spread[0] if spread else float('nan'):.1f} s after, {len(load.records)} requests, "
-        f"{len(failed)} failed; /health {sorted({status for _, status, _ in probes})}"
+        f"machine back: spread again {spread[0] if spread else float('nan'):.1f} s after, "
+        f"{len(load.records)} requests, {len(failed)} failed; /health {sorted({status for _, status, _ in probes})}"
     )
     assert spread, f"the replicas did not spread again: {replicas_by_machine(served, 'depth')}"
     assert not failed, failed[:3]

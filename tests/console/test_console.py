@@ -34,7 +34,8 @@ def wait_for(browser, script: str, timeout_s: float = WAIT_S, what: str = ""):
 
 def states(browser) -> dict[str, str]:
     return browser.execute_script(
-        "return Object.fromEntries([...document.querySelectorAll('#picture [data-node]')].map(g => [g.dataset.node, g.dataset.state]))"
+        "return Object.fromEntries([...document.querySelectorAll('#picture [data-node]')]"
+        ".map(g => [g.dataset.node, g.dataset.state]))"
     )
 
 
@@ -116,7 +117,8 @@ def test_the_form_runs_a_frame_and_shows_the_output_images_and_timings(browser, 
     browser.find_element("id", "run").click()
     wait_for(browser, "document.querySelectorAll('#result img.shot').length === 2", 30, "two output images")
     sizes = browser.execute_script(
-        "return [...document.querySelectorAll('#result img.shot')].map(i => [i.dataset.output, i.naturalWidth, i.naturalHeight])"
+        "return [...document.querySelectorAll('#result img.shot')]"
+        ".map(i => [i.dataset.output, i.naturalWidth, i.naturalHeight])"
     )
     assert sorted(sizes) == [["edges", 64, 40], ["preview", 64, 40]]  # fitted to 64 px, sides a multiple of 8
     timed = browser.execute_script(

@@ -63,7 +63,8 @@ def test_the_ingress_imports_no_model_library() -> None:
     import sys
 
     code = (
-        "import pickle, sys\nfrom capgraph.engine.validate import load_plan\nfrom capgraph.serve.compile.compiler import compile_plan\n"
+        "import pickle, sys\nfrom capgraph.engine.validate import load_plan\n"
+        "from capgraph.serve.compile.compiler import compile_plan\n"
         "import capgraph.serve.capability.ingress, capgraph.serve.capability.routes\n"
         "pickle.loads(pickle.dumps(compile_plan(load_plan(sys.argv[1]))))\n"
         "print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'cv2') if m in sys.modules))"

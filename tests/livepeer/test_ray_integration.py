@@ -82,7 +82,8 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
         # /ready can answer before serve.operate.run returns in the service: stop it once it is serving (exit 0), not
         # while it still deploys (exit 128 + the signal).
         wait_for(lambda: "is healthy after" in log.read_text(), timeout=60)
-        # The scan below sees Ray's own processes, the agents the issue found orphaned included: "nothing left" means it.
+        # The scan below sees Ray's own processes, the agents the issue found orphaned included:
+        # "nothing left" means it.
         running = _ours(service.pid, mark)
         assert any(cmdline.startswith("ray::RuntimeEnvAgent") for cmdline in running.values()), running
         assert any(cmdline.startswith("ray::ServeReplica") for cmdline in running.values()), running

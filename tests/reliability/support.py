@@ -73,7 +73,8 @@ def deploy(name: str, prefix: str, graph: dict[str, Any] | str, timeout_s: float
     threading.Thread(target=run, daemon=True).start()
     if not done.wait(timeout_s):
         raise AssertionError(
-            f"app '{name}' is not running {timeout_s:g}s after serve.operate.run: {serve.status().applications.get(name)}"
+            f"app '{name}' is not running {timeout_s:g}s after serve.operate.run: "
+            f"{serve.status().applications.get(name)}"
         )
     if errors:
         raise errors[0]

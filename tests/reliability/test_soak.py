@@ -21,9 +21,9 @@ def test_short_soak_has_no_failures_and_no_memory_growth(hybrid):
     summary = load.summary()
     rows = memory_growth(before, after)
     print(
-        f"\nsoak 32 clients x 15 s: {summary['requests']} requests, {summary['failed']} failed, {summary['rps']:.1f} req/s, "
-        f"p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; memory growth (MiB): "
-        + ", ".join(f"{r['replica'].split('#')[0]} {r['growth_mib']:+.0f}" for r in rows)
+        f"\nsoak 32 clients x 15 s: {summary['requests']} requests, {summary['failed']} failed, "
+        f"{summary['rps']:.1f} req/s, p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; "
+        "memory growth (MiB): " + ", ".join(f"{r['replica'].split('#')[0]} {r['growth_mib']:+.0f}" for r in rows)
     )
     assert summary["failed"] == 0, [r for r in load.records if r.status != 200][:3]
     assert summary["requests"] >= 32

@@ -55,7 +55,8 @@ def test_a_hung_node_answers_504_at_the_timeout_and_the_rest_keeps_serving(nap):
     (status, took, text), *rest = asyncio.run(scenario())
     others, (health, schema, bad) = rest[:6], rest[6:]
     print(
-        f"\nhung request: {status} after {took:.2f}s (timeout {TIMEOUT_S:g}s); others: {[(s, round(t, 2)) for s, t, _ in others]}"
+        f"\nhung request: {status} after {took:.2f}s (timeout {TIMEOUT_S:g}s); "
+        f"others: {[(s, round(t, 2)) for s, t, _ in others]}"
     )
     assert status == 504 and TIMEOUT_S - 0.05 <= took < TIMEOUT_S + 1.5, (status, took, text)
     assert "did not answer within 2 s" in text

@@ -62,9 +62,9 @@ def test_redeploying_a_new_version_under_load_fails_nothing(hybrid):
     during = [r for r in load.records if timeline["update"] <= r.started <= timeline["running"]]
     not_ok = [(round(t, 1), status, text[:200]) for t, status, text in probes if status != 200]
     print(
-        f"\nupdate under load: deploy of v2 took {timeline['running'] - timeline['update']:.1f}s; {len(load.records)} requests "
-        f"({len(during)} sent during the update), {len(failed)} failed; /health not 200 in {len(not_ok)} of {len(probes)} probes"
-        + (f", e.g. {not_ok[0]}" if not_ok else "")
+        f"\nupdate under load: deploy of v2 took {timeline['running'] - timeline['update']:.1f}s; "
+        f"{len(load.records)} requests ({len(during)} sent during the update), {len(failed)} failed; "
+        f"/health not 200 in {len(not_ok)} of {len(probes)} probes" + (f", e.g. {not_ok[0]}" if not_ok else "")
     )
     assert not failed, failed[:3]
     assert during, "no request was sent while the update ran"

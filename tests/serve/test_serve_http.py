@@ -40,7 +40,8 @@ def test_json_images_as_base64_or_data_urls(hybrid):
         hybrid, {"inputs": {"image": png_b64(image), "prompt": "p"}, "params": {"generate.steps": 2}}, MAX
     )
     assert np.array_equal(inputs["image"], image) and inputs["prompt"] == "p" and params["generate"].steps == 2
-    # resolved once, here, for every node (a node the request leaves alone keeps the graph's own params), and passed on as is
+    # resolved once, here, for every node (a node the request leaves alone keeps the graph's own params),
+    # and passed on as is
     assert all(params[n] is hybrid.nodes[n].params for n in hybrid.nodes if n != "generate")
     url = "data:image/png;base64," + png_b64(image)
     assert np.array_equal(http.parse_json(hybrid, {"inputs": {"image": url}}, MAX)[0]["image"], image)

@@ -53,7 +53,10 @@ def test_fractions_do_not_split_across_gpus():
 def test_cpu_shortage_is_named():
     problems = preflight.check_fit(quarters(3, gpu=0, cpu=1.0), NO_GPU, 0.25)
     assert problems == [
-        "deployment 'n2' needs 1 CPU and does not fit: the cluster has 2 CPU in all; lower 'resources.cpu' on its nodes.",
+        (
+            "deployment 'n2' needs 1 CPU and does not fit: the cluster has 2 CPU in all; "
+            "lower 'resources.cpu' on its nodes."
+        ),
         "deployment 'capgraph-ingress' needs 0.25 CPU and does not fit",
     ]
 
