@@ -283,7 +283,7 @@ def render(
     plan = load_graph(graph)
     boxes = None
     if deployments:
-        from capgraph.serve.compile import deployments as compiled_deployments
+        from capgraph.serve.cluster import deployments as compiled_deployments
 
         boxes = compiled_deployments(plan)
     suffix = output.suffix.lower().lstrip(".") if output else "mmd"

@@ -26,7 +26,7 @@ from capgraph.engine.validate import load_plan, plan_from_data
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.engine.yamlload import YamlProblem, load_yaml
 from capgraph.serve.capability import MAX_BODY_BYTES, RETRY_AFTER_S, Capability, Settings
-from capgraph.serve.cluster import environment, preflight
+from capgraph.serve.cluster import environment, preflight, stop_local_serve_run
 from capgraph.serve.compile import (
     INGRESS,
     Compiled,
@@ -39,7 +39,6 @@ from capgraph.serve.compile import (
     measured_costs,
     sharing,
 )
-from capgraph.serve.operate import stop_local_serve_run
 from capgraph.serve.replica import UnitReplica, stuck_after
 
 log = logging.getLogger("ray.serve")

@@ -1,6 +1,7 @@
 """Where replicas run on a cluster: will the graph fit (`preflight`), replicas spread again
 when a machine returns (`respread`), torch threads that follow the load (`cores`), and the
-settings every replica needs wherever Ray places it (`environment`).
+settings every replica needs wherever Ray places it (`environment`), and the processes
+behind them: signals, a local Ray, a local `serve run` (`process`).
 
 Its public surface is below, imported on first use (some of it needs Ray)."""
 
@@ -12,6 +13,11 @@ _SURFACE = {
     "machine_cores": "cores",
     "sharing_on": "cores",
     "cluster_from_ray": "preflight",
+    "deployments": "preflight",
+    "LocalRay": "process",
+    "StopSignals": "process",
+    "stop_local_serve_run": "process",
+    "wait_until_stopped": "process",
     "claimed": "respread",
 }
 __all__ = sorted(_SURFACE)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from capgraph.engine.plan import Plan, PlannedNode
-from capgraph.serve.compile import GIB, INGRESS, Compiled, Unit
+from capgraph.serve.compile import GIB, INGRESS, Compiled, Unit, compile_plan, find_overlay
 
 log = logging.getLogger("capgraph.serve")
 
@@ -367,3 +367,15 @@ def check_plugins(plan: Plan, timeout_s: float = 60.0, plugins: dict[str, tuple[
                 f"pip install '{package}=={version}' there (or into the cluster's image or runtime_env)."
             )
     return problems
+
+
+def deployments(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """Deployment name -> its nodes, as the builder would compile `plan` here (this
+    machine's tuned overlay included, when it matches). No Ray, no torch: for pictures
+    (`capgraph render`), where only the grouping matters."""
+    cluster = local_cluster(probe_gpus=False)
+    overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")
+    compiled = compile_plan(
+        plan, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None
+    )
+    return {u.name: u.nodes for u in compiled.units}

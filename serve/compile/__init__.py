@@ -14,7 +14,6 @@ _SURFACE = {
     "Remote": "compiler",
     "Unit": "compiler",
     "compile_plan": "compiler",
-    "deployments": "compiler",
     "application": "config_check",
     "check_deployment_sections": "config_check",
     "OVERLAY_FORMAT": "overlay",

@@ -224,21 +224,6 @@ def compile_plan(
     return Compiled(plan, tuple(units), awaited, tuple(warnings))
 
 
-def deployments(plan: Plan) -> dict[str, tuple[str, ...]]:
-    """Deployment name -> its nodes, as the builder would compile `plan` here (this
-    machine's tuned overlay included, when it matches). No Ray, no torch: for pictures
-    (`capgraph render`), where only the grouping matters."""
-    from capgraph.serve.cluster import preflight  # it reads what this module compiles: imported here
-    from capgraph.serve.compile.overlay import find_overlay
-
-    cluster = preflight.local_cluster(probe_gpus=False)
-    overlay, _ = find_overlay(plan, None, "cuda" if cluster.gpus else "cpu")
-    compiled = compile_plan(
-        plan, tuned=overlay.nodes if overlay else None, measured=overlay.costs() if overlay else None
-    )
-    return {u.name: u.nodes for u in compiled.units}
-
-
 def _remote(unit: Unit, remote: Remote) -> Unit:
     """A unit another application runs: no resources or replicas of this application's."""
     return replace(

@@ -1,6 +1,6 @@
 """The commands that operate a capability: `capgraph serve` (`run`), several graphs together
-(`together`), `capgraph tune` (`tune`), KubeRay manifests (`kuberay`), and process control:
-signals, a local Ray, a local `serve run` (`process`).
+(`together`), `capgraph tune` (`tune`), KubeRay manifests (`kuberay`); they lean on process control:
+signals and a local Ray (`serve.cluster.process`).
 
 Its public surface is below, imported on first use (some of it needs Ray)."""
 
@@ -12,7 +12,6 @@ _SURFACE = {
     "check_name": "kuberay",
     "memory_bytes": "kuberay",
     "rayservice": "kuberay",
-    "stop_local_serve_run": "process",
     "serve_graph": "run",
     "serve_config": "together",
     "tune_graph": "tune",

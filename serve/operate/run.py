@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, TextIO
 
 from capgraph.engine.errors import GraphInvalid
-from capgraph.serve.operate.process import LocalRay, StopSignals, wait_until_stopped
+from capgraph.serve.cluster import LocalRay, StopSignals, wait_until_stopped
 
 EXIT_INVALID = 2
 EXIT_DOES_NOT_FIT = 3

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from capgraph.serve.operate.process import LocalRay as _LocalRay
-from capgraph.serve.operate.process import StopSignals as _StopSignals
+from capgraph.serve.cluster.process import LocalRay as _LocalRay
+from capgraph.serve.cluster.process import StopSignals as _StopSignals
 from capgraph.serve.operate.run import EXIT_SIGNALLED
 
 

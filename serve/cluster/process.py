@@ -1,9 +1,10 @@
 """Process control for `capgraph serve` and the builder: signals, stopping the local Ray a
 process started, and stopping a local `serve run` whose application cannot be built.
 
-Apart from `serve.operate.run` (what `capgraph serve` deploys and prints) because none of
-this is about Serve: it is about processes, and leans on Ray's private parts where Ray
-gives no other way (its SIGTERM handler, the processes `ray.init` spawned, the job table).
+Apart from `serve.operate.run` (what `capgraph serve` deploys and prints), and below the
+builder that uses it, because none of this is about Serve: it is about processes, and leans
+on Ray's private parts where Ray gives no other way (its SIGTERM handler, the processes
+`ray.init` spawned, the job table).
 """
 
 import os
