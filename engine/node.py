@@ -1,37 +1,7 @@
-"""The node contract: what every node family is and does.
-
-A family is a small class. Its class attributes are data the validator and the catalogue
-read without loading anything (`Params`, `inputs`, `outputs`); its methods do the work:
-
-    class Canny(Node):
-        '''Canny edges, as ControlNet's canny models expect them.'''
-        type = "canny"
-        Params = CannyParams
-        inputs = {"image": port(PortType.IMAGE, doc="frame")}
-        outputs = {"edges": port(PortType.IMAGE, doc="white edges on black")}
-
-        def load(self, device, dtype): ...        # heavy imports and weights, once
-        def run_batch(self, inputs, params): ...  # list of frames in, list out
-
-A family that loads models declares each one once, as a `Weights` entry (`engine.weights`):
-
-    MODEL = Weights("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
-                    tiny, FullSize(CONFIG, full_size_modules, save))  # its tiny and full-size builders
-
-    class Depth(Node):
-        weights = {"model": MODEL}                # the param `model` holds its id
-        cost_ms = 12.0                            # what the planner assumes a frame costs
-
-        def load(self, device, dtype):
-            path = self.resolve_weights("model")  # local folder, cache, tiny or random model
-
-and the base class derives what `capgraph prepare` fetches (`models()`) and what tiny and
-random modes build (`tiny_models()`, `random_models()`).
-
-Building a node only validates params (cheap, done often); `load` runs once per process
-or Ray replica; `warmup` runs one small batch so the first real request pays nothing.
-`self.wanted` names the outputs the graph reads: a family skips computing the others
-(`if "preview" in self.wanted: ...`), so an unwired preview costs nothing.
+"""The node contract: what every node family is and does. A family is a small class whose
+class attributes (`Params`, `inputs`, `outputs`, `weights`, `cost_ms`) are data the validator
+and the catalogue read without loading anything, and whose methods (`load`, `run_batch`,
+`warmup`) do the work once per process or replica. docs/graph-format.md has an example.
 """
 
 import re

@@ -1,12 +1,6 @@
-"""Loading nodes and running a batch through them: the one loader and the one run loop that
-the in-process executor and a Ray Serve replica share.
-
-    nodes = load_nodes(plan, node_ids, "cpu", "float32", report)
-    timings = run_nodes(plan, nodes, node_ids, values, params)
-
-A frame travels as one dict of values by wire name: graph inputs by their name, node
-outputs as `node.port` (what `str(Source)` gives). `run_nodes` adds each node's outputs to
-it, so a replica running part of a graph starts from what the units before it exported.
+"""Loading nodes and running a batch through them: the one loader (`load_nodes`) and the one
+run loop (`run_nodes`) that the in-process executor and a Ray Serve replica share, over a
+frame held as one dict of values by wire name. docs/graph-format.md has more.
 """
 
 import logging

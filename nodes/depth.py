@@ -1,14 +1,6 @@
-"""Monocular depth: a relative DepthMap (near = 1) and a colour preview of a frame.
-
-Weights: any transformers depth-estimation checkpoint, loaded with
-`AutoModelForDepthEstimation` + `AutoImageProcessor`. The default is Depth Anything V2
-Small (`depth-anything/Depth-Anything-V2-Small-hf`, 24.8 M params, about 50 MB in fp16,
-6 ms per 518 px frame on an H100, 8 frames for 1.3x the cost of one); the Base and
-Large variants and DPT ids (`Intel/dpt-large`, `Intel/dpt-hybrid-midas`) load the same way.
-
-Relative models predict inverse depth (large = near), which is what ControlNet depth
-models were trained on; metric models (ZoeDepth, Depth Pro, Depth Anything metric) predict
-distance, so their maps are flipped. Either way each frame's map is stretched to [0, 1].
+"""Monocular depth: a relative DepthMap (near = 1) and a colour preview of a frame, from a
+transformers depth-estimation checkpoint (Depth Anything V2 Small by default).
+docs/models.md has weights, costs and how metric models are handled.
 """
 
 from collections.abc import Sequence

@@ -1,21 +1,8 @@
 """What `capgraph prepare` fetches of a model: the files a node loads, not the whole repo.
 
-A Hugging Face repo often carries the same weights several times: fp32 and `.fp16.`
-safetensors, legacy `.bin`, ONNX, OpenVINO, Flax, and (in diffusers repos) a single-file
-checkpoint at the root. `stabilityai/stable-diffusion-xl-base-1.0` is about 70 GB whole;
-what a GPU replica loads is under 7 GB. `wanted_files` picks, from the repo's file list:
-
-- every small config and tokenizer file (`*.json`, `*.txt`, `*.model`, `*.yaml`);
-- in a diffusers pipeline repo (one with `model_index.json`), weights only in the folders
-  of the components the pipeline names, never the root's single-file checkpoints;
-- per folder, safetensors over `.bin`/`.pt`/`.pth` where both exist; of the safetensors,
-  the `.fp16.` files for `variant="fp16"`, the plain ones for `"fp32"` (each falling back
-  to the other kind where a folder has only that one), both for `"all"`;
-- never exports for other runtimes (ONNX, OpenVINO, Core ML, Flax, TensorFlow, GGUF).
-
-The nodes load what this keeps: `nodes.helpers.fp16_variant` asks for the `.fp16.` files
-whenever a folder has no others. A model id naming one file (`owner/repo/file.pth`, as
-the ESRGAN node takes) fetches that file alone.
+`wanted_files` keeps configs and the weights of the wanted variant (fp16, fp32 or all),
+skipping duplicates and exports for other runtimes, so SDXL base is under 7 GB, not 70 GB.
+docs/models.md has the rules.
 """
 
 import json

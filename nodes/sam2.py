@@ -1,17 +1,6 @@
 """SAM 2 promptable segmentation: masks for points and boxes, as Livepeer's
-/segment-anything-2 route returns them.
-
-Weights: SAM 2 through transformers (`Sam2Model` + `Sam2Processor`). The default
-`facebook/sam2-hiera-large` (217 M params in the image model, about 0.4 GB in fp16, 23 ms
-per 1024 px frame and point on an H100) is a `sam2_video` checkpoint; the image model
-loads its subset of the weights. Smaller ones are picked by id (`facebook/sam2-hiera-tiny`,
-`-small`, `-base-plus`, the `sam2.1` ids and the `-hf` repos, which ship no processor file).
-
-Prompts come from params (`point_coords` + `point_labels`, `box`, as in Livepeer's route)
-or from the optional ports, which win when they hold something: `points`, and `boxes` or
-else the bounding box of `mask`. One object per box; points go with at most one box.
-The image encoder runs once per batch; the cheap prompt decoder runs once per group of
-frames whose prompts have the same shape (once per batch for a stream).
+/segment-anything-2 route returns them, through transformers (`Sam2Model` + `Sam2Processor`).
+Prompts come from params or the optional ports. docs/models.md has weights and costs.
 """
 
 from collections.abc import Sequence

@@ -1,38 +1,8 @@
 """SDXL generation with diffusers: text-to-image, img2img, inpainting and ControlNet, one family.
 
-The mode follows from the wired ports, so a graph says what it means by its wiring:
-
-    wired                                   pipeline
-    (prompt only)                           StableDiffusionXLPipeline
-    image                                   StableDiffusionXLImg2ImgPipeline (strength)
-    image + mask                            StableDiffusionXLInpaintPipeline (mask > 0.5 = repaint)
-    control_image[, _2, _3]                 StableDiffusionXLControlNetPipeline
-    control_image... + image [+ mask]       StableDiffusionXLControlNet{Img2Img,Inpaint}Pipeline
-
-ControlNets: entry i of `params.controlnets` is conditioned on one typed Image port,
-`control_image` for the first, then `control_image_2`, `control_image_3`; a depth map
-goes through `depth_control` first, edges come from `canny`. Every mode is built with
-`from_pipe` over one base pipeline, and that base is shared by every node of the process
-that loads the same model on the same device: UNet, VAE and both text encoders load once.
-
-The mode and the ControlNets follow each frame's params and wiring, not the node's: graphs
-served together that use the same checkpoint and VAE share one node (`shared_weights`,
-`serve.compile.sharing`), which loads every ControlNet its callers name, once each, and runs a
-frame of img2img.yaml as img2img and one of hybrid.yaml through its depth ControlNet.
-
-A batch of frames is one pipeline call per group of frames that agree on the mode, the
-ControlNets and the call-shaping params (size, steps, guidance, strength, scheduler,
-ControlNet scales). Prompts and seeds stay per frame: one CPU `torch.Generator` per frame,
-so a frame's image depends on its own seed only, not on its batch-mates nor on the
-device's random number generator.
-
-Weights: stabilityai/stable-diffusion-xl-base-1.0 by default; any SDXL checkpoint in
-diffusers layout loads the same way (SDXL-Lightning/Turbo merges with the `euler_trailing`
-or `euler_a_trailing` scheduler and guidance 0), and diffusers-format ControlNets such as
-diffusers/controlnet-depth-sdxl-1.0. VRAM in fp16: 6.5 GiB of weights for the base
-pipeline, 2.3 GiB more per full-size ControlNet, plus activations (estimates from the
-architectures, not measured). Pipelines and schedulers keep per-call state: one
-`run_batch` at a time per process.
+The mode follows from the wired ports (and each frame's params), over one base pipeline
+shared by every node of the process that loads the same model, so UNet, VAE and text
+encoders load once. docs/models.md has the modes, batching, weights and VRAM.
 """
 
 import logging

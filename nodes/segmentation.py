@@ -1,15 +1,6 @@
-"""Semantic segmentation: a per-pixel class map, a mask of chosen classes and a preview.
-
-Weights: a transformers semantic-segmentation checkpoint. The default is SegFormer-B0
-fine-tuned on ADE20K (`nvidia/segformer-b0-finetuned-ade-512-512`, 150 classes, 3.7 M
-params, under 10 MB in fp16, about 6 ms per 512 px frame on an H100; b1-b5 trade speed for
-quality up to 85 M params). Mask2Former ids (e.g. `facebook/mask2former-swin-tiny-ade-semantic`)
-load through `AutoModelForUniversalSegmentation` and the same
-`post_process_semantic_segmentation`; OneFormer takes that path too, with its "semantic"
-task token (untested here: its processor fetches class metadata from the hub).
-
-`classes` names what goes into the mask, matched against the checkpoint's own label names
-(`config.id2label`), so a typo is an error when the node loads, not an empty mask later.
+"""Semantic segmentation: a per-pixel class map, a mask of chosen classes and a preview, from a
+transformers checkpoint (SegFormer-B0 on ADE20K by default). `classes` is matched against the
+checkpoint's labels when the node loads. docs/models.md has weights and costs.
 """
 
 import re

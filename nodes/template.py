@@ -1,20 +1,8 @@
 """Text from a format string with named fields: how a caption becomes a prompt.
 
-    describe: {type: caption, inputs: {image: image}}
-    prompt:
-      type: template
-      params: {format: "{caption}, watercolour, soft light"}
-      inputs: {caption: describe.text}
-
-Each `{name}` field is one of the family's optional Text ports (`caption`, `subject`,
-`style`, `text`, `extra`); validation checks that every field names a port, that every
-field's port is wired and that every wired port is used, and names the node and port of
-each problem. `{{` and `}}` are literal braces.
-
-Only plain `{name}` fields: no attribute or index access (`{a.b}`, `{a[0]}`), conversions
-(`{a!r}`) or format specs (`{a:>999}`). The string is filled by concatenation, never by
-`str.format`, so a template runs no code and cannot blow up in size: the result is cut to
-`max_chars` (at a word boundary where there is one). No weights; runs anywhere.
+Each plain `{name}` field is one of the family's optional Text ports; the string is filled by
+concatenation, never `str.format`, so a template runs no code. No weights; runs anywhere.
+docs/models.md has an example and the rules.
 """
 
 import re

@@ -1,18 +1,7 @@
-"""4x super-resolution, two ways, chosen by `method`:
-
-- `sd_x4`: the Stable Diffusion x4 upscaler (`stabilityai/stable-diffusion-x4-upscaler`,
-  diffusers `StableDiffusionUpscalePipeline`), what Livepeer's `/upscale` pipeline runs. A
-  diffusion model guided by a prompt: it invents plausible detail, at diffusion cost
-  (steps x UNet on the low-res latent, then a VAE decode at the output size). VRAM in fp16:
-  1.6 GiB of weights; the VAE decode to 1024 px needs memory-efficient attention (PyTorch
-  SDPA, the default), feed it 256-512 px frames.
-- `esrgan`: an ESRGAN-family network (Real-ESRGAN x4 by default) through spandrel, which
-  recognises the architecture from the state dict of any `.pth` / `.safetensors` file.
-  One forward pass, no prompt: the real-time path (about 30 ms for 256 -> 1024 px on an
-  H100, 67 MB of weights for the 23-block Real-ESRGAN).
-
-`model` unset means the method's default. For `esrgan` it names a weights file: a local
-path, or `owner/repo/file.pth` for a file in a Hugging Face repo.
+"""4x super-resolution, two ways, chosen by `method`: `sd_x4`, the Stable Diffusion x4 upscaler
+that Livepeer's `/upscale` runs (prompt-guided, diffusion cost), and `esrgan`, an
+ESRGAN-family network through spandrel (one forward pass, the real-time path).
+docs/models.md has weights, costs and the `model` param.
 """
 
 from collections.abc import Sequence
