@@ -132,7 +132,7 @@ def write_report(
     """The run as one HTML file (`serve.capability.report`), its nodes boxed as `capgraph render` boxes them."""
     from capgraph.engine.executor import check_inputs
     from capgraph.serve.capability import run_report
-    from capgraph.serve.compile import deployments
+    from capgraph.serve.cluster import deployments
 
     page = run_report(plan, check_inputs(plan, frame), outputs, timings_ms, load_s, device, deployments(plan))
     path.parent.mkdir(parents=True, exist_ok=True)

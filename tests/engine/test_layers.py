@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("engine", "nodes", "serve", "livepeer", "cli", "capgraph")
 FOLDERS = (*PRODUCT, "tests", "benchmarks")
+SUBS = ("compile", "cluster", "capability", "operate")
 BARE = ("engine", "nodes", "serve", "livepeer", "cli")
 FORBIDDEN = {
     "engine": ("capgraph.nodes", "capgraph.serve", "capgraph.livepeer", "capgraph.cli"),
@@ -130,3 +131,24 @@ def test_serve_sub_packages_are_entered_through_their_surface() -> None:
                     ):
                         found.append(f"{rel}: from {node.module} import ...")
     assert not found, "\n".join(found)
+
+
+def test_every_name_taken_from_a_serve_sub_package_is_on_its_surface() -> None:
+    """An import inside a function runs only when it is called: check them all here."""
+    import importlib.util
+
+    missing = []
+    for folder in (*PRODUCT, "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    parts = node.module.split(".")
+                    if parts[:2] == ["capgraph", "serve"] and len(parts) == 3 and parts[2] in SUBS:
+                        package = importlib.import_module(node.module)
+                        missing += [
+                            f"{path.relative_to(ROOT)}: {node.module} has no {a.name}"
+                            for a in node.names
+                            if a.name not in package.__all__
+                            and importlib.util.find_spec(f"{node.module}.{a.name}") is None
+                        ]
+    assert not missing, "\n".join(missing)
