@@ -7,13 +7,13 @@ nodes in topological order, every node called once per batch.
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from capgraph.engine.codecs import coerce
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import Node, NodeParams
-from capgraph.engine.plan import Plan
+from capgraph.engine.plan import SWITCHES, Plan
 from capgraph.engine.runloop import load_nodes, release_schedule, run_nodes
 
 
@@ -22,7 +22,9 @@ class RunResult:
     outputs: list[dict[str, Any]]
     """One dict of graph outputs per frame, in input order."""
     timings_ms: dict[str, float]
-    """Milliseconds each node took for the whole batch."""
+    """Milliseconds each node took for the whole batch; a node skipped for every frame is absent."""
+    skipped: list[tuple[str, ...]] = field(default_factory=list)
+    """The nodes skipped for each frame (`when:`, docs/graph-format.md "Branches"), in input order."""
 
 
 def pick_device(plan: Plan) -> tuple[str, str]:
@@ -95,11 +97,18 @@ class Executor:
             check_inputs(self.plan, f, "inputs" if len(frames) == 1 else f"inputs[{i}]") for i, f in enumerate(frames)
         ]
         resolved = {node_id: node_params.get(node_id, node.params) for node_id, node in self.plan.nodes.items()}
+        if SWITCHES in node_params:  # a request's switches travel with the node params
+            resolved[SWITCHES] = node_params[SWITCHES]
         return self.run_checked(checked, [resolved] * len(checked))
 
     def run_checked(self, frames: Sequence[Mapping[str, Any]], params: Sequence[Mapping[str, NodeParams]]) -> RunResult:
-        """The hot loop: frames already checked, per-frame params already resolved."""
+        """The hot loop: frames already checked, per-frame params already resolved. A node
+        skipped for a frame (its `when:` does not hold) is not run for it."""
         values = [dict(frame) for frame in frames]
-        timings = run_nodes(self.plan, self.nodes, list(self.plan.nodes), values, params, release=self.release_after)
+        skipped = [self.plan.skipped(frame, p) for frame, p in zip(frames, params)]
+        active = [frozenset(self.plan.nodes).difference(s) for s in skipped] if any(skipped) else None
+        timings = run_nodes(
+            self.plan, self.nodes, list(self.plan.nodes), values, params, release=self.release_after, active=active
+        )
         outputs = [{name: frame[str(src)] for name, src in self.plan.outputs.items()} for frame in values]
-        return RunResult(outputs, timings)
+        return RunResult(outputs, timings, skipped)

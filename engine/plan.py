@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from capgraph.engine.errors import GraphError, InputError, did_you_mean
 from capgraph.engine.node import Node, NodeParams
-from capgraph.engine.spec import GraphSpec, NodeSpec
+from capgraph.engine.spec import GraphSpec, NodeSpec, SwitchSpec
 from capgraph.engine.types import PortType
 
 
@@ -30,6 +30,31 @@ class Source:
         return self.port if self.node is None else f"{self.node}.{self.port}"
 
 
+SWITCHES = "*switches"
+"""The key under which `Plan.params_for` passes a request's switch values on, beside the
+node ids (a node id is an identifier, so never this)."""
+
+
+class Switches(NodeParams):
+    """A request's switch values (the graph-level Bool params that `when:` reads)."""
+
+    values: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A node's `when:`: the Bool graph input or switch `name` is true (false if `negate`)."""
+
+    name: str
+    negate: bool = False
+
+    def holds(self, values: Mapping[str, bool]) -> bool:
+        return bool(values[self.name]) != self.negate
+
+    def __str__(self) -> str:
+        return f"not {self.name}" if self.negate else self.name
+
+
 @dataclass(frozen=True)
 class PlannedNode:
     id: str
@@ -37,6 +62,7 @@ class PlannedNode:
     params: NodeParams
     inputs: dict[str, Source]
     spec: NodeSpec
+    when: Condition | None = None
 
     def build(self) -> Node:
         return self.family(self.params, self.id)
@@ -68,10 +94,64 @@ class Plan:
         sources = [*(s for n in self.nodes.values() for s in n.inputs.values()), *self.outputs.values()]
         return frozenset(s.port for s in sources if s.node == node_id)
 
+    # -- branches ------------------------------------------------------------------------
+
+    @property
+    def switches(self) -> dict[str, SwitchSpec]:
+        """The graph-level Bool params that only turn nodes on or off (`when:`), by name."""
+        return {name: s for name, s in self.spec.params.items() if isinstance(s, SwitchSpec)}
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The Bool graph inputs and switches some node's `when:` reads, in plan order."""
+        return tuple(dict.fromkeys(n.when.name for n in self.nodes.values() if n.when is not None))
+
+    def condition_values(self, frame: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> dict[str, bool]:
+        """Each condition's value for a frame: a Bool graph input from the (checked) frame, a
+        switch from the request's resolved params (`params[SWITCHES]`) or its default."""
+        asked = params.get(SWITCHES) if params else None
+        values = asked.values if isinstance(asked, Switches) else {}
+        switches = self.switches
+        return {
+            name: values.get(name, switches[name].default) if name in switches else bool(frame[name])
+            for name in self.conditions
+        }
+
+    def active(self, values: Mapping[str, bool]) -> frozenset[str]:
+        """The nodes that run for these condition values; the others are skipped.
+
+        A node runs when its `when:` holds, every required input port has a value and, if it
+        reads other nodes, at least one of its inputs has one (an optional port whose source
+        is skipped is left out). Then, from the outputs back, a node whose results no running
+        node and no graph output reads is skipped too: nothing would use them."""
+        if not self.conditions:
+            return frozenset(self.nodes)
+        running: set[str] = set()
+        for node_id, node in self.nodes.items():  # topological order
+            if node.when is not None and not node.when.holds(values):
+                continue
+            present = {port: src.node is None or src.node in running for port, src in node.inputs.items()}
+            required = all(ok for port, ok in present.items() if not node.family.inputs[port].optional)
+            if required and (any(present.values()) or not present):
+                running.add(node_id)
+        needed = {s.node for s in self.outputs.values() if s.node in running}
+        for node_id in reversed(self.nodes):
+            if node_id in needed:
+                needed |= {s.node for s in self.nodes[node_id].inputs.values() if s.node in running}
+        return frozenset(n for n in self.nodes if n in needed)
+
+    def skipped(self, frame: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The nodes skipped for this frame and request, in plan order (none without conditions)."""
+        if not self.conditions:
+            return ()
+        active = self.active(self.condition_values(frame, params))
+        return tuple(n for n in self.nodes if n not in active)
+
     def request_params(self) -> dict[str, tuple[str, str]]:
         """Names a request may set, mapped to (node id, param name): the graph's own names
-        (its `params:` section) first, then every `node.param` its families allow."""
-        aliases = {name: _split(target) for name, target in self.spec.params.items()}
+        (its `params:` section) first, then every `node.param` its families allow. Switches
+        (`switches`) set no node param and are not listed."""
+        aliases = {name: _split(target) for name, target in self.spec.params.items() if isinstance(target, str)}
         return aliases | {
             f"{node.id}.{name}": (node.id, name)
             for node in self.nodes.values()
@@ -90,11 +170,18 @@ class Plan:
         if not overrides:
             return params
         allowed = self.request_params()
+        switches = self.switches
         changes: dict[str, dict[str, Any]] = {}
         sent_as: dict[tuple[str, str], str] = {}
+        turned: dict[str, bool] = {}
         for key, value in overrides.items():
+            if key in switches:
+                if not isinstance(value, bool):
+                    raise InputError(f"params.{key}", f"a switch: expected true or false, got {value!r:.40}")
+                turned[key] = value
+                continue
             if key not in allowed:
-                raise InputError(f"params.{key}", _not_settable(key, allowed, self.nodes))
+                raise InputError(f"params.{key}", _not_settable(key, {**allowed, **switches}, self.nodes))
             if isinstance(value, float) and not math.isfinite(value):
                 raise InputError(f"params.{key}", "must be a finite number")
             node_id, name = allowed[key]
@@ -117,6 +204,8 @@ class Plan:
                 key = sent_as.get((node_id, loc[0])) if loc else None
                 field = f"params.{key}" if key else ".".join(["params", node_id, *loc])
                 raise InputError(field, first["msg"]) from None
+        if turned:
+            params[SWITCHES] = Switches(values=turned)
         return params
 
 

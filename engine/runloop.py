@@ -71,61 +71,86 @@ def run_nodes(
     *,
     chunks: Mapping[str, int] | None = None,
     release: Mapping[str, Sequence[str]] | None = None,
+    active: Sequence[frozenset[str]] | None = None,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[str, float, int], None] | None = None,
 ) -> dict[str, float]:
     """Run `node_ids` (in plan order) over a batch: `values[i]` holds frame i's values by
     wire name and gets each node's outputs; `params[i]` frame i's params by node id. Each
     node's `run_batch` runs once for the batch, or in `chunks[node_id]`-frame pieces.
-    `release[node_id]` names nodes whose outputs no one reads once `node_id` has run: they
-    are dropped then, so the allocator can reuse frames. `on_start(node_id)` and
-    `on_done(node_id, ms, batch_size)` let a caller follow along. Returns ms per node.
+    `active[i]` (`Plan.active`) names the nodes that run for frame i: a node runs on the
+    frames it is active for, and not at all when it is active for none (it is then missing
+    from the timings). `release[node_id]` names nodes whose outputs no one reads once
+    `node_id` has run: they are dropped then, so the allocator can reuse frames.
+    `on_start(node_id)` and `on_done(node_id, ms, batch_size)` let a caller follow along.
+    Returns ms per node that ran.
 
     InputError passes through; anything else a node raises is a NodeFailed naming it."""
-    count = len(values)
     timings: dict[str, float] = {}
     for node_id in node_ids:
         planned = plan.nodes[node_id]
-        # an optional port fed by a graph input the frame did not bring is left out: a model shared
-        # by several graphs (`serve.compile.sharing`) takes every port one of them wires as a graph input,
-        # and each frame brings its own graph's; a node's output missing stays an error
-        wires = [
-            (port, str(src), src.node is None and planned.family.inputs[port].optional)
-            for port, src in planned.inputs.items()
-        ]
-        batch = [
-            {port: frame[key] for port, key, may_lack in wires if key in frame or not may_lack} for frame in values
-        ]
-        own = [p[node_id] for p in params]
-        step = (chunks or {}).get(node_id) or count or 1
-        if on_start is not None:
-            on_start(node_id)
-        start = time.perf_counter()
-        try:
-            out = [
-                o
-                for i in range(0, count, step)
-                for o in nodes[node_id].run_batch(batch[i : i + step], own[i : i + step])
-            ]
-        except InputError:
-            raise
-        except Exception as exc:
-            raise _failed(planned, batch, exc) from exc
-        ms = (time.perf_counter() - start) * 1000.0
-        if len(out) != count:
-            raise _failed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
-        timings[node_id] = ms
-        for frame, produced in zip(values, out):
-            for port, value in produced.items():
-                frame[f"{node_id}.{port}"] = value
+        rows = [i for i in range(len(values)) if active is None or node_id in active[i]]
+        if rows:
+            node = nodes[node_id]
+            timings[node_id] = _run_one(planned, node, values, params, rows, active, chunks, on_start, on_done)
         for done in (release or {}).get(node_id, ()):
             keys = [f"{done}.{port}" for port in plan.nodes[done].family.outputs]
             for frame in values:
                 for key in keys:
                     frame.pop(key, None)
-        if on_done is not None:
-            on_done(node_id, ms, min(step, count))
     return timings
+
+
+def _run_one(
+    planned: PlannedNode,
+    node: Node,
+    values: Sequence[dict[str, Any]],
+    params: Sequence[Mapping[str, NodeParams]],
+    rows: Sequence[int],
+    active: Sequence[frozenset[str]] | None,
+    chunks: Mapping[str, int] | None,
+    on_start: Callable[[str], None] | None,
+    on_done: Callable[[str, float, int], None] | None,
+) -> float:
+    """One node over the frames `rows` of the batch; returns its milliseconds."""
+    node_id, count = planned.id, len(rows)
+
+    def may_lack(port: str, src: Any, i: int) -> bool:
+        # an optional port fed by a graph input the frame did not bring is left out: a model shared
+        # by several graphs (`serve.compile.sharing`) takes every port one of them wires as a graph input,
+        # and each frame brings its own graph's; so is one whose node is skipped for the frame (a branch).
+        # A node's output missing otherwise stays an error
+        skipped = src.node is not None and active is not None and src.node not in active[i]
+        return planned.family.inputs[port].optional and (src.node is None or skipped)
+
+    batch = [
+        {
+            port: values[i][str(src)]
+            for port, src in planned.inputs.items()
+            if str(src) in values[i] or not may_lack(port, src, i)
+        }
+        for i in rows
+    ]
+    own = [params[i][node_id] for i in rows]
+    step = (chunks or {}).get(node_id) or count
+    if on_start is not None:
+        on_start(node_id)
+    start = time.perf_counter()
+    try:
+        out = [o for j in range(0, count, step) for o in node.run_batch(batch[j : j + step], own[j : j + step])]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _failed(planned, batch, exc) from exc
+    ms = (time.perf_counter() - start) * 1000.0
+    if len(out) != count:
+        raise _failed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
+    for i, produced in zip(rows, out):
+        for port, value in produced.items():
+            values[i][f"{node_id}.{port}"] = value
+    if on_done is not None:
+        on_done(node_id, ms, min(step, count))
+    return ms
 
 
 def release_schedule(plan: Plan) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ docs/graph-format.md is the reference.
 """
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -87,8 +87,21 @@ class Autoscale(_Strict):
         return self
 
 
+class SwitchSpec(_Strict):
+    """A graph-level Bool param that sets no node param: it only turns nodes on or off
+    (`when:`). A request sets it by name (`{"params": {"upscale": false}}`)."""
+
+    type: Literal["bool"] = Field(description="a switch is a Bool")
+    default: bool = Field(False, description="its value when a request does not set it")
+    description: str = ""
+
+
+When = str | dict[Literal["not"], str]
+"""`when: upscale` (the node runs when `upscale` is true) or `when: {not: upscale}`."""
+
+
 class NodeSpec(_Strict):
-    """One node: a family, its params, where each input port is wired from."""
+    """One node: a family, its params, where each input port is wired from, and when it runs."""
 
     type: str = Field(description="node family id; `capgraph nodes` lists them")
     params: dict[str, Any] = Field(default_factory=dict)
@@ -97,7 +110,21 @@ class NodeSpec(_Strict):
     batch: Batch | None = None
     replicas: int | Autoscale = Field(1, description="a replica count, or {min, max} to autoscale")
     group: str | None = Field(None, pattern=IDENT, description="nodes with the same group share one deployment")
+    when: When | None = Field(
+        None,
+        description="run only when this Bool graph input or switch param is true ({not: name}: when it is false); "
+        "otherwise the node is skipped and costs nothing",
+    )
     description: str = ""
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _condition(cls, value: Any) -> Any:
+        plain = isinstance(value, str) and re.match(IDENT, value)
+        negated = isinstance(value, dict) and list(value) == ["not"] and isinstance(value["not"], str)
+        if value is not None and not (plain or (negated and re.match(IDENT, value["not"]))):
+            raise ValueError("must name a Bool graph input or switch param, e.g. 'upscale', or be {not: upscale}")
+        return value
 
     @field_validator("replicas")
     @classmethod
@@ -122,10 +149,11 @@ class GraphSpec(_Strict):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
     outputs: dict[str, str]
-    params: dict[Annotated[str, StringConstraints(pattern=IDENT)], str] = Field(
+    params: dict[Annotated[str, StringConstraints(pattern=IDENT)], str | SwitchSpec] = Field(
         default_factory=dict,
         description="request params by a name of the graph's own -> the node.param it sets "
-        "(one the node's family lets a request set), e.g. {seed: generate.seed}",
+        "(one the node's family lets a request set), e.g. {seed: generate.seed}; or a switch "
+        "that nodes' `when:` reads, e.g. {upscale: {type: bool, default: true}}",
     )
 
     def sections(self) -> dict[str, Any]:

@@ -5,8 +5,10 @@ section, with pydantic), *resolve* (families, params, wires and port types), *ch
 graph* (cycles and dead ends, with networkx). Only a graph with no errors becomes a Plan.
 """
 
+import itertools
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,25 @@ from pydantic import BaseModel, ValidationError
 
 from capgraph.engine.errors import GraphError, GraphInvalid, did_you_mean
 from capgraph.engine.mounts import section_names
-from capgraph.engine.plan import Plan, PlannedNode, Source
+from capgraph.engine.plan import Condition, Plan, PlannedNode, Source
 from capgraph.engine.registry import broken, catalogue, unmet
-from capgraph.engine.spec import GRAPH_KEYS, IDENT, RAY_KEYS, GraphSpec, InputSpec, NodeSpec, parse_reference
+from capgraph.engine.spec import (
+    GRAPH_KEYS,
+    IDENT,
+    RAY_KEYS,
+    GraphSpec,
+    InputSpec,
+    NodeSpec,
+    SwitchSpec,
+    parse_reference,
+)
 from capgraph.engine.types import PortType, check_value, compatible
 from capgraph.engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
 
 _IDENT = re.compile(IDENT)
 _DEFAULTABLE = {PortType.TEXT, PortType.NUMBER, PortType.INTEGER, PortType.BOOL, PortType.POINTS, PortType.BOXES}
+MAX_CONDITIONS = 12
+"""Conditions a graph may branch on: every combination (2 ** 12) is checked at validation."""
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -92,14 +105,17 @@ class _Validator:
         order = self.check_graph(spec, nodes, outputs, graph) if spec is not None else []
         if any(p.severity == "error" for p in self.problems) or spec is None:
             raise GraphInvalid(self.problems)
-        return Plan(
+        plan = Plan(
             spec=spec,
             file=self.file,
             nodes={node_id: nodes[node_id] for node_id in order},
             outputs=outputs,
             graph=graph,
-            warnings=tuple(self.problems),
         )
+        self.check_branches(plan)
+        if any(p.severity == "error" for p in self.problems):
+            raise GraphInvalid(self.problems)
+        return replace(plan, warnings=tuple(self.problems))
 
     def read(self) -> GraphSpec | None:
         tree = self.tree
@@ -307,8 +323,9 @@ class _Validator:
                     self.report(
                         "wiring", f"node '{node_id}' ({node.type}): {problem}", where, node=node_id, port=port_name
                     )
+            when = self.resolve_when(spec, node_id, node)
             if params is not None:
-                planned[node_id] = PlannedNode(node_id, family, params, wires, node)
+                planned[node_id] = PlannedNode(node_id, family, params, wires, node, when)
         outputs: dict[str, Source] = {}
         for name, ref in spec.outputs.items():
             src = self.resolve_ref(ref, spec, families, ("outputs", name), f"output '{name}'", None, None)
@@ -321,8 +338,112 @@ class _Validator:
         self.resolve_params(spec, planned)
         return planned, outputs, graph
 
+    def resolve_when(self, spec: GraphSpec, node_id: str, node: NodeSpec) -> Condition | None:
+        """A node's `when:` names a Bool graph input or a switch param."""
+        if node.when is None:
+            return None
+        when = Condition(node.when, False) if isinstance(node.when, str) else Condition(node.when["not"], True)
+        at = ("nodes", node_id, "when")
+        switches = [n for n, p in spec.params.items() if isinstance(p, SwitchSpec)]
+        bools = [n for n, i in spec.inputs.items() if i.type is PortType.BOOL]
+        if when.name in spec.inputs and when.name not in bools:
+            self.report(
+                "type_mismatch",
+                f"node '{node_id}': when: '{when.name}' is a {spec.inputs[when.name].type.title} graph input; "
+                "a condition must be a Bool.",
+                at,
+                node=node_id,
+            )
+        elif when.name in spec.params and when.name not in switches:
+            self.report(
+                "bad_reference",
+                f"node '{node_id}': when: param '{when.name}' sets '{spec.params[when.name]}'; a condition must be "
+                "a switch.",
+                at,
+                node=node_id,
+                hint=f"Declare one: 'params: {{{when.name}_on: {{type: bool, default: true}}}}'.",
+            )
+        elif when.name not in spec.inputs and when.name not in spec.params:
+            self.report(
+                "bad_reference",
+                f"node '{node_id}': when: no Bool graph input or switch param named '{when.name}'.",
+                at,
+                node=node_id,
+                hint=did_you_mean(when.name, bools + switches, allowed_label="Conditions")
+                + f" Declare one: 'params: {{{when.name}: {{type: bool, default: true}}}}' or a Bool graph input.",
+            )
+        else:
+            return when
+        return None
+
+    def check_branches(self, plan: Plan) -> None:
+        """Every graph output has a value on every branch (each combination of the conditions'
+        values); a node that runs on no branch is worth a warning."""
+        names = plan.conditions
+        if not names:
+            return
+        if len(names) > MAX_CONDITIONS:
+            self.report(
+                "too_many_conditions",
+                f"the graph branches on {len(names)} conditions ({', '.join(names)}); at most {MAX_CONDITIONS} "
+                "are checked.",
+                ("nodes",),
+            )
+            return
+        missing: dict[str, dict[str, bool]] = {}  # output -> the first branch that leaves it without a value
+        ever: set[str] = set()
+        for combo in itertools.product((True, False), repeat=len(names)):
+            values = dict(zip(names, combo))
+            active = plan.active(values)
+            ever |= active
+            for name, src in plan.outputs.items():
+                if src.node is not None and src.node not in active and name not in missing:
+                    missing[name] = values
+        for name, values in missing.items():
+            src = plan.outputs[name]
+            cause = self.skip_cause(plan, src.node, values)
+            branch = " and ".join(f"{k} is {str(v).lower()}" for k, v in values.items())
+            line = (locate(self.tree, ("nodes", cause.id, "when")) or locate(self.tree, ("nodes", cause.id)) or ("?",))[
+                0
+            ]
+            self.report(
+                "no_value_on_branch",
+                f"output '{name}' has no value when {branch}: it comes from '{src}', and node '{cause.id}' "
+                f"(line {line}) is skipped then"
+                + (f" (when: {cause.when})." if cause.when else " (an input it needs is skipped)."),
+                ("outputs", name),
+                node=cause.id,
+                hint="Give it a value on every branch: wire it from a node of type 'first' (first_text, "
+                f"first_mask, ...) with inputs {{a: {src}, b: <a node that runs then>.{src.port}}}.",
+            )
+        for node_id in plan.nodes:
+            if node_id not in ever and not missing:
+                self.report(
+                    "never_runs",
+                    f"node '{node_id}' runs on no branch: its conditions, or those of the nodes it reads, never hold "
+                    "together.",
+                    ("nodes", node_id),
+                    node=node_id,
+                    severity="warning",
+                )
+
+    @staticmethod
+    def skip_cause(plan: Plan, node_id: str, values: Mapping[str, bool]) -> PlannedNode:
+        """The node whose own `when:` fails first on the way up from `node_id` (or `node_id`)."""
+        node = plan.nodes[node_id]
+        if node.when is not None and not node.when.holds(values):
+            return node
+        active = plan.active(values)
+        for src in node.inputs.values():
+            if src.node is not None and src.node not in active:
+                found = _Validator.skip_cause(plan, src.node, values)
+                if found.when is not None:
+                    return found
+        return node
+
     def resolve_params(self, spec: GraphSpec, planned: Mapping[str, PlannedNode]) -> None:
-        """Each graph-level request param names a node param its family lets a request set."""
+        """Each graph-level request param names a node param its family lets a request set,
+        or is a switch (a Bool that nodes' `when:` reads)."""
         for name, target in spec.params.items():
             at = ("params", name)
             if name in spec.inputs:
@@ -331,6 +452,15 @@ class _Validator:
                     f"'{name}' is both a graph input and a graph param; a route mapping could not tell them apart.",
                     at,
                 )
+            if isinstance(target, SwitchSpec):
+                if not any(n.when is not None and n.when.name == name for n in planned.values()):
+                    self.report(
+                        "unused_switch",
+                        f"switch '{name}' is read by no node's 'when:'.",
+                        at,
+                        severity="warning",
+                    )
+                continue
             parsed = parse_reference(target)
             if parsed is None or parsed[0] is None:
                 self.report(
@@ -498,6 +628,7 @@ class _Validator:
         used = {s.port for n in nodes.values() for s in n.inputs.values() if s.node is None} | {
             s.port for s in outputs.values() if s.node is None
         }
+        used |= {n.when.name for n in nodes.values() if n.when is not None}
         for name in spec.inputs:
             if name not in used:
                 self.report(

@@ -16,6 +16,11 @@ BUILTIN: tuple[str, ...] = (
     "capgraph.nodes.sam2:Sam2",
     "capgraph.nodes.composite:Composite",
     "capgraph.nodes.template:Template",
+    "capgraph.nodes.first:First",
+    "capgraph.nodes.first:FirstMask",
+    "capgraph.nodes.first:FirstDepthMap",
+    "capgraph.nodes.first:FirstText",
+    "capgraph.nodes.first:FirstNumber",
     "capgraph.nodes.sdxl:Sdxl",
     "capgraph.nodes.upscale:Upscale",
 )
