@@ -100,6 +100,7 @@ def run(
             {
                 "outputs": files,
                 "timings_ms": result.timings_ms,
+                **({"skipped": list(result.skipped[0])} if plan.conditions else {}),
                 "total_ms": total_ms,
                 "load_s": load_s,
                 "device": executor.device,
@@ -111,7 +112,8 @@ def run(
     for column, justify in (("node", "left"), ("type", "left"), ("load s", "right"), ("run ms", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for node_id, node in plan.nodes.items():
-        table.add_row(node_id, node.family.type, f"{load_s.get(node_id, 0):.2f}", f"{result.timings_ms[node_id]:.1f}")
+        ran = f"{result.timings_ms[node_id]:.1f}" if node_id in result.timings_ms else f"skipped (when {node.when})"
+        table.add_row(node_id, node.family.type, f"{load_s.get(node_id, 0):.2f}", ran)
     table.add_row("[b]total[/b]", "", f"{sum(load_s.values()):.2f}", f"[b]{total_ms:.1f}[/b]")
     out.print(table)
     for name, path in files.items():

@@ -2,7 +2,8 @@
 (turned into SVG/PNG by the `dot` program where it is installed) and `picture`, the same
 drawing as data, which the served console and `capgraph run --html` lay out in the browser.
 
-All three show the same thing: graph inputs, each node with its id, family and GPU fraction,
+All three show the same thing: graph inputs, each node with its id, family, GPU fraction and
+the condition it runs on (`when upscale`; DOT draws such a node dashed),
 every wire labelled `port -> port : Type`, and the graph outputs; given the deployments
 the Serve compiler chose (deployment name -> node ids), each one is a box around its nodes.
 """
@@ -22,6 +23,8 @@ def _node_label(plan: Plan, node_id: str) -> tuple[str, str]:
         extras.append(f"gpu {node.spec.resources.gpu:g}")
     if node.spec.group:
         extras.append(f"group {node.spec.group}")
+    if node.when is not None:
+        extras.append(f"when {node.when}")
     return node_id, node.family.type + (f" · {', '.join(extras)}" if extras else "")
 
 
@@ -41,6 +44,26 @@ def _edges(plan: Plan) -> list[tuple[str, str, str]]:
         label = f"{src.port} : {plan.output_type(name).title}"
         edges.append((_id(src), f"out_{name}", label))
     return edges
+
+
+def _conditions(plan: Plan) -> list[tuple[str, str, str]]:
+    """(source id, node, label) for every `when:`: a dotted edge from the Bool graph input
+    or the switch (`sw_name`, drawn by `_switches`) to the node it turns on or off."""
+    return [
+        (f"sw_{n.when.name}" if n.when.name in plan.switches else f"in_{n.when.name}", n.id, f"when {n.when}")
+        for n in plan.nodes.values()
+        if n.when is not None
+    ]
+
+
+def _switches(plan: Plan) -> list[tuple[str, str]]:
+    """(id, label) of each switch a node's `when:` reads."""
+    used = {n.when.name for n in plan.nodes.values() if n.when is not None}
+    return [
+        (f"sw_{name}", f"{name} · switch, default {str(s.default).lower()}")
+        for name, s in plan.switches.items()
+        if name in used
+    ]
 
 
 def _id(src: Source) -> str:
@@ -87,8 +110,12 @@ def mermaid(plan: Plan, deployments: Deployments | None = None) -> str:
     lines += _boxed(plan, deployments, lambda box: f'  subgraph dep_{box}["deployment {box}"]', "  end", node)
     for name in plan.outputs:
         lines.append(f'  out_{name}[\\"{name}"\\]')
+    for switch, label in _switches(plan):
+        lines.append(f'  {switch}{{{{"{label}"}}}}')
     for src, dst, label in _edges(plan):
         lines.append(f'  {src} -- "{label}" --> {dst}')
+    for src, dst, label in _conditions(plan):
+        lines.append(f'  {src} -. "{label}" .-> {dst}')
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +133,7 @@ def picture(plan: Plan, deployments: Deployments | None = None) -> dict[str, Any
             "label": sub,
             "category": family.category,
             "uses_gpu": family.uses_gpu,
+            "when": str(plan.nodes[node_id].when) if plan.nodes[node_id].when else None,
         }
 
     return {
@@ -115,6 +143,8 @@ def picture(plan: Plan, deployments: Deployments | None = None) -> dict[str, Any
         "nodes": [node(node_id) for node_id in plan.nodes],
         "outputs": [{"id": f"out_{name}", "name": name, "type": plan.output_type(name).title} for name in plan.outputs],
         "edges": [{"from": src, "to": dst, "label": label} for src, dst, label in _edges(plan)],
+        "conditions": [{"from": src, "to": dst, "label": label} for src, dst, label in _conditions(plan)],
+        "switches": [{"id": switch, "label": label} for switch, label in _switches(plan)],
         "deployments": [
             {"name": box, "nodes": members} for box, members in _boxes(plan, deployments) if box is not None
         ],
@@ -136,7 +166,8 @@ def dot(plan: Plan, deployments: Deployments | None = None) -> str:
     def node(node_id: str) -> str:
         title, sub = _node_label(plan, node_id)
         fill = "#fde7e7" if plan.nodes[node_id].family.uses_gpu else "#eef7ee"
-        return f'{node_id} [shape=box, style="rounded,filled", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];'
+        style = "rounded,filled,dashed" if plan.nodes[node_id].when else "rounded,filled"  # runs on a branch only
+        return f'{node_id} [shape=box, style="{style}", fillcolor="{fill}", label=<<b>{title}</b><br/>{sub}>];'
 
     lines += _boxed(
         plan,
@@ -147,8 +178,12 @@ def dot(plan: Plan, deployments: Deployments | None = None) -> str:
     )
     for name in plan.outputs:
         lines.append(f'  out_{name} [shape=invhouse, style=filled, fillcolor="#fff4d6", label="{name}"];')
+    for switch, label in _switches(plan):
+        lines.append(f'  {switch} [shape=hexagon, style=filled, fillcolor="#f1ecfb", label="{label}"];')
     for src, dst, label in _edges(plan):
         lines.append(f'  {src} -> {dst} [label="{label}"];')
+    for src, dst, label in _conditions(plan):
+        lines.append(f'  {src} -> {dst} [label="{label}", style=dotted];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

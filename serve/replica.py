@@ -45,6 +45,8 @@ class _Frame:
     arrived: float
     meta: dict[str, dict[str, float]]
     done: "asyncio.Future[dict[str, Any]] | None" = field(default=None, repr=False)
+    active: frozenset[str] | None = None
+    """The nodes that run for this frame (`Plan.active`); None: all of them."""
 
 
 class Batcher:
@@ -170,6 +172,8 @@ class UnitReplica:
         self.moving: str | None = None
         """Why this replica is moving to another machine (`serve.cluster.respread`): it fails its health checks."""
         self.looking: asyncio.Task | None = None
+        self.calls = 0
+        """Frames the ingress sent this replica: a unit whose nodes a branch skips is not called."""
 
     @property
     def queued(self) -> int:
@@ -212,12 +216,16 @@ class UnitReplica:
         params: Mapping[str, NodeParams],
         *upstream: Mapping[str, Any],
         alias: Alias | None = None,
+        skipped: Sequence[str] = (),
     ) -> dict[str, Any]:
         """One frame: the graph inputs this unit reads, its nodes' params as the front end
         resolved them (`check_params`), and the results of the units it reads from (resolved
         by Ray from their responses).
         `alias`: the frame is another graph's, named as that graph names it (a shared
-        model, `serve.compile.sharing`); the answer goes back under the caller's names."""
+        model, `serve.compile.sharing`); the answer goes back under the caller's names.
+        `skipped`: the graph's nodes skipped for this frame (a branch): this unit's are not
+        run, and the units that give them were not called (`upstream` lacks them)."""
+        self.calls += 1
         values = dict(graph_inputs)
         meta: dict[str, dict[str, float]] = {}
         for result in upstream:
@@ -228,7 +236,8 @@ class UnitReplica:
         if alias is not None:
             return await self._for_caller(values, params, meta, alias)
         own = {node_id: params[node_id] for node_id in self.unit.nodes}
-        return await self._submit(_Frame(values, own, time.perf_counter(), meta))
+        active = frozenset(self.plan.nodes).difference(skipped) if skipped else None
+        return await self._submit(_Frame(values, own, time.perf_counter(), meta, active=active))
 
     async def _submit(self, frame: _Frame) -> dict[str, Any]:
         self.queue_length.set(self.queued + 1)
@@ -239,7 +248,10 @@ class UnitReplica:
     ) -> dict[str, Any]:
         (mine,) = self.unit.nodes  # a shared model's application runs one node
         frame = _Frame(
-            {port: values[key] for port, key in alias.inputs}, {mine: params[alias.node]}, time.perf_counter(), {}
+            {port: values[key] for port, key in alias.inputs if key in values},  # a skipped branch's value is absent
+            {mine: params[alias.node]},
+            time.perf_counter(),
+            {},
         )
         result = await self._submit(frame)
         if "error" in result:
@@ -259,8 +271,9 @@ class UnitReplica:
             self.batch_started = self.running_node = None
         for frame, result in zip(frames, results):
             if "meta" in result:
-                first = result["meta"][self.unit.nodes[0]]
-                first["queue_ms"] = round((start - frame.arrived) * 1000.0, 3)
+                ran = [n for n in self.unit.nodes if n in result["meta"]]
+                if ran:
+                    result["meta"][ran[0]]["queue_ms"] = round((start - frame.arrived) * 1000.0, 3)
                 result["meta"] = frame.meta | result["meta"]
         return results
 
@@ -276,6 +289,8 @@ class UnitReplica:
     def _run(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:
         values = [dict(f.values) for f in frames]
         meta: dict[str, dict[str, float]] = {}
+        every = frozenset(self.plan.nodes)
+        active = [f.active or every for f in frames] if any(f.active is not None for f in frames) else None
 
         def started(node_id: str) -> None:
             self.running_node = node_id
@@ -297,6 +312,7 @@ class UnitReplica:
                 values,
                 [f.params for f in frames],
                 chunks=dict(self.unit.chunks),
+                active=active,
                 on_start=started,
                 on_done=done,
             )
@@ -304,7 +320,11 @@ class UnitReplica:
             self._save_costs()
         wanted = [str(s) for s in self.unit.exports]
         return [
-            {"values": {k: frame[k] for k in wanted}, "meta": {k: dict(v) for k, v in meta.items()}} for frame in values
+            {
+                "values": {k: frame[k] for k in wanted if k in frame},  # a skipped node's are absent
+                "meta": {k: dict(v) for k, v in meta.items() if active is None or k in active[i]},
+            }
+            for i, frame in enumerate(values)
         ]
 
     def _note_cost(self, node_id: str, batch: int, ms: float) -> None:
@@ -363,6 +383,7 @@ class UnitReplica:
             "fatal": self.fatal,
             "stuck": self.stuck(),
             "moving": self.moving,
+            "calls": self.calls,
             "pid": os.getpid(),
         }
 

@@ -7,7 +7,7 @@ JSON Schema. docs/serving.md ("Calling it") and docs/reliability.md have the rul
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from capgraph.engine.codecs import (
@@ -225,9 +225,16 @@ def render_json(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
-def render_outputs(plan: Plan, outputs: Mapping[str, Any], timings: Mapping[str, float]) -> bytes:
-    """The `{"outputs", "timings_ms"}` answer, encoded and rendered in one go (one thread hop)."""
-    return render_json({"outputs": encode_outputs(plan, outputs), "timings_ms": dict(timings)})
+def render_outputs(
+    plan: Plan, outputs: Mapping[str, Any], timings: Mapping[str, float], skipped: Sequence[str] = ()
+) -> bytes:
+    """The `{"outputs", "timings_ms"}` answer, encoded and rendered in one go (one thread hop);
+    a graph with branches adds `"skipped"`: the nodes that did not run for this frame (they
+    have no timing)."""
+    body = {"outputs": encode_outputs(plan, outputs), "timings_ms": dict(timings)}
+    if plan.conditions:
+        body["skipped"] = list(skipped)
+    return render_json(body)
 
 
 def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:
@@ -259,13 +266,14 @@ def schema(plan: Plan) -> dict[str, Any]:
                 f": {prop['description']}" if prop.get("description") else ""
             )
         params[key] = prop
+    params |= switch_schemas(plan)
     outputs = {}
     for name in plan.outputs:
         kind = plan.output_type(name)
         outputs[name] = {"type": kind.value, "description": kind.doc} | (
             {"encoding": ENCODINGS[kind]} if kind in ENCODINGS else {}
         )
-    return {
+    answer = {
         "capability": plan.capability,
         "version": plan.spec.version,
         "description": plan.spec.description,
@@ -273,6 +281,45 @@ def schema(plan: Plan) -> dict[str, Any]:
         "params": params,
         "outputs": outputs,
     }
+    if plan.conditions:
+        answer["conditions"] = conditions(plan)
+    return answer
+
+
+def conditions(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Each condition a node's `when:` reads: where it comes from (a Bool graph input or a
+    switch param) and which nodes run only when it is true or only when it is false."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in plan.conditions:
+        readers = [n for n in plan.nodes.values() if n.when is not None and n.when.name == name]
+        found[name] = {
+            "from": "params" if name in plan.switches else "inputs",
+            "runs_when_true": [n.id for n in readers if not n.when.negate],
+            "runs_when_false": [n.id for n in readers if n.when.negate],
+        }
+    return found
+
+
+def switch_schemas(plan: Plan) -> dict[str, dict[str, Any]]:
+    """The graph's switches as request params: booleans saying which nodes they turn on or off."""
+    found = {}
+    for name, switch in plan.switches.items():
+        on = [n.id for n in plan.nodes.values() if n.when is not None and n.when.name == name and not n.when.negate]
+        off = [n.id for n in plan.nodes.values() if n.when is not None and n.when.name == name and n.when.negate]
+        what = "; ".join(
+            part
+            for part in (
+                f"runs {', '.join(on)} when true" if on else "",
+                f"runs {', '.join(off)} when false" if off else "",
+            )
+            if part
+        )
+        found[name] = {
+            "type": "boolean",
+            "default": switch.default,
+            "description": f"switch: {what}" + (f". {switch.description}" if switch.description else ""),
+        }
+    return found
 
 
 def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -287,7 +334,7 @@ def request_schema(plan: Plan) -> dict[str, dict[str, Any]]:
     params = {
         key: _param_schemas(plan.nodes[node_id].family.Params).get(name, {})
         for key, (node_id, name) in plan.request_params().items()
-    }
+    } | switch_schemas(plan)
     body = {
         "type": "object",
         "additionalProperties": False,

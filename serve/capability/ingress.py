@@ -80,7 +80,7 @@ class Capability:
         NodeFailed when the graph could not answer (a node failed: 500; a replica is gone
         or the capability is full: 503; past the request timeout: 504)."""
         with self.admitted():
-            outputs, timings, _ = await self.execute(inputs, params)
+            outputs, timings, _, _ = await self.execute(inputs, params)
         return outputs, timings
 
     @contextlib.contextmanager
@@ -106,13 +106,16 @@ class Capability:
 
     async def execute(
         self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams], timeout_s: float | None = None
-    ) -> tuple[dict[str, Any], dict[str, float], dict[str, int]]:
-        """`run`, plus each node's batch size; `timeout_s` may shorten the configured timeout."""
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, int], tuple[str, ...]]:
+        """`run`, plus each node's batch size and the nodes skipped for this frame (their
+        `when:` does not hold: not called, absent from the timings); `timeout_s` may
+        shorten the configured timeout."""
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
+        skipped = self.plan.skipped(checked, params)
         try:
-            results = await self._dispatch(checked, params, timeout)
+            results = await self._dispatch(checked, params, timeout, skipped)
         except NodeFailed:
             self.traffic.failure(None)
             raise
@@ -126,7 +129,7 @@ class Capability:
                 raise failed
             values.update(result["values"])
             meta.update(result["meta"])
-        self.traffic.frame(meta)
+        self.traffic.frame(meta, skipped)
         outputs = {
             name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()
         }
@@ -138,23 +141,30 @@ class Capability:
                     timings[f"{node_id}.queue"] = meta[node_id]["queue_ms"]
         timings["total"] = round((time.perf_counter() - start) * 1000.0, 3)
         batches = {node_id: int(m["batch"]) for node_id, m in meta.items()}
-        return outputs, timings, batches
+        return outputs, timings, batches, skipped
 
     async def _dispatch(
-        self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float
+        self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float, skipped: tuple[str, ...]
     ) -> list[dict[str, Any]]:
         """Send the frame to every unit at once, each with its nodes' entries of the request's
-        resolved params; the results of the units nobody reads from."""
+        resolved params; the results of the units nobody reads from. A unit whose nodes are
+        all `skipped` is not called; the others hear which nodes are skipped."""
         responses: dict[str, DeploymentResponse] = {}
-        for unit in self.compiled.units:
-            shared = {"alias": unit.remote.alias} if unit.remote else {}
+        called = [u for u in self.compiled.units if not set(u.nodes) <= set(skipped)]
+        for unit in called:
+            extra = {"alias": unit.remote.alias} if unit.remote else {"skipped": skipped} if skipped else {}
             responses[unit.name] = self.handles[unit.name].remote(
                 {name: checked[name] for name in unit.graph_inputs},
                 {node_id: params[node_id] for node_id in unit.nodes},
-                *(responses[u] for u in unit.upstream),
-                **shared,
+                *(responses[u] for u in unit.upstream if u in responses),
+                **extra,
             )
-        awaited = [responses[name] for name in self.compiled.awaited]
+        if skipped:  # a branch: await the called units that no called unit reads, and those giving outputs
+            read = {u for unit in called for u in unit.upstream}
+            giving = {self.compiled.unit_of(s.node).name for s in self.plan.outputs.values() if s.node is not None}
+            awaited = [responses[u.name] for u in called if u.name not in read or u.name in giving]
+        else:
+            awaited = [responses[name] for name in self.compiled.awaited]
         try:
             return await asyncio.wait_for(asyncio.gather(*awaited), timeout)
         except TimeoutError:

@@ -69,8 +69,8 @@ def capability_app(capability: "Capability") -> FastAPI:
             with capability.admitted():  # before the body is read: refusing costs next to nothing
                 deadline = _timeout(request)
                 inputs, params = await read_job(request, plan, settings.max_pixels, settings.max_body_bytes)
-                outputs, timings, batches = await capability.execute(inputs, params, deadline)
-                content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings)
+                outputs, timings, batches, skipped = await capability.execute(inputs, params, deadline)
+                content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings, skipped)
         except (InputError, NodeFailed) as exc:
             return error_answer(exc)
         headers = {"x-capgraph-batch-sizes": ",".join(f"{k}={v}" for k, v in batches.items())}

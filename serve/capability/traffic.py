@@ -25,13 +25,18 @@ class Traffic:
         self.started = clock()
         self.frames: dict[str, deque[tuple[float, float, int, float | None]]] = {}
         self.failures: dict[str, deque[float]] = {}
+        self.skips: dict[str, deque[float]] = {}
+        """When each node was skipped (a branch: its `when:` did not hold), over the window."""
         self.failed: dict[str, int] = {}
         """Failed frames per node since the ingress started; `""`: no node to blame (a
         replica died, the graph timed out)."""
 
-    def frame(self, meta: Mapping[str, Mapping[str, float]]) -> None:
-        """One answered frame: each node's `{"ms", "batch", "queue_ms"?}` as the replicas sent it."""
+    def frame(self, meta: Mapping[str, Mapping[str, float]], skipped: Iterable[str] = ()) -> None:
+        """One answered frame: each node's `{"ms", "batch", "queue_ms"?}` as the replicas sent it,
+        and the nodes skipped for it."""
         now = self.clock()
+        for node_id in skipped:
+            self.skips.setdefault(node_id, deque(maxlen=MAX_SAMPLES)).append(now)
         for node_id, m in meta.items():
             samples = self.frames.setdefault(node_id, deque(maxlen=MAX_SAMPLES))
             samples.append((now, float(m["ms"]), max(1, int(m["batch"])), m.get("queue_ms")))
@@ -45,7 +50,8 @@ class Traffic:
     def summary(self, node_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Per node: `fps` (last RATE_S), `p50_ms`, `p99_ms`, `batch_mean`, `queue_p50_ms`
         and `frames` (last WINDOW_S; None where no frame passed), `failed` (since start)
-        and `failed_recent` (last WINDOW_S). Old samples are dropped on the way."""
+        and `failed_recent` (last WINDOW_S), `skipped` (frames that skipped it, last WINDOW_S).
+        Old samples are dropped on the way."""
         now = self.clock()
         span = max(1e-3, min(RATE_S, now - self.started))
         return {node_id: self._one(node_id, now, span) for node_id in node_ids}
@@ -57,6 +63,9 @@ class Traffic:
         failures = self.failures.get(node_id, deque())
         while failures and failures[0] < now - WINDOW_S:
             failures.popleft()
+        skips = self.skips.get(node_id, deque())
+        while skips and skips[0] < now - WINDOW_S:
+            skips.popleft()
         latencies = sorted(s[1] for s in samples)
         waits = sorted(s[3] for s in samples if s[3] is not None)
         recent = sum(1 for s in samples if s[0] >= now - RATE_S)
@@ -69,6 +78,7 @@ class Traffic:
             "frames": len(samples),
             "failed": self.failed.get(node_id, 0),
             "failed_recent": len(failures),
+            "skipped": len(skips),
         }
 
 

@@ -116,10 +116,12 @@
     if (!waitingForToken) timer = setTimeout(poll, POLL_MS);
   }
 
-  /** warm, loading, updating, down; `stalled`: warm, frames queued, none done of late. */
+  /** warm, loading, updating, down; `stalled`: warm, frames queued, none done of late;
+   * `skipped`: warm, and every recent frame skipped it (a branch: its `when:` did not hold). */
   function stateOf(node) {
     const state = STATES[node.state] || "unknown";
     if (state === "warm" && node.queue > 0 && !node.fps) return "stalled";
+    if (state === "warm" && node.skipped > 0 && !node.frames) return "skipped";
     return state;
   }
 
@@ -140,9 +142,10 @@
       const state = stateOf(node);
       const label = node.state === "ok" ? "warm" : node.state;
       picture.setNode(id, state, [
-        `${state === "stalled" ? "stalled" : label} · ${num(node.fps)} fps`,
+        `${state === "stalled" || state === "skipped" ? state : label} · ${num(node.fps)} fps`,
         `p50 ${num(node.p50_ms)} · p99 ${num(node.p99_ms)} ms`,
-        `batch ${num(node.batch_mean)} · queue ${node.queue ?? "–"} · failed ${node.failed}`,
+        `batch ${num(node.batch_mean)} · queue ${node.queue ?? "–"} · failed ${node.failed}` +
+          (node.skipped ? ` · skipped ${node.skipped}` : ""),
       ], `${id}: ${node.state}; ${node.device || "no replica answering"}${(node.models || []).length ? "; " + node.models.join(", ") : ""}`);
       updateRow(id, node, state);
     }
@@ -154,7 +157,7 @@
     for (const node of graph.picture.nodes) {
       body.append(el("tr", {"data-node": node.id},
         el("td", {class: "id", text: node.id}), el("td", {text: node.family}),
-        ["state", "fps", "p50", "p99", "batch", "queue", "failed", "device", "models", "load"].map((key) => el("td", {"data-key": key}))));
+        ["state", "fps", "p50", "p99", "batch", "queue", "failed", "skipped", "device", "models", "load"].map((key) => el("td", {"data-key": key}))));
     }
   }
 
@@ -163,8 +166,9 @@
     if (!row) return;
     const cells = Object.fromEntries([...row.cells].filter((c) => c.dataset.key).map((c) => [c.dataset.key, c]));
     const failed = node.failed_recent ? `${node.failed} (${node.failed_recent} of late)` : String(node.failed);
-    const values = {state: state === "stalled" ? "stalled" : node.state === "ok" ? "warm" : node.state, fps: num(node.fps),
-      p50: num(node.p50_ms), p99: num(node.p99_ms), batch: num(node.batch_mean), queue: node.queue ?? "–", failed,
+    const values = {state: state === "stalled" || state === "skipped" ? state : node.state === "ok" ? "warm" : node.state,
+      fps: num(node.fps), p50: num(node.p50_ms), p99: num(node.p99_ms), batch: num(node.batch_mean), queue: node.queue ?? "–",
+      failed, skipped: String(node.skipped ?? 0),
       device: node.device ? `${node.device} ${node.dtype || ""}`.trim() : "–",
       models: (node.models || []).length ? node.models.join(", ") + (node.models_mode ? ` (${node.models_mode})` : "") : "–",
       load: node.load_s === null || node.load_s === undefined ? "–" : `${num(node.load_s, 2)} + ${num(node.warmup_s, 2)}`};
