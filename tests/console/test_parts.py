@@ -48,6 +48,7 @@ def test_figures_over_the_window():
         "frames": 100,
         "failed": 1,
         "failed_recent": 1,
+        "skipped": 0,
     }
     assert a["b"]["batch_mean"] == 1.0 and a["b"]["queue_p50_ms"] is None
     assert a["c"] == {
@@ -59,6 +60,7 @@ def test_figures_over_the_window():
         "frames": 0,
         "failed": 0,
         "failed_recent": 0,
+        "skipped": 0,
     }
     assert traffic.failed[""] == 1
     now[0] += RATE_S + 1  # no frame of late: fps falls to 0 while the window still holds the latencies
@@ -74,6 +76,7 @@ def test_figures_over_the_window():
         "frames": 0,
         "failed": 1,
         "failed_recent": 0,
+        "skipped": 0,
     }
 
 

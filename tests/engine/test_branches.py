@@ -66,7 +66,8 @@ def test_a_bool_input_turns_a_node_off_and_whatever_reads_only_it(executor):
 
 def test_a_switch_is_a_request_param(executor):
     plain = executor.run([frame()], {"border": False})
-    assert plain.outputs[0]["image"].shape == (48, 64, 3)  # fit's: big would run, but nothing reads it, so it is skipped
+    # fit's frame: big's `when:` holds, but nothing that runs reads it, so it is skipped too
+    assert plain.outputs[0]["image"].shape == (48, 64, 3)
     assert plain.skipped == [("big", "square")]
     with pytest.raises(InputError) as caught:
         executor.run([frame()], {"border": "yes"})
@@ -119,7 +120,8 @@ def test_render_shows_the_condition():
     plan = load_plan(GRAPHS / "hybrid-branch.yaml")
     text = mermaid(plan)
     assert 'upscale["<b>upscale</b><br/>upscale · when upscale"]' in text
-    assert 'sw_upscale{{"upscale · switch, default true"}}' in text and 'sw_upscale -. "when upscale" .-> upscale' in text
+    assert 'sw_upscale{{"upscale · switch, default true"}}' in text
+    assert 'sw_upscale -. "when upscale" .-> upscale' in text
     graph = dot(plan)
     assert 'sw_upscale -> upscale [label="when upscale", style=dotted];' in graph and "rounded,filled,dashed" in graph
     drawn = picture(plan)
