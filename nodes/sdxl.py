@@ -448,6 +448,12 @@ class Sdxl(Node):
         )
         return merged, frozenset().union(*(wired for _, wired in callers), CONTROL_PORTS[: len(nets)])
 
+    @classmethod
+    def tiny_models(cls) -> dict[str, Any]:
+        """The tiny models but the LoRA: in tiny mode each adapter id has its own, built on
+        first use (`tiny_lora_for`), and there is no full-size random one to pair it with."""
+        return {key: build for key, build in super().tiny_models().items() if key != LORA.key}
+
     def models(self) -> list[str]:
         """The base model, the VAE when one is set, each ControlNet's, then every allowed LoRA's."""
         p = self.params
