@@ -266,7 +266,7 @@ def _params(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, ma
     named: dict[str, str] = {}
     for field, target in fields.items():
         if field in values and target not in plan.spec.inputs:
-            params[target] = values[field]
+            params[target] = _loras(values[field]) if field == "loras" else values[field]
             named[f"params.{target}"] = field
     try:
         return check_params(plan, params, max_pixels)
@@ -292,6 +292,18 @@ def _inputs(values: Mapping[str, Any], fields: Mapping[str, str], plan: Plan, ma
             else port.from_json(value, field, max_pixels)
         )
     return inputs
+
+
+def _loras(text: str) -> dict[str, Any]:
+    """ai-runner's `loras`: a JSON object in a string, adapter -> weight (the SDK sends
+    '{"nerijs/pixel-art-xl": 1.2}'); "" never gets here (an empty field is unset)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise InputError("loras", 'must be a JSON object of adapter -> weight, e.g. {"pixel-art": 1.0}', 400)
+    return value
 
 
 def _json_field(values: Mapping[str, Any], name: str) -> Any:

@@ -5,19 +5,24 @@ shared by every node of the process that loads the same model, so UNet, VAE and 
 encoders load once. docs/models.md has the modes, batching, weights and VRAM.
 """
 
+import hashlib
 import logging
+import threading
+import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import Frame, Node, NodeParams, example_value
 from capgraph.engine.types import PortType, port
-from capgraph.engine.weights import Weights
+from capgraph.engine.weights import Weights, model_dir, models_mode, resolve, tiny_model
 from capgraph.nodes.building import (
     TEXT_HIDDEN,
     TOKENS,
@@ -186,6 +191,35 @@ def tiny_controlnet(folder: Path) -> None:
     _steering(net).save_pretrained(folder)
 
 
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The attention projections a LoRA adapts (those of every SDXL LoRA trained with diffusers' scripts)."""
+
+
+def tiny_lora(folder: Path, seed: int = 4) -> None:
+    """A tiny LoRA for the tiny UNet, in the diffusers LoRA format (`pytorch_lora_weights.safetensors`):
+    peft's LoraConfig on the attention projections, B random (seeded) so that it changes the image."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = tiny_unet()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(LORA_TARGETS)))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in unet.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: the adapter would change nothing
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
+
+
+def tiny_lora_for(model: str) -> tuple[str, Any]:
+    """The tiny LoRA an adapter id stands for in tiny mode: (key, builder). Each id gets its
+    own seed, so two adapters give two images, as real ones would."""
+    seed = int(hashlib.sha256(model.encode()).hexdigest()[:8], 16)
+    return f"{LORA.key}-{seed:08x}", partial(tiny_lora, seed=seed)
+
+
 def base_modules(config: Config) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -223,6 +257,8 @@ CONTROLNET = Weights(
     tiny_controlnet,
     FullSize(CONTROLNET_CONFIG, controlnet_modules, _save_single, diffusers=True),
 )
+LORA = Weights("sdxl-lora", None, tiny_lora)
+"""LoRA adapters (`allowed_loras`); in tiny mode each id resolves to its own tiny adapter (`tiny_lora_for`)."""
 
 CONTROL_PORTS = ("control_image", "control_image_2", "control_image_3")
 DEFAULT_SIDE = 1024
@@ -252,6 +288,9 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 Side = Annotated[int, Field(ge=64, le=MAX_SIDE, multiple_of=8)]
 Scale = Annotated[float, Field(ge=0.0, le=2.0)]
 Model = Annotated[str, Field(min_length=1, max_length=512)]
+MAX_LORAS = 4
+"""Most adapters one frame runs with."""
+LoraWeight = Annotated[float, Field(ge=-4.0, le=4.0)]
 
 
 class ControlNetSpec(NodeParams):
@@ -296,6 +335,40 @@ class SdxlParams(NodeParams):
     controlnet_scales: tuple[Scale, ...] | None = Field(
         None, description="per-request ControlNet scales overriding controlnets[i].scale, one per ControlNet"
     )
+    allowed_loras: dict[Model, Model] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "LoRA adapters `loras` may name: name -> Hugging Face id or local folder (a list: each id its own name); "
+            "fixed by the graph, fetched by `capgraph prepare`"
+        ),
+    )
+    loras: dict[Model, LoraWeight] = Field(
+        default_factory=dict,
+        max_length=MAX_LORAS,
+        description=f"LoRA adapters to run with: allowed_loras name -> weight (-4..4), at most {MAX_LORAS}",
+    )
+    max_loaded_loras: int = Field(
+        8, ge=MAX_LORAS, le=64, description="adapters a replica keeps loaded; the least recently used leaves first"
+    )
+
+    @field_validator("allowed_loras", mode="before")
+    @classmethod
+    def _list_is_its_own_names(cls, value: Any) -> Any:
+        return {str(model): model for model in value} if isinstance(value, (list, tuple)) else value
+
+    @field_validator("loras")
+    @classmethod
+    def _only_allowed_loras(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        allowed = info.data.get("allowed_loras", {})
+        refused = [name for name in value if name not in allowed]
+        if refused:
+            shown = refused[0] if len(refused[0]) <= 80 else refused[0][:77] + "..."
+            raise ValueError(
+                f"LoRA '{shown}' is not one this graph allows; allowed: {', '.join(sorted(allowed)) or 'none'} "
+                "(a graph lists its adapters in allowed_loras)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_scale_per_controlnet(self) -> "SdxlParams":
@@ -329,11 +402,22 @@ class Sdxl(Node):
     }
     outputs = {"image": port(PortType.IMAGE, doc="generated frame, width x height")}
     request_params = frozenset(
-        {"prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "width", "height", "controlnet_scales"}
+        {
+            "prompt",
+            "negative_prompt",
+            "seed",
+            "steps",
+            "guidance",
+            "strength",
+            "width",
+            "height",
+            "controlnet_scales",
+            "loras",  # names from the graph's allowed_loras only: never a path or an id of the caller's
+        }
     )
     uses_gpu = True
     max_batch = 4
-    weights = {"model": BASE, "vae": VAE, "controlnets": CONTROLNET}
+    weights = {"model": BASE, "vae": VAE, "controlnets": CONTROLNET, "loras": LORA}
     shared_weights = frozenset({"model", "vae"})
     """The base pipeline's weights; ControlNets are loaded for every caller that names one, and
     `scheduler` is per call already (one scheduler per name)."""
@@ -349,12 +433,31 @@ class Sdxl(Node):
         nets = (*longest, *{c.model: c for p in params for c in p.controlnets if c.model not in named}.values())
         if len(nets) > len(CONTROL_PORTS):
             raise ValueError(f"{len(nets)} ControlNets between them; one node takes at most {len(CONTROL_PORTS)}")
-        merged = params[0].model_copy(update={"controlnets": nets, "controlnet_scales": None})
+        allowed: dict[str, str] = {}
+        for p in params:
+            for name, model in p.allowed_loras.items():
+                if allowed.setdefault(name, model) != model:
+                    raise ValueError(f"LoRA '{name}' is {allowed[name]} for one caller and {model} for another")
+        merged = params[0].model_copy(
+            update={
+                "controlnets": nets,
+                "controlnet_scales": None,
+                "allowed_loras": allowed,
+                "max_loaded_loras": max(p.max_loaded_loras for p in params),
+            }
+        )
         return merged, frozenset().union(*(wired for _, wired in callers), CONTROL_PORTS[: len(nets)])
 
+    @classmethod
+    def tiny_models(cls) -> dict[str, Any]:
+        """The tiny models but the LoRA: in tiny mode each adapter id has its own, built on
+        first use (`tiny_lora_for`), and there is no full-size random one to pair it with."""
+        return {key: build for key, build in super().tiny_models().items() if key != LORA.key}
+
     def models(self) -> list[str]:
-        """The base model, the VAE when one is set, then each ControlNet's."""
-        return list(dict.fromkeys([*super().models(), *(c.model for c in self.params.controlnets)]))
+        """The base model, the VAE when one is set, each ControlNet's, then every allowed LoRA's."""
+        p = self.params
+        return list(dict.fromkeys([*super().models(), *(c.model for c in p.controlnets), *p.allowed_loras.values()]))
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -362,7 +465,13 @@ class Sdxl(Node):
         from diffusers import ControlNetModel
 
         no_progress_bars(diffusers=True)
-        logging.getLogger("diffusers.models.modeling_utils").addFilter(_drop_noise)
+        for logger in (
+            "diffusers.models.modeling_utils",
+            "diffusers.loaders.lora_base",
+            "diffusers.loaders.lora_pipeline",
+            "diffusers.loaders.peft",
+        ):
+            logging.getLogger(logger).addFilter(_drop_noise)
         p = self.params
         self.torch_dtype = torch_dtype = getattr(torch, dtype)
         # resolve every id first: a missing ControlNet fails before gigabytes of base model load
@@ -384,6 +493,12 @@ class Sdxl(Node):
         self.schedulers: dict[str, Any] = {}
         b = self.base
         self.weight_bytes = module_bytes(b.unet, b.vae, b.text_encoder, b.text_encoder_2, *loaded.values())
+        self.adapters = _adapters_of(self.base)
+        self.lora_folders: dict[str, str] = {}
+        """Local folders of the adapters by id, resolved once: the graph's own at load, others on first use."""
+        for name in p.loras:  # the graph's own adapters: missing ones fail the load, as a missing model does
+            model = p.allowed_loras[name]
+            self.lora_folders[model] = self._tiny_lora(model) or resolve(model, self.node_id, LORA)
 
     def example_inputs(self) -> Frame:
         image = example_value(PortType.IMAGE, WARMUP_SIDE)
@@ -410,6 +525,7 @@ class Sdxl(Node):
                 p.scheduler,
                 p.scales(),
                 bool(p.negative_prompt),
+                _lora_set(p),  # one call runs one adapter set: an adapter never touches another's frame
             )
             groups.setdefault(key, []).append(i)
         out: list[Frame] = [{} for _ in inputs]
@@ -496,9 +612,37 @@ class Sdxl(Node):
             kwargs["controlnet_conditioning_scale"] = p.scales()[0] if single else list(p.scales())
         if pipe.vae.dtype != self.torch_dtype:  # img2img/inpaint calls leave the shared VAE upcast to fp32
             pipe.vae.to(self.torch_dtype)
-        with torch.inference_mode():
-            images = pipe(**kwargs).images
+        loras = [(self._lora_folder(model), weight) for model, weight in _lora_set(p)]
+        with self.adapters.lock:  # the adapters live in the UNet every node on this base shares
+            self.adapters.activate(self.base, loras, p.max_loaded_loras)
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
         return [(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for image in images]
+
+    def _tiny_lora(self, model: str) -> str | None:
+        """In tiny mode, the tiny adapter standing for `model`; else None."""
+        if models_mode() != "tiny":
+            return None
+        return str(tiny_model(*tiny_lora_for(model)))
+
+    def _lora_folder(self, model: str) -> str:
+        """The local folder of an allowed adapter a request names. Never a download on a
+        request's say: one not on this machine is a 4xx pointing at `capgraph prepare`."""
+        if model not in self.lora_folders:
+            folder = self._tiny_lora(model) or (str(Path(model).expanduser()) if models_mode() != "random" else None)
+            if folder is None:
+                folder = resolve(model, self.node_id, LORA)  # random mode: says it has no full-size LoRA
+            elif not Path(folder).exists():
+                folder = _cached_snapshot(model)
+            if folder is None:
+                raise InputError(
+                    f"params.{self.node_id}.loras",
+                    f"LoRA '{model}' is allowed but not on this machine (a request never starts a download); "
+                    "fetch it first with: capgraph prepare <graph.yaml>",
+                    409,
+                )
+            self.lora_folders[model] = folder
+        return self.lora_folders[model]
 
     def _nets(self, p: SdxlParams) -> list[Any]:
         """The loaded ControlNets of `p`, in its order."""
@@ -575,6 +719,75 @@ def _base_pipeline(path: str, vae_path: str | None, device: str, torch_dtype: An
     return pipe
 
 
+def _lora_set(p: SdxlParams) -> tuple[tuple[str, float], ...]:
+    """A frame's adapters as (id, weight), sorted, zero weights dropped, one id named twice summed."""
+    weights: dict[str, float] = {}
+    for name, weight in p.loras.items():
+        model = p.allowed_loras[name]
+        weights[model] = weights.get(model, 0.0) + weight
+    return tuple(sorted((model, weight) for model, weight in weights.items() if weight != 0.0))
+
+
+def _cached_snapshot(model: str) -> str | None:
+    """The cached snapshot of a hub id, looked up locally only; None where it is not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, cache_dir=model_dir(), local_files_only=True)
+    except (HFValidationError, LocalEntryNotFoundError, FileNotFoundError, OSError):
+        return None
+
+
+class _Adapters:
+    """The LoRA adapters loaded into one base pipeline (so into the UNet and text encoders
+    every node on it shares), at most a bound of them, the least recently used leaving first.
+    Hold `lock` from `activate` to the end of the pipeline call."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.loaded: OrderedDict[str, str] = OrderedDict()
+        """peft adapter name by folder, least recently used first."""
+        self.loads = 0
+        """Adapters loaded so far (a test reads it: an adapter loads once, not per frame)."""
+
+    def activate(self, pipe: Any, loras: Sequence[tuple[str, float]], bound: int) -> None:
+        """Make exactly `loras` (folder, weight) active on `pipe`, loading the missing ones."""
+        wanted = [folder for folder, _ in loras]
+        for folder in wanted:
+            if folder in self.loaded:
+                self.loaded.move_to_end(folder)
+                continue
+            while len(self.loaded) >= bound:
+                victim = next((f for f in self.loaded if f not in wanted), None)
+                if victim is None:
+                    break
+                pipe.delete_adapters([self.loaded.pop(victim)])
+            name = "lora_" + hashlib.sha256(folder.encode()).hexdigest()[:16]
+            with warnings.catch_warnings():  # peft's warning that a second adapter joins the first: that is the plan
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(folder, adapter_name=name)
+            self.loaded[folder] = name
+            self.loads += 1
+        if not self.loaded:
+            return
+        if not loras:
+            pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        pipe.set_adapters([self.loaded[f] for f in wanted], adapter_weights=[w for _, w in loras])
+
+
+_ADAPTERS: "weakref.WeakKeyDictionary[Any, _Adapters]" = weakref.WeakKeyDictionary()
+
+
+def _adapters_of(pipe: Any) -> _Adapters:
+    """The adapter set of a base pipeline, made on first use."""
+    if pipe not in _ADAPTERS:
+        _ADAPTERS[pipe] = _Adapters()
+    return _ADAPTERS[pipe]
+
+
 def _mask_to_gray(mask: np.ndarray) -> np.ndarray:
     return (np.clip(mask, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -585,6 +798,8 @@ NOISE = (
     "fixed across the prompts",
     # every `.to(dtype)` (from_pipe, the VAE's fp32 upcast in img2img/inpaint) warns when nothing must stay fp32
     "should be kept in float32: []",
+    # a LoRA with UNet layers only (most SDXL ones): nothing for the text encoders is expected
+    "No LoRA keys associated to",
 )
 
 

@@ -270,3 +270,31 @@ def test_segment_anything_2_prompts_as_node_params(tiny_models, start_service, s
             request={"image": _image_part(), "point_coords": "[[80, 60]]", "point_labels": "[1, 0]"}
         )
     assert "point_labels" in mismatch.value.data.detail.msg
+
+
+def test_text_to_image_loras_on_tiny_sdxl(tiny_models, start_service, sdk):
+    """ai-runner's `loras` is a JSON object in a string; only the graph's allowed adapters."""
+    service = start_service(GRAPHS / "t2i_lora_tiny.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
+    service.wait_ready(timeout=120)
+    client = sdk(service)
+    request = {"prompt": "a red cube", "seed": 3, "model_id": "stabilityai/stable-diffusion-xl-base-1.0"}
+
+    def image(**extra) -> str:
+        return client.generate.text_to_image(request=request | extra).image_response.images[0].url
+
+    plain, none = image(), image(loras="")  # "" = no adapters
+    pixel = image(loras='{"nerijs/pixel-art-xl": 1.2}')
+    assert plain == none and pixel != plain
+    assert image(loras='{"nerijs/pixel-art-xl": 1.2}') == pixel
+    assert image(loras='{"latent-consistency/lcm-lora-sdxl": 1.0, "nerijs/pixel-art-xl": 1.2}') not in (plain, pixel)
+    for bad, fragment in (
+        ('{"/etc/passwd": 1.0}', "not one this graph allows"),
+        ('{"someone/else": 1.0}', "not one this graph allows"),
+        ("{not json", "JSON object"),
+        ('["nerijs/pixel-art-xl"]', "JSON object"),
+        ('{"nerijs/pixel-art-xl": 9}', "less than or equal to 4"),
+    ):
+        with pytest.raises(errors.HTTPError) as refused:
+            client.generate.text_to_image(request=request | {"loras": bad})
+        # HTTPError is the SDK's 400/401/500; the message names the request's own field
+        assert refused.value.data.detail.msg.startswith("loras:") and fragment in refused.value.data.detail.msg
