@@ -18,4 +18,5 @@ BUILTIN: tuple[str, ...] = (
     "capgraph.nodes.template:Template",
     "capgraph.nodes.sdxl:Sdxl",
     "capgraph.nodes.upscale:Upscale",
+    "capgraph.nodes.safety:Safety",
 )
