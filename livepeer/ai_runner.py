@@ -24,11 +24,24 @@ from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.livepeer.guard import Guard, RunFn, error, failure
-from capgraph.livepeer.settings import RESPONSE_FIELD, ROUTE_FIELDS, LivepeerSettings, default_output, route_name
+from capgraph.livepeer.settings import (
+    NSFW_FIELD,
+    NSFW_ROUTES,
+    RESPONSE_FIELD,
+    ROUTE_FIELDS,
+    LivepeerSettings,
+    default_output,
+    nsfw_output,
+    route_name,
+)
 from capgraph.serve.capability import MAX_BODY_BYTES, check_params, media_type, read_body, read_form, render_json
 
 log = logging.getLogger("capgraph.livepeer")
 
+SAFETY_HEADER = "X-Capgraph-Safety"
+"""On every image answer: `checked` where a safety checker's verdict is each image's `nsfw`,
+`unchecked` where at least one `nsfw` is false only because nothing checked it (each image's
+`nsfw_checked` says which). The SDK reads neither; docs/livepeer.md has the rules."""
 MAX_IMAGES = 16
 """Most images one request may ask for (`num_images_per_prompt`)."""
 
@@ -99,6 +112,15 @@ def add_ai_runner_routes(
 
 
 @dataclass(frozen=True)
+class _Answers:
+    """The graph outputs an image route answers with, and the capability for messages."""
+
+    images: str
+    nsfw: str | None
+    capability: str
+
+
+@dataclass(frozen=True)
 class _Limits:
     max_pixels: int
     max_body_bytes: int
@@ -114,8 +136,15 @@ def _handler(
     limits: _Limits,
 ):
     output = default_output(plan, route, settings)
-    response_field = RESPONSE_FIELD[route]
-    fields = {k: v for k, v in mapping.items() if k != response_field}
+    answers = _Answers(output, nsfw_output(settings, route), settings.name)
+    fields = {k: v for k, v in mapping.items() if k not in (RESPONSE_FIELD[route], NSFW_FIELD)}
+    if route in NSFW_ROUTES and answers.nsfw is None:
+        log.warning(
+            "%s on '%s': no safety checker output is mapped to 'nsfw'; answers say nsfw false, marked %s: unchecked",
+            route,
+            settings.name,
+            SAFETY_HEADER,
+        )
 
     async def handle(request: Request) -> Response:
         refused = await guard.admit(request)
@@ -134,7 +163,7 @@ def _handler(
                 return await _segment(values, fields, plan, run, output, limits.max_pixels)
             if route == "image-to-text":
                 return await _text(values, fields, plan, run, output, limits.max_pixels)
-            return await _images(values, fields, plan, run, output, limits.max_pixels)
+            return await _images(values, fields, plan, run, answers, limits.max_pixels)
         except _Invalid as exc:
             return JSONResponse({"detail": exc.detail}, status_code=422)
         except InputError as exc:
@@ -317,7 +346,7 @@ def _json_field(values: Mapping[str, Any], name: str) -> Any:
 
 
 async def _images(
-    values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, output: str, max_pixels: int
+    values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, answers: _Answers, max_pixels: int
 ) -> Response:
     count = values.get("num_images_per_prompt", 1)
     if not 1 <= count <= MAX_IMAGES:
@@ -325,6 +354,7 @@ async def _images(
     seed = values.get("seed")
     if seed is None:
         seed = random.randint(0, 2**31 - 1)  # ai-runner picks one and reports it
+    output = answers.images
     kind = plan.output_type(output)
     inputs, first = await asyncio.to_thread(_to_graph, {**values, "seed": seed}, fields, plan, max_pixels)
     seed_input = fields.get("seed") if fields.get("seed") in plan.spec.inputs else None
@@ -336,10 +366,20 @@ async def _images(
         frame = inputs if seed_input is None else inputs | _inputs(seeded, {"seed": seed_input}, plan, max_pixels)
         outputs, _ = await run(frame, params)
         url = await asyncio.to_thread(image_url, kind, outputs[output])
-        return {"url": url, "seed": seed + index, "nsfw": False}
+        # A checker that did not run (no checker, or a branch that skipped it) leaves no verdict.
+        verdict = outputs.get(answers.nsfw) if answers.nsfw is not None else None
+        return {"url": url, "seed": seed + index, "nsfw": bool(verdict), "nsfw_checked": verdict is not None}
 
     images = await asyncio.gather(*(one(i) for i in range(count)))
-    return Response(await asyncio.to_thread(render_json, {"images": list(images)}), media_type="application/json")
+    checked = all(image["nsfw_checked"] for image in images)
+    headers = {SAFETY_HEADER: "checked" if checked else "unchecked"}
+    if not checked and values.get("safety_check", True):  # ai-runner's default is true
+        headers["Warning"] = (
+            f'299 capgraph "safety_check was asked for, but no safety checker ran in graph '
+            f"'{answers.capability}': nsfw false is not a verdict\""
+        )
+    body = await asyncio.to_thread(render_json, {"images": list(images)})
+    return Response(body, media_type="application/json", headers=headers)
 
 
 async def _segment(

@@ -82,6 +82,12 @@ RESPONSE_FIELD = {
     "image-to-text": "text",
 }
 
+NSFW_FIELD = "nsfw"
+"""The per-image response field of the image routes a Bool graph output may answer (a
+safety checker's verdict). Unmapped, answers say `nsfw: false` marked unchecked (ai_runner.py)."""
+NSFW_ROUTES = frozenset({"text-to-image", "image-to-image", "upscale"})
+"""The routes whose answers are ImageResponse: one `nsfw` per image."""
+
 # Which graph types a request field of each kind may feed, and which a response may read.
 _INPUT_TYPES: dict[str, set[PortType]] = {
     "image": {PortType.IMAGE, PortType.BYTES},
@@ -311,10 +317,16 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
                         f"'{response}' needs {_titles(_OUTPUT_TYPES[response])}."
                     )
                 continue
+            if field == NSFW_FIELD and route in NSFW_ROUTES:
+                problems += _check_nsfw(where, target, plan)
+                continue
             if field not in fields:
+                answers = f"'{response}' for the output"
+                if route in NSFW_ROUTES:
+                    answers = f"'{response}' and '{NSFW_FIELD}' for outputs"
                 problems.append(
                     f"{where}: '{route}' has no request field '{field}'; fields are {', '.join(sorted(fields))} "
-                    f"(and '{response}' for the output)."
+                    f"(and {answers})."
                 )
                 continue
             problems += _check_target(
@@ -328,6 +340,8 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
                 f"(e.g. {response}: <output>); the graph has "
                 f"{len(_outputs_of(plan, _OUTPUT_TYPES[response]))} of a fitting type."
             )
+        if route in NSFW_ROUTES and NSFW_FIELD not in mapping:
+            problems += _unmapped_checker(route, plan)
         for name, spec in inputs.items():
             if spec.required and name not in fed:
                 problems.append(f"livepeer.routes.{route}: required graph input '{name}' is fed by no request field.")
@@ -361,6 +375,46 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
                     "give it a default or map a stream param to it."
                 )
     return problems
+
+
+def _check_nsfw(where: str, target: str, plan: Plan) -> list[str]:
+    if target not in plan.outputs:
+        return [f"{where}: '{target}' is not a graph output; outputs are {', '.join(plan.outputs)}."]
+    if plan.output_type(target) is not PortType.BOOL:
+        return [f"{where}: output '{target}' is {plan.output_type(target).title}; '{NSFW_FIELD}' needs Bool."]
+    return []
+
+
+def _checkers(plan: Plan) -> list[str]:
+    """`node.nsfw` of every node with a Bool `nsfw` output: the graph's safety checkers."""
+    return [
+        f"{node.id}.{NSFW_FIELD}"
+        for node in plan.nodes.values()
+        if NSFW_FIELD in node.family.outputs and node.family.outputs[NSFW_FIELD].type is PortType.BOOL
+    ]
+
+
+def _unmapped_checker(route: str, plan: Plan) -> list[str]:
+    """A graph with a safety checker whose route leaves `nsfw` unmapped would answer
+    'unchecked' while a check ran: refused, naming the output to map."""
+    checkers = _checkers(plan)
+    if not checkers:
+        return []
+    exposed = [name for name, source in plan.outputs.items() if str(source) in checkers]
+    fix = (
+        f"map it (nsfw: {exposed[0]})"
+        if exposed
+        else f"add a graph output for {checkers[0]} and map it (nsfw: <output>)"
+    )
+    return [
+        f"livepeer.routes.{route}: the graph has a safety checker ({', '.join(checkers)}) but '{NSFW_FIELD}' "
+        f"is not mapped, so answers would say unchecked; {fix}."
+    ]
+
+
+def nsfw_output(settings: "LivepeerSettings", route: str) -> str | None:
+    """The graph output that answers a route's `nsfw`, None where none is mapped."""
+    return settings.routes.get(route, {}).get(NSFW_FIELD) if route in NSFW_ROUTES else None  # type: ignore[call-overload]
 
 
 def _check_target(where: str, target: str, types: set[PortType], plan: Plan, *, allow_params: bool) -> list[str]:

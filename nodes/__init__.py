@@ -23,4 +23,5 @@ BUILTIN: tuple[str, ...] = (
     "capgraph.nodes.first:FirstNumber",
     "capgraph.nodes.sdxl:Sdxl",
     "capgraph.nodes.upscale:Upscale",
+    "capgraph.nodes.safety:Safety",
 )

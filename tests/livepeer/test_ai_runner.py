@@ -68,12 +68,74 @@ def test_image_to_image_through_the_sdk(edges, sdk):
         request={"prompt": "edges", "image": _image_part(), "strength": 0.0, "seed": 7}
     )
     [image] = result.image_response.images
+    # No safety checker in this graph: nsfw is false because nothing checked, and the answer says so.
     assert image.seed == 7 and image.nsfw is False
+    headers = result.http_meta.response.headers
+    assert headers["x-capgraph-safety"] == "unchecked"
+    assert "no safety checker ran in graph 'edges-live'" in headers["warning"]  # the SDK sends safety_check=true
+    assert json.loads(result.http_meta.response.text)["images"][0]["nsfw_checked"] is False
     out = decode_data_url(image.url)
     assert out.shape == (96, 128, 3)
     # strength -> blend.opacity 0: the answer is the edge map, the graph's other output
     upscaled = client.generate.upscale(request={"prompt": "x", "image": _image_part()})
     assert np.array_equal(out, decode_data_url(upscaled.image_response.images[0].url))
+
+
+def test_without_a_checker_a_request_that_asks_for_none_gets_no_warning(edges):
+    answer = httpx.post(
+        f"{edges.url}/upscale",
+        files={"image": ("in.png", png(photo()), "image/png")},
+        data={"prompt": "p", "safety_check": "false"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-capgraph-safety"] == "unchecked" and "warning" not in answer.headers
+    [image] = answer.json()["images"]
+    assert image["nsfw"] is False and image["nsfw_checked"] is False
+
+
+def test_the_checker_answers_nsfw_and_blacks_out_what_it_flags(tiny_models, start_service, sdk):
+    from capgraph.nodes.safety import FLAGGED_COLOUR
+
+    service = start_service(GRAPHS / "check_tiny.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
+    service.wait_ready(timeout=120)
+    client = sdk(service)
+    magenta = {"file_name": "m.png", "content": png(np.full((96, 128, 3), FLAGGED_COLOUR, np.uint8))}
+    flagged = client.generate.image_to_image(request={"prompt": "p", "image": magenta, "seed": 1})
+    [image] = flagged.image_response.images
+    assert image.nsfw is True and not decode_data_url(image.url).any()  # black_out: true in the graph
+    assert flagged.http_meta.response.headers["x-capgraph-safety"] == "checked"
+    assert "warning" not in flagged.http_meta.response.headers
+    clean = client.generate.upscale(request={"prompt": "p", "image": _image_part(), "seed": 1})
+    [image] = clean.image_response.images
+    assert image.nsfw is False and decode_data_url(image.url).any()
+    assert clean.http_meta.response.headers["x-capgraph-safety"] == "checked"
+    assert json.loads(clean.http_meta.response.text)["images"][0]["nsfw_checked"] is True
+    # safety_check false: the checker is in the graph and still runs, so the verdict is still its own.
+    # (A graph can skip it by mapping safety_check to a Bool input that gates the node, once branches land.)
+    unasked = client.generate.image_to_image(request={"prompt": "p", "image": magenta, "safety_check": False})
+    assert unasked.image_response.images[0].nsfw is True
+    assert unasked.http_meta.response.headers["x-capgraph-safety"] == "checked"
+
+
+def test_the_shipped_safe_text_to_image_graph_answers_from_its_checker(tiny_models, start_service, sdk):
+    service = start_service(ROOT / "graphs" / "txt2img-safe.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
+    service.wait_ready(timeout=120)
+    result = sdk(service).generate.text_to_image(
+        request={
+            "prompt": "a red cube",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 2,
+            "seed": 3,
+            "num_images_per_prompt": 2,
+            "model_id": "stabilityai/stable-diffusion-xl-base-1.0",
+        }
+    )
+    assert [(i.seed, i.nsfw) for i in result.image_response.images] == [(3, False), (4, False)]
+    assert decode_data_url(result.image_response.images[0].url).shape == (64, 64, 3)
+    assert result.http_meta.response.headers["x-capgraph-safety"] == "checked"
 
 
 def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges, sdk):

@@ -89,3 +89,18 @@ def test_every_example_graph_with_a_livepeer_section_is_valid():
         section = read_section(path)
         if section:
             assert check_livepeer_section(section, load_plan(path)) == [], path
+
+
+def test_nsfw_names_a_bool_output_and_a_checker_in_the_graph_must_answer_it(plan):
+    problems = check_livepeer_section(
+        {"routes": {"upscale": {"image": "image", "images": "image", "nsfw": "edges"}}}, plan
+    )
+    assert problems == ["livepeer.routes.upscale.nsfw: output 'edges' is Image; 'nsfw' needs Bool."]
+    wrong_route = check_livepeer_section({"routes": {"segment-anything-2": {"image": "image", "nsfw": "x"}}}, plan)
+    assert "'segment-anything-2' has no request field 'nsfw'" in "\n".join(wrong_route)
+    checked = load_plan(ROOT / "tests" / "livepeer" / "graphs" / "check_tiny.yaml")
+    (unmapped,) = check_livepeer_section({"routes": {"upscale": {"image": "image", "images": "image"}}}, checked)
+    assert unmapped == (
+        "livepeer.routes.upscale: the graph has a safety checker (safety.nsfw) but 'nsfw' is not mapped, "
+        "so answers would say unchecked; map it (nsfw: nsfw)."
+    )

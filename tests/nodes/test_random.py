@@ -46,6 +46,7 @@ PUBLISHED = {  # millions of parameters, as published for each default repo (its
     ("sd-x4-upscaler", "vae"): 55.3,
     ("sd-x4-upscaler", "text_encoder"): 340.4,
     ("esrgan-x4", "model"): 16.7,  # Real-ESRGAN x4plus, 23 RRDB blocks
+    ("safety-checker", "model"): 304.0,  # 1.22 GB of fp32 weights: CLIP ViT-L/14's vision tower and projection
 }
 
 
@@ -156,6 +157,12 @@ SHRINK: dict[str, dict[str, dict[str, Any]]] = {
         "text_encoder": TEXT,
     },
     "esrgan-x4": {"model": dict(num_filters=8, num_blocks=1)},
+    "safety-checker": {
+        "vision": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+        | dict(image_size=32, patch_size=8),
+        "text": TEXT,
+        "model": dict(projection_dim=32),
+    },
 }
 
 
