@@ -45,8 +45,12 @@ def load_graph(path: Path, sets: list[str] | None = None) -> Plan:
     for item in sets:
         key, eq, value = item.partition("=")
         node_id, dot, param = key.partition(".")
+        switches = (tree.get("params") or {}) if isinstance(tree, dict) else {}
+        if eq and not dot and isinstance(switches.get(key), dict):  # a switch: `--set safety_check=false`
+            switches[key]["default"] = yaml.safe_load(value) if value else value
+            continue
         if not (eq and dot and param):
-            raise typer.BadParameter(f"'{item}' is not NODE.PARAM=VALUE", param_hint="--set")
+            raise typer.BadParameter(f"'{item}' is not NODE.PARAM=VALUE or SWITCH=VALUE", param_hint="--set")
         node = (tree.get("nodes") or {}).get(node_id) if isinstance(tree, dict) else None
         if not isinstance(node, dict):
             raise InputError(f"--set {key}", f"the graph has no node '{node_id}'")

@@ -56,7 +56,7 @@ def validate(
 def run(
     graph: GraphArg,
     inputs: Annotated[list[str], typer.Option("--input", "-i", help="NAME=VALUE; images are file paths")] = [],
-    sets: Annotated[list[str], typer.Option("--set", "-s", help="NODE.PARAM=VALUE (YAML value)")] = [],
+    sets: Annotated[list[str], typer.Option("--set", "-s", help="NODE.PARAM=VALUE or SWITCH=VALUE (YAML value)")] = [],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the outputs")] = Path("out"),
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA if present)")] = None,
     html: Annotated[

@@ -110,5 +110,8 @@ class Executor:
         timings = run_nodes(
             self.plan, self.nodes, list(self.plan.nodes), values, params, release=self.release_after, active=active
         )
-        outputs = [{name: frame[str(src)] for name, src in self.plan.outputs.items()} for frame in values]
+        # an optional output whose node was skipped for this frame is left out
+        outputs = [
+            {name: frame[str(src)] for name, src in self.plan.outputs.items() if str(src) in frame} for frame in values
+        ]
         return RunResult(outputs, timings, skipped)

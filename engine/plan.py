@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from capgraph.engine.errors import GraphError, InputError, did_you_mean
 from capgraph.engine.node import Node, NodeParams
-from capgraph.engine.spec import GraphSpec, NodeSpec, SwitchSpec
+from capgraph.engine.spec import GraphSpec, NodeSpec, OutputSpec, SwitchSpec
 from capgraph.engine.types import PortType
 
 
@@ -81,6 +81,11 @@ class Plan:
     @property
     def capability(self) -> str:
         return self.spec.capability
+
+    @property
+    def optional_outputs(self) -> frozenset[str]:
+        """Outputs a branch may leave without a value (`{from: ..., optional: true}`)."""
+        return frozenset(n for n, o in self.spec.outputs.items() if isinstance(o, OutputSpec) and o.optional)
 
     def output_type(self, name: str) -> PortType:
         src = self.outputs[name]

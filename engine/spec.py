@@ -96,6 +96,21 @@ class SwitchSpec(_Strict):
     description: str = ""
 
 
+class OutputSpec(_Strict):
+    """A graph output in its long form: where it comes from, and whether it may go without a
+    value (its node skipped on some branch, `when:`); an answer then leaves it out."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    source: str = Field(alias="from", description="node.port (or a graph input) it comes from")
+    optional: bool = Field(False, description="it may have no value: an answer leaves it out then")
+
+
+def output_ref(value: "str | OutputSpec") -> str:
+    """Where an output comes from, in either form."""
+    return value if isinstance(value, str) else value.source
+
+
 When = str | dict[Literal["not"], str]
 """`when: upscale` (the node runs when `upscale` is true) or `when: {not: upscale}`."""
 
@@ -148,7 +163,10 @@ class GraphSpec(_Strict):
     )
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
-    outputs: dict[str, str]
+    outputs: dict[str, str | OutputSpec] = Field(
+        description="output name -> node.port, or {from: node.port, optional: true} for one that a branch may leave "
+        "without a value"
+    )
     params: dict[Annotated[str, StringConstraints(pattern=IDENT)], str | SwitchSpec] = Field(
         default_factory=dict,
         description="request params by a name of the graph's own -> the node.param it sets "

@@ -26,7 +26,9 @@ from capgraph.engine.spec import (
     GraphSpec,
     InputSpec,
     NodeSpec,
+    OutputSpec,
     SwitchSpec,
+    output_ref,
     parse_reference,
 )
 from capgraph.engine.types import PortType, check_value, compatible
@@ -194,10 +196,16 @@ class _Validator:
                     ("outputs", name),
                     hint="Wire it to a node port, e.g. 'depth.depth_map'.",
                 )
+            elif isinstance(ref, Mapping):  # the long form: {from: node.port, optional: true}
+                try:
+                    outputs[name] = OutputSpec.model_validate(dict(ref))
+                except ValidationError as exc:
+                    self.report_pydantic(exc, ("outputs", name), OutputSpec)
             elif not isinstance(ref, str):
                 self.report(
                     "bad_value",
-                    f"output '{name}' must name a node port such as 'depth.depth_map', found {_short(ref)}.",
+                    f"output '{name}' must name a node port such as 'depth.depth_map' (or be "
+                    f"{{from: node.port, optional: true}}), found {_short(ref)}.",
                     ("outputs", name),
                 )
             else:
@@ -328,7 +336,8 @@ class _Validator:
                 planned[node_id] = PlannedNode(node_id, family, params, wires, node, when)
         outputs: dict[str, Source] = {}
         for name, ref in spec.outputs.items():
-            src = self.resolve_ref(ref, spec, families, ("outputs", name), f"output '{name}'", None, None)
+            at = ("outputs", name) if isinstance(ref, str) else ("outputs", name, "from")
+            src = self.resolve_ref(output_ref(ref), spec, families, at, f"output '{name}'", None, None)
             if src is not None:
                 outputs[name] = src
         if not spec.outputs and "outputs" in (self.tree or {}):
@@ -397,7 +406,12 @@ class _Validator:
             active = plan.active(values)
             ever |= active
             for name, src in plan.outputs.items():
-                if src.node is not None and src.node not in active and name not in missing:
+                if (
+                    src.node is not None
+                    and src.node not in active
+                    and name not in missing
+                    and name not in plan.optional_outputs
+                ):
                     missing[name] = values
         for name, values in missing.items():
             src = plan.outputs[name]
@@ -693,7 +707,7 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             for arg in getattr(annotation, "__args__", ()):
                 if isinstance(arg, type) and issubclass(arg, BaseModel):
                     model = arg
-    return list(model.model_fields)
+    return [f.alias or name for name, f in model.model_fields.items()]  # as written in YAML (`from`)
 
 
 def _raw(tree: Any, path: tuple[Any, ...]) -> Any:

@@ -425,6 +425,10 @@ def _check_target(where: str, target: str, types: set[PortType], plan: Plan, *, 
                 f"{where}: graph input '{target}' is {inputs[target].type.title}; this field needs {_titles(types)}."
             ]
         return []
+    if allow_params and target in plan.switches:  # a Bool that turns nodes on or off (`when:`)
+        if PortType.BOOL not in types:
+            return [f"{where}: '{target}' is a switch (a Bool); this field needs {_titles(types)}."]
+        return []
     if allow_params and target in plan.request_params():  # a graph-level param or a settable node.param
         return []
     if "." in target and allow_params:

@@ -157,7 +157,9 @@ class Safety(Node):
         import torch
 
         images = [frame["image"] for frame in inputs]
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        # a decoded frame may be a read-only view (PNG bytes); the processor hands it to torch as is
+        writable = [image if image.flags.writeable else image.copy() for image in images]
+        pixels = self.processor(images=writable, return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             # `images` is only read back for the flags: the checker's own black-out is float64.
             _, flagged = self.model(clip_input=pixels.to(self.device, self.torch_dtype), images=list(images))

@@ -270,8 +270,10 @@ def schema(plan: Plan) -> dict[str, Any]:
     outputs = {}
     for name in plan.outputs:
         kind = plan.output_type(name)
-        outputs[name] = {"type": kind.value, "description": kind.doc} | (
-            {"encoding": ENCODINGS[kind]} if kind in ENCODINGS else {}
+        outputs[name] = (
+            {"type": kind.value, "description": kind.doc}
+            | ({"encoding": ENCODINGS[kind]} if kind in ENCODINGS else {})
+            | ({"optional": True} if name in plan.optional_outputs else {})
         )
     answer = {
         "capability": plan.capability,

@@ -130,8 +130,10 @@ class Capability:
             values.update(result["values"])
             meta.update(result["meta"])
         self.traffic.frame(meta, skipped)
-        outputs = {
-            name: checked[src.port] if src.node is None else values[str(src)] for name, src in self.plan.outputs.items()
+        outputs = {  # an optional output whose node was skipped for this frame is left out
+            name: checked[src.port] if src.node is None else values[str(src)]
+            for name, src in self.plan.outputs.items()
+            if src.node is None or str(src) in values
         }
         timings: dict[str, float] = {}
         for node_id in self.plan.nodes:

@@ -120,7 +120,7 @@ def test_the_checker_answers_nsfw_and_blacks_out_what_it_flags(tiny_models, star
 
 
 def test_the_shipped_safe_text_to_image_graph_answers_from_its_checker(tiny_models, start_service, sdk):
-    service = start_service(ROOT / "graphs" / "txt2img-safe.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
+    service = start_service(ROOT / "graphs" / "txt2img.yaml", env={"CAPGRAPH_AUTH_TOKEN": TOKEN})
     service.wait_ready(timeout=120)
     result = sdk(service).generate.text_to_image(
         request={
@@ -136,6 +136,22 @@ def test_the_shipped_safe_text_to_image_graph_answers_from_its_checker(tiny_mode
     assert [(i.seed, i.nsfw) for i in result.image_response.images] == [(3, False), (4, False)]
     assert decode_data_url(result.image_response.images[0].url).shape == (64, 64, 3)
     assert result.http_meta.response.headers["x-capgraph-safety"] == "checked"
+
+    # safety_check false turns the checker's branch off: it does not run, and nothing claims it did
+    small = {"prompt": "a red cube", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3}
+    unchecked = sdk(service).generate.text_to_image(request=small | {"safety_check": False})
+    assert unchecked.http_meta.response.headers["x-capgraph-safety"] == "unchecked"
+    assert json.loads(unchecked.http_meta.response.text)["images"][0]["nsfw_checked"] is False
+    same = decode_data_url(unchecked.image_response.images[0].url)
+    assert np.array_equal(same, decode_data_url(result.image_response.images[0].url))  # nothing flagged: same image
+
+    # an adapter the graph allows changes the image; any other name, a path above all, is refused naming `loras`
+    styled = sdk(service).generate.text_to_image(request=small | {"loras": '{"nerijs/pixel-art-xl": 1.0}'})
+    assert not np.array_equal(decode_data_url(styled.image_response.images[0].url), same)
+    for loras in ('{"someone/else-lora": 1.0}', '{"/etc/passwd": 1.0}'):
+        with pytest.raises(errors.HTTPError) as refused:
+            sdk(service).generate.text_to_image(request=small | {"loras": loras})
+        assert "loras" in refused.value.data.detail.msg  # the SDK raises HTTPError on 400 and 422 alike
 
 
 def test_go_livepeer_multipart_with_image_first_and_percent_f_floats(edges, sdk):

@@ -89,7 +89,7 @@ def test_prepare_fetches_the_config_the_preprocessor_and_one_weight_file() -> No
 
 
 def test_the_shipped_graph_runs_the_checker_after_sdxl_on_tiny_models(tiny_models: Path) -> None:
-    plan = load_plan(GRAPHS / "txt2img-safe.yaml")
+    plan = load_plan(GRAPHS / "txt2img.yaml")
     assert plan.nodes["safety"].inputs["image"].node == "generate"
     assert plan.output_type("nsfw") is PortType.BOOL
     params = {"generate.steps": 1, "generate.width": 64, "generate.height": 64}
