@@ -1,9 +1,12 @@
 """Helpers for the Serve tests: free ports, PNG payloads, polling /health."""
 
 import base64
+import contextlib
 import io
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -48,3 +51,27 @@ def wait_health(url: str, timeout_s: float, until: int = 200, interval_s: float 
             return seen
         time.sleep(interval_s)
     raise AssertionError(f"{url}/health did not answer {until} within {timeout_s}s; saw {sorted(set(seen))}")
+
+
+@contextlib.contextmanager
+def served(serve_url: str, graph: str, name: str, **args: Any) -> Iterator[str]:
+    """`graph` built as `serve run` builds it, at `/<name>` on the shared Ray instance, with
+    unfused nodes (one deployment each, so a test can count what each was sent); its URL."""
+    from ray import serve
+
+    from capgraph.serve.app import CapabilityArgs, build
+
+    built = build(CapabilityArgs(graph=graph, max_pixels=128 * 128, fuse="none", **args))
+    serve.run(built, name=name, route_prefix=f"/{name}")
+    try:
+        wait_health(f"{serve_url}/{name}", 60)
+        yield f"{serve_url}/{name}"
+    finally:
+        serve.delete(name)
+
+
+def calls(app: str, deployment: str) -> int:
+    """Frames the deployment's replica was sent, as it reports to /health (`UnitReplica.state`)."""
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app_name=app).state.remote().result()["calls"]

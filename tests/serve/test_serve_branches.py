@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import GRAPHS
-from tests.serve.support import decode_b64_png, frame, png_b64, wait_health
+from tests.serve.support import calls as frames_sent
+from tests.serve.support import decode_b64_png, frame, png_b64, served
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +20,12 @@ FAST = {"steps": 2, "seed": 7}
 
 @pytest.fixture(scope="module")
 def branch(serve_url: str):
-    from ray import serve
-
-    from capgraph.serve.app import CapabilityArgs, build
-
-    args = CapabilityArgs(graph=str(GRAPHS / "hybrid-branch.yaml"), max_pixels=128 * 128, fuse="none")
-    serve.run(build(args), name="branch", route_prefix="/branch")
-    wait_health(serve_url + "/branch", 60)
-    yield serve_url + "/branch"
-    serve.delete("branch")
+    with served(serve_url, str(GRAPHS / "hybrid-branch.yaml"), "branch") as url:
+        yield url
 
 
 def calls(deployment: str) -> int:
-    """Frames the deployment's replica was sent, as it reports to /health (`UnitReplica.state`)."""
-    from ray import serve
-
-    return serve.get_deployment_handle(deployment, app_name="branch").state.remote().result()["calls"]
+    return frames_sent("branch", deployment)
 
 
 def ask(url: str, **params) -> httpx.Response:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.conftest import GRAPHS
-from tests.serve.support import wait_health
+from tests.serve.support import calls, served
 
 pytestmark = pytest.mark.slow
 
@@ -14,22 +14,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def txt2img(serve_url: str):
     """graphs/txt2img.yaml: SDXL, then the safety checker on the `safety_check` branch."""
-    from ray import serve
-
-    from capgraph.serve.app import CapabilityArgs, build
-
-    args = CapabilityArgs(graph=str(GRAPHS / "txt2img.yaml"), max_pixels=128 * 128, fuse="none")
-    serve.run(build(args), name="txt2img", route_prefix="/txt2img")
-    wait_health(serve_url + "/txt2img", 60)
-    yield serve_url + "/txt2img"
-    serve.delete("txt2img")
+    with served(serve_url, str(GRAPHS / "txt2img.yaml"), "txt2img") as url:
+        yield url
 
 
 def test_the_safety_checker_runs_on_its_branch_and_only_there(txt2img):
-    from ray import serve
-
     def checked() -> int:
-        return serve.get_deployment_handle("safety", app_name="txt2img").state.remote().result()["calls"]
+        return calls("txt2img", "safety")
 
     small = {"generate.width": 64, "generate.height": 64, "generate.steps": 2, "generate.seed": 5}
     before = checked()
