@@ -185,6 +185,7 @@ def compile_plan(
         batching=batching,
         on_gpu={name: gpus[name] > 0 for name in order},
         weights=weights,
+        elsewhere=frozenset(name for name, ids in members.items() if ids[0] in remote),
     )
     for p in placements:
         _check_replicas(plan, p, settings, warnings)

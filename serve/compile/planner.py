@@ -30,6 +30,12 @@ MEMORY_SHARE = 0.5
 """Of the machine's memory, what the replicas of one deployment may fill with weights."""
 GPU_UNIT_MAX_CPUS = 2.0
 CPU_STEP = 0.25
+FINE_STEP = 0.05
+"""The step of a reservation smaller than `CPU_STEP`, on a machine too crowded for a
+`CPU_STEP` each: threads follow the load (`serve.cluster.cores`), so a small reservation
+still uses idle cores."""
+MIN_CPUS = 0.05
+"""The least CPU a deployment's replica reserves."""
 DEFAULT_NODE_CPUS = 0.25
 """Per deployment where the cluster is unknown: Ray's default of 1 would leave a 2-core
 laptop able to start only two."""
@@ -294,7 +300,7 @@ def machine_for(machines: Sequence[tuple[float, float]], gpus: int, ingress_cpus
     machine less the ingress's CPUs (a graph's deployments are sized to fit one machine),
     and whether there are GPUs."""
     cpus, memory = max(machines, default=(1.0, 0.0))
-    return Machine(max(cpus - ingress_cpus, CPU_STEP), gpus > 0, memory)
+    return Machine(max(cpus - ingress_cpus, MIN_CPUS), gpus > 0, memory)
 
 
 def unit_ms(nodes: Sequence[str], costs: Mapping[str, Cost], batch: int) -> float:
@@ -397,13 +403,15 @@ def size_units(
     batching: bool = True,
     on_gpu: Mapping[str, bool] | None = None,
     weights: Mapping[str, int | None] | None = None,
+    elsewhere: frozenset[str] = frozenset(),
 ) -> dict[str, Sizing]:
     """Batch, wait, threads, CPUs and replicas of every placement. `machine` None: the
     cluster is unknown, every deployment asks for `DEFAULT_NODE_CPUS` and one thread.
     `on_gpu[name]`: whether the deployment will hold a GPU fraction; `weights[name]`: the
-    bytes of its weight files (None: unknown), which bound its CPU replicas."""
+    bytes of its weight files (None: unknown), which bound its CPU replicas. `elsewhere`:
+    deployments another application runs (a shared model), which take none of this one's CPUs."""
     on_gpu = on_gpu or {}
-    shares = _cpu_shares(placements, settings, costs, machine, on_gpu, weights or {})
+    shares = _cpu_shares(placements, settings, costs, machine, on_gpu, weights or {}, elsewhere)
     result = {}
     for p in placements:
         why = [p.why] if p.why else []
@@ -432,13 +440,18 @@ def _cpu_shares(
     machine: Machine | None,
     on_gpu: Mapping[str, bool],
     weights: Mapping[str, int | None],
+    elsewhere: frozenset[str] = frozenset(),
 ) -> dict[str, tuple[float, int, int | Autoscale, str]]:
     written_replicas = {p.name: _written_replicas(p, settings) for p in placements}
     written_cpus = {
         p.name: max((settings[n].cpu for n in p.nodes if settings[n].cpu is not None), default=None) for p in placements
     }
-    result: dict[str, tuple[float, int, int | Autoscale, str]] = {}
+    result: dict[str, tuple[float, int, int | Autoscale, str]] = {
+        p.name: (0.0, 1, 1, "runs in another application") for p in placements if p.name in elsewhere
+    }
     for p in placements:
+        if p.name in elsewhere:
+            continue
         if written_cpus[p.name] is not None:
             cpus = written_cpus[p.name]
             result[p.name] = (
@@ -457,22 +470,28 @@ def _cpu_shares(
     sharing = [p for p in placements if p.name not in result]
     if not sharing or machine is None:
         return result
-    budget = machine.cpus - sum(result[name][0] * _count(result[name][2]) for name in result)
+    budget = machine.cpus - sum(result[name][0] * _most(result[name][2]) for name in result)
     weight = {p.name: unit_ms(p.nodes, costs, 1) for p in sharing}
     total = sum(weight.values()) or 1.0
-    spare = max(0.0, budget - CPU_STEP * len(sharing))
+    # every replica the deployments may scale to gets a floor (a `CPU_STEP`, less where the
+    # machine is too crowded for that), the rest goes by cost
+    slots = {p.name: _most(written_replicas[p.name] or 1) for p in sharing}
+    floor = _round_down(min(CPU_STEP, max(budget, 0.0) / sum(slots.values())))
+    spare = max(0.0, budget - floor * sum(slots.values()))
     for p in sharing:
-        share = CPU_STEP + spare * weight[p.name] / total  # every deployment gets a step, the rest goes by cost
+        share = floor * slots[p.name] + spare * weight[p.name] / total
         gpu = machine.gpus and on_gpu.get(p.name, False)
         replicas, why = written_replicas[p.name], ""
         if replicas is not None:
-            per_replica = share / _count(replicas)
+            per_replica = share / _most(replicas)
+            if isinstance(replicas, Autoscale) and replicas.max > replicas.min:
+                why = f"; sized so all {replicas.max} replicas it may scale to fit beside the others"
         elif gpu:
             replicas, per_replica = 1, min(share, GPU_UNIT_MAX_CPUS)
         else:
             replicas, why = _cpu_replicas(share, weights.get(p.name), machine)
             per_replica = share / replicas
-        cpus = max(CPU_STEP, math.floor(per_replica / CPU_STEP + 1e-9) * CPU_STEP)
+        cpus = _round_down(per_replica)
         threads = threads_for(cpus)
         note = (
             f"{cpus:g} CPU and {threads} torch thread{'s' if threads != 1 else ''} a replica: "
@@ -481,6 +500,12 @@ def _cpu_shares(
         )
         result[p.name] = (cpus, threads, replicas, note + why)
     return result
+
+
+def _round_down(cpus: float) -> float:
+    """A reservation in steps of `CPU_STEP`, or of `FINE_STEP` below one step, at least `MIN_CPUS`."""
+    step = CPU_STEP if cpus >= CPU_STEP - 1e-9 else FINE_STEP
+    return round(max(MIN_CPUS, math.floor(cpus / step + 1e-9) * step), 4)
 
 
 def _cpu_replicas(share: float, weight_bytes: int | None, machine: Machine) -> tuple[int, str]:
@@ -510,8 +535,9 @@ def _written_replicas(p: Placement, settings: Mapping[str, NodeSettings]) -> int
     return max(asked, default=None)  # type: ignore[type-var]
 
 
-def _count(replicas: int | Autoscale) -> int:
-    return replicas.min if isinstance(replicas, Autoscale) else replicas
+def _most(replicas: int | Autoscale) -> int:
+    """The replicas a deployment may run at once: its autoscaling maximum, else its count."""
+    return replicas.max if isinstance(replicas, Autoscale) else replicas
 
 
 def threads_for(cpus: float) -> int:
