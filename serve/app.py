@@ -262,6 +262,7 @@ def plan_app(args: CapabilityArgs, cluster: preflight.Cluster | None = None, *, 
         )
     fit = preflight.place(compiled, cluster, args.ingress_cpus, ingress_replicas) if args.preflight != "off" else None
     problems = list(fit.problems) if fit else []
+    notes += list(fit.notes) if fit else []
     if args.preflight != "off" and cluster.source == "ray":
         problems += preflight.check_plugins(plan)
     for note in notes:

@@ -5,6 +5,7 @@ is named (Ray would leave it PENDING without a word). Also: what the cluster is,
 memory, and the bytes of a node's weight files. docs/serving.md ("Pre-flight").
 """
 
+import copy
 import json
 import logging
 import os
@@ -30,6 +31,10 @@ KNOWN_GPU_GIB = {
     "V100": 16.0,
 }
 """Memory of Ray's `accelerator_type` names, smallest variant where there are two."""
+
+
+SCALING = "would not fit beside the rest"
+"""In every sentence of `Fit.notes` (and of its problems about replicas above the minimum)."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,9 @@ class Fit:
     placed: tuple[Placed, ...]
     problems: tuple[str, ...]
     """What finds no place, one sentence each, naming what holds the GPUs it could have used."""
+    notes: tuple[str, ...] = ()
+    """Replicas an autoscaling deployment may scale to that would find no CPU (Ray's
+    autoscaler would leave them pending): a note, not a problem, as the minimum runs."""
 
 
 def place(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_replicas: int = 1) -> Fit:
@@ -242,7 +250,51 @@ def place(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_rep
             problems.append(found)
         else:
             placed.append(found)
-    return Fit(tuple(placed), tuple(problems))
+    scaled, notes = _check_most(compiled, cluster, cpus, gpus, placed)
+    return Fit(tuple(placed), tuple(problems) + scaled, notes)
+
+
+def _check_most(
+    compiled: Compiled, cluster: Cluster, cpus: dict[str, float], gpus: list[_Gpu], placed: list[Placed]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Whether the replicas autoscaling deployments may add (up to their maximum) would fit
+    beside everything placed, on what that leaves: one sentence per deployment that would
+    not, a problem where GPUs cannot hold them (CPUs aside), else a note (CPUs only)."""
+    short = _unplaced_extra(compiled, dict(cpus), copy.deepcopy(gpus), list(placed))
+    short_of_gpus = _unplaced_extra(compiled, {m: float("inf") for m in cpus}, copy.deepcopy(gpus), list(placed))
+    problems, notes = [], []
+    for unit in compiled.units:
+        count = short.get(unit.name, 0)
+        if not count:
+            continue
+        what = f"{unit.num_gpus:g} GPU and {unit.num_cpus:g} CPU" if unit.num_gpus else f"{unit.num_cpus:g} CPU"
+        sentence = (
+            f"deployment '{unit.name}' may scale to {unit.max_replicas} replicas, but {count} of them "
+            f"({what} each) {SCALING}: Ray's autoscaler would leave "
+            f"{'it' if count == 1 else 'them'} pending"
+        )
+        if short_of_gpus.get(unit.name):
+            problems.append(sentence + f"; lower 'replicas.max' on {', '.join(unit.nodes)} or its GPU share")
+        else:
+            notes.append(sentence + f"; lower 'replicas.max' or 'resources.cpu' on {', '.join(unit.nodes)}")
+    return tuple(problems), tuple(notes)
+
+
+def _unplaced_extra(
+    compiled: Compiled, cpus: dict[str, float], gpus: list[_Gpu], placed: list[Placed]
+) -> dict[str, int]:
+    """Deployment -> how many of its replicas above the minimum find no place."""
+    extra = [(u, i) for u in compiled.units for i in range(u.min_replicas, u.max_replicas)]
+    extra.sort(key=lambda a: (-a[0].num_gpus, -a[0].num_cpus))
+    missing: dict[str, int] = {}
+    for unit, index in extra:
+        label = f"{unit.name} (replica {index + 1} of {unit.max_replicas})"
+        found = _place(label, unit.name, unit.num_gpus, unit.num_cpus, cpus, gpus, placed)
+        if isinstance(found, str):
+            missing[unit.name] = missing.get(unit.name, 0) + 1
+        else:
+            placed.append(found)
+    return missing
 
 
 def check_fit(compiled: Compiled, cluster: Cluster, ingress_cpus: float, ingress_replicas: int = 1) -> list[str]:

@@ -73,6 +73,11 @@ class Unit:
         return self.replicas.min if isinstance(self.replicas, Autoscale) else self.replicas
 
     @property
+    def max_replicas(self) -> int:
+        """The replicas it may scale to: its autoscaling maximum, else its count."""
+        return self.replicas.max if isinstance(self.replicas, Autoscale) else self.replicas
+
+    @property
     def target_ongoing_requests(self) -> float | None:
         """What the autoscaler keeps each replica near: as written, else `AUTOSCALE_BATCHES`
         batches (one running, one filling), so that a batch can fill before a replica is added."""

@@ -73,6 +73,7 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
     # plan it (`share_of`); "share": not the live cluster, so each plan_app leaves the
     # machines' plug-ins to the one check below.
     share = cluster.share(len(apps), source="share")
+    # (each plan_app's own pre-flight on its share is replaced by the one of them all below)
     blueprints = [replace(plan_app(a.args, share, ingress=not a.model), cluster=cluster) for a in apps]
     units = [
         replace(u, name=f"{a.name}/{u.name}")
@@ -87,9 +88,19 @@ def plan_all(apps: Sequence[App], cluster: preflight.Cluster | None = None) -> l
     plugins = [p for b in blueprints for p in preflight.check_plugins(b.compiled.plan)] if checked else []
     problems = tuple(fit.problems) + tuple(dict.fromkeys(plugins))
     return [
-        Blueprint(b.compiled, b.cluster, b.notes, problems, tuple(p for p in fit.placed if _of(p, a)))
+        Blueprint(
+            b.compiled,
+            b.cluster,
+            tuple(n for n in b.notes if preflight.SCALING not in n) + tuple(n for n in fit.notes if _names(n, a)),
+            problems,
+            tuple(p for p in fit.placed if _of(p, a)),
+        )
         for a, b in zip(apps, blueprints)
     ]
+
+
+def _names(note: str, app: App) -> bool:
+    return f"deployment '{app.name}/" in note
 
 
 def _of(placed: preflight.Placed, app: App) -> bool:
