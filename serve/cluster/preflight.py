@@ -259,7 +259,7 @@ def _check_most(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Whether the replicas autoscaling deployments may add (up to their maximum) would fit
     beside everything placed, on what that leaves: one sentence per deployment that would
-    not, a problem where GPUs cannot hold them (CPUs aside), else a note (CPUs only)."""
+    not. Notes, not problems: the minimum runs, and an autoscaling cluster may add machines."""
     short = _unplaced_extra(compiled, dict(cpus), copy.deepcopy(gpus), list(placed))
     short_of_gpus = _unplaced_extra(compiled, {m: float("inf") for m in cpus}, copy.deepcopy(gpus), list(placed))
     problems, notes = [], []
@@ -273,8 +273,8 @@ def _check_most(
             f"({what} each) {SCALING}: Ray's autoscaler would leave "
             f"{'it' if count == 1 else 'them'} pending"
         )
-        if short_of_gpus.get(unit.name):
-            problems.append(sentence + f"; lower 'replicas.max' on {', '.join(unit.nodes)} or its GPU share")
+        if short_of_gpus.get(unit.name):  # a note too: an autoscaling cluster (KubeRay) may add the machines
+            notes.append(sentence + f"; lower 'replicas.max' on {', '.join(unit.nodes)} or its GPU share, or add GPUs")
         else:
             notes.append(sentence + f"; lower 'replicas.max' or 'resources.cpu' on {', '.join(unit.nodes)}")
     return tuple(problems), tuple(notes)
