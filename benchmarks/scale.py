@@ -181,7 +181,7 @@ def run(
             clients = max(8, 2 * replicas * batch)
             # A whole number of batch times: completions come a batch at a time.
             window = max(1, round(seconds * 1000 / hold_ms)) * hold_ms / 1000 if hold_ms else seconds
-            result = load(f"http://127.0.0.1:{port}/v1/hold", clients, window, _processes())
+            result = load(f"http://127.0.0.1:{port}/v1/hold", clients, window, serve_processes())
             ideal = replicas * batch * 1000 / hold_ms if hold_ms else None
             row = {
                 "replicas": replicas,
@@ -237,9 +237,10 @@ def _deploy(app_graph: dict[str, Any], ingress_replicas: int, port: int) -> None
     raise RuntimeError("the capability's /health is not 200 120 s after serve.operate.run")
 
 
-def _processes() -> dict[str, list[int]]:
+def serve_processes(ingress: tuple[str, ...] = ("capgraph-ingress",)) -> dict[str, list[int]]:
     """This cluster's processes by kind: they are all this process's descendants. A worker
-    is named by its title (`ray::ProxyActor`, `ray::ServeReplica:APP:DEPLOYMENT`...)."""
+    is named by its title (`ray::ProxyActor`, `ray::ServeReplica:APP:DEPLOYMENT`...); a
+    replica whose deployment is named in `ingress` is an ingress."""
     import psutil
 
     kinds: dict[str, list[int]] = {k: [] for k in KINDS}
@@ -251,7 +252,7 @@ def _processes() -> dict[str, list[int]]:
         if "ProxyActor" in title:
             kinds["proxy"].append(proc.pid)
         elif "ServeReplica:" in title:
-            kinds["ingress" if "capgraph-ingress" in title else "replicas"].append(proc.pid)
+            kinds["ingress" if any(f":{name}" in title for name in ingress) else "replicas"].append(proc.pid)
         elif "ServeController" in title:
             kinds["controller"].append(proc.pid)
         else:
@@ -279,7 +280,7 @@ async def drive(url: str, clients: int, warmup_s: float, seconds: float, kinds: 
     import aiohttp
     import psutil
 
-    procs = {kind: [p for p in map(_process, pids) if p] for kind, pids in kinds.items()}
+    procs = {kind: [p for p in map(process_of, pids) if p] for kind, pids in kinds.items()}
     me = psutil.Process()
     body = json.dumps({"inputs": {"value": 1.5}}).encode()
     headers = {"content-type": "application/json"}
@@ -299,9 +300,9 @@ async def drive(url: str, clients: int, warmup_s: float, seconds: float, kinds: 
 
     async def window() -> tuple[float, float, dict[str, float], dict[str, float], float]:
         await asyncio.sleep(warmup_s)
-        t0, cpu0, mine0, busy0 = time.monotonic(), _cpu(procs), _seconds(me), _busy()
+        t0, cpu0, mine0, busy0 = time.monotonic(), cpu_by_kind(procs), _seconds(me), _busy()
         await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
-        t1, cpu1, mine1, busy1 = time.monotonic(), _cpu(procs), _seconds(me), _busy()
+        t1, cpu1, mine1, busy1 = time.monotonic(), cpu_by_kind(procs), _seconds(me), _busy()
         used = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
         used["client"] = mine1 - mine0
         busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1e-9)
@@ -330,7 +331,7 @@ async def drive(url: str, clients: int, warmup_s: float, seconds: float, kinds: 
     }
 
 
-def _process(pid: int) -> Any:
+def process_of(pid: int) -> Any:
     import psutil
 
     try:
@@ -347,7 +348,7 @@ def _seconds(proc: Any) -> float:
     return times.user + times.system
 
 
-def _cpu(procs: dict[str, list[Any]]) -> dict[str, float]:
+def cpu_by_kind(procs: dict[str, list[Any]]) -> dict[str, float]:
     return {kind: sum(_seconds(p) for p in ps) for kind, ps in procs.items()}
 
 

@@ -21,6 +21,7 @@ from capgraph.engine.errors import InputError, NodeFailed
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.runloop import load_nodes, run_nodes
+from capgraph.serve.capability import unit_stamps
 from capgraph.serve.cluster import CoreShare, machine_cores, respread, sharing_on
 from capgraph.serve.compile import Alias, Unit, write_measured
 
@@ -47,6 +48,9 @@ class _Frame:
     done: "asyncio.Future[dict[str, Any]] | None" = field(default=None, repr=False)
     active: frozenset[str] | None = None
     """The nodes that run for this frame (`Plan.active`); None: all of them."""
+    trace: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The upstream units' timestamps (`serve.capability.trace`); this unit adds its own."""
+    received: float = field(default_factory=time.time)
 
 
 class Batcher:
@@ -226,25 +230,36 @@ class UnitReplica:
         `skipped`: the graph's nodes skipped for this frame (a branch): this unit's are not
         run, and the units that give them were not called (`upstream` lacks them)."""
         self.calls += 1
+        received = time.time()
         values = dict(graph_inputs)
         meta: dict[str, dict[str, float]] = {}
+        trace: dict[str, dict[str, float]] = {}
         for result in upstream:
             if "error" in result:
                 return result  # a frame that failed upstream stays failed
             values.update(result["values"])
             meta.update(result["meta"])
+            trace.update(result.get("trace", {}))
         if alias is not None:
-            return await self._for_caller(values, params, meta, alias)
+            return await self._for_caller(values, params, meta, alias, trace, received)
         own = {node_id: params[node_id] for node_id in self.unit.nodes}
         active = frozenset(self.plan.nodes).difference(skipped) if skipped else None
-        return await self._submit(_Frame(values, own, time.perf_counter(), meta, active=active))
+        return await self._submit(
+            _Frame(values, own, time.perf_counter(), meta, active=active, trace=trace, received=received)
+        )
 
     async def _submit(self, frame: _Frame) -> dict[str, Any]:
         self.queue_length.set(self.queued + 1)
         return await self.batcher.submit(frame)
 
     async def _for_caller(
-        self, values: Mapping[str, Any], params: Mapping[str, NodeParams], meta: dict[str, Any], alias: Alias
+        self,
+        values: Mapping[str, Any],
+        params: Mapping[str, NodeParams],
+        meta: dict[str, Any],
+        alias: Alias,
+        trace: dict[str, dict[str, float]],
+        received: float,
     ) -> dict[str, Any]:
         (mine,) = self.unit.nodes  # a shared model's application runs one node
         frame = _Frame(
@@ -252,6 +267,8 @@ class UnitReplica:
             {mine: params[alias.node]},
             time.perf_counter(),
             {},
+            trace=trace,
+            received=received,
         )
         result = await self._submit(frame)
         if "error" in result:
@@ -259,22 +276,26 @@ class UnitReplica:
         return {
             "values": {f"{alias.node}.{key.split('.', 1)[1]}": value for key, value in result["values"].items()},
             "meta": meta | {alias.node: result["meta"][mine]},
+            "trace": result["trace"],
         }
 
     async def _forward(self, frames: list[_Frame]) -> list[dict[str, Any]]:
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.time()
         self.queue_length.set(self.queued)
         self.batch_started, self._stuck_logged = time.monotonic(), False
         try:
             results = await asyncio.to_thread(self._run_isolated, frames)
         finally:
             self.batch_started = self.running_node = None
+        done = time.time()
         for frame, result in zip(frames, results):
             if "meta" in result:
                 ran = [n for n in self.unit.nodes if n in result["meta"]]
                 if ran:
                     result["meta"][ran[0]]["queue_ms"] = round((start - frame.arrived) * 1000.0, 3)
+                nodes_ms = sum(result["meta"][n]["ms"] for n in ran)
                 result["meta"] = frame.meta | result["meta"]
+                result["trace"] = frame.trace | {self.unit.name: unit_stamps(frame.received, began, done, nodes_ms)}
         return results
 
     def _run_isolated(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ __all__, __getattr__ = surface(
         "http": ["check_params", "render_json", "request_schema", "route_path"],
         "ingress": ["Capability", "Settings"],
         "report": ["run_report"],
+        "trace": ["TRACE_HEADER", "Trace", "trace_wanted", "unit_stamps"],
         "wire": ["MAX_BODY_BYTES", "media_type", "read_body", "read_form", "read_job"],
     },
 )

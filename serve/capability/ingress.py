@@ -24,6 +24,7 @@ from capgraph.engine.values import MAX_PIXELS
 from capgraph.serve.capability.errors import RETRY_AFTER_S, first_line
 from capgraph.serve.capability.health import Health
 from capgraph.serve.capability.routes import capability_app
+from capgraph.serve.capability.trace import Trace
 from capgraph.serve.capability.traffic import Traffic
 from capgraph.serve.capability.wire import MAX_BODY_BYTES
 from capgraph.serve.compile import Compiled
@@ -105,20 +106,30 @@ class Capability:
         return ready
 
     async def execute(
-        self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams], timeout_s: float | None = None
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, NodeParams],
+        timeout_s: float | None = None,
+        trace: Trace | None = None,
     ) -> tuple[dict[str, Any], dict[str, float], dict[str, int], tuple[str, ...]]:
         """`run`, plus each node's batch size and the nodes skipped for this frame (their
         `when:` does not hold: not called, absent from the timings); `timeout_s` may
-        shorten the configured timeout."""
+        shorten the configured timeout; `trace` gets the frame's timestamps."""
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
         start = time.perf_counter()
         checked = check_inputs(self.plan, inputs)
         skipped = self.plan.skipped(checked, params)
+        if trace is not None:
+            trace.dispatched = time.time()
         try:
             results = await self._dispatch(checked, params, timeout, skipped)
         except NodeFailed:
             self.traffic.failure(None)
             raise
+        if trace is not None:
+            trace.back = time.time()
+            for result in results:
+                trace.units.update(result.get("trace", {}))
         values: dict[str, Any] = {}
         meta: dict[str, dict[str, float]] = {}
         for result in results:

@@ -5,6 +5,7 @@ Livepeer's among them). Every answer is JSON, errors included (`_json_errors`).
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from capgraph.engine.mounts import Mount, mounts
 from capgraph.engine.plan import Plan
 from capgraph.serve.capability import console, http
 from capgraph.serve.capability.errors import RETRY_AFTER_S, error_answer, first_line
+from capgraph.serve.capability.trace import TRACE_HEADER, Trace, trace_wanted
 from capgraph.serve.capability.wire import read_job
 
 if TYPE_CHECKING:
@@ -65,15 +67,20 @@ def capability_app(capability: "Capability") -> FastAPI:
         },
     )
     async def infer(request: Request) -> JSONResponse:
+        trace = Trace() if trace_wanted(request.headers) else None
         try:
             with capability.admitted():  # before the body is read: refusing costs next to nothing
                 deadline = _timeout(request)
                 inputs, params = await read_job(request, plan, settings.max_pixels, settings.max_body_bytes)
-                outputs, timings, batches, skipped = await capability.execute(inputs, params, deadline)
+                if trace is not None:
+                    trace.decoded = time.time()
+                outputs, timings, batches, skipped = await capability.execute(inputs, params, deadline, trace)
                 content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings, skipped)
         except (InputError, NodeFailed) as exc:
             return error_answer(exc)
         headers = {"x-capgraph-batch-sizes": ",".join(f"{k}={v}" for k, v in batches.items())}
+        if trace is not None:
+            headers[TRACE_HEADER] = trace.header(time.time())
         return Response(content, media_type="application/json", headers=headers)
 
     @app.get(f"{route}/schema", summary="Inputs, request params and outputs of the capability")

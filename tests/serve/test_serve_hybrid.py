@@ -21,6 +21,7 @@ ROUTE = "/v1/hybrid-depth-sdxl"
 FAST = {"generate.steps": 2, "generate.seed": 7}
 """Two steps at 64 px keep a tiny SDXL frame near 0.1 s on two cores."""
 MAX_PIXELS = 128 * 128
+HYBRID_NODES = ("fit", "depth", "control", "generate", "upscale")
 
 
 def request(url: str, image: np.ndarray | None = None, params: dict | None = None, **extra) -> httpx.Response:
@@ -62,6 +63,28 @@ def test_answers_a_frame(hybrid):
     again = request(url)  # stateless and repeatable: the same frame and seed give the same image
     assert np.array_equal(decode_b64_png(again.json()["outputs"]["image"]), image)
     assert again.headers["x-capgraph-batch-sizes"] == "fit=1,depth=1,control=1,generate=1,upscale=1"
+
+
+def test_a_caller_can_see_where_the_time_went(hybrid):
+    """`x-capgraph-trace: 1` answers with each stage of the request's wall time, from the
+    timestamps the frame carried through the ingress and the five node replicas."""
+    url, _ = hybrid
+    assert "x-capgraph-trace" not in request(url).headers  # only when asked
+    sent = time.time()
+    reply = request(url, headers={"x-capgraph-trace": "1"})
+    received = time.time()
+    trace = json.loads(reply.headers["x-capgraph-trace"])
+    stages = {k: v for k, v in trace.items() if k.endswith("_ms")}
+    assert set(stages) == {
+        "decode_ms", "checks_ms", "hop_ms", "batch_wait_ms", "nodes_ms",
+        "replica_other_ms", "back_ms", "encode_ms", "other_ms",
+    }  # fmt: skip
+    assert sent <= trace["entered"] <= trace["finished"] <= received
+    # a chain of units: every stage is time spent, and they add up to the route's time
+    assert all(v >= -1.0 for v in stages.values()) and abs(stages["other_ms"]) < 1.0
+    assert sum(stages.values()) == pytest.approx((trace["finished"] - trace["entered"]) * 1000, abs=0.5)
+    timings = reply.json()["timings_ms"]
+    assert stages["nodes_ms"] == pytest.approx(sum(timings[n] for n in HYBRID_NODES), abs=0.5)
 
 
 def test_concurrent_requests_share_batches(hybrid):
