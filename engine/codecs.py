@@ -329,6 +329,16 @@ def image_url(kind: PortType, value: Any) -> str:
     return c.encode(value, data_url=True)
 
 
+def looks_like_image(kind: PortType) -> bool:
+    """Whether an output of this kind is a picture (`as_image` gives its RGB frame)."""
+    return isinstance(CODECS[kind], _Image)
+
+
+def as_image(kind: PortType, value: Any) -> np.ndarray:
+    """An image, mask, map or label output as the RGB frame it looks like."""
+    return CODECS[kind].as_image(value)
+
+
 def label_png(labels: np.ndarray) -> bytes:
     """Class ids as an 8-bit PNG, or 16-bit where an id is over 255."""
     from PIL import Image

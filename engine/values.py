@@ -62,7 +62,7 @@ def gray_to_rgb(values: np.ndarray) -> np.ndarray:
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
-    """An IMAGE (uint8 RGB) or a single-channel float map in [0, 1] -> PNG/JPEG bytes."""
+    """An IMAGE (uint8 RGB) or a single-channel float map in [0, 1] -> PNG, JPEG or WebP bytes."""
     from PIL import Image
 
     if array.dtype != np.uint8:
@@ -71,6 +71,8 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 90) -> byte
     img = Image.fromarray(array)
     if fmt == "jpeg":
         img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    elif fmt == "webp":
+        img.convert("RGB").save(buf, format="WEBP", quality=quality, method=0)  # method 0: the fastest encoder
     else:
         img.save(buf, format="PNG", compress_level=1)  # speed over a few % of size: frames are short-lived
     return buf.getvalue()

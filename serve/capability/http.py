@@ -12,16 +12,19 @@ from typing import Any
 
 from capgraph.engine.codecs import (
     ENCODINGS,
+    as_image,
     codec,
     encode_outputs,
     encode_value,  # noqa: F401  (what `/v1` answers a value as)
     json_type,
     jsonable,
+    looks_like_image,
 )
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
 from capgraph.engine.types import PortType
+from capgraph.engine.values import encode_image
 
 MAX_DEPTH = 32
 """Deepest JSON nesting a request may send: a graph's inputs and params need a handful."""
@@ -235,6 +238,44 @@ def render_outputs(
     if plan.conditions:
         body["skipped"] = list(skipped)
     return render_json(body)
+
+
+IMAGE_ANSWERS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/*": "png"}
+"""What `Accept` may ask `/v1` to answer as instead of JSON: the one image output's bytes."""
+
+
+def answer_type(plan: Plan, accept: str) -> tuple[str, str] | None:
+    """What the caller's `Accept` header asks the answer to be, in order of its q-values:
+    None for JSON (the default, and for `*/*` or types this route does not answer), or
+    (output, format) for the bytes of the graph's one image output as PNG, JPEG or WebP,
+    without base64 or JSON around them. A graph with other outputs refuses an image with 406."""
+    wanted = []
+    for i, part in enumerate(accept.lower().split(",")[:32]):
+        media, *options = (p.strip() for p in part.split(";"))
+        q = next((o[2:] for o in options if o.startswith("q=")), "1")
+        try:
+            wanted.append((-float(q), i, media))
+        except ValueError:
+            raise InputError("headers.accept", f"'{q[:20]}' is not a q-value", 400) from None
+    for _, _, media in sorted(wanted):
+        if media in ("application/json", "*/*", "application/*"):
+            return None
+        if media in IMAGE_ANSWERS:
+            (name, *others) = plan.outputs
+            if others or not looks_like_image(plan.output_type(name)):
+                raise InputError(
+                    "headers.accept",
+                    f"'{media}' asks for one image, and this graph answers {', '.join(plan.outputs)}: "
+                    "ask for application/json",
+                    406,
+                )
+            return name, IMAGE_ANSWERS[media]
+    return None
+
+
+def render_image(plan: Plan, outputs: Mapping[str, Any], name: str, fmt: str) -> bytes:
+    """The one image output as `fmt` bytes (`answer_type`)."""
+    return encode_image(as_image(plan.output_type(name), outputs[name]), fmt)
 
 
 def parse_json_body(plan: Plan, raw: bytes, max_pixels: int) -> tuple[dict[str, Any], dict[str, NodeParams]]:

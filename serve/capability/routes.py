@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ray.serve")
 
+TIMINGS_HEADER, SKIPPED_HEADER = "x-capgraph-timings-ms", "x-capgraph-skipped"
+"""An image answer's timings (`node=ms,...`) and skipped nodes, which a JSON answer carries in its body."""
 TIMEOUT_HEADER = "x-capgraph-timeout-s"
 """A caller's own deadline in seconds (a gateway's remaining budget); never longer than
 the configured `request_timeout_s`."""
@@ -62,7 +64,15 @@ def capability_app(capability: "Capability") -> FastAPI:
                     "required": False,
                     "description": "the caller's deadline in seconds; never extends request_timeout_s",
                     "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
-                }
+                },
+                {
+                    "name": "accept",
+                    "in": "header",
+                    "required": False,
+                    "description": "image/png, image/jpeg or image/webp: the one image output's bytes instead of "
+                    f"JSON (timings in {TIMINGS_HEADER})",
+                    "schema": {"type": "string"},
+                },
             ],
         },
     )
@@ -71,17 +81,29 @@ def capability_app(capability: "Capability") -> FastAPI:
         try:
             with capability.admitted():  # before the body is read: refusing costs next to nothing
                 deadline = _timeout(request)
+                image = http.answer_type(plan, request.headers.get("accept", ""))
                 inputs, params = await read_job(request, plan, settings.max_pixels, settings.max_body_bytes)
                 if trace is not None:
                     trace.decoded = time.time()
                 outputs, timings, batches, skipped = await capability.execute(inputs, params, deadline, trace)
-                content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings, skipped)
+                if image is None:
+                    content = await asyncio.to_thread(http.render_outputs, plan, outputs, timings, skipped)
+                elif image[0] in outputs:
+                    content = await asyncio.to_thread(http.render_image, plan, outputs, *image)
         except (InputError, NodeFailed) as exc:
             return error_answer(exc)
         headers = {"x-capgraph-batch-sizes": ",".join(f"{k}={v}" for k, v in batches.items())}
+        if image is not None:  # what the JSON answer's other fields would say
+            headers[TIMINGS_HEADER] = ",".join(f"{k}={v:g}" for k, v in timings.items())
+            if plan.conditions:
+                headers[SKIPPED_HEADER] = ",".join(skipped)
         if trace is not None:
             headers[TRACE_HEADER] = trace.header(time.time())
-        return Response(content, media_type="application/json", headers=headers)
+        if image is None:
+            return Response(content, media_type="application/json", headers=headers)
+        if image[0] not in outputs:  # an optional output its branch did not give
+            return Response(status_code=204, headers=headers)
+        return Response(content, media_type=f"image/{image[1]}", headers=headers)
 
     @app.get(f"{route}/schema", summary="Inputs, request params and outputs of the capability")
     async def schema() -> dict[str, Any]:

@@ -138,3 +138,37 @@ def test_schema(hybrid):
     assert schema["inputs"]["prompt"]["default"].startswith("a cinematic photo")
     assert schema["params"]["generate.steps"]["default"] == 30 and "maximum" in schema["params"]["generate.steps"]
     assert "generate.model" not in schema["params"] and schema["outputs"]["image"]["type"] == "image"
+
+
+@pytest.mark.parametrize(
+    ("accept", "answer"),
+    [
+        ("", None),
+        ("application/json", None),
+        ("*/*", None),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", None),  # a browser: JSON
+        ("image/webp", ("image", "webp")),
+        ("image/jpeg;q=0.9, application/json;q=0.5", ("image", "jpeg")),
+        ("application/json;q=0.5, image/png", ("image", "png")),
+        ("image/*", ("image", "png")),
+    ],
+)
+def test_accept_may_ask_for_the_image_itself(hybrid, accept, answer):
+    assert http.answer_type(hybrid, accept) == answer
+
+
+def test_an_image_answer_needs_one_image_output(composite):
+    with pytest.raises(InputError) as err:
+        http.answer_type(composite, "image/png")
+    assert err.value.status == 406 and err.value.field == "headers.accept" and "image, mask" in err.value.message
+    with pytest.raises(InputError) as err:
+        http.answer_type(composite, "image/png;q=x")
+    assert err.value.status == 400
+
+
+def test_image_answers_encode_as_asked(hybrid):
+    image = frame(32, 16)
+    for fmt, magic in (("png", b"\x89PNG"), ("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")):
+        data = http.render_image(hybrid, {"image": image}, "image", fmt)
+        assert data.startswith(magic)
+        assert Image.open(io.BytesIO(data)).size == (32, 16)

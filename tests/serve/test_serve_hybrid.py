@@ -4,6 +4,7 @@ health after a replica dies, and the fused graph answering the same as the unfus
 
 import asyncio
 import base64
+import io
 import json
 import time
 
@@ -85,6 +86,24 @@ def test_a_caller_can_see_where_the_time_went(hybrid):
     assert sum(stages.values()) == pytest.approx((trace["finished"] - trace["entered"]) * 1000, abs=0.5)
     timings = reply.json()["timings_ms"]
     assert stages["nodes_ms"] == pytest.approx(sum(timings[n] for n in HYBRID_NODES), abs=0.5)
+
+
+def test_accept_asks_for_the_image_itself(hybrid):
+    """A caller that wants the picture, not JSON, says so in `Accept` and gets the bytes:
+    no base64, no JSON, the timings in a header."""
+    from PIL import Image
+
+    url, answer = hybrid
+    reply = request(url, headers={"accept": "image/webp"})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/webp"
+    picture = np.asarray(Image.open(io.BytesIO(reply.content)).convert("RGB"))
+    reference = decode_b64_png(answer["outputs"]["image"])
+    assert picture.shape == reference.shape
+    assert np.abs(picture.astype(int) - reference.astype(int)).mean() < 12  # lossy, but the same picture
+    timings = dict(pair.split("=") for pair in reply.headers["x-capgraph-timings-ms"].split(","))
+    assert set(HYBRID_NODES) | {"total"} <= timings.keys()
+    png = request(url, headers={"accept": "image/png"})
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), reference)  # lossless: the same pixels
 
 
 def test_concurrent_requests_share_batches(hybrid):
