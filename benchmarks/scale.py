@@ -34,7 +34,9 @@ is the busiest process at the ceiling; past it a user adds ingress replicas
 proxy (Ray runs one per node). One run takes about 3 minutes.
 
 `--json` prints one JSON object with `efficiency_8` (throughput over ideal at 8 replicas),
-`ceiling_rps` and the rows.
+`ceiling_rps`, `cpu_ms_per_request` (Serve's own CPU per request in the ceiling row, where
+the node holds nothing: proxy, ingress and replicas together; `cpu_ms_per_request_by_kind`
+splits it) and the rows.
 """
 
 import argparse
@@ -201,7 +203,10 @@ def run(
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
     eights = [r for r in rows if r["replicas"] == 8 and r["batch_ms"]]
+    bare = next((r for r in rows if not r["batch_ms"]), None)  # the node's time at 0: all of it is Serve's
     return {
+        "cpu_ms_per_request": sum(bare["cpu_ms_per_request"][k] for k in SERVE_KINDS) if bare else None,
+        "cpu_ms_per_request_by_kind": {k: bare["cpu_ms_per_request"][k] for k in SERVE_KINDS} if bare else None,
         "cpus": os.cpu_count(),
         "batch": batch,
         "batch_ms": batch_ms,
