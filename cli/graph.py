@@ -142,10 +142,11 @@ def write_report(
 
 
 def write_outputs(plan: Plan, values: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Write each output as a file a person can open (PNG, NPY) and the rest as JSON."""
+    """Write each output as a file a person can open (PNG, NPY, MP4) and the rest as JSON."""
     import numpy as np
 
     from capgraph.engine.values import encode_image
+    from capgraph.engine.video import encode_video
 
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
@@ -164,6 +165,9 @@ def write_outputs(plan: Plan, values: dict[str, Any], folder: Path) -> dict[str,
         elif kind is PortType.MASKS:
             np.savez(folder / f"{name}.npz", **{k: np.asarray(v) for k, v in value.items()})
             written[name] = str(folder / f"{name}.npz")
+        elif kind is PortType.VIDEO:
+            (folder / f"{name}.mp4").write_bytes(encode_video(value))
+            written[name] = str(folder / f"{name}.mp4")
         elif kind is PortType.BYTES:
             suffix = ".png" if value[:4] == b"\x89PNG" else ".jpg" if value[:2] == b"\xff\xd8" else ".bin"
             (folder / f"{name}{suffix}").write_bytes(value)

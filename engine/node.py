@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from capgraph.engine.types import Port, PortType
+from capgraph.engine.video import Video
 from capgraph.engine.weights import Weights, resolve
 
 FAMILY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -147,8 +148,9 @@ class Node:
 def example_value(kind: PortType, size: int = 64) -> Any:
     """A small, valid value of a port type (a grey gradient for images)."""
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :].repeat(size, axis=0)
+    ramp_image = np.stack([ramp * 255, ramp.T * 255, np.full_like(ramp, 128)], axis=-1).astype(np.uint8)
     examples: dict[PortType, Any] = {
-        PortType.IMAGE: np.stack([ramp * 255, ramp.T * 255, np.full_like(ramp, 128)], axis=-1).astype(np.uint8),
+        PortType.IMAGE: ramp_image,
         PortType.MASK: (ramp > 0.5).astype(np.float32),
         PortType.DEPTH_MAP: ramp,
         PortType.SEGMENTATION_MAP: (ramp > 0.5).astype(np.int32),
@@ -164,5 +166,6 @@ def example_value(kind: PortType, size: int = 64) -> Any:
         PortType.INTEGER: 1,
         PortType.BOOL: True,
         PortType.BYTES: b"",
+        PortType.VIDEO: Video(np.stack([ramp_image, ramp_image[::-1]]), 8.0),
     }
     return examples[kind]

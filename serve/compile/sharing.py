@@ -132,6 +132,4 @@ def _one_node_graph(users: Sequence[tuple[Plan, str]], key: str) -> dict[str, An
 
 
 def _type_of(plan: Plan, src: Source) -> PortType:
-    if src.node is None:
-        return plan.spec.inputs[src.port].type
-    return plan.nodes[src.node].family.outputs[src.port].types[0]
+    return plan.source_type(src)

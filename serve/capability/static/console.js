@@ -185,7 +185,7 @@
 
   // -- try it -------------------------------------------------------------------------------
 
-  const FILE_KINDS = new Set(["image", "mask", "depth_map", "segmentation_map", "masks", "bytes"]);
+  const FILE_KINDS = new Set(["image", "mask", "depth_map", "segmentation_map", "masks", "bytes", "video"]);
 
   function field(name, label, control, help) {
     return el("div", {class: "field", "data-field": name},
@@ -196,7 +196,7 @@
 
   function inputControl(name, spec) {
     const id = "in-" + name;
-    if (FILE_KINDS.has(spec.type)) return el("input", {id, type: "file", name, accept: spec.type === "bytes" ? null : "image/*", "data-kind": "file"});
+    if (FILE_KINDS.has(spec.type)) return el("input", {id, type: "file", name, accept: spec.type === "bytes" ? null : spec.type === "video" ? "video/mp4,video/*" : "image/*", "data-kind": "file"});
     if (spec.type === "text") return el("textarea", {id, name, rows: 2, "data-kind": "text"}, spec.default ?? "");
     if (spec.type === "bool") {
       return el("select", {id, name, "data-kind": "text"}, ["", "true", "false"].map((v) =>
