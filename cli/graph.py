@@ -113,6 +113,8 @@ def run(
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for node_id, node in plan.nodes.items():
         ran = f"{result.timings_ms[node_id]:.1f}" if node_id in result.timings_ms else f"skipped (when {node.when})"
+        if f"{node_id}.batch" in result.timings_ms:  # over a clip: frames per call
+            ran += f" ({result.timings_ms[f'{node_id}.batch']:.0f} frames a call)"
         table.add_row(node_id, node.family.type, f"{load_s.get(node_id, 0):.2f}", ran)
     table.add_row("[b]total[/b]", "", f"{sum(load_s.values()):.2f}", f"[b]{total_ms:.1f}[/b]")
     out.print(table)
