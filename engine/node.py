@@ -53,6 +53,10 @@ class Node:
     Only the ratios between a graph's nodes matter: the built-in figures are the tiny
     hybrid chain's on 2 CPUs (generation 126 ms, upscale 35, depth 12), rounded, with the
     other model families estimated beside them."""
+    request_timeout_s: ClassVar[float | None] = None
+    """Seconds one request may need where the family's work is long (a whole clip on a
+    GPU): a served graph's request timeout, unless set, is the longest of its nodes' (at
+    least the default 60 s). None: a frame's work, well inside the default."""
     weights: ClassVar[Mapping[str, Weights]] = {}
     """The models the family loads, by name: the name of the param that holds the model's
     id (`"model"`), or a name of the family's choosing where the id lives elsewhere (in a
@@ -73,6 +77,9 @@ class Node:
         self.dtype = "float32"
         self.weight_bytes = 0
         """Bytes the loaded weights take on the device; set by `load`."""
+        self.progress: tuple[int, int] | None = None
+        """(done, total) steps of the call running now, where a long family says (a clip's
+        denoising steps): what /health and the console show of a job that takes minutes."""
         self.wanted: frozenset[str] = frozenset(self.outputs)
         """The outputs something reads (a wire or a graph output); `run_batch` may leave the
         others out of its results and skip computing them. The run loop sets it from the

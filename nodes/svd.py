@@ -226,6 +226,8 @@ class Svd(Node):
     """One clip per call: a clip is already a batch of frames for the UNet."""
     weights = {"model": WEIGHTS}
     cost_ms = 2000.0
+    request_timeout_s = 900.0
+    """A 25-frame clip at 1024 x 576 takes about a minute on one H100-class GPU, several on smaller ones."""
 
     def load(self, device: str, dtype: str) -> None:
         super().load(device, dtype)
@@ -259,6 +261,12 @@ class Svd(Node):
 
         width = p.width or to_multiple(image.shape[1], 8)
         height = p.height or to_multiple(image.shape[0], 8)
+
+        def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            self.progress = (step + 1, p.steps)  # the decode after the last step is not counted
+            return tensors
+
+        self.progress = (0, p.steps)
         with torch.inference_mode():
             frames = self.pipe(
                 Image.fromarray(image),
@@ -274,5 +282,7 @@ class Svd(Node):
                 decode_chunk_size=p.decode_chunk_size,
                 generator=torch.Generator("cpu").manual_seed(p.seed),  # device-independent
                 output_type="np",
+                callback_on_step_end=step_done,
             ).frames[0]
+        self.progress = None
         return Video((np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), float(p.fps))

@@ -385,6 +385,20 @@ class UnitReplica:
             "moving": self.moving,
             "calls": self.calls,
             "pid": os.getpid(),
+            "running": self.running(),
+        }
+
+    def running(self) -> dict[str, Any] | None:
+        """The node the batch is in now, for how long, and its steps done where it says
+        (`Node.progress`: a clip's denoising); None between batches."""
+        started, node_id = self.batch_started, self.running_node  # the worker thread may clear them meanwhile
+        if started is None or node_id is None:
+            return None
+        progress = self.nodes[node_id].progress if node_id in getattr(self, "nodes", {}) else None
+        return {
+            "node": node_id,
+            "running_s": round(time.monotonic() - started, 1),
+            "progress": list(progress) if progress else None,
         }
 
     async def check_health(self) -> None:

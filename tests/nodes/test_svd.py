@@ -128,3 +128,19 @@ def test_the_shipped_graph_runs_in_one_command_and_writes_an_mp4(tmp_path: Path)
     clip = decode_video(Path(report["outputs"]["video"]).read_bytes())
     assert clip.frames.shape == (5, 256, 256, 3) and clip.fps == 8.0  # ESRGAN x4 over every frame
     assert report["timings_ms"]["upscale.batch"] == 5  # the 5 frames in one call (batch.max_size 8)
+
+
+def test_progress_counts_the_denoising_steps_while_a_clip_runs(svd: Svd) -> None:
+    seen = []
+    forward = svd.pipe.unet.forward
+
+    def watched(*args, **kwargs):
+        seen.append(svd.progress)
+        return forward(*args, **kwargs)
+
+    svd.pipe.unet.forward = watched
+    try:
+        svd.run_batch([{"image": image()}], [svd.params.model_copy(update={"steps": 3, "frames": 2})])
+    finally:
+        svd.pipe.unet.forward = forward
+    assert seen == [(0, 3), (1, 3), (2, 3)] and svd.progress is None

@@ -64,3 +64,21 @@ def test_bad_params_are_4xx_naming_the_field(clip_app):
     body = {"inputs": {"image": png_b64(frame())}, "params": SMALL | {"video.frames": 0}}
     answer = httpx.post(f"{clip_app}/v1/image-to-video", json=body, timeout=60)
     assert answer.status_code in (400, 422) and "video.frames" in answer.text
+
+
+def test_the_console_says_what_runs_and_the_timeout_fits_a_clip(clip_app):
+    live = httpx.get(f"{clip_app}/console/api/live", timeout=30).json()
+    assert live["nodes"]["video"]["running"] is None  # idle: nothing runs
+    graph = httpx.get(f"{clip_app}/console/api/graph", timeout=30).json()
+    assert graph["limits"]["request_timeout_s"] == 900  # svd asks for 900 s (Node.request_timeout_s)
+
+
+def test_a_clip_family_raises_the_default_request_timeout():
+    from capgraph.engine.validate import load_plan
+    from capgraph.serve.app import CapabilityArgs, request_timeout
+
+    path = str(GRAPHS / "image-to-video.yaml")
+    assert request_timeout(CapabilityArgs(graph=path), load_plan(path)) == 900
+    assert request_timeout(CapabilityArgs(graph=path, request_timeout_s=30), load_plan(path)) == 30
+    edges = str(GRAPHS / "edges.yaml")
+    assert request_timeout(CapabilityArgs(graph=edges), load_plan(edges)) == 60
