@@ -172,6 +172,8 @@ class _File(Codec):
     encoding = "base64"
     media: tuple[str, ...] = ()
     """Media types a `data:` URL must say; empty takes any."""
+    noun = "image"
+    """What messages call a file of this type."""
 
     def from_json(self, value: Any, field: str, max_pixels: int = MAX_PIXELS) -> Any:
         if not isinstance(value, str):
@@ -185,7 +187,7 @@ class _File(Codec):
             if exc.status != 400:
                 raise
             raise InputError(
-                field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400
+                field, f"{exc.message}: send the {self.noun} as a file part (with a filename) or as base64 text", 400
             ) from None
         return self.from_bytes(data, field, max_pixels)
 
@@ -193,7 +195,7 @@ class _File(Codec):
         return self.from_bytes(self.b64bytes(text, field, max_pixels), field, max_pixels)
 
     def b64bytes(self, text: str, field: str, max_pixels: int = MAX_PIXELS) -> bytes:
-        """base64 or a data: URL -> bytes, refusing payloads larger than any allowed image.
+        """base64 or a data: URL -> bytes, refusing payloads larger than any allowed file (`max_bytes`).
 
         Whitespace is ignored, as in MIME's 76-column lines (what `base64` prints by default)."""
         if text.startswith("data:"):
@@ -206,8 +208,8 @@ class _File(Codec):
         if len(text) * 3 // 4 > self.max_bytes(max_pixels):
             raise InputError(
                 field,
-                f"payload of about {len(text) * 3 // 4:,} bytes is larger than any {self.kind.title.lower()} "
-                "under the pixel limit",
+                f"payload of about {len(text) * 3 // 4:,} bytes is larger than any {self.noun} allowed "
+                f"({self.max_bytes(max_pixels):,} bytes)",
                 413,
             )
         try:
@@ -279,6 +281,7 @@ class _Video(_File):
 
     encoding = "base64 MP4 (H.264), or a data: URL"
     media = VIDEO_MIME
+    noun = "video"
 
     def max_bytes(self, max_pixels: int) -> int:
         return MAX_VIDEO_BYTES

@@ -148,3 +148,10 @@ def test_clips_of_different_lengths_into_one_node_are_an_input_error():
     )
     with pytest.raises(InputError, match="clips of different lengths"):
         Executor(plan).run([{"a": clip(3), "b": clip(2), "mask": np.ones((24, 32), np.float32)}])
+
+
+def test_a_video_payload_over_the_byte_limit_is_a_413_before_decoding(monkeypatch):
+    monkeypatch.setattr(codecs, "MAX_VIDEO_BYTES", 1000)
+    with pytest.raises(InputError, match="larger than any video allowed") as caught:
+        codecs.codec(PortType.VIDEO).from_json("A" * 4000, "inputs.clip")
+    assert caught.value.status == 413 and caught.value.field == "inputs.clip"
