@@ -163,6 +163,8 @@ def _run_clip(
                 f"{node_id}.{next(iter(lengths))}",
                 f"node '{node_id}' runs over clips of different lengths ({lengths}); give it clips of one length",
             )
+        if not clips:  # an optional port whose clip a skipped branch did not make
+            raise InputError(f"{node_id}.{min(planned.clip)}", f"node '{node_id}' runs over a clip, and got none")
         first = next(iter(clips.values()))
         fps[j] = first.fps
         for t in range(len(first)):
