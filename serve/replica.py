@@ -296,8 +296,8 @@ class UnitReplica:
             self.running_node = node_id
 
         def done(node_id: str, ms: float, batch: int) -> None:
-            if batch == len(frames):  # one call for the whole batch: what the planner's Cost means
-                self._note_cost(node_id, batch, ms)
+            if batch == len(frames) and not self.plan.nodes[node_id].clip:  # one call for the whole batch: what
+                self._note_cost(node_id, batch, ms)  # the planner's Cost means (over a clip, a batch is clip frames)
             self.latency.observe(ms, tags={"node": node_id})
             self.batch_size.observe(batch, tags={"node": node_id})
             meta[node_id] = {"ms": round(ms, 3), "batch": batch}
