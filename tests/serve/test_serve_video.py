@@ -82,3 +82,24 @@ def test_a_clip_family_raises_the_default_request_timeout():
     assert request_timeout(CapabilityArgs(graph=path, request_timeout_s=30), load_plan(path)) == 30
     edges = str(GRAPHS / "edges.yaml")
     assert request_timeout(CapabilityArgs(graph=edges), load_plan(edges)) == 60
+
+
+def test_while_a_clip_runs_health_answers_and_the_console_shows_its_steps(clip_app):
+    import concurrent.futures
+    import time
+
+    body = {"inputs": {"image": png_b64(frame())}, "params": SMALL | {"video.frames": 12, "video.steps": 12}}
+    seen: list[dict] = []
+    health: set[int] = set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(httpx.post, f"{clip_app}/v1/image-to-video", json=body, timeout=300)
+        while not job.done():
+            health.add(httpx.get(f"{clip_app}/health", timeout=10).status_code)
+            running = httpx.get(f"{clip_app}/console/api/live", timeout=10).json()["nodes"]["video"]["running"]
+            if running and running["progress"]:
+                seen.append(running)
+            time.sleep(0.1)
+        assert job.result().status_code == 200, job.result().text
+    assert health == {200}
+    assert seen and all(r["node"] == "video" and r["progress"][1] == 12 for r in seen)
+    assert seen[-1]["progress"][0] >= seen[0]["progress"][0] and seen[-1]["running_s"] >= 0
