@@ -398,9 +398,12 @@ async def _video(
     `data:` URL with the seed and the checker's verdict on the image; and `images`, the clip
     as one MP4 `data:` URL, which is what go-livepeer's gateway answers (and the
     livepeer-ai SDK's VideoResponse reads)."""
+    for side in ("height", "width"):  # as ai-runner refuses them
+        if values.get(side, 8) % 8:
+            raise InputError(side, f"`height` and `width` have to be divisible by 8 but {side} is {values[side]}", 400)
     seed = values.get("seed")
     if seed is None:
-        seed = random.randint(0, 2**31 - 1)  # ai-runner picks one and reports it
+        seed = random.randint(0, 2**32 - 1)  # ai-runner picks one and reports it
     inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed}, fields, plan, max_pixels)
     outputs, _ = await run(inputs, params)
     clip = outputs[answers.images]

@@ -92,5 +92,13 @@ def test_bad_params_are_400s_naming_the_field(service, sdk):
         timeout=60,
     )
     assert wrong.status_code == 400 and "fps" in wrong.json()["detail"]["msg"]
+    odd = httpx.post(
+        f"{service}/image-to-video",
+        files={"image": ("in.png", png(photo(96, 64)), "image/png")},
+        data={"width": "100"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert odd.status_code == 400 and "divisible by 8" in odd.json()["detail"]["msg"]
     no_image = httpx.post(f"{service}/image-to-video", data={"fps": "6"}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert no_image.status_code == 422 and no_image.json()["detail"][0]["loc"] == ["body", "image"]
