@@ -155,3 +155,19 @@ def test_a_video_payload_over_the_byte_limit_is_a_413_before_decoding(monkeypatc
     with pytest.raises(InputError, match="larger than any video allowed") as caught:
         codecs.codec(PortType.VIDEO).from_json("A" * 4000, "inputs.clip")
     assert caught.value.status == 413 and caught.value.field == "inputs.clip"
+
+
+def test_a_model_node_runs_over_a_clip_and_its_maps_come_back_as_grey_frames(tiny_models):
+    plan = plan_from_data(
+        {
+            "capability": "clip-depth",
+            "inputs": {"clip": "video"},
+            "nodes": {"depth": {"type": "depth", "inputs": {"image": "clip"}, "batch": {"max_size": 3}}},
+            "outputs": {"depth": "depth.depth_map", "preview": "depth.preview"},
+        }
+    )
+    result = Executor(plan).run([{"clip": clip(4)}])
+    depth, preview = result.outputs[0]["depth"], result.outputs[0]["preview"]
+    assert depth.frames.shape == preview.frames.shape == (4, 24, 32, 3) and depth.fps == 8.0
+    assert (depth.frames[..., 0] == depth.frames[..., 1]).all()  # a map as grey RGB frames
+    assert result.timings_ms["depth.batch"] == 3
