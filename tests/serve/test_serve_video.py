@@ -103,3 +103,15 @@ def test_while_a_clip_runs_health_answers_and_the_console_shows_its_steps(clip_a
     assert health == {200}
     assert seen and all(r["node"] == "video" and r["progress"][1] == 12 for r in seen)
     assert seen[-1]["progress"][0] >= seen[0]["progress"][0] and seen[-1]["running_s"] >= 0
+
+
+def test_a_model_over_a_clip_is_shared_only_with_nodes_over_clips():
+    from capgraph.engine.validate import plan_from_data
+    from capgraph.serve.compile.sharing import share_key
+
+    def graph(name: str, kind: str) -> dict:
+        up = {"type": "upscale", "inputs": {"image": "x"}}
+        return {"capability": name, "inputs": {"x": kind}, "nodes": {"up": up}, "outputs": {"y": "up.image"}}
+
+    clips, clips_too, frames = (plan_from_data(graph(*g)) for g in (("a", "video"), ("b", "video"), ("c", "image")))
+    assert share_key(clips.nodes["up"]) == share_key(clips_too.nodes["up"]) != share_key(frames.nodes["up"])
