@@ -113,6 +113,8 @@ def run(
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for node_id, node in plan.nodes.items():
         ran = f"{result.timings_ms[node_id]:.1f}" if node_id in result.timings_ms else f"skipped (when {node.when})"
+        if f"{node_id}.batch" in result.timings_ms:  # over a clip: frames per call
+            ran += f" ({result.timings_ms[f'{node_id}.batch']:.0f} frames a call)"
         table.add_row(node_id, node.family.type, f"{load_s.get(node_id, 0):.2f}", ran)
     table.add_row("[b]total[/b]", "", f"{sum(load_s.values()):.2f}", f"[b]{total_ms:.1f}[/b]")
     out.print(table)
@@ -142,10 +144,11 @@ def write_report(
 
 
 def write_outputs(plan: Plan, values: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Write each output as a file a person can open (PNG, NPY) and the rest as JSON."""
+    """Write each output as a file a person can open (PNG, NPY, MP4) and the rest as JSON."""
     import numpy as np
 
     from capgraph.engine.values import encode_image
+    from capgraph.engine.video import encode_video
 
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
@@ -164,6 +167,9 @@ def write_outputs(plan: Plan, values: dict[str, Any], folder: Path) -> dict[str,
         elif kind is PortType.MASKS:
             np.savez(folder / f"{name}.npz", **{k: np.asarray(v) for k, v in value.items()})
             written[name] = str(folder / f"{name}.npz")
+        elif kind is PortType.VIDEO:
+            (folder / f"{name}.mp4").write_bytes(encode_video(value))
+            written[name] = str(folder / f"{name}.mp4")
         elif kind is PortType.BYTES:
             suffix = ".png" if value[:4] == b"\x89PNG" else ".jpg" if value[:2] == b"\xff\xd8" else ".bin"
             (folder / f"{name}{suffix}").write_bytes(value)

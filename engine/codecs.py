@@ -17,6 +17,7 @@ import numpy as np
 from capgraph.engine.errors import InputError
 from capgraph.engine.types import PortType, check_value
 from capgraph.engine.values import MAX_PIXELS, decode_image, encode_image, gray_to_rgb
+from capgraph.engine.video import MAX_VIDEO_BYTES, MP4_MIME, VIDEO_MIME, Video, decode_video, encode_video
 
 if TYPE_CHECKING:
     from capgraph.engine.plan import Plan
@@ -171,6 +172,8 @@ class _File(Codec):
     encoding = "base64"
     media: tuple[str, ...] = ()
     """Media types a `data:` URL must say; empty takes any."""
+    noun = "image"
+    """What messages call a file of this type."""
 
     def from_json(self, value: Any, field: str, max_pixels: int = MAX_PIXELS) -> Any:
         if not isinstance(value, str):
@@ -184,7 +187,7 @@ class _File(Codec):
             if exc.status != 400:
                 raise
             raise InputError(
-                field, f"{exc.message}: send the image as a file part (with a filename) or as base64 text", 400
+                field, f"{exc.message}: send the {self.noun} as a file part (with a filename) or as base64 text", 400
             ) from None
         return self.from_bytes(data, field, max_pixels)
 
@@ -192,7 +195,7 @@ class _File(Codec):
         return self.from_bytes(self.b64bytes(text, field, max_pixels), field, max_pixels)
 
     def b64bytes(self, text: str, field: str, max_pixels: int = MAX_PIXELS) -> bytes:
-        """base64 or a data: URL -> bytes, refusing payloads larger than any allowed image.
+        """base64 or a data: URL -> bytes, refusing payloads larger than any allowed file (`max_bytes`).
 
         Whitespace is ignored, as in MIME's 76-column lines (what `base64` prints by default)."""
         if text.startswith("data:"):
@@ -202,17 +205,21 @@ class _File(Codec):
             mime = head[5:].split(";")[0].strip().lower()
             if self.media and mime and mime not in self.media:
                 raise InputError(field, f"the data: URL says '{mime[:40]}'; send {', '.join(self.media[:3])}", 415)
-        limit = max_pixels * 4 + (1 << 20)  # an uncompressed RGBA frame and a header is the most a file can need
-        if len(text) * 3 // 4 > limit:
+        if len(text) * 3 // 4 > self.max_bytes(max_pixels):
             raise InputError(
                 field,
-                f"payload of about {len(text) * 3 // 4:,} bytes is larger than any image under the pixel limit",
+                f"payload of about {len(text) * 3 // 4:,} bytes is larger than any {self.noun} allowed "
+                f"({self.max_bytes(max_pixels):,} bytes)",
                 413,
             )
         try:
             return base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError):
             raise InputError(field, "not valid base64", 400) from None
+
+    def max_bytes(self, max_pixels: int) -> int:
+        """Largest file accepted: an uncompressed RGBA frame and a header is the most an image can need."""
+        return max_pixels * 4 + (1 << 20)
 
     def from_bytes(self, data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Any:
         return data
@@ -269,6 +276,28 @@ class _Labels(_Image):
         return np.repeat(np.clip(value, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
+class _Video(_File):
+    """A clip as an MP4 file (H.264): frames and fps, bounded by `engine.video`."""
+
+    encoding = "base64 MP4 (H.264), or a data: URL"
+    media = VIDEO_MIME
+    noun = "video"
+
+    def max_bytes(self, max_pixels: int) -> int:
+        return MAX_VIDEO_BYTES
+
+    def from_bytes(self, data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Any:
+        return decode_video(data, field, max_pixels)
+
+    def encode(self, value: Any, data_url: bool = False) -> Any:
+        data = encode_video(value)
+        return f"data:{MP4_MIME};base64,{_b64(data)}" if data_url else _b64(data)
+
+    def frame_urls(self, value: Video) -> list[str]:
+        """Each frame as a PNG `data:` URL (ai-runner's image-to-video answer)."""
+        return [_png(encode_image(frame), data_url=True) for frame in value.frames]
+
+
 CODECS: dict[PortType, Codec] = {
     PortType.IMAGE: _Image(PortType.IMAGE),
     PortType.MASK: _Grey(PortType.MASK, "base64 greyscale image (white = 1)"),
@@ -282,6 +311,7 @@ CODECS: dict[PortType, Codec] = {
     PortType.INTEGER: _Integer(PortType.INTEGER),
     PortType.BOOL: _Bool(PortType.BOOL),
     PortType.BYTES: _File(PortType.BYTES),
+    PortType.VIDEO: _Video(PortType.VIDEO),
 }
 ENCODINGS: dict[PortType, str] = {kind: c.encoding for kind, c in CODECS.items() if c.encoding}
 """How each non-JSON type travels in a JSON request or answer (the schema's `encoding`)."""
@@ -318,6 +348,16 @@ def encode_value(kind: PortType, value: Any, data_url: bool = False) -> Any:
 def encode_outputs(plan: "Plan", outputs: Mapping[str, Any], data_url: bool = False) -> dict[str, Any]:
     """Graph outputs -> JSON-ready values."""
     return {name: CODECS[plan.output_type(name)].encode(value, data_url) for name, value in outputs.items()}
+
+
+def frame_urls(value: Video) -> list[str]:
+    """A clip's frames as PNG `data:` URLs, in order (ai-runner's `frames[0]`)."""
+    return CODECS[PortType.VIDEO].frame_urls(value)  # type: ignore[attr-defined]
+
+
+def as_frame(kind: PortType, value: Any) -> np.ndarray:
+    """A per-frame value (Image, Mask, DepthMap, SegmentationMap) as the RGB frame a clip shows."""
+    return CODECS[kind].as_image(value)  # type: ignore[attr-defined]
 
 
 def image_url(kind: PortType, value: Any) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from capgraph.engine.types import Port, PortType
+from capgraph.engine.video import Video
 from capgraph.engine.weights import Weights, resolve
 
 FAMILY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -52,6 +53,10 @@ class Node:
     Only the ratios between a graph's nodes matter: the built-in figures are the tiny
     hybrid chain's on 2 CPUs (generation 126 ms, upscale 35, depth 12), rounded, with the
     other model families estimated beside them."""
+    request_timeout_s: ClassVar[float | None] = None
+    """Seconds one request may need where the family's work is long (a whole clip on a
+    GPU): a served graph's request timeout, unless set, is the longest of its nodes' (at
+    least the default 60 s). None: a frame's work, well inside the default."""
     weights: ClassVar[Mapping[str, Weights]] = {}
     """The models the family loads, by name: the name of the param that holds the model's
     id (`"model"`), or a name of the family's choosing where the id lives elsewhere (in a
@@ -72,6 +77,9 @@ class Node:
         self.dtype = "float32"
         self.weight_bytes = 0
         """Bytes the loaded weights take on the device; set by `load`."""
+        self.progress: tuple[int, int] | None = None
+        """(done, total) steps of the call running now, where a long family says (a clip's
+        denoising steps): what /health and the console show of a job that takes minutes."""
         self.wanted: frozenset[str] = frozenset(self.outputs)
         """The outputs something reads (a wire or a graph output); `run_batch` may leave the
         others out of its results and skip computing them. The run loop sets it from the
@@ -147,8 +155,9 @@ class Node:
 def example_value(kind: PortType, size: int = 64) -> Any:
     """A small, valid value of a port type (a grey gradient for images)."""
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :].repeat(size, axis=0)
+    ramp_image = np.stack([ramp * 255, ramp.T * 255, np.full_like(ramp, 128)], axis=-1).astype(np.uint8)
     examples: dict[PortType, Any] = {
-        PortType.IMAGE: np.stack([ramp * 255, ramp.T * 255, np.full_like(ramp, 128)], axis=-1).astype(np.uint8),
+        PortType.IMAGE: ramp_image,
         PortType.MASK: (ramp > 0.5).astype(np.float32),
         PortType.DEPTH_MAP: ramp,
         PortType.SEGMENTATION_MAP: (ramp > 0.5).astype(np.int32),
@@ -164,5 +173,6 @@ def example_value(kind: PortType, size: int = 64) -> Any:
         PortType.INTEGER: 1,
         PortType.BOOL: True,
         PortType.BYTES: b"",
+        PortType.VIDEO: Video(np.stack([ramp_image, ramp_image[::-1]]), 8.0),
     }
     return examples[kind]

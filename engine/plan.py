@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from capgraph.engine.errors import GraphError, InputError, did_you_mean
 from capgraph.engine.node import Node, NodeParams
 from capgraph.engine.spec import GraphSpec, NodeSpec, OutputSpec, SwitchSpec
-from capgraph.engine.types import PortType
+from capgraph.engine.types import FRAME_TYPES, PortType
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,22 @@ class PlannedNode:
     inputs: dict[str, Source]
     spec: NodeSpec
     when: Condition | None = None
+    clip: frozenset[str] = frozenset()
+    """Image ports wired to a Video: the node runs over the clip's frames (in batches) and
+    its per-frame outputs are Videos (docs/graph-format.md "Video")."""
 
     def build(self) -> Node:
         return self.family(self.params, self.id)
+
+    def output_type(self, port: str) -> PortType:
+        """What output `port` gives: a Video for a per-frame output of a node over a clip."""
+        kind = self.family.outputs[port].type
+        return PortType.VIDEO if self.clip and kind in FRAME_TYPES else kind
+
+    @property
+    def max_frames(self) -> int:
+        """Most frames of a clip one `run_batch` call takes: the graph's `batch.max_size`, else the family's."""
+        return self.spec.batch.max_size if self.spec.batch is not None else self.family.max_batch
 
 
 @dataclass(frozen=True)
@@ -88,10 +101,14 @@ class Plan:
         return frozenset(n for n, o in self.spec.outputs.items() if isinstance(o, OutputSpec) and o.optional)
 
     def output_type(self, name: str) -> PortType:
-        src = self.outputs[name]
+        return self.source_type(self.outputs[name])
+
+    def source_type(self, src: Source) -> PortType:
+        """The type of the value a wire carries: a graph input's, or a node output's (a Video
+        for a per-frame output of a node over a clip)."""
         if src.node is None:
             return self.spec.inputs[src.port].type
-        return self.nodes[src.node].family.outputs[src.port].type
+        return self.nodes[src.node].output_type(src.port)
 
     def read_outputs(self, node_id: str) -> frozenset[str]:
         """The output ports of `node_id` that something reads: another node's input or a

@@ -33,11 +33,7 @@ def _edges(plan: Plan) -> list[tuple[str, str, str]]:
     edges = []
     for node_id, node in plan.nodes.items():
         for port, src in node.inputs.items():
-            src_type = (
-                plan.spec.inputs[src.port].type
-                if src.node is None
-                else plan.nodes[src.node].family.outputs[src.port].type
-            )
+            src_type = plan.source_type(src)
             label = f"{src.port} → {port} : {src_type.title}" if src.node else f"{port} : {src_type.title}"
             edges.append((_id(src), node_id, label))
     for name, src in plan.outputs.items():

@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from capgraph.engine.codecs import as_frame
 from capgraph.engine.errors import InputError, NodeFailed
-from capgraph.engine.node import Node, NodeParams
+from capgraph.engine.node import Frame, Node, NodeParams
 from capgraph.engine.plan import Plan, PlannedNode
+from capgraph.engine.types import FRAME_TYPES
+from capgraph.engine.video import Video
 from capgraph.engine.weights import models_mode
 
 log = logging.getLogger("capgraph")
@@ -83,14 +86,19 @@ def run_nodes(
     from the timings). `release[node_id]` names nodes whose outputs no one reads once
     `node_id` has run: they are dropped then, so the allocator can reuse frames.
     `on_start(node_id)` and `on_done(node_id, ms, batch_size)` let a caller follow along.
-    Returns ms per node that ran.
+    A node over a clip (`PlannedNode.clip`) runs over every frame of its frames' clips, in
+    calls of at most `chunks[node_id]` (else `PlannedNode.max_frames`) frames, and gives
+    each frame its outputs as Videos. Returns ms per node that ran, and for a node over a
+    clip `node.batch`, the frames per call (as served answers say it).
 
     InputError passes through; anything else a node raises is a NodeFailed naming it."""
     timings: dict[str, float] = {}
     for node_id in node_ids:
         planned = plan.nodes[node_id]
         rows = [i for i in range(len(values)) if active is None or node_id in active[i]]
-        if rows:
+        if rows and planned.clip:
+            timings.update(_run_clip(planned, nodes[node_id], values, params, rows, active, chunks, on_start, on_done))
+        elif rows:
             node = nodes[node_id]
             timings[node_id] = _run_one(planned, node, values, params, rows, active, chunks, on_start, on_done)
         for done in (release or {}).get(node_id, ()):
@@ -114,6 +122,77 @@ def _run_one(
 ) -> float:
     """One node over the frames `rows` of the batch; returns its milliseconds."""
     node_id, count = planned.id, len(rows)
+    batch = _gather(planned, values, rows, active)
+    step = (chunks or {}).get(node_id) or count
+    if on_start is not None:
+        on_start(node_id)
+    start = time.perf_counter()
+    out = _call(planned, node, batch, [params[i][node_id] for i in rows], step)
+    ms = (time.perf_counter() - start) * 1000.0
+    for i, produced in zip(rows, out):
+        for port, value in produced.items():
+            values[i][f"{node_id}.{port}"] = value
+    if on_done is not None:
+        on_done(node_id, ms, min(step, count))
+    return ms
+
+
+def _run_clip(
+    planned: PlannedNode,
+    node: Node,
+    values: Sequence[dict[str, Any]],
+    params: Sequence[Mapping[str, NodeParams]],
+    rows: Sequence[int],
+    active: Sequence[frozenset[str]] | None,
+    chunks: Mapping[str, int] | None,
+    on_start: Callable[[str], None] | None,
+    on_done: Callable[[str, float, int], None] | None,
+) -> dict[str, float]:
+    """A node over a clip: every frame of each row's clips (the other inputs repeated for each)
+    through `run_batch` in calls of at most `step` frames, the outputs put back together
+    as one Video per row and port; a per-frame map becomes grey RGB frames."""
+    node_id = planned.id
+    flat: list[Frame] = []
+    owners: list[int] = []
+    fps: dict[int, float] = {}
+    for j, frame in enumerate(_gather(planned, values, rows, active)):
+        clips: dict[str, Video] = {port: frame[port] for port in planned.clip if port in frame}
+        lengths = {port: len(clip) for port, clip in clips.items()}
+        if len(set(lengths.values())) > 1:
+            raise InputError(
+                f"{node_id}.{next(iter(lengths))}",
+                f"node '{node_id}' runs over clips of different lengths ({lengths}); give it clips of one length",
+            )
+        if not clips:  # an optional port whose clip a skipped branch did not make
+            raise InputError(f"{node_id}.{min(planned.clip)}", f"node '{node_id}' runs over a clip, and got none")
+        first = next(iter(clips.values()))
+        fps[j] = first.fps
+        for t in range(len(first)):
+            flat.append({**frame, **{port: clip.frames[t] for port, clip in clips.items()}})
+            owners.append(j)
+    own = [params[rows[j]][node_id] for j in owners]
+    step = (chunks or {}).get(node_id) or planned.max_frames
+    if on_start is not None:
+        on_start(node_id)
+    start = time.perf_counter()
+    out = _call(planned, node, flat, own, step)
+    ms = (time.perf_counter() - start) * 1000.0
+    kinds = {port: planned.family.outputs[port].type for port in out[0]} if out else {}
+    for j, i in enumerate(rows):
+        mine = [o for o, owner in zip(out, owners) if owner == j]
+        for port, kind in kinds.items():
+            if kind in FRAME_TYPES:  # the rest have no clip form: validation lets nothing read them
+                values[i][f"{node_id}.{port}"] = Video.of([as_frame(kind, o[port]) for o in mine], fps[j])
+    batch = min(step, len(flat))
+    if on_done is not None:
+        on_done(node_id, ms, batch)
+    return {node_id: ms, f"{node_id}.batch": float(batch)}
+
+
+def _gather(
+    planned: PlannedNode, values: Sequence[dict[str, Any]], rows: Sequence[int], active: Sequence[frozenset[str]] | None
+) -> list[Frame]:
+    """Each row's inputs of the node, by port."""
 
     def may_lack(port: str, src: Any, i: int) -> bool:
         # an optional port fed by a graph input the frame did not bring is left out: a model shared
@@ -123,7 +202,7 @@ def _run_one(
         skipped = src.node is not None and active is not None and src.node not in active[i]
         return planned.family.inputs[port].optional and (src.node is None or skipped)
 
-    batch = [
+    return [
         {
             port: values[i][str(src)]
             for port, src in planned.inputs.items()
@@ -131,26 +210,20 @@ def _run_one(
         }
         for i in rows
     ]
-    own = [params[i][node_id] for i in rows]
-    step = (chunks or {}).get(node_id) or count
-    if on_start is not None:
-        on_start(node_id)
-    start = time.perf_counter()
+
+
+def _call(planned: PlannedNode, node: Node, batch: list[Frame], own: list[NodeParams], step: int) -> list[Frame]:
+    """`run_batch` over `batch` in calls of at most `step` frames; a node's failure names it."""
+    count = len(batch)
     try:
         out = [o for j in range(0, count, step) for o in node.run_batch(batch[j : j + step], own[j : j + step])]
     except InputError:
         raise
     except Exception as exc:
         raise _failed(planned, batch, exc) from exc
-    ms = (time.perf_counter() - start) * 1000.0
     if len(out) != count:
         raise _failed(planned, batch, RuntimeError(f"returned {len(out)} results for {count} frames"))
-    for i, produced in zip(rows, out):
-        for port, value in produced.items():
-            values[i][f"{node_id}.{port}"] = value
-    if on_done is not None:
-        on_done(node_id, ms, min(step, count))
-    return ms
+    return out
 
 
 def release_schedule(plan: Plan) -> dict[str, list[str]]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from capgraph.engine.video import check_video
+
 
 class PortType(str, enum.Enum):
     """The type of a port. The value is the name used in graph files (`type: image`)."""
@@ -27,6 +29,7 @@ class PortType(str, enum.Enum):
     INTEGER = "integer"
     BOOL = "bool"
     BYTES = "bytes"
+    VIDEO = "video"
 
     @property
     def title(self) -> str:
@@ -53,7 +56,10 @@ _DOCS: dict[PortType, str] = {
     PortType.INTEGER: "an int",
     PortType.BOOL: "true or false",
     PortType.BYTES: "an encoded file (PNG or JPEG bytes)",
+    PortType.VIDEO: "a clip: engine.video.Video, uint8 frames (T, H, W, 3) and fps",
 }
+FRAME_TYPES = frozenset({PortType.IMAGE, PortType.MASK, PortType.DEPTH_MAP, PortType.SEGMENTATION_MAP})
+"""Types a node gives per frame that a clip of its outputs shows as a Video (maps as grey frames)."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,16 @@ def compatible(src: PortType, dst: Port) -> bool:
     """Whether a value of type `src` may be wired into port `dst`.
 
     The rule is deliberately plain: the destination must list the source type. The one
-    widening is INTEGER into NUMBER, which loses nothing.
+    widening is INTEGER into NUMBER, which loses nothing. A Video into an Image port is
+    `over_clip`, not compatible: the node then runs once per frame.
     """
     return src in dst.types or (src is PortType.INTEGER and PortType.NUMBER in dst.types)
+
+
+def over_clip(src: PortType, dst: Port) -> bool:
+    """Whether wiring `src` into `dst` runs the node over a clip's frames: a Video into a
+    port that takes an Image and not a Video (docs/graph-format.md "Video")."""
+    return src is PortType.VIDEO and PortType.IMAGE in dst.types and PortType.VIDEO not in dst.types
 
 
 def check_value(kind: PortType, value: Any) -> str | None:
@@ -129,6 +142,8 @@ def check_value(kind: PortType, value: Any) -> str | None:
     elif kind is PortType.BYTES:
         if not isinstance(value, (bytes, bytearray)):
             return f"expected bytes, got {_describe(value)}"
+    elif kind is PortType.VIDEO:
+        return check_video(value)
     return None
 
 

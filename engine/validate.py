@@ -31,7 +31,7 @@ from capgraph.engine.spec import (
     output_ref,
     parse_reference,
 )
-from capgraph.engine.types import PortType, check_value, compatible
+from capgraph.engine.types import FRAME_TYPES, PortType, check_value, compatible, over_clip
 from capgraph.engine.yamlload import LocatedDict, YamlProblem, load_yaml, locate
 
 _IDENT = re.compile(IDENT)
@@ -70,6 +70,8 @@ class _Validator:
         self.problems: list[GraphError] = []
         self.broken: set[str] = set()
         """Inputs and nodes already reported as invalid: wires to them are not reported again."""
+        self.clips: dict[str, frozenset[str]] = {}
+        """Nodes' ports that run them over a clip (`over_clip`), worked out on first need."""
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -295,12 +297,11 @@ class _Validator:
                 )
                 if src is None:
                     continue
-                src_type = (
-                    spec.inputs[src.port].type
-                    if src.node is None
-                    else families[spec.nodes[src.node].type].outputs[src.port].type
-                )
-                if not compatible(src_type, port):
+                src_type = self.source_type(spec, families, src)
+                if src_type is None:
+                    self.report_clip_output(spec, families, src, at + ("inputs", port_name), node_id, port_name)
+                    continue
+                if not compatible(src_type, port) and not over_clip(src_type, port):
                     self.report(
                         "type_mismatch",
                         f"cannot connect '{src}' ({src_type.title}) to '{node_id}.{port_name}' ({port.label}).",
@@ -333,12 +334,15 @@ class _Validator:
                     )
             when = self.resolve_when(spec, node_id, node)
             if params is not None:
-                planned[node_id] = PlannedNode(node_id, family, params, wires, node, when)
+                clip = self.clip_ports(spec, families, node_id)
+                planned[node_id] = PlannedNode(node_id, family, params, wires, node, when, clip)
         outputs: dict[str, Source] = {}
         for name, ref in spec.outputs.items():
             at = ("outputs", name) if isinstance(ref, str) else ("outputs", name, "from")
             src = self.resolve_ref(output_ref(ref), spec, families, at, f"output '{name}'", None, None)
-            if src is not None:
+            if src is not None and self.source_type(spec, families, src) is None:
+                self.report_clip_output(spec, families, src, at, None, None)
+            elif src is not None:
                 outputs[name] = src
         if not spec.outputs and "outputs" in (self.tree or {}):
             self.report(
@@ -346,6 +350,66 @@ class _Validator:
             )
         self.resolve_params(spec, planned)
         return planned, outputs, graph
+
+    def source_type(self, spec: GraphSpec, families: Mapping[str, Any], src: Source) -> PortType | None:
+        """The type a resolved wire carries: a Video for a per-frame output of a node over a
+        clip, None for an output that has no clip form (a Text, say, of each frame)."""
+        if src.node is None:
+            return spec.inputs[src.port].type
+        kind = families[spec.nodes[src.node].type].outputs[src.port].type
+        if not self.clip_ports(spec, families, src.node):
+            return kind
+        return PortType.VIDEO if kind in FRAME_TYPES else None
+
+    def clip_ports(self, spec: GraphSpec, families: Mapping[str, Any], node_id: str) -> frozenset[str]:
+        """The input ports of `node_id` wired to a Video that it runs over frame by frame, following
+        wires upstream (a node over a clip gives Videos); wires that do not resolve count as none."""
+        if node_id in self.clips:
+            return self.clips[node_id]
+        self.clips[node_id] = frozenset()  # a cycle (reported elsewhere) ends here
+        node = spec.nodes[node_id]
+        family = families.get(node.type)
+        found = set()
+        for port_name, ref in node.inputs.items() if family is not None else ():
+            parsed, port = parse_reference(ref), family.inputs.get(port_name)
+            if parsed is None or port is None:
+                continue
+            src_node, src_port = parsed
+            if src_node is None:
+                kind = spec.inputs[src_port].type if src_port in spec.inputs else None
+            else:
+                src_family = families.get(spec.nodes[src_node].type) if src_node in spec.nodes else None
+                ok = src_family is not None and src_port in src_family.outputs
+                kind = self.source_type(spec, families, Source(src_node, src_port)) if ok else None
+            if kind is not None and over_clip(kind, port):
+                found.add(port_name)
+        self.clips[node_id] = frozenset(found)
+        return self.clips[node_id]
+
+    def report_clip_output(
+        self,
+        spec: GraphSpec,
+        families: Mapping[str, Any],
+        src: Source,
+        at: tuple[Any, ...],
+        node_id: str | None,
+        port_name: str | None,
+    ) -> None:
+        assert src.node is not None
+        family = families[spec.nodes[src.node].type]
+        kind = family.outputs[src.port].type
+        clip = ", ".join(sorted(self.clip_ports(spec, families, src.node)))
+        readable = [f"{src.node}.{n}" for n, p in family.outputs.items() if p.type in FRAME_TYPES]
+        self.report(
+            "clip_output",
+            f"'{src}' ({kind.title}) has no clip form: node '{src.node}' runs over a video's frames "
+            f"(its {clip} is wired to a Video), and only its per-frame Image, Mask, DepthMap and "
+            "SegmentationMap outputs come back as a Video.",
+            at,
+            node=node_id,
+            port=port_name,
+            hint=f"Read {', '.join(readable)} instead." if readable else "Wire an Image, not a Video, into it.",
+        )
 
     def resolve_when(self, spec: GraphSpec, node_id: str, node: NodeSpec) -> Condition | None:
         """A node's `when:` names a Bool graph input or a switch param."""

@@ -18,10 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 
-from capgraph.engine.codecs import codec, image_url
+from capgraph.engine.codecs import codec, encode_value, frame_urls, image_url
 from capgraph.engine.errors import InputError
 from capgraph.engine.node import NodeParams
 from capgraph.engine.plan import Plan
+from capgraph.engine.types import PortType
 from capgraph.engine.values import MAX_PIXELS
 from capgraph.livepeer.guard import Guard, RunFn, error, failure
 from capgraph.livepeer.settings import (
@@ -51,6 +52,7 @@ _REQUIRED = {
     "upscale": ("prompt", "image"),
     "segment-anything-2": ("image",),
     "image-to-text": ("image",),
+    "image-to-video": ("image",),
 }
 _ADAPTERS = {
     "text": TypeAdapter(str),
@@ -163,6 +165,8 @@ def _handler(
                 return await _segment(values, fields, plan, run, output, limits.max_pixels)
             if route == "image-to-text":
                 return await _text(values, fields, plan, run, output, limits.max_pixels)
+            if route == "image-to-video":
+                return await _video(values, fields, plan, run, answers, limits.max_pixels)
             return await _images(values, fields, plan, run, answers, limits.max_pixels)
         except _Invalid as exc:
             return JSONResponse({"detail": exc.detail}, status_code=422)
@@ -371,15 +375,48 @@ async def _images(
         return {"url": url, "seed": seed + index, "nsfw": bool(verdict), "nsfw_checked": verdict is not None}
 
     images = await asyncio.gather(*(one(i) for i in range(count)))
+    body = await asyncio.to_thread(render_json, {"images": list(images)})
     checked = all(image["nsfw_checked"] for image in images)
+    return Response(body, media_type="application/json", headers=_safety_headers(checked, values, answers))
+
+
+def _safety_headers(checked: bool, values: Mapping[str, Any], answers: _Answers) -> dict[str, str]:
+    """`SAFETY_HEADER`, and a Warning where a check was asked for and none ran."""
     headers = {SAFETY_HEADER: "checked" if checked else "unchecked"}
     if not checked and values.get("safety_check", True):  # ai-runner's default is true
         headers["Warning"] = (
             f'299 capgraph "safety_check was asked for, but no safety checker ran in graph '
             f"'{answers.capability}': nsfw false is not a verdict\""
         )
-    body = await asyncio.to_thread(render_json, {"images": list(images)})
-    return Response(body, media_type="application/json", headers=headers)
+    return headers
+
+
+async def _video(
+    values: dict[str, Any], fields: Mapping[str, str], plan: Plan, run: RunFn, answers: _Answers, max_pixels: int
+) -> Response:
+    """ai-runner's image-to-video answer: `frames`, one list per clip of each frame as a PNG
+    `data:` URL with the seed and the checker's verdict on the image; and `images`, the clip
+    as one MP4 `data:` URL, which is what go-livepeer's gateway answers (and the
+    livepeer-ai SDK's VideoResponse reads)."""
+    for side in ("height", "width"):  # as ai-runner refuses them
+        if values.get(side, 8) % 8:
+            raise InputError(side, f"`height` and `width` have to be divisible by 8 but {side} is {values[side]}", 400)
+    seed = values.get("seed")
+    if seed is None:
+        seed = random.randint(0, 2**32 - 1)  # ai-runner picks one and reports it
+    inputs, params = await asyncio.to_thread(_to_graph, {**values, "seed": seed}, fields, plan, max_pixels)
+    outputs, _ = await run(inputs, params)
+    clip = outputs[answers.images]
+    verdict = outputs.get(answers.nsfw) if answers.nsfw is not None else None
+    nsfw = {"seed": seed, "nsfw": bool(verdict), "nsfw_checked": verdict is not None}
+
+    def render() -> bytes:
+        frames = [{"url": url, **nsfw} for url in frame_urls(clip)]
+        mp4 = encode_value(PortType.VIDEO, clip, data_url=True)
+        return render_json({"frames": [frames], "images": [{"url": mp4, **nsfw}]})
+
+    body = await asyncio.to_thread(render)
+    return Response(body, media_type="application/json", headers=_safety_headers(verdict is not None, values, answers))
 
 
 async def _segment(

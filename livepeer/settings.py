@@ -22,7 +22,7 @@ ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 SECRET_WORDS = ("secret", "token", "password", "key")
 """Field names refused with a pointer to the environment instead of a generic message."""
 
-AiRoute = Literal["text-to-image", "image-to-image", "upscale", "segment-anything-2", "image-to-text"]
+AiRoute = Literal["text-to-image", "image-to-image", "upscale", "segment-anything-2", "image-to-text", "image-to-video"]
 
 # Request fields of each ai-runner route (ai-runner runner/routes/*.py @50a742ce) plus the
 # response field a graph output fills. A route mapping may name only these.
@@ -73,6 +73,18 @@ ROUTE_FIELDS: dict[str, dict[str, str]] = {
         "normalize_coords": "bool",
     },
     "image-to-text": {"image": "image", "prompt": "text", "model_id": "text"},
+    "image-to-video": {
+        "image": "image",
+        "model_id": "text",
+        "height": "integer",
+        "width": "integer",
+        "fps": "integer",
+        "motion_bucket_id": "integer",
+        "noise_aug_strength": "number",
+        "safety_check": "bool",
+        "seed": "integer",
+        "num_inference_steps": "integer",
+    },
 }
 RESPONSE_FIELD = {
     "text-to-image": "images",
@@ -80,13 +92,14 @@ RESPONSE_FIELD = {
     "upscale": "images",
     "segment-anything-2": "masks",
     "image-to-text": "text",
+    "image-to-video": "frames",
 }
 
 NSFW_FIELD = "nsfw"
 """The per-image response field of the image routes a Bool graph output may answer (a
 safety checker's verdict). Unmapped, answers say `nsfw: false` marked unchecked (ai_runner.py)."""
-NSFW_ROUTES = frozenset({"text-to-image", "image-to-image", "upscale"})
-"""The routes whose answers are ImageResponse: one `nsfw` per image."""
+NSFW_ROUTES = frozenset({"text-to-image", "image-to-image", "upscale", "image-to-video"})
+"""The routes whose answers carry one `nsfw` per image (ImageResponse) or per frame (image-to-video's)."""
 
 # Which graph types a request field of each kind may feed, and which a response may read.
 _INPUT_TYPES: dict[str, set[PortType]] = {
@@ -103,6 +116,7 @@ _OUTPUT_TYPES: dict[str, set[PortType]] = {
     "images": {PortType.IMAGE, PortType.DEPTH_MAP, PortType.MASK, PortType.BYTES},
     "masks": {PortType.MASKS},
     "text": {PortType.TEXT},
+    "frames": {PortType.VIDEO},
 }
 LIVE_OUTPUT_TYPES = {PortType.IMAGE, PortType.DEPTH_MAP, PortType.MASK}
 
@@ -364,7 +378,7 @@ def _check_against_plan(settings: LivepeerSettings, plan: Plan) -> list[str]:
                 f"livepeer.live.output: output '{live.output}' is {plan.output_type(live.output).title}; "
                 f"a frame needs {_titles(LIVE_OUTPUT_TYPES)}."
             )
-        every = set(PortType) - {PortType.IMAGE, PortType.MASKS}
+        every = set(PortType) - {PortType.IMAGE, PortType.MASKS, PortType.VIDEO}
         for name, target in live.params.items():
             problems += _check_target(f"livepeer.live.params.{name}", target, every, plan, allow_params=True)
         mapped = set(live.params.values()) | {live.input}

@@ -23,5 +23,6 @@ BUILTIN: tuple[str, ...] = (
     "capgraph.nodes.first:FirstNumber",
     "capgraph.nodes.sdxl:Sdxl",
     "capgraph.nodes.upscale:Upscale",
+    "capgraph.nodes.svd:Svd",
     "capgraph.nodes.safety:Safety",
 )

@@ -361,9 +361,19 @@ def _check_mounts(plan: Plan, sections: dict[str, dict[str, Any] | None]) -> Non
             raise GraphInvalid([GraphError(name, str(exc), plan.file)]) from None
 
 
+def request_timeout(args: CapabilityArgs, plan: Plan) -> float:
+    """The request timeout: the one `args` set, else the longest any node's family asks for
+    (`Node.request_timeout_s`: a clip takes minutes), at least the default."""
+    if "request_timeout_s" in args.model_fields_set:
+        return args.request_timeout_s
+    asked = [n.family.request_timeout_s for n in plan.nodes.values() if n.family.request_timeout_s]
+    return max([args.request_timeout_s, *asked])
+
+
 def bind(blueprint: Blueprint, args: CapabilityArgs) -> Application:
     """One UnitReplica deployment per unit, and the ingress holding their handles."""
     compiled = blueprint.compiled
+    args = args.model_copy(update={"request_timeout_s": request_timeout(args, compiled.plan)})
     handles = {unit.name: _bind_unit(compiled, unit, args) for unit in compiled.units if unit.remote is None}
     settings = Settings(
         max_pixels=args.max_pixels,

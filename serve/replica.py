@@ -317,8 +317,8 @@ class UnitReplica:
             self.running_node = node_id
 
         def done(node_id: str, ms: float, batch: int) -> None:
-            if batch == len(frames):  # one call for the whole batch: what the planner's Cost means
-                self._note_cost(node_id, batch, ms)
+            if batch == len(frames) and not self.plan.nodes[node_id].clip:  # one call for the whole batch: what
+                self._note_cost(node_id, batch, ms)  # the planner's Cost means (over a clip, a batch is clip frames)
             self.latency.observe(ms, tags={"node": node_id})
             self.batch_size.observe(batch, tags={"node": node_id})
             meta[node_id] = {"ms": round(ms, 3), "batch": batch}
@@ -406,6 +406,20 @@ class UnitReplica:
             "moving": self.moving,
             "calls": self.calls,
             "pid": os.getpid(),
+            "running": self.running(),
+        }
+
+    def running(self) -> dict[str, Any] | None:
+        """The node the batch is in now, for how long, and its steps done where it says
+        (`Node.progress`: a clip's denoising); None between batches."""
+        started, node_id = self.batch_started, self.running_node  # the worker thread may clear them meanwhile
+        if started is None or node_id is None:
+            return None
+        progress = self.nodes[node_id].progress if node_id in getattr(self, "nodes", {}) else None
+        return {
+            "node": node_id,
+            "running_s": round(time.monotonic() - started, 1),
+            "progress": list(progress) if progress else None,
         }
 
     async def check_health(self) -> None:

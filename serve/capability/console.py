@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from capgraph.serve.capability.ingress import Capability
 
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' data: blob:; connect-src 'self'; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 HEADERS = {
@@ -67,6 +68,7 @@ def mount(app: FastAPI, capability: "Capability") -> None:
                 nodes[node_id] = figures[node_id] | {
                     "state": states.get(node_id, "loading"),
                     "queue": report.get("queued"),
+                    "running": _running(report, node_id),
                     "device": loaded.get("device"),
                     "dtype": loaded.get("dtype"),
                     "models": loaded.get("models", []),
@@ -87,6 +89,12 @@ def mount(app: FastAPI, capability: "Capability") -> None:
         return JSONResponse(body, headers=HEADERS)
 
     app.add_middleware(Shell)
+
+
+def _running(report: dict[str, Any], node_id: str) -> dict[str, Any] | None:
+    """What the node's replica runs now, where it is this node: seconds, and steps done of all."""
+    running = report.get("running")
+    return running if running and running.get("node") == node_id else None
 
 
 def graph_feed(capability: "Capability") -> dict[str, Any]:

@@ -152,6 +152,8 @@ class Capability:
                 timings[node_id] = meta[node_id]["ms"]
                 if "queue_ms" in meta[node_id]:
                     timings[f"{node_id}.queue"] = meta[node_id]["queue_ms"]
+                if self.plan.nodes[node_id].clip:  # over a clip: frames per call, as the in-process run says
+                    timings[f"{node_id}.batch"] = float(meta[node_id]["batch"])
         timings["total"] = round((time.perf_counter() - start) * 1000.0, 3)
         batches = {node_id: int(m["batch"]) for node_id, m in meta.items()}
         return outputs, timings, batches, skipped

@@ -83,7 +83,7 @@ def run_report(
     css = static_text("console.css")
     js = static_text("capgraph.js") + "\n" + static_text("report.js")
     csp = (
-        f"default-src 'none'; img-src data:; style-src '{_sha256(css)}'; script-src '{_sha256(js)}'; "
+        f"default-src 'none'; img-src data:; media-src data:; style-src '{_sha256(css)}'; script-src '{_sha256(js)}'; "
         "base-uri 'none'; form-action 'none'"
     )
     return _PAGE.format(

@@ -61,6 +61,8 @@ def share_key(node: PlannedNode) -> str | None:
             "type": family.type,
             "params": node.params.model_dump(mode="json", include=set(family.shared_weights)),
         }
+    if node.clip:  # over a clip its port takes Videos: it serves only callers that send clips
+        identity["clip"] = sorted(node.clip)
     text = json.dumps(identity, sort_keys=True)
     return (
         f"{family.type.replace('_', '-')}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"  # a capability name's letters
@@ -132,6 +134,4 @@ def _one_node_graph(users: Sequence[tuple[Plan, str]], key: str) -> dict[str, An
 
 
 def _type_of(plan: Plan, src: Source) -> PortType:
-    if src.node is None:
-        return plan.spec.inputs[src.port].type
-    return plan.nodes[src.node].family.outputs[src.port].types[0]
+    return plan.source_type(src)

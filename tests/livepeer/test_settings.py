@@ -53,14 +53,14 @@ def test_route_and_live_mappings_are_checked_against_the_graph(plan):
         {
             "routes": {
                 "image-to-image": {"prompt": "fit.max_side", "images": "nope"},
-                "image-to-video": {"image": "image"},
+                "audio-to-text": {"image": "image"},
             },
             "live": {"input": "edges", "output": "image", "params": {"x": "blend.opacityy"}},
         },
         plan,
     )
     text = "\n".join(problems)
-    assert "livepeer.routes.image-to-video: Input should be" in text  # not an ai-runner route
+    assert "livepeer.routes.audio-to-text: Input should be" in text  # not a route capgraph maps
     problems = check_livepeer_section(
         {
             "routes": {"image-to-image": {"prompt": "fit.max_side", "images": "nope"}},

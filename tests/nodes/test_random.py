@@ -16,7 +16,7 @@ import torch
 
 from capgraph.engine.registry import catalogue
 from capgraph.engine.weights import Weights, random_model, random_root, resolve, tiny_model, write_random_models
-from capgraph.nodes import sam2
+from capgraph.nodes import sam2, svd
 from capgraph.nodes.depth import MODEL as DEPTH_MODEL
 from capgraph.nodes.depth import Depth, DepthParams
 from capgraph.nodes.segmentation import Segmentation, SegmentationParams
@@ -47,6 +47,9 @@ PUBLISHED = {  # millions of parameters, as published for each default repo (its
     ("sd-x4-upscaler", "text_encoder"): 340.4,
     ("esrgan-x4", "model"): 16.7,  # Real-ESRGAN x4plus, 23 RRDB blocks
     ("safety-checker", "model"): 304.0,  # 1.22 GB of fp32 weights: CLIP ViT-L/14's vision tower and projection
+    ("svd-xt", "unet"): 1524.6,  # stable-video-diffusion-img2vid-xt: 1.52 B
+    ("svd-xt", "vae"): 97.7,  # the temporal-decoder VAE
+    ("svd-xt", "image_encoder"): 632.1,  # OpenCLIP ViT-H/14's vision tower and projection
 }
 
 
@@ -157,6 +160,7 @@ SHRINK: dict[str, dict[str, dict[str, Any]]] = {
         "text_encoder": TEXT,
     },
     "esrgan-x4": {"model": dict(num_filters=8, num_blocks=1)},
+    "svd-xt": {section: dict(svd.TINY_CONFIG[section]) for section in ("unet", "vae", "image_encoder")},
     "safety-checker": {
         "vision": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
         | dict(image_size=32, patch_size=8),

@@ -199,8 +199,22 @@ window.Capgraph = (function () {
     return mime ? `data:image/${mime};base64,${text}` : null;
   }
 
-  /** One input or output value as the page shows it: images as <img>, the rest as text. */
+  const VIDEO_URL = /^data:video\/mp4;base64,([A-Za-z0-9+/]+={0,2})$/;
+
+  /** A base64 MP4 (or such a `data:` URL) as a data URL; null for anything else. */
+  function videoUrl(text) {
+    if (typeof text !== "string") return null;
+    if (VIDEO_URL.test(text)) return text;
+    return BASE64.test(text) ? `data:video/mp4;base64,${text}` : null;
+  }
+
+  /** One input or output value as the page shows it: images as <img>, videos as <video>, the rest as text. */
   function valueView(name, kind, value) {
+    if (kind === "video") {
+      const url = videoUrl(value);
+      if (url) return el("video", {src: url, class: "shot", controls: "", loop: "", autoplay: "", muted: "",
+        playsinline: "", "data-output": name});
+    }
     if (IMAGE_KINDS.has(kind)) {
       const url = imageUrl(value);
       if (url) return el("img", {src: url, alt: name, class: "shot", "data-output": name});

@@ -166,7 +166,9 @@
     if (!row) return;
     const cells = Object.fromEntries([...row.cells].filter((c) => c.dataset.key).map((c) => [c.dataset.key, c]));
     const failed = node.failed_recent ? `${node.failed} (${node.failed_recent} of late)` : String(node.failed);
-    const values = {state: state === "stalled" || state === "skipped" ? state : node.state === "ok" ? "warm" : node.state,
+    const running = node.running ? ` · running ${num(node.running.running_s, 0)} s` +
+      (node.running.progress ? ` (step ${node.running.progress[0]} of ${node.running.progress[1]})` : "") : "";
+    const values = {state: (state === "stalled" || state === "skipped" ? state : node.state === "ok" ? "warm" : node.state) + running,
       fps: num(node.fps), p50: num(node.p50_ms), p99: num(node.p99_ms), batch: num(node.batch_mean), queue: node.queue ?? "–",
       failed, skipped: String(node.skipped ?? 0),
       device: node.device ? `${node.device} ${node.dtype || ""}`.trim() : "–",
@@ -185,7 +187,7 @@
 
   // -- try it -------------------------------------------------------------------------------
 
-  const FILE_KINDS = new Set(["image", "mask", "depth_map", "segmentation_map", "masks", "bytes"]);
+  const FILE_KINDS = new Set(["image", "mask", "depth_map", "segmentation_map", "masks", "bytes", "video"]);
 
   function field(name, label, control, help) {
     return el("div", {class: "field", "data-field": name},
@@ -196,7 +198,7 @@
 
   function inputControl(name, spec) {
     const id = "in-" + name;
-    if (FILE_KINDS.has(spec.type)) return el("input", {id, type: "file", name, accept: spec.type === "bytes" ? null : "image/*", "data-kind": "file"});
+    if (FILE_KINDS.has(spec.type)) return el("input", {id, type: "file", name, accept: spec.type === "bytes" ? null : spec.type === "video" ? "video/mp4,video/*" : "image/*", "data-kind": "file"});
     if (spec.type === "text") return el("textarea", {id, name, rows: 2, "data-kind": "text"}, spec.default ?? "");
     if (spec.type === "bool") {
       return el("select", {id, name, "data-kind": "text"}, ["", "true", "false"].map((v) =>
