@@ -182,7 +182,14 @@ def _run_clip(
         mine = [o for o, owner in zip(out, owners) if owner == j]
         for port, kind in kinds.items():
             if kind in FRAME_TYPES:  # the rest have no clip form: validation lets nothing read them
-                values[i][f"{node_id}.{port}"] = Video.of([as_frame(kind, o[port]) for o in mine], fps[j])
+                shown = [as_frame(kind, o[port]) for o in mine]
+                if len({f.shape for f in shown}) > 1:  # a clip is frames of one size
+                    raise NodeFailed(
+                        f"node '{node_id}' gave frames of different sizes over a clip "
+                        f"({sorted({f.shape[:2] for f in shown})}); a node over a clip must keep one size",
+                        node=node_id,
+                    )
+                values[i][f"{node_id}.{port}"] = Video.of(shown, fps[j])
     batch = min(step, len(flat))
     if on_done is not None:
         on_done(node_id, ms, batch)

@@ -417,7 +417,8 @@ def _bind_unit(compiled: Compiled, unit: Unit, args: CapabilityArgs) -> Applicat
         unit.batch_wait_s * 1000,
         "; ".join(unit.why),
     )
-    stuck_after_s = args.stuck_after_s or stuck_after(args.request_timeout_s)
+    # never under the timeout: a family's longer one (`request_timeout`) may pass a stuck_after_s set for the default
+    stuck_after_s = max(args.stuck_after_s or stuck_after(args.request_timeout_s), args.request_timeout_s)
     return serve.deployment(UnitReplica).options(**options).bind(compiled.plan, unit, stuck_after_s)
 
 

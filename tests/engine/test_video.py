@@ -69,13 +69,14 @@ def test_base64_and_data_urls_decode_alike_and_answers_are_data_urls(mp4):
 @pytest.mark.parametrize(
     ("data", "status", "words"),
     [
-        (b"not a video at all" * 20, 400, "not a decodable video"),
+        (b"not a video at all" * 20, 400, "not a video"),
+        ("no decoder", 400, "codec cannot be decoded"),  # a track whose codec FFmpeg does not know
         (b"", 422, "empty"),  # as an empty image is
         ("half", 400, "video"),
     ],
 )
 def test_bad_videos_are_4xx_naming_the_field(mp4, data, status, words):
-    data = mp4[: len(mp4) // 2] if data == "half" else data
+    data = {"half": mp4[: len(mp4) // 2], "no decoder": mp4.replace(b"avc1", b"zzzz")}.get(data, data)
     with pytest.raises(InputError) as caught:
         codecs.codec(PortType.VIDEO).from_bytes(data, "inputs.clip")
     assert caught.value.field == "inputs.clip" and caught.value.status == status and words in caught.value.message
