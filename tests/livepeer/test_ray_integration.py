@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.livepeer.lp_support import EDGES, ORCH_SECRET, TOKEN, data_url, free_port, wait_for
+from tests.livepeer.lp_support import EDGES, ORCH_SECRET, TOKEN, FakeOrchestrator, data_url, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "CAPGRAPH_TEST_MARK"  # in the service's environment, which every descendant inherits (but see `_ours`)
@@ -23,9 +24,33 @@ STOP_BOUND_S = 90.0  # generous: draining and stopping Ray take ~5-15 s, more on
 STRAGGLERS_S = 10.0  # processes already told to stop may take a moment to go
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orchestrator, tmp_path, stop):
+@dataclass
+class Service:
+    """`capgraph serve` of the edges graph in a subprocess, with its own local Ray, registering
+    with `orchestrator`."""
+
+    process: subprocess.Popen
+    port: int
+    mark: str
+    log: Path
+    orchestrator: FakeOrchestrator
+    seen: list[tuple[int, int]] = field(default_factory=list)
+    """(/ready's status, registrations so far) at each poll of /ready."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        try:
+            status = httpx.get(f"{self.url}/ready", timeout=3).status_code
+        except httpx.HTTPError:
+            status = 0
+        self.seen.append((status, len(self.orchestrator.state.registrations)))
+        return status == 200
+
+
+def start(orchestrator: FakeOrchestrator, folder: Path) -> Service:
     port = free_port()
     mark = uuid.uuid4().hex
     env = dict(
@@ -43,9 +68,10 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
         f"from serve.operate.run import serve_graph; raise SystemExit(serve_graph({str(EDGES)!r}, host='127.0.0.1', "
         f"port={port}, fuse='all', options={{'ingress_cpus': 0.1}}))"
     )
-    log = tmp_path / "serve.log"
+    folder.mkdir()
+    log = folder / "serve.log"
     with open(log, "w") as out:
-        service = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-c", code],
             env=env,
             cwd=ROOT,
@@ -53,23 +79,58 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return Service(process, port, mark, log, orchestrator)
+
+
+def serving(service: Service) -> None:
+    """Waits until `service` is ready and registered, then until `serve.operate.run` has returned in it:
+    /ready can answer before, and a stop then is a stop while it still deploys (exit 128 + the
+    signal), not the clean stop of a serving service (exit 0)."""
+    wait_for(service.ready, timeout=240, every=0.5)
+    # Never registered while /ready said 503.
+    assert all(registrations == 0 for status, registrations in service.seen if status == 503), service.seen
+    wait_for(lambda: service.orchestrator.state.capabilities.get("edges-live"), timeout=10)
+    wait_for(lambda: "is healthy after" in service.log.read_text(), timeout=60)
+
+
+def stopped(service: Service, since: float) -> tuple[float | None, list[str]]:
+    """The seconds `service` took to exit after the signal sent at `since` (None: not within
+    STOP_BOUND_S of it) and what it left running. Whatever the outcome, nothing of it is left
+    running afterwards: a failing run must not leak Ray processes into the rest of the suite."""
     stopped_in = None
-    left: list[str] = []
     try:
-        seen = []
+        service.process.wait(max(0.0, since + STOP_BOUND_S - time.monotonic()))
+        stopped_in = time.monotonic() - since
+    except subprocess.TimeoutExpired:
+        os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait(30)
+    left = _left_behind(service.process.pid, service.mark)
+    _kill_ours(service.process.pid, service.mark)
+    return stopped_in, left
 
-        def ready() -> bool:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=3).status_code
-            except httpx.HTTPError:
-                status = 0
-            seen.append((status, len(orchestrator.state.registrations)))
-            return status == 200
 
-        wait_for(ready, timeout=240, every=0.5)
-        # Never registered while /ready said 503.
-        assert all(registrations == 0 for status, registrations in seen if status == 503), seen
-        wait_for(lambda: orchestrator.state.capabilities.get("edges-live"), timeout=10)
+def assert_stopped_cleanly(service: Service, stop: signal.Signals, stopped_in: float | None, left: list[str]) -> None:
+    text = service.log.read_text()
+    tail = text[-3000:]
+    assert stopped_in is not None, f"still running {STOP_BOUND_S:g} s after {stop.name}\n{tail}"
+    assert not left, f"left behind after {stop.name}: {left}\n{tail}"
+    assert service.process.returncode == 0, tail
+    assert service.orchestrator.state.unregistrations == ["edges-live"], tail
+    assert len(service.orchestrator.state.runner_unregistrations) == 1
+    assert "shutting down: draining, unregistering, stopping the local Ray" in text, tail
+
+
+@pytest.mark.slow
+def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orchestrator, tmp_path):
+    """Two services start side by side, each with its own Ray and orchestrator (their starts
+    overlap): the one stopped with SIGTERM answers a job on the way; the other is stopped
+    with Ctrl-C, which its whole process group gets, Ray's own processes included."""
+    other = FakeOrchestrator()
+    other.start()
+    sigterm = start(orchestrator, tmp_path / "sigterm")
+    sigint = start(other, tmp_path / "sigint")
+    try:
+        serving(sigterm)
         wait_for(
             lambda: orchestrator.state.heartbeats and orchestrator.state.heartbeats[-1]["body"]["status"] == "ready",
             timeout=10,
@@ -77,37 +138,26 @@ def test_served_on_ray_registers_when_warm_answers_jobs_and_stops_cleanly(orches
         answer = orchestrator.job("edges-live", {"inputs": {"image": data_url()}, "params": {"blend.opacity": 0.0}})
         assert answer.status_code == 200, answer.text
         assert set(answer.json()["outputs"]) == {"image", "edges"}
-        refused = httpx.post(f"http://127.0.0.1:{port}/edges-live", json={"inputs": {"image": data_url()}})
+        refused = httpx.post(f"{sigterm.url}/edges-live", json={"inputs": {"image": data_url()}})
         assert refused.status_code == 401
-        # /ready can answer before serve.operate.run returns in the service: stop it once it is serving (exit 0), not
-        # while it still deploys (exit 128 + the signal).
-        wait_for(lambda: "is healthy after" in log.read_text(), timeout=60)
+        serving(sigint)
         # The scan below sees Ray's own processes, the agents the issue found orphaned included:
         # "nothing left" means it.
-        running = _ours(service.pid, mark)
-        assert any(cmdline.startswith("ray::RuntimeEnvAgent") for cmdline in running.values()), running
-        assert any(cmdline.startswith("ray::ServeReplica") for cmdline in running.values()), running
+        for service in (sigterm, sigint):
+            running = _ours(service.process.pid, service.mark)
+            assert any(cmdline.startswith("ray::RuntimeEnvAgent") for cmdline in running.values()), running
+            assert any(cmdline.startswith("ray::ServeReplica") for cmdline in running.values()), running
     finally:
-        started = time.monotonic()
-        _send(service.pid, stop)
+        since = time.monotonic()  # both are stopped at once
+        _send(sigterm.process.pid, signal.SIGTERM)
+        _send(sigint.process.pid, signal.SIGINT)
         try:
-            service.wait(STOP_BOUND_S)
-            stopped_in = time.monotonic() - started
-        except subprocess.TimeoutExpired:
-            os.killpg(service.pid, signal.SIGKILL)
-            service.wait(30)
-        left = _left_behind(service.pid, mark)
-        _kill_ours(
-            service.pid, mark
-        )  # whatever the outcome: a failing run must not leak Ray processes into the rest of the suite
-    text = log.read_text()
-    tail = text[-3000:]
-    assert stopped_in is not None, f"still running {STOP_BOUND_S:g} s after {stop.name}\n{tail}"
-    assert not left, f"left behind after {stop.name}: {left}\n{tail}"
-    assert service.returncode == 0, tail
-    assert orchestrator.state.unregistrations == ["edges-live"], tail
-    assert len(orchestrator.state.runner_unregistrations) == 1
-    assert "shutting down: draining, unregistering, stopping the local Ray" in text, tail
+            after_sigterm = stopped(sigterm, since)
+        finally:
+            after_sigint = stopped(sigint, since)
+            other.stop()
+    assert_stopped_cleanly(sigterm, signal.SIGTERM, *after_sigterm)
+    assert_stopped_cleanly(sigint, signal.SIGINT, *after_sigint)
 
 
 def _send(pid: int, stop: signal.Signals) -> None:

@@ -4,8 +4,7 @@ package, and names a machine that lacks a plug-in package."""
 
 import base64
 import io
-import os
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,43 +28,25 @@ def png(image: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served() -> str:
-    import ray
+def served(cluster) -> Iterator[str]:
+    """The recaption graph at /recaption, on the Ray Serve instance tests/serve use too
+    (tests/serve/cluster.py: 2 CPUs, a faked GPU, the tiny models)."""
     from ray import serve
 
     from capgraph.serve.app import CapabilityArgs, build, plan_app
-    from tests.livepeer.lp_support import free_port
+    from tests.serve.support import wait_health
 
-    env = {
-        "CAPGRAPH_MODELS": "tiny",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "CAPGRAPH_TINY_DIR": os.environ["CAPGRAPH_TINY_DIR"],
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    if ray.is_initialized():  # another package's cluster: this one needs the tiny-model environment
-        serve.shutdown()
-        ray.shutdown()
-    port = free_port()
-    ray.init(
-        num_cpus=2, include_dashboard=False, namespace="caption", log_to_driver=False, runtime_env={"env_vars": env}
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = CapabilityArgs(graph=str(RECAPTION))
+    blueprint = plan_app(args)
+    assert not blueprint.problems, blueprint.problems
+    assert any("come from the plug-in capgraph-caption 0.1.0" in note for note in blueprint.notes), blueprint.notes
+    serve.run(build(args), name="recaption", route_prefix="/recaption", blocking=False)
+    url = f"{cluster.url}/recaption"
     try:
-        args = CapabilityArgs(graph=str(RECAPTION))
-        blueprint = plan_app(args)
-        assert not blueprint.problems, blueprint.problems
-        assert any("come from the plug-in capgraph-caption 0.1.0" in note for note in blueprint.notes), blueprint.notes
-        serve.run(build(args), name="recaption", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 240
-        while httpx.get(f"{url}/health", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the recaption capability did not become healthy"
-            time.sleep(0.5)
+        wait_health(url, 240)
         yield url
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete("recaption")
 
 
 def test_the_served_graph_captions_and_redraws(served: str) -> None:
