@@ -31,6 +31,7 @@ class LivepeerMount:
             capability.run,
             capability.is_ready,
             settings,
+            run_live=getattr(capability, "run_live", None),
             max_pixels=limits.max_pixels,
             max_body_bytes=limits.max_body_bytes,
         )

@@ -32,6 +32,7 @@ def mount(
     settings: LivepeerSettings,
     *,
     run_batch: RunBatchFn | None = None,
+    run_live: RunFn | None = None,
     max_pixels: int = MAX_PIXELS,
     max_body_bytes: int = MAX_BODY_BYTES,
     bearer_auth: bool = True,
@@ -41,7 +42,14 @@ def mount(
     and `/ready` (without it, only the job and stream routes check the token, as
     `livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
     router = make_router(
-        plan, run, is_ready, settings, run_batch=run_batch, max_pixels=max_pixels, max_body_bytes=max_body_bytes
+        plan,
+        run,
+        is_ready,
+        settings,
+        run_batch=run_batch,
+        run_live=run_live,
+        max_pixels=max_pixels,
+        max_body_bytes=max_body_bytes,
     )
     app.include_router(router)
     token = settings.token()
@@ -57,13 +65,15 @@ def make_router(
     settings: LivepeerSettings | None = None,
     *,
     run_batch: RunBatchFn | None = None,
+    run_live: RunFn | None = None,
     max_pixels: int = MAX_PIXELS,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> APIRouter:
     """The Livepeer routes for one graph. `settings` come from `load_settings(plan, section)`;
     None reads the environment only (`CAPGRAPH_LIVEPEER__...`). `run_batch`, where the
     backend has one (the in-process executor), lets live frames that arrive together run
-    as one batch. `max_pixels` and `max_body_bytes` bound every job route's request, as
+    as one batch; `run_live`, where the backend has one (the served ingress), runs a live
+    frame ahead of queued batch frames. `max_pixels` and `max_body_bytes` bound every job route's request, as
     they bound `/v1/{capability}`'s."""
     settings = settings if settings is not None else load_settings(plan)
     if settings.capability is None:  # built by hand rather than by load_settings
@@ -72,13 +82,13 @@ def make_router(
     live = None
     if settings.live is not None:
         try:
-            from capgraph.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
+            from capgraph.livepeer.streams import LiveBridge  # pytrickle imports torch: only when live is on
         except ImportError as exc:
             raise RuntimeError(
                 f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]"
             ) from exc
 
-        live = LiveBridge(plan, run, is_ready, settings, run_batch)
+        live = LiveBridge(plan, run_live or run, is_ready, settings, run_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

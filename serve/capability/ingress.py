@@ -83,6 +83,15 @@ class Capability:
             outputs, timings, _, _ = await self.execute(inputs, params)
         return outputs, timings
 
+    async def run_live(
+        self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """`run` for a live stream's frame: every node replica runs it ahead of the batch
+        frames queued there, which keep a share (`serve.replica.Batcher.take`)."""
+        with self.admitted():
+            outputs, timings, _, _ = await self.execute(inputs, params, live=True)
+        return outputs, timings
+
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Hold one of the `max_in_flight` slots for a graph request, or refuse it at once
@@ -105,7 +114,11 @@ class Capability:
         return ready
 
     async def execute(
-        self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams], timeout_s: float | None = None
+        self,
+        inputs: Mapping[str, Any],
+        params: Mapping[str, NodeParams],
+        timeout_s: float | None = None,
+        live: bool = False,
     ) -> tuple[dict[str, Any], dict[str, float], dict[str, int], tuple[str, ...]]:
         """`run`, plus each node's batch size and the nodes skipped for this frame (their
         `when:` does not hold: not called, absent from the timings); `timeout_s` may
@@ -115,7 +128,7 @@ class Capability:
         checked = check_inputs(self.plan, inputs)
         skipped = self.plan.skipped(checked, params)
         try:
-            results = await self._dispatch(checked, params, timeout, skipped)
+            results = await self._dispatch(checked, params, timeout, skipped, live)
         except NodeFailed:
             self.traffic.failure(None)
             raise
@@ -146,7 +159,12 @@ class Capability:
         return outputs, timings, batches, skipped
 
     async def _dispatch(
-        self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float, skipped: tuple[str, ...]
+        self,
+        checked: Mapping[str, Any],
+        params: Mapping[str, NodeParams],
+        timeout: float,
+        skipped: tuple[str, ...],
+        live: bool = False,
     ) -> list[dict[str, Any]]:
         """Send the frame to every unit at once, each with its nodes' entries of the request's
         resolved params; the results of the units nobody reads from. A unit whose nodes are
@@ -155,6 +173,8 @@ class Capability:
         called = [u for u in self.compiled.units if not set(u.nodes) <= set(skipped)]
         for unit in called:
             extra = {"alias": unit.remote.alias} if unit.remote else {"skipped": skipped} if skipped else {}
+            if live:
+                extra["live"] = True
             responses[unit.name] = self.handles[unit.name].remote(
                 {name: checked[name] for name in unit.graph_inputs},
                 {node_id: params[node_id] for node_id in unit.nodes},
