@@ -156,6 +156,10 @@ class GraphFrameProcessor(FrameProcessor):
         self.params: Mapping[str, NodeParams] = plan.params_for(None)
         """Each node's params with `overrides` applied, resolved once per update, not per frame."""
         self.latency_ms: deque[float] = deque(maxlen=512)
+        """Milliseconds each frame took here, from the processor's call to its answer."""
+        self.age_ms: deque[float] = deque(maxlen=512)
+        """Milliseconds from each frame's decode to its answer: with the time it waited
+        behind the frame before it, what the stream's latency gains here."""
         self.done_at: deque[float] = deque(maxlen=512)
         self.frames = 0
         self.failures = 0
@@ -178,7 +182,7 @@ class GraphFrameProcessor(FrameProcessor):
         start = time.perf_counter()
         if self.skip_similar > 0 and (reuse := self._similar(frame.tensor)) is not None:
             self.reused += 1
-            self._note(start)
+            self._note(start, frame)
             return frame.replace_tensor(reuse)
         inputs = {**self.inputs, self.live.input: frame_to_image(frame.tensor)}
         try:
@@ -194,13 +198,16 @@ class GraphFrameProcessor(FrameProcessor):
         self.frames += 1
         out = image_to_frame(outputs[self.live.output])
         self._last_out = out if self.skip_similar > 0 else None
-        self._note(start)
+        self._note(start, frame)
         return frame.replace_tensor(out)
 
-    def _note(self, start: float) -> None:
+    def _note(self, start: float, frame: VideoFrame) -> None:
         now = time.perf_counter()
         self.latency_ms.append((now - start) * 1000.0)
         self.done_at.append(now)
+        decoded = (getattr(frame, "log_timestamps", None) or {}).get("frame_init")
+        if decoded is not None:  # pytrickle's decoder stamps each frame with time.time()
+            self.age_ms.append(max(0.0, time.time() - decoded) * 1000.0)
 
     def _similar(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """The previous output, when this frame is within `skip_similar` of the last one
@@ -268,6 +275,7 @@ class GraphFrameProcessor(FrameProcessor):
             client.frame_skipper = self.skipper  # the newest frame wins from the stream's first frame
             self.frames = self.failures = self.reused = 0
             self.latency_ms.clear()
+            self.age_ms.clear()
             self.done_at.clear()
             self._seen = self._last_out = None
             self.inputs, self.overrides, self.params = {}, {}, self.plan.params_for(None)
@@ -276,8 +284,10 @@ class GraphFrameProcessor(FrameProcessor):
 
     def stats(self) -> dict[str, Any]:
         """Frames done, dropped (the newest won) and reused (similar to the last), and
-        latency percentiles (ms) and output fps over the last 512 frames."""
+        latency percentiles (ms: here, and from decode to answer), and output fps over the
+        last 512 frames."""
         ms = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(1)
+        age = np.asarray(self.age_ms) if self.age_ms else np.zeros(1)
         span = self.done_at[-1] - self.done_at[0] if len(self.done_at) > 1 else 0.0
         return {
             "frames": self.frames,
@@ -286,6 +296,8 @@ class GraphFrameProcessor(FrameProcessor):
             "failures": self.failures,
             "p50_ms": float(np.percentile(ms, 50)),
             "p95_ms": float(np.percentile(ms, 95)),
+            "age_p50_ms": float(np.percentile(age, 50)),
+            "age_p99_ms": float(np.percentile(age, 99)),
             "fps": (len(self.done_at) - 1) / span if span > 0 else 0.0,
         }
 

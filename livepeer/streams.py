@@ -7,9 +7,11 @@ body's `gateway_request_id`; without either it goes to the stream started last.
 docs/livepeer.md ("Live streams").
 """
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,8 @@ from capgraph.livepeer.settings import LivepeerSettings
 log = logging.getLogger("capgraph.livepeer")
 
 STARTS = ("/stream/start", "/live-video-to-video")
+THREADS_PER_STREAM, SPARE_THREADS = 2, 16
+"""The loop's default thread pool: pytrickle's decoder holds one a stream, the rest run frames."""
 
 
 @dataclass
@@ -44,8 +48,10 @@ class _Slot:
 
     @property
     def busy(self) -> bool:
-        client = self.server.current_client
-        return client is not None and bool(client.running)
+        """A stream runs here, or is starting (pytrickle 0.1.6's task for the stream's client
+        runs from the start request until the stream ends)."""
+        task = getattr(self.server, "_client_task", None)
+        return task is not None and not task.done()
 
 
 class LiveBridge:
@@ -76,6 +82,11 @@ class LiveBridge:
         return (self.latest or self.slots[0]).processor
 
     async def start(self) -> None:
+        # pytrickle holds a thread of the loop's default executor for each stream's decoder
+        # for as long as the stream runs; the default pool (CPUs + 4 threads) would leave
+        # none for the frames themselves (`asyncio.to_thread`) past a few streams
+        threads = THREADS_PER_STREAM * self.max_streams + SPARE_THREADS
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="capgraph-live"))
         self._client = httpx.AsyncClient(timeout=60.0)
         await self._open_slot()  # one server from the start: /stream/status answers before any stream
 
@@ -123,6 +134,12 @@ class LiveBridge:
                 return slot
         return self.latest or self.slots[0]
 
+    def batch_mean(self) -> float | None:
+        """Frames per batch the shared batcher ran of late, across streams (None: no batcher
+        here, as served, where the node replicas batch and the console shows it)."""
+        sizes = list(self.batcher.sizes) if self.batcher is not None else []
+        return round(sum(sizes) / len(sizes), 2) if sizes else None
+
     def stats(self) -> list[dict[str, Any]]:
         """Each stream's figures (`GraphFrameProcessor.stats`) with its id, busy or not."""
         return [
@@ -158,7 +175,8 @@ class LiveBridge:
                 slot.stream_id = stream_id
                 self.latest = slot
             elif path == "/stream/status" and answer.status_code == 200:
-                content = json.dumps(answer.json() | {"stream_id": slot.stream_id, "live": slot.processor.stats()})
+                live = slot.processor.stats() | {"batch_mean": self.batch_mean()}
+                content = json.dumps(answer.json() | {"stream_id": slot.stream_id, "live": live})
             return Response(content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
 
         forward.__name__ = "stream_" + path.strip("/").replace("/", "_").replace("-", "_")

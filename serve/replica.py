@@ -211,6 +211,9 @@ class UnitReplica:
         self.looking: asyncio.Task | None = None
         self.calls = 0
         """Frames the ingress sent this replica: a unit whose nodes a branch skips is not called."""
+        self.node_cpu_ms = 0.0
+        """CPU the batches took in the worker thread that runs them (the nodes' own, with
+        torch's threads at 1): what benchmarks/live.py leaves out of the serving cost."""
 
     @property
     def queued(self) -> int:
@@ -332,6 +335,13 @@ class UnitReplica:
             return [self._error(exc)]
 
     def _run(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:
+        cpu = time.thread_time()
+        try:
+            return self._run_nodes(frames)
+        finally:
+            self.node_cpu_ms += (time.thread_time() - cpu) * 1000.0
+
+    def _run_nodes(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:
         values = [dict(f.values) for f in frames]
         meta: dict[str, dict[str, float]] = {}
         every = frozenset(self.plan.nodes)
@@ -430,6 +440,7 @@ class UnitReplica:
             "moving": self.moving,
             "calls": self.calls,
             "taken": dict(self.batcher.taken),
+            "node_cpu_ms": round(self.node_cpu_ms, 3),
             "pid": os.getpid(),
         }
 
