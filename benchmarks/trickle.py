@@ -96,6 +96,19 @@ class TrickleServer:
         self._started.set()
         self.loop.run_forever()
 
+    def close(self, name: str) -> None:
+        """Close a channel from another thread, as the orchestrator does when a stream ends:
+        its subscribers get `Lp-Trickle-Closed`."""
+        if self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self._close_channel(name), self.loop).result(10)
+
+    async def _close_channel(self, name: str) -> None:
+        channel = self._channel(name)
+        channel.closed = True
+        channel.changed.set()
+        for segment in channel.segments.values():
+            segment.finish()
+
     def _channel(self, name: str) -> _Channel:
         return self.channels.setdefault(name, _Channel())
 
@@ -110,11 +123,7 @@ class TrickleServer:
         return web.Response(text="")
 
     async def _close(self, request: web.Request) -> web.Response:
-        channel = self._channel(request.match_info["channel"])
-        channel.closed = True
-        channel.changed.set()
-        for segment in channel.segments.values():
-            segment.finish()
+        await self._close_channel(request.match_info["channel"])
         return web.Response(text="")
 
     async def _read(self, request: web.Request) -> web.StreamResponse:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,11 +37,13 @@ def mount(
     max_pixels: int = MAX_PIXELS,
     max_body_bytes: int = MAX_BODY_BYTES,
     bearer_auth: bool = True,
+    streams_to: Any = None,
 ) -> set[str]:
     """Add the Livepeer routes (`make_router`, same arguments) to `app`; with a token
     configured and `bearer_auth`, `BearerAuth` guards every route of the app but `/health`
     and `/ready` (without it, only the job and stream routes check the token, as
-    `livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
+    `livepeer.local` has them). `streams_to` (the served capability) gets `streams`, the
+    live streams' figures, for its console. Returns the routes' paths, for shaping their errors."""
     router = make_router(
         plan,
         run,
@@ -52,6 +55,8 @@ def mount(
         max_body_bytes=max_body_bytes,
     )
     app.include_router(router)
+    if streams_to is not None and router.live is not None:  # type: ignore[attr-defined]
+        streams_to.streams = router.live.stats  # type: ignore[attr-defined]
     token = settings.token()
     if bearer_auth and token is not None:
         app.add_middleware(BearerAuth, token=token)
@@ -146,4 +151,5 @@ def make_router(
         )
     if live is not None:
         live.add_routes(router, guard)
+    router.live = live  # type: ignore[attr-defined]  # `mount` hands its figures to the console
     return router

@@ -9,7 +9,7 @@ ends (mounts such as Livepeer) share with HTTP. The app's routes are `routes`', 
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,9 @@ class Capability:
         self.health = Health(compiled, handles, app_name, settings.health_check_period_s)
         self.traffic = Traffic()
         """The frames this replica ran of late, node by node: the console's live figures."""
+        self.streams: Callable[[], list[dict[str, Any]]] | None = None
+        """Each live stream's figures (frames, dropped, reused, ...), where a mount runs streams
+        (Livepeer's): the console shows them."""
 
     # -- the shared entry points ------------------------------------------------------------
 
