@@ -368,8 +368,8 @@ def frames_until_change(receiver: Receiver, sent: dict[int, float], fps: float, 
         return {"frames": None, "note": "no output around the change"}
     old = before[-1].astype(np.float32)
     # a still scene with fixed params gives one picture; the codecs' own jitter sets the floor
-    floor = max((float(np.abs(p.astype(np.float32) - old).mean()) for p in before[-5:-1]), default=0.0)
-    threshold = 3 * floor + 0.5  # of 255
+    floor = float(np.abs(before[-2].astype(np.float32) - old).mean()) if len(before) > 1 else 0.0
+    threshold = 3 * floor + 1.0  # of 255
     diffs = []
     for n, i in enumerate(after, start=1):
         diffs.append(round(float(np.abs(by_index[i].astype(np.float32) - old).mean()), 2))
@@ -501,7 +501,7 @@ class Served:
             if name != INGRESS:
                 node_cpu_ms += serve.get_deployment_handle(name, app_name="live").state.remote().result()["node_cpu_ms"]
         live = httpx.get(f"{self.base}/console/api/live", timeout=30).json()
-        return {"cpu_s": cpu, "node_ms": node_cpu_ms, "nodes": live["nodes"]}
+        return {"cpu_s": cpu, "node_ms": node_cpu_ms, "nodes": live["nodes"], "kinds": live.get("frames_by_kind", {})}
 
     def cpu_and_nodes(self, before: dict, after: dict) -> tuple[float, float, dict[str, float]]:
         """CPU ms of the ingress and replicas, the CPU the replicas' batches took, and each
@@ -561,6 +561,8 @@ def measure(service: Any, trickle: Any, label: str, streams: int, args: argparse
     frames = max(1, result["frames"])
     result = {"mode": service.mode, **result}
     result["mean_batch"] = batch
+    if "kinds" in after:  # served: frames the node replicas ran, live and batch, over the run
+        result["frames_by_kind"] = {k: v - before["kinds"].get(k, 0) for k, v in after["kinds"].items()}
     result["serve_cpu_ms_per_frame"] = round(max(0.0, cpu_ms - node_ms) / frames, 2)
     result["cpu_ms_per_frame"] = round(cpu_ms / frames, 2)
     result["cpu_ms_per_input_frame"] = round(cpu_ms / max(1, result["frames_in"]), 2)
