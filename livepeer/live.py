@@ -8,6 +8,7 @@ docs/livepeer.md has the stream protocol, params updates and batching.
 
 import asyncio
 import logging
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from aiohttp import web
 from pytrickle import FrameProcessor, StreamServer
-from pytrickle.frames import AudioFrame, VideoFrame
+from pytrickle.frames import AudioFrame, VideoFrame, VideoOutput
 
 from capgraph.engine.codecs import coerce
 from capgraph.engine.errors import InputError
@@ -123,6 +124,9 @@ class FrameBatcher:
                     future.set_result(out)
 
 
+MAX_OUTPUT_WAITING = 4
+"""Answered frames that may wait for the stream's encoder; older ones are dropped (counted):
+an encoder slower than the stream must not queue either."""
 SIMILAR_STRIDE = 8
 """Every 8th pixel each way is what the similar-frame check compares (1/64 of the frame)."""
 MAX_REUSED = 30
@@ -169,6 +173,7 @@ class GraphFrameProcessor(FrameProcessor):
         self.frames = 0
         self.failures = 0
         self.reused = 0
+        self.dropped_output = 0
         self._seen: torch.Tensor | None = None
         self._last_out: torch.Tensor | None = None
         self._reused_in_row = 0
@@ -204,7 +209,29 @@ class GraphFrameProcessor(FrameProcessor):
         out = image_to_frame(outputs[self.live.output])
         self._last_out = out if self.skip_similar > 0 else None
         self._note(start, frame)
+        self._trim_output()
         return frame.replace_tensor(out)
+
+    def _trim_output(self) -> None:
+        """The newest answer wins on the way out too: pytrickle hands answered frames to its
+        encoder thread through an unbounded queue; keep `MAX_OUTPUT_WAITING` video frames
+        there (audio and the end-of-stream mark stay) and count the older ones dropped."""
+        client = getattr(self.server, "current_client", None)
+        waiting = getattr(getattr(client, "protocol", None), "publish_queue", None)
+        if waiting is None or waiting.qsize() <= MAX_OUTPUT_WAITING:
+            return
+        items = []
+        while True:
+            try:
+                items.append(waiting.get_nowait())
+            except queue.Empty:
+                break
+        videos = [i for i, item in enumerate(items) if isinstance(item, VideoOutput)]
+        dropped = set(videos[: max(0, len(videos) - MAX_OUTPUT_WAITING)])
+        self.dropped_output += len(dropped)
+        for i, item in enumerate(items):
+            if i not in dropped:
+                waiting.put_nowait(item)
 
     def _note(self, start: float, frame: VideoFrame) -> None:
         now = time.perf_counter()
@@ -278,7 +305,7 @@ class GraphFrameProcessor(FrameProcessor):
         if client is not None:  # a new stream on this server: its own params and counts
             self.skipper = NewestFrame()
             client.frame_skipper = self.skipper  # the newest frame wins from the stream's first frame
-            self.frames = self.failures = self.reused = 0
+            self.frames = self.failures = self.reused = self.dropped_output = 0
             self.latency_ms.clear()
             self.age_ms.clear()
             self.done_at.clear()
@@ -296,7 +323,8 @@ class GraphFrameProcessor(FrameProcessor):
         span = self.done_at[-1] - self.done_at[0] if len(self.done_at) > 1 else 0.0
         return {
             "frames": self.frames,
-            "dropped": self.skipper.dropped,
+            "dropped": self.skipper.dropped + self.dropped_output,
+            "dropped_output": self.dropped_output,
             "reused": self.reused,
             "failures": self.failures,
             "p50_ms": float(np.percentile(ms, 50)),

@@ -25,7 +25,7 @@ from capgraph.livepeer.live import GraphFrameProcessor, NewestFrame, stream_serv
 from capgraph.livepeer.local import ExecutorBackend  # noqa: E402
 from capgraph.livepeer.settings import load_settings, read_section  # noqa: E402
 from tests.livepeer.lp_support import EDGES, GRAPHS, free_port, photo  # noqa: E402
-from tests.reliability.sleepy import FAMILY  # noqa: E402
+from tests.reliability.sleepy import FAMILY, Sleepy  # noqa: E402
 
 SLEEPY = GRAPHS / "sleepy_live.yaml"
 NAP_MS = 100.0
@@ -43,7 +43,16 @@ def trickle():
 
 @pytest.fixture
 def sleepy(monkeypatch):
+    """The test-only `sleepy` family in this process's catalogue, as tests/reliability adds it."""
+    from capgraph.engine.registry import catalogue, register
+
     monkeypatch.setenv("CAPGRAPH_NODES", FAMILY)
+    added = Sleepy.type not in catalogue()
+    if added:
+        register(Sleepy)
+    yield
+    if added:
+        catalogue().pop(Sleepy.type, None)  # leave the catalogue as later tests expect it
 
 
 def _start_body(trickle: TrickleServer, stream_id: str, **params) -> dict:
