@@ -91,15 +91,25 @@ class Executor:
         """`run` with every node's params already resolved, in the form the front ends pass on
         (`serve.capability.http.check_params`, `Plan.params_for`); a node left out (`{}`: no
         request params) runs with the graph's params."""
+        return self.run_each(frames, [node_params] * len(frames))
+
+    def run_each(
+        self, frames: Sequence[Mapping[str, Any]], node_params: Sequence[Mapping[str, NodeParams]]
+    ) -> RunResult:
+        """`run_resolved` with each frame's own resolved params (frames of several live
+        streams batched together, each stream with its own prompt)."""
         if not self.nodes:
             self.load()
         checked = [
             check_inputs(self.plan, f, "inputs" if len(frames) == 1 else f"inputs[{i}]") for i, f in enumerate(frames)
         ]
-        resolved = {node_id: node_params.get(node_id, node.params) for node_id, node in self.plan.nodes.items()}
-        if SWITCHES in node_params:  # a request's switches travel with the node params
-            resolved[SWITCHES] = node_params[SWITCHES]
-        return self.run_checked(checked, [resolved] * len(checked))
+        resolved = []
+        for own in node_params:
+            one = {node_id: own.get(node_id, node.params) for node_id, node in self.plan.nodes.items()}
+            if SWITCHES in own:  # a request's switches travel with the node params
+                one[SWITCHES] = own[SWITCHES]
+            resolved.append(one)
+        return self.run_checked(checked, resolved)
 
     def run_checked(self, frames: Sequence[Mapping[str, Any]], params: Sequence[Mapping[str, NodeParams]]) -> RunResult:
         """The hot loop: frames already checked, per-frame params already resolved. A node

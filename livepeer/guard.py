@@ -20,8 +20,9 @@ RunFn = Callable[[dict[str, Any], Mapping[str, NodeParams]], Awaitable[tuple[dic
 """One frame's graph inputs and every node's params, resolved once per request by the route
 (`serve.capability.http.check_params` or `Plan.params_for`) and passed on as they are
 -> (graph outputs, timings_ms)."""
-RunBatchFn = Callable[[list[dict[str, Any]], Mapping[str, NodeParams]], Awaitable[list[dict[str, Any]]]]
-"""Frames sharing one set of node params -> one dict of graph outputs per frame."""
+RunBatchFn = Callable[[list[dict[str, Any]], list[Mapping[str, NodeParams]]], Awaitable[list[dict[str, Any]]]]
+"""Frames, each with its own node params (live streams batched together) -> one dict of
+graph outputs per frame."""
 ReadyFn = Callable[[], Awaitable[bool]]
 
 

@@ -46,12 +46,17 @@ class ExecutorBackend:
         result = await asyncio.to_thread(self._run, [inputs], params)
         return result.outputs[0], result.timings_ms
 
-    async def run_batch(self, frames: list[dict[str, Any]], params: Mapping[str, NodeParams]) -> list[dict[str, Any]]:
-        return (await asyncio.to_thread(self._run, frames, params)).outputs
+    async def run_batch(
+        self, frames: list[dict[str, Any]], params: list[Mapping[str, NodeParams]]
+    ) -> list[dict[str, Any]]:
+        return (await asyncio.to_thread(self._run_each, frames, params)).outputs
 
     def _run(self, frames: list[dict[str, Any]], params: Mapping[str, NodeParams]) -> Any:
+        return self._run_each(frames, [params] * len(frames))
+
+    def _run_each(self, frames: list[dict[str, Any]], params: list[Mapping[str, NodeParams]]) -> Any:
         with self._lock:
-            return self.executor.run_resolved(frames, params)
+            return self.executor.run_each(frames, params)
 
 
 def local_app(plan: Plan, settings: LivepeerSettings, backend: ExecutorBackend | None = None) -> FastAPI:

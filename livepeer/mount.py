@@ -31,6 +31,8 @@ class LivepeerMount:
             capability.run,
             capability.is_ready,
             settings,
+            run_live=getattr(capability, "run_live", None),
+            streams_to=capability,
             max_pixels=limits.max_pixels,
             max_body_bytes=limits.max_body_bytes,
         )

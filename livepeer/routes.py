@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -32,18 +33,30 @@ def mount(
     settings: LivepeerSettings,
     *,
     run_batch: RunBatchFn | None = None,
+    run_live: RunFn | None = None,
     max_pixels: int = MAX_PIXELS,
     max_body_bytes: int = MAX_BODY_BYTES,
     bearer_auth: bool = True,
+    streams_to: Any = None,
 ) -> set[str]:
     """Add the Livepeer routes (`make_router`, same arguments) to `app`; with a token
     configured and `bearer_auth`, `BearerAuth` guards every route of the app but `/health`
     and `/ready` (without it, only the job and stream routes check the token, as
-    `livepeer.local` has them). Returns the routes' paths, for shaping their errors."""
+    `livepeer.local` has them). `streams_to` (the served capability) gets `streams`, the
+    live streams' figures, for its console. Returns the routes' paths, for shaping their errors."""
     router = make_router(
-        plan, run, is_ready, settings, run_batch=run_batch, max_pixels=max_pixels, max_body_bytes=max_body_bytes
+        plan,
+        run,
+        is_ready,
+        settings,
+        run_batch=run_batch,
+        run_live=run_live,
+        max_pixels=max_pixels,
+        max_body_bytes=max_body_bytes,
     )
     app.include_router(router)
+    if streams_to is not None and router.live is not None:  # type: ignore[attr-defined]
+        streams_to.streams = router.live.stats  # type: ignore[attr-defined]
     token = settings.token()
     if bearer_auth and token is not None:
         app.add_middleware(BearerAuth, token=token)
@@ -57,13 +70,15 @@ def make_router(
     settings: LivepeerSettings | None = None,
     *,
     run_batch: RunBatchFn | None = None,
+    run_live: RunFn | None = None,
     max_pixels: int = MAX_PIXELS,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> APIRouter:
     """The Livepeer routes for one graph. `settings` come from `load_settings(plan, section)`;
     None reads the environment only (`CAPGRAPH_LIVEPEER__...`). `run_batch`, where the
     backend has one (the in-process executor), lets live frames that arrive together run
-    as one batch. `max_pixels` and `max_body_bytes` bound every job route's request, as
+    as one batch; `run_live`, where the backend has one (the served ingress), runs a live
+    frame ahead of queued batch frames. `max_pixels` and `max_body_bytes` bound every job route's request, as
     they bound `/v1/{capability}`'s."""
     settings = settings if settings is not None else load_settings(plan)
     if settings.capability is None:  # built by hand rather than by load_settings
@@ -72,13 +87,13 @@ def make_router(
     live = None
     if settings.live is not None:
         try:
-            from capgraph.livepeer.live import LiveBridge  # pytrickle imports torch: only when live is on
+            from capgraph.livepeer.streams import LiveBridge  # pytrickle imports torch: only when live is on
         except ImportError as exc:
             raise RuntimeError(
                 f"the graph's livepeer.live section needs pytrickle ({exc}); install capgraph[livepeer]"
             ) from exc
 
-        live = LiveBridge(plan, run, is_ready, settings, run_batch)
+        live = LiveBridge(plan, run_live or run, is_ready, settings, run_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,4 +151,5 @@ def make_router(
         )
     if live is not None:
         live.add_routes(router, guard)
+    router.live = live  # type: ignore[attr-defined]  # `mount` hands its figures to the console
     return router

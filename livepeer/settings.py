@@ -167,6 +167,14 @@ class LiveSettings(_Strict):
         default_factory=dict, description="stream param name -> graph input, graph param or node.param"
     )
     max_batch: int = Field(4, ge=1, le=64, description="most frames run together when they arrive together")
+    max_streams: int = Field(8, ge=1, le=256, description="concurrent streams one ingress runs; the next gets 503")
+    skip_similar: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="reuse the stream's previous output when a frame differs from the previous one by less than "
+        "this mean absolute difference (0 to 1 scale); 0: off (StreamDiffusion's similar-image filter)",
+    )
 
 
 class LivepeerSettings(_Strict):

@@ -37,6 +37,9 @@ BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 SAVE_COSTS_EVERY_S = 30.0
 """How often a serving replica records what its nodes cost (`serve.compile.overlay.write_measured`)."""
 COST_SMOOTHING = 0.2
+BATCH_SHARE = 0.25
+"""Where live frames and batch frames both wait, the share of each batch's places that
+batch frames keep (live frames take the rest first): batch jobs slow down, never starve."""
 
 
 @dataclass
@@ -51,18 +54,31 @@ class _Frame:
     trace: dict[str, dict[str, float]] = field(default_factory=dict)
     """The upstream units' timestamps (`serve.capability.trace`); this unit adds its own."""
     received: float = field(default_factory=time.time)
+    live: bool = False
+    """A live stream's frame: it goes ahead of queued batch frames (`Batcher.take`)."""
 
 
 class Batcher:
     """Frames in one at a time, batches out: the next batch starts the moment the
     previous one ends, holding every frame that queued meanwhile (up to `max_size`). A
-    frame that finds the batcher idle waits up to `wait_s` for others to join it."""
+    frame that finds the batcher idle waits up to `wait_s` for others to join it. Live
+    frames go first, batch frames keep `batch_share` of the places (`take`)."""
 
-    def __init__(self, run: Callable[[list[_Frame]], Awaitable[list[dict[str, Any]]]], max_size: int, wait_s: float):
-        self.run, self.max_size, self.wait_s = run, max_size, wait_s
+    def __init__(
+        self,
+        run: Callable[[list[_Frame]], Awaitable[list[dict[str, Any]]]],
+        max_size: int,
+        wait_s: float,
+        batch_share: float = BATCH_SHARE,
+    ):
+        self.run, self.max_size, self.wait_s, self.batch_share = run, max_size, wait_s, batch_share
         self.queue: list[_Frame] = []
         self.arrived = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.owed = 0.0
+        """Places owed to waiting batch frames while live frames crowd them out."""
+        self.taken = {"live": 0, "batch": 0}
+        """Frames run by kind, for the console."""
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -88,8 +104,7 @@ class Batcher:
                     await asyncio.wait_for(self.arrived.wait(), left)
                 except TimeoutError:
                     break
-            batch, self.queue = self.queue[: self.max_size], self.queue[self.max_size :]
-            batch = [f for f in batch if f.done is not None and not f.done.cancelled()]  # callers gone: skip them
+            batch = [f for f in self.take() if f.done is not None and not f.done.cancelled()]  # callers gone: skip them
             if not batch:
                 continue
             try:
@@ -102,6 +117,28 @@ class Batcher:
             for f, result in zip(batch, results):
                 if not f.done.done():
                     f.done.set_result(result)
+
+    def take(self) -> list[_Frame]:
+        """The next batch: oldest first; where live and batch frames both wait, live frames
+        first, with `batch_share` of the places (owed across batches, so a batch of one
+        still gives a batch frame every 1/share batches) kept for batch frames."""
+        live = [f for f in self.queue if f.live]
+        if not live or len(live) == len(self.queue):
+            self.owed = 0.0
+            batch, self.queue = self.queue[: self.max_size], self.queue[self.max_size :]
+        else:
+            others = [f for f in self.queue if not f.live]
+            self.owed += self.batch_share * self.max_size
+            owed = min(len(others), int(self.owed))
+            n_live = min(len(live), self.max_size - owed)
+            n_batch = min(len(others), self.max_size - n_live)
+            self.owed = max(0.0, self.owed - n_batch)
+            chosen = {id(f) for f in live[:n_live] + others[:n_batch]}
+            batch = [f for f in self.queue if id(f) in chosen]
+            self.queue = [f for f in self.queue if id(f) not in chosen]
+        for f in batch:
+            self.taken["live" if f.live else "batch"] += 1
+        return batch
 
 
 def stuck_after(request_timeout_s: float) -> float:
@@ -178,6 +215,9 @@ class UnitReplica:
         self.looking: asyncio.Task | None = None
         self.calls = 0
         """Frames the ingress sent this replica: a unit whose nodes a branch skips is not called."""
+        self.node_cpu_ms = 0.0
+        """CPU the batches took in the worker thread that runs them (the nodes' own, with
+        torch's threads at 1): what benchmarks/live.py leaves out of the serving cost."""
 
     @property
     def queued(self) -> int:
@@ -221,6 +261,7 @@ class UnitReplica:
         *upstream: Mapping[str, Any],
         alias: Alias | None = None,
         skipped: Sequence[str] = (),
+        live: bool = False,
     ) -> dict[str, Any]:
         """One frame: the graph inputs this unit reads, its nodes' params as the front end
         resolved them (`check_params`), and the results of the units it reads from (resolved
@@ -228,7 +269,8 @@ class UnitReplica:
         `alias`: the frame is another graph's, named as that graph names it (a shared
         model, `serve.compile.sharing`); the answer goes back under the caller's names.
         `skipped`: the graph's nodes skipped for this frame (a branch): this unit's are not
-        run, and the units that give them were not called (`upstream` lacks them)."""
+        run, and the units that give them were not called (`upstream` lacks them).
+        `live`: a live stream's frame, run ahead of queued batch frames (`Batcher.take`)."""
         self.calls += 1
         received = time.time()
         values = dict(graph_inputs)
@@ -241,11 +283,11 @@ class UnitReplica:
             meta.update(result["meta"])
             trace.update(result.get("trace", {}))
         if alias is not None:
-            return await self._for_caller(values, params, meta, alias, trace, received)
+            return await self._for_caller(values, params, meta, alias, trace, received, live)
         own = {node_id: params[node_id] for node_id in self.unit.nodes}
         active = frozenset(self.plan.nodes).difference(skipped) if skipped else None
         return await self._submit(
-            _Frame(values, own, time.perf_counter(), meta, active=active, trace=trace, received=received)
+            _Frame(values, own, time.perf_counter(), meta, active=active, trace=trace, received=received, live=live)
         )
 
     async def _submit(self, frame: _Frame) -> dict[str, Any]:
@@ -260,6 +302,7 @@ class UnitReplica:
         alias: Alias,
         trace: dict[str, dict[str, float]],
         received: float,
+        live: bool = False,
     ) -> dict[str, Any]:
         (mine,) = self.unit.nodes  # a shared model's application runs one node
         frame = _Frame(
@@ -269,6 +312,7 @@ class UnitReplica:
             {},
             trace=trace,
             received=received,
+            live=live,
         )
         result = await self._submit(frame)
         if "error" in result:
@@ -308,6 +352,13 @@ class UnitReplica:
             return [self._error(exc)]
 
     def _run(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:
+        cpu = time.thread_time()
+        try:
+            return self._run_nodes(frames)
+        finally:
+            self.node_cpu_ms += (time.thread_time() - cpu) * 1000.0
+
+    def _run_nodes(self, frames: Sequence[_Frame]) -> list[dict[str, Any]]:
         values = [dict(f.values) for f in frames]
         meta: dict[str, dict[str, float]] = {}
         every = frozenset(self.plan.nodes)
@@ -405,6 +456,8 @@ class UnitReplica:
             "stuck": self.stuck(),
             "moving": self.moving,
             "calls": self.calls,
+            "taken": dict(self.batcher.taken),
+            "node_cpu_ms": round(self.node_cpu_ms, 3),
             "pid": os.getpid(),
             "running": self.running(),
         }

@@ -85,6 +85,8 @@ def mount(app: FastAPI, capability: "Capability") -> None:
             "replaced": health.replacements.recent(),
             "uptime_s": round(time.monotonic() - traffic.started, 1),
             "nodes": nodes,
+            "frames_by_kind": _frames_by_kind(health.reports),
+            "streams": capability.streams() if capability.streams is not None else [],
         }
         return JSONResponse(body, headers=HEADERS)
 
@@ -95,6 +97,16 @@ def _running(report: dict[str, Any], node_id: str) -> dict[str, Any] | None:
     """What the node's replica runs now, where it is this node: seconds, and steps done of all."""
     running = report.get("running")
     return running if running and running.get("node") == node_id else None
+
+
+def _frames_by_kind(reports: dict[str, Any]) -> dict[str, int]:
+    """Live-stream frames and batch (request) frames the node replicas ran, over every unit:
+    live frames go first, batch frames keep a share (`serve.replica.Batcher.take`)."""
+    total = {"live": 0, "batch": 0}
+    for report in reports.values():
+        for kind, count in ((report or {}).get("taken") or {}).items():
+            total[kind] = total.get(kind, 0) + int(count)
+    return total
 
 
 def graph_feed(capability: "Capability") -> dict[str, Any]:

@@ -9,7 +9,7 @@ ends (mounts such as Livepeer) share with HTTP. The app's routes are `routes`', 
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,9 @@ class Capability:
         self.health = Health(compiled, handles, app_name, settings.health_check_period_s)
         self.traffic = Traffic()
         """The frames this replica ran of late, node by node: the console's live figures."""
+        self.streams: Callable[[], list[dict[str, Any]]] | None = None
+        """Each live stream's figures (frames, dropped, reused, ...), where a mount runs streams
+        (Livepeer's): the console shows them."""
 
     # -- the shared entry points ------------------------------------------------------------
 
@@ -82,6 +85,15 @@ class Capability:
         or the capability is full: 503; past the request timeout: 504)."""
         with self.admitted():
             outputs, timings, _, _ = await self.execute(inputs, params)
+        return outputs, timings
+
+    async def run_live(
+        self, inputs: Mapping[str, Any], params: Mapping[str, NodeParams]
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """`run` for a live stream's frame: every node replica runs it ahead of the batch
+        frames queued there, which keep a share (`serve.replica.Batcher.take`)."""
+        with self.admitted():
+            outputs, timings, _, _ = await self.execute(inputs, params, live=True)
         return outputs, timings
 
     @contextlib.contextmanager
@@ -111,6 +123,7 @@ class Capability:
         params: Mapping[str, NodeParams],
         timeout_s: float | None = None,
         trace: Trace | None = None,
+        live: bool = False,
     ) -> tuple[dict[str, Any], dict[str, float], dict[str, int], tuple[str, ...]]:
         """`run`, plus each node's batch size and the nodes skipped for this frame (their
         `when:` does not hold: not called, absent from the timings); `timeout_s` may
@@ -122,7 +135,7 @@ class Capability:
         if trace is not None:
             trace.dispatched = time.time()
         try:
-            results = await self._dispatch(checked, params, timeout, skipped)
+            results = await self._dispatch(checked, params, timeout, skipped, live)
         except NodeFailed:
             self.traffic.failure(None)
             raise
@@ -159,7 +172,12 @@ class Capability:
         return outputs, timings, batches, skipped
 
     async def _dispatch(
-        self, checked: Mapping[str, Any], params: Mapping[str, NodeParams], timeout: float, skipped: tuple[str, ...]
+        self,
+        checked: Mapping[str, Any],
+        params: Mapping[str, NodeParams],
+        timeout: float,
+        skipped: tuple[str, ...],
+        live: bool = False,
     ) -> list[dict[str, Any]]:
         """Send the frame to every unit at once, each with its nodes' entries of the request's
         resolved params; the results of the units nobody reads from. A unit whose nodes are
@@ -168,6 +186,8 @@ class Capability:
         called = [u for u in self.compiled.units if not set(u.nodes) <= set(skipped)]
         for unit in called:
             extra = {"alias": unit.remote.alias} if unit.remote else {"skipped": skipped} if skipped else {}
+            if live:
+                extra["live"] = True
             responses[unit.name] = self.handles[unit.name].remote(
                 {name: checked[name] for name in unit.graph_inputs},
                 {node_id: params[node_id] for node_id in unit.nodes},

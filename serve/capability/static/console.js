@@ -138,6 +138,7 @@
       (live.max_in_flight ? ` (limit ${live.max_in_flight})` : ""),
       live.failed_outside_nodes ? `${live.failed_outside_nodes} failed outside any node (timeouts, lost replicas)` : null,
       modes.size ? `models: ${[...modes].join(", ")}` : null, `up ${Math.round(live.uptime_s)} s`].filter(Boolean).join(" · ");
+    showStreams(live.streams || [], live.frames_by_kind || {});
     for (const [id, node] of Object.entries(nodes)) {
       const state = stateOf(node);
       const label = node.state === "ok" ? "warm" : node.state;
@@ -150,6 +151,18 @@
       updateRow(id, node, state);
     }
     showReplaced(live.replaced || {});
+  }
+
+  /** Live streams (newest frame wins: `dropped`; similar frames: `reused`) and the frames the
+   * node replicas ran by kind (live frames first, batch frames keep a share). */
+  function showStreams(streams, kinds) {
+    const parts = [];
+    if (kinds.live || kinds.batch) parts.push(`frames run: live ${kinds.live || 0} · batch ${kinds.batch || 0}`);
+    for (const s of streams.filter((s) => s.active)) {
+      parts.push(`stream ${s.stream_id}: ${num(s.fps)} fps out · ${s.frames} run · dropped ${s.dropped}` +
+        (s.reused ? ` · reused ${s.reused}` : "") + ` · p50 ${num(s.age_p50_ms)} ms`);
+    }
+    $("streams").textContent = parts.join(" · ");
   }
 
   function buildTable() {
