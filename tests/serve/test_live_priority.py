@@ -5,6 +5,7 @@ starve. The real batcher, on an event loop, with a run function that records its
 then, served on Ray, the live mark reaching every node replica and the console."""
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -97,5 +98,10 @@ def test_live_frames_reach_the_replicas_marked_live_and_jobs_unmarked(edges_live
     for name in after:  # every node ran one live frame and one batch frame
         assert after[name]["live"] - before[name]["live"] == 1, (name, before, after)
         assert after[name]["batch"] - before[name]["batch"] == 1, (name, before, after)
-    console = httpx.get(f"{edges_live}/console/api/live", timeout=30).json()
+    deadline = time.monotonic() + 15  # the console's reports are cached for half a second
+    while True:
+        console = httpx.get(f"{edges_live}/console/api/live", timeout=30).json()
+        if console["frames_by_kind"]["live"] >= len(after) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert console["frames_by_kind"]["live"] >= len(after) and console["streams"] == []
