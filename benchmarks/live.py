@@ -59,7 +59,7 @@ ENV = {
     "CAPGRAPH_TINY_DIR": os.environ.get("CAPGRAPH_TINY_DIR", str(ROOT / ".capgraph" / "tiny")),
     "RAY_USAGE_STATS_ENABLED": "0",
 }
-os.environ.update(ENV)
+"""Set for the benchmark's own process in `main` (not on import: the tests import `publish`)."""
 GRAPH = ROOT / "graphs" / "live-depth-turbo.yaml"
 SEGMENT_S = 1.0
 """Input segment length: one GOP a segment, as a gateway cuts them."""
@@ -575,6 +575,7 @@ def measure(service: Any, trickle: Any, label: str, streams: int, args: argparse
 
 
 def main() -> None:
+    os.environ.update(ENV)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graph", default=str(GRAPH))
     parser.add_argument("--fps", type=float, default=4.0)

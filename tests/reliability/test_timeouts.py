@@ -134,8 +134,10 @@ def test_a_replica_hung_past_stuck_after_is_replaced_and_health_names_the_node(c
 
         why = back["replaced"]["nap"]
         assert f"past the {STUCK_S:g} s limit" in why and "Ray replaced its replica at" in why, back
-        later = httpx.get(url + "/health", timeout=10).json()
-        assert later["status"] == "ok" and later["replaced"]["nap"] == why  # still there for an operator
+        # still there for an operator once it is ok again (Ray may report the deployment UNHEALTHY for a
+        # moment more while it force-stops the hung replica, which a busy machine stretches)
+        later, _ = health_until(url, lambda b: b["status"] == "ok", 60)
+        assert later["replaced"]["nap"] == why
         print(
             f"\nhung request: 504 after {answered:.2f}s; /health unhealthy naming 'nap' at {at:.1f}s, 200 again at "
             f"{back_at:.1f}s, a request served at {served_at:.1f}s (the hang would have ended at {FOREVER_S:g}s); "
