@@ -13,21 +13,17 @@ from typing import Any
 PREFIXES = ("CAPGRAPH_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DIFFUSERS_", "LIVEPEER_")
 """capgraph's own settings, Hugging Face's offline and cache settings, the Livepeer glue's."""
 NAMES = ("TORCH_HOME", "PYTORCH_CUDA_ALLOC_CONF", "TOKENIZERS_PARALLELISM")
-SERVE_SETTINGS = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_max_direct_call_object_size": str(1 << 20),
-}
-"""Ray's own switches for capgraph's replica processes; a value set where the application
-is built wins. The first two are Ray Serve's throughput-optimized mode's: capgraph's code
-and its handles' router run on the replica's one event loop, not on two more threads, which
-saves each request two hand-offs between threads (capgraph's replicas never block their
-loop: decoding, encoding and batches run in worker threads). The third lets a value up to
-1 MiB (a 576 px RGB frame) travel inside the call's own message instead of through the
-object store: Ray's default of 100 KiB sent a 256 px frame's answer through a store write,
-a seal and a fetch, and a hop with such an answer took 17 to 23 ms instead of 10 to 11 (the
-median of 300, measured side by side under load). Bigger frames still go through the store,
-where a reader maps them without a copy."""
+SERVE_SETTINGS = {"RAY_max_direct_call_object_size": str(1 << 20)}
+"""Ray's own settings for capgraph's replica processes; a value set where the application is
+built wins. A value up to 1 MiB (a 576 px RGB frame) travels inside the call's own message
+instead of through the object store: Ray's default of 100 KiB sent a 256 px frame's answer
+through a store write, a seal and a fetch, and a hop with such an answer took 17 to 23 ms
+instead of 10 to 11 (the median of 300, measured side by side under load). Bigger frames
+still go through the store, where a reader maps them without a copy.
+
+Ray Serve's one-event-loop switches (`RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`,
+`RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`) were tried and left out: their gain was within
+the machine's noise, and with them a replaced hung replica was reported replaced twice."""
 SECRET = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|KEY)($|_)")
 """Names whose values are secrets: never written into a manifest."""
 

@@ -77,17 +77,12 @@ def test_builder_exits_2_with_the_validation_message(capsys: pytest.CaptureFixtu
 
 
 def test_replicas_get_rays_own_settings_for_capgraph_and_a_value_set_by_the_user_wins():
-    """Every capgraph replica runs on one event loop and sends frames up to 1 MiB inside the
-    call's message (`serve.cluster.environment.SERVE_SETTINGS`); a user who sets one of them
-    where the application is built keeps their value."""
+    """Every capgraph replica sends frames up to 1 MiB inside the call's message
+    (`serve.cluster.environment.SERVE_SETTINGS`); a user who sets it where the application
+    is built keeps their value."""
     from capgraph.serve.cluster.environment import with_forwarded
 
     env = with_forwarded({"num_cpus": 1}, {})["runtime_env"]["env_vars"]
-    assert env == {
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-        "RAY_max_direct_call_object_size": str(1 << 20),
-    }
-    mine = with_forwarded({}, {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "HF_HUB_OFFLINE": "1"})
-    assert mine["runtime_env"]["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "1"
-    assert mine["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert env == {"RAY_max_direct_call_object_size": str(1 << 20)}
+    mine = with_forwarded({}, {"RAY_max_direct_call_object_size": "204800", "HF_HUB_OFFLINE": "1"})
+    assert mine["runtime_env"]["env_vars"] == {"RAY_max_direct_call_object_size": "204800", "HF_HUB_OFFLINE": "1"}
